@@ -1,0 +1,74 @@
+/* Kernels: the tensor view, the backend vtable and the ops the forward pass uses.
+ *
+ * Kernels know nothing about Gemma (STYLE.md 1): model quirks live in worker/forward.c.
+ * One vtable per backend (STYLE.md 2): gs_backend = { iface; ctx }. The CPU backend keeps
+ * activations in fp32 and reads bf16/f16/f32 weights straight from the mmap. */
+#ifndef GS_KERNELS_H
+#define GS_KERNELS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gs_dtype.h"
+#include "gs_status.h"
+
+/* A plain 2-D row-major view: element (r, c) at data + (r * cols + c) * dtype size. */
+struct gs_tensor {
+	enum gs_dtype dtype;
+	int64_t       rows;       /* out_features for nn.Linear weights */
+	int64_t       cols;       /* in_features */
+	const void   *data;       /* mmap'd or arena memory, not owned */
+};
+
+/* Attention over a ring-buffer KV cache of one layer.
+ * Query t (0 <= t < n_tokens) sits at position pos0 + t and sees key positions j with
+ * j <= pos0 + t and pos0 + t - j < window; position j lives in slot j % cap. */
+struct gs_attn_args {
+	float       *out;         /* [n_tokens, n_heads * head_dim] */
+	const float *q;           /* [n_tokens, n_heads * head_dim], normed + rotated */
+	const float *k_cache;     /* [cap, n_kv_heads * head_dim] */
+	const float *v_cache;     /* [cap, n_kv_heads * head_dim] */
+	int32_t      cap;         /* slots in the ring */
+	int32_t      n_tokens;
+	int32_t      pos0;
+	int32_t      n_heads;
+	int32_t      n_kv_heads;  /* q head h reads kv head h / (n_heads / n_kv_heads) */
+	int32_t      head_dim;
+	int32_t      window;      /* INT32_MAX: plain causal */
+	float        scale;       /* multiplies q·k */
+	float        softcap;     /* 0: none; else cap * tanh(s / cap) */
+};
+
+struct gs_backend_i {
+	const char *name;
+	/* y[m, w->rows] = x[m, w->cols] · wᵀ, fp32 accumulation. */
+	void (*matmul)(void *ctx, float *y, const float *x, const struct gs_tensor *w, int m);
+	/* y[r] = x[r] * rsqrt(mean(x[r]²) + eps) * gain, gain = 1 + w already in fp32. y may be x. */
+	void (*rmsnorm)(void *ctx, float *y, const float *x, const float *gain, int rows, int dim, float eps);
+	/* NeoX half-rotation on [n_tokens, n_heads, head_dim] in place; angle = (pos0+t)·pos_scale·base^(-2j/D). */
+	void (*rope)(void *ctx, float *x, int n_tokens, int n_heads, int head_dim, int32_t pos0,
+		     double base, double pos_scale);
+	void (*attention)(void *ctx, const struct gs_attn_args *a);
+	/* out[i] = gelu_tanh(gate[i]) * up[i] */
+	void (*geglu)(void *ctx, float *out, const float *gate, const float *up, size_t n);
+	/* out[t] = emb[ids[t]] * scale (fp32); ids must be < emb->rows (checked by the caller). */
+	void (*embed)(void *ctx, float *out, const struct gs_tensor *emb, const int32_t *ids, int n, float scale);
+	/* y[i] += x[i] */
+	void (*add)(void *ctx, float *y, const float *x, size_t n);
+	/* x[i] = cap * tanh(x[i] / cap) */
+	void (*softcap)(void *ctx, float *x, size_t n, float cap);
+	int (*n_threads)(void *ctx);   /* optional, may be NULL */
+};
+
+struct gs_backend {
+	const struct gs_backend_i *iface;
+	void *ctx;
+};
+
+/* CPU backend with n_threads workers (<= 0: all online CPUs, or env GS_THREADS). */
+enum gs_status gs_backend_cpu_create(int n_threads, struct gs_backend *out);
+void gs_backend_cpu_free(struct gs_backend *be);
+struct gs_threadpool *gs_backend_cpu_pool(const struct gs_backend *be);
+
+#endif

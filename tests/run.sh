@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The README's test command: install dependencies, build, run every ctest.
+#   GS_BUILD_DIR (default build), GS_SANITIZE=ON for ASan/UBSan, GS_WERROR=ON for -Werror,
+#   extra ctest arguments are passed through (e.g. -L unit).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash deploy/install-deps.sh
+dir=${GS_BUILD_DIR:-build}
+cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGS_WERROR="${GS_WERROR:-OFF}" \
+      -DGS_SANITIZE="${GS_SANITIZE:-OFF}" >/dev/null
+cmake --build "$dir" -j"$(nproc)"
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+cd "$dir"
+ctest --output-on-failure --timeout 900 "$@"

@@ -1,0 +1,123 @@
+/* gemmashard inspect: config summary, tensor table, weight + KV memory per rank. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gs_args.h"
+#include "gs_cmds.h"
+#include "gs_model.h"
+#include "gs_safetensors.h"
+
+static const char *tp_invalid_reason(const struct gs_config *c, int tp)
+{
+	if (c->n_heads % tp)
+		return "does not divide the query heads";
+	if (c->intermediate % tp)
+		return "does not divide intermediate_size";
+	if (tp > c->n_kv_heads ? tp % c->n_kv_heads : c->n_kv_heads % tp)
+		return "KV heads neither divide nor are divided by T";
+	return NULL;
+}
+
+/* Weight bytes one rank holds: split weights / T (vocabulary rounded up), mirrored norms whole. */
+static double weight_bytes_per_rank(const struct gs_model *m, int tp)
+{
+	const struct gs_config *c = &m->cfg;
+	double H = c->hidden, F = c->intermediate, D = c->head_dim, es = gs_dtype_size(m->embed.dtype);
+	double q = (double)c->n_heads / tp * D, kv = (tp > c->n_kv_heads ? 1 : c->n_kv_heads / tp) * D;
+	double per_layer = (2 * q * H + 2 * kv * H + 3 * F / tp * H) * es + (4 * H + 2 * D) * es;
+	double vocab_rows = (double)((m->n_vocab + tp - 1) / tp);
+	return c->n_layers * per_layer + vocab_rows * H * es + H * es;
+}
+
+/* KV bytes of one sequence of ctx tokens on one rank: global layers keep every position,
+ * sliding layers at most their window. */
+static double kv_bytes_per_rank(const struct gs_config *c, int tp, long ctx, size_t elem)
+{
+	double per_tok = (double)gs_model_kv_bytes_per_token(c, tp, elem), b = 0;
+	for (int l = 0; l < c->n_layers; l++) {
+		long keep = c->is_sliding[l] && c->window[l] < ctx ? c->window[l] : ctx;
+		b += per_tok * (double)keep;
+	}
+	return b;
+}
+
+int gs_cmd_inspect(int argc, char **argv)
+{
+	const char *model_dir = NULL;
+	bool no_tensors = false;
+	struct gs_arg args[] = {
+		{ "model", GS_ARG_STR, &model_dir, "checkpoint directory" },
+		{ "no-tensors", GS_ARG_FLAG, &no_tensors, "omit the tensor table" },
+	};
+	static const int tps[] = { 1, 2, 4, 8 };
+	static const long ctxs[] = { 8192, 131072 };
+	struct gs_model *m = NULL;
+	const struct gs_config *c;
+	int r;
+
+	r = gs_args_parse("usage: gemmashard inspect --model DIR", args, sizeof(args) / sizeof(args[0]), argc, argv);
+	if (r)
+		return r == 1 ? 0 : 2;
+	if (!model_dir) {
+		fprintf(stderr, "gemmashard inspect: --model is required\n");
+		return 2;
+	}
+	if (gs_model_load(model_dir, false, &m) != GS_OK)
+		return gs_cmd_fail("inspect");
+	c = &m->cfg;
+
+	printf("model            %s\n", model_dir);
+	printf("architecture     %s%s\n", c->architecture, c->conditional ? " (text_config)" : "");
+	printf("layers           %d (%d global, %d sliding, window %d)\n", c->n_layers, gs_config_n_global(c),
+	       c->n_layers - gs_config_n_global(c), c->sliding_window);
+	printf("layer types      ");
+	for (int l = 0; l < c->n_layers; l++)
+		putchar(c->is_sliding[l] ? 's' : 'G');
+	printf("\n");
+	printf("hidden           %d, intermediate %d\n", c->hidden, c->intermediate);
+	printf("heads            %d query, %d kv, head_dim %d, query_pre_attn_scalar %g\n", c->n_heads,
+	       c->n_kv_heads, c->head_dim, c->query_pre_attn_scalar);
+	printf("vocab            %d rows in embed_tokens (config vocab_size %d), tied %s\n", m->n_vocab,
+	       c->vocab_size, m->lm_head.data == m->embed.data ? "yes" : "no");
+	printf("rope             global base %g scale 1/%g; local base %g\n", c->rope_theta,
+	       c->rope_scale_factor, c->rope_local_base);
+	printf("max positions    %d, rms eps %g, embed scale %g\n", c->max_position, c->rms_eps, m->embed_scale);
+	printf("weights          %.3f GB (%s), %d file(s), header checksum %016llx\n", (double)m->weight_bytes / 1e9,
+	       gs_dtype_name(m->embed.dtype), gs_st_shard_count(m->st),
+	       (unsigned long long)gs_st_header_checksum(m->st));
+
+	if (!no_tensors) {
+		printf("\n%-64s %-5s %-18s %12s\n", "tensor", "dtype", "shape", "bytes");
+		for (size_t i = 0; i < gs_st_count(m->st); i++) {
+			const struct gs_st_tensor *t = gs_st_at(m->st, i);
+			char shape[64] = "[";
+			for (int d = 0; d < t->ndim; d++)
+				snprintf(shape + strlen(shape), sizeof(shape) - strlen(shape), "%s%lld", d ? ", " : "",
+					 (long long)t->shape[d]);
+			strncat(shape, "]", sizeof(shape) - strlen(shape) - 1);
+			printf("%-64s %-5s %-18s %12zu\n", t->name, gs_dtype_name(t->dtype), shape, t->nbytes);
+		}
+	}
+
+	printf("\nmemory per rank (weights as stored; KV of one sequence, bf16 on GPU / fp32 on CPU)\n");
+	printf("%-4s %12s %16s %16s %16s %16s\n", "TP", "weights GB", "KV 8K bf16 GB", "KV 8K fp32 GB",
+	       "KV 128K bf16 GB", "KV 128K fp32 GB");
+	for (size_t i = 0; i < sizeof(tps) / sizeof(tps[0]); i++) {
+		const char *why = tp_invalid_reason(c, tps[i]);
+		if (why) {
+			printf("%-4d n/a: T=%d %s\n", tps[i], tps[i], why);
+			continue;
+		}
+		printf("%-4d %12.3f", tps[i], weight_bytes_per_rank(m, tps[i]) / 1e9);
+		for (size_t j = 0; j < sizeof(ctxs) / sizeof(ctxs[0]); j++) {
+			long ctx = ctxs[j] < c->max_position ? ctxs[j] : c->max_position;
+			printf(" %16.3f %16.3f", kv_bytes_per_rank(c, tps[i], ctx, 2) / 1e9,
+			       kv_bytes_per_rank(c, tps[i], ctx, 4) / 1e9);
+		}
+		printf("\n");
+	}
+	printf("(context capped at max_position_embeddings = %d)\n", c->max_position);
+	gs_model_free(m);
+	return 0;
+}

@@ -1,0 +1,94 @@
+/* gemmashard logits: float32 logits of every position, [n_tokens × vocab], no header. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "gs_args.h"
+#include "gs_cmds.h"
+#include "gs_forward.h"
+
+int gs_cmd_logits(int argc, char **argv)
+{
+	const char *model_dir = NULL, *tokens = NULL, *out_path = NULL;
+	int chunk = 0, threads = 0, rc = 1;
+	struct gs_arg args[] = {
+		{ "model", GS_ARG_STR, &model_dir, "checkpoint directory (config.json + safetensors)" },
+		{ "tokens", GS_ARG_STR, &tokens, "comma-separated token ids, e.g. 2,105,2364" },
+		{ "out", GS_ARG_STR, &out_path, "output file: float32 [n_tokens x vocab], row-major" },
+		{ "chunk", GS_ARG_INT, &chunk, "feed the tokens through the KV cache in chunks of N (1 = decode)" },
+		{ "threads", GS_ARG_INT, &threads, "CPU threads (default: all)" },
+	};
+	const int n_args = sizeof(args) / sizeof(args[0]);
+	struct gs_model *m = NULL;
+	struct gs_backend be = { 0 };
+	struct gs_forward *f = NULL;
+	struct gs_seq *s = NULL;
+	int32_t *ids = NULL, n = 0;
+	float *logits = NULL;
+	FILE *fo;
+	int r;
+
+	r = gs_args_parse("usage: gemmashard logits --model DIR --tokens 2,105,2364 --out FILE [--chunk N]",
+			  args, n_args, argc, argv);
+	if (r)
+		return r == 1 ? 0 : 2;
+	if (!model_dir || !tokens || !out_path) {
+		fprintf(stderr, "gemmashard logits: --model, --tokens and --out are required\n");
+		return 2;
+	}
+	if (chunk < 0) {
+		fprintf(stderr, "gemmashard logits: --chunk must be >= 1\n");
+		return 2;
+	}
+	if (gs_args_parse_ids(tokens, &ids, &n))
+		return 2;
+	if (gs_model_load(model_dir, false, &m) != GS_OK)
+		goto out_fail;
+	if (n > m->cfg.max_position) {
+		gs_errorf(GS_ERR_RANGE, "%d tokens exceed max_position_embeddings (%d) of %s", n,
+			  m->cfg.max_position, model_dir);
+		goto out_fail;
+	}
+	if (gs_backend_cpu_create(threads, &be) != GS_OK)
+		goto out_fail;
+	{
+		int32_t max_chunk = n < 256 ? n : 256;
+		if (gs_forward_create(m, be, max_chunk, &f) != GS_OK || gs_seq_create(m, n, max_chunk, &s) != GS_OK)
+			goto out_fail;
+	}
+	logits = malloc((size_t)n * (size_t)m->n_vocab * sizeof(float));
+	if (!logits) {
+		gs_errorf(GS_ERR_NOMEM, "cannot allocate logits for %d x %d", n, m->n_vocab);
+		goto out_fail;
+	}
+	if (chunk <= 0)
+		chunk = n;
+	for (int32_t done = 0; done < n; done += chunk) {
+		int32_t c = n - done < chunk ? n - done : chunk;
+		if (gs_forward_run(f, s, ids + done, c, logits + (size_t)done * m->n_vocab, true) != GS_OK)
+			goto out_fail;
+	}
+	fo = fopen(out_path, "wb");
+	if (!fo) {
+		gs_errorf(GS_ERR_IO, "%s: cannot create", out_path);
+		goto out_fail;
+	}
+	if (fwrite(logits, sizeof(float), (size_t)n * m->n_vocab, fo) != (size_t)n * m->n_vocab ||
+	    fclose(fo) != 0) {
+		gs_errorf(GS_ERR_IO, "%s: write failed", out_path);
+		goto out_fail;
+	}
+	fprintf(stderr, "wrote %d x %d float32 logits to %s\n", n, m->n_vocab, out_path);
+	rc = 0;
+	goto out_free;
+
+out_fail:
+	rc = gs_cmd_fail("logits");
+out_free:
+	free(logits);
+	gs_seq_free(s);
+	gs_forward_free(f);
+	gs_backend_cpu_free(&be);
+	gs_model_free(m);
+	free(ids);
+	return rc;
+}

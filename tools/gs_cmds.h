@@ -1,0 +1,16 @@
+/* gemmashard subcommands: each takes argv with argv[0] = its own name and returns the
+ * process exit code (0 ok, 1 runtime error, 2 usage error). */
+#ifndef GS_CMDS_H
+#define GS_CMDS_H
+
+int gs_cmd_make_test_model(int argc, char **argv);
+int gs_cmd_tokenize(int argc, char **argv);
+int gs_cmd_logits(int argc, char **argv);
+int gs_cmd_run(int argc, char **argv);
+int gs_cmd_inspect(int argc, char **argv);
+int gs_cmd_bench(int argc, char **argv);
+
+/* Print "gemmashard <cmd>: <last error>" on stderr and return 1. */
+int gs_cmd_fail(const char *cmd);
+
+#endif
