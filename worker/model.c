@@ -44,10 +44,14 @@ static enum gs_status find_tensor(struct load_ctx *c, const char *suffix, int64_
 					 gs_st_file_of(c->m->st, t->shard), t->name, (long long)t->shape[0],
 					 t->ndim == 1 ? "" : ", ...", (long long)rows);
 	} else if (t->ndim != 2 || (rows >= 0 && t->shape[0] != rows) || t->shape[1] != cols) {
-		return gs_errorf(GS_ERR_FORMAT,
-				 "%s: tensor '%s' has shape [%lld, %lld] (ndim %d) but config.json implies [%lld, %lld]",
+		char want[48];
+		if (rows >= 0)
+			snprintf(want, sizeof(want), "[%lld, %lld]", (long long)rows, (long long)cols);
+		else
+			snprintf(want, sizeof(want), "[vocab, %lld]", (long long)cols);
+		return gs_errorf(GS_ERR_FORMAT, "%s: tensor '%s' has shape [%lld, %lld] (ndim %d) but config.json implies %s",
 				 gs_st_file_of(c->m->st, t->shard), t->name, (long long)t->shape[0],
-				 (long long)(t->ndim > 1 ? t->shape[1] : 0), t->ndim, (long long)rows, (long long)cols);
+				 (long long)(t->ndim > 1 ? t->shape[1] : 0), t->ndim, want);
 	}
 	*out = t;
 	return GS_OK;
