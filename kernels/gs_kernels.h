@@ -52,8 +52,10 @@ struct gs_backend_i {
 	void (*attention)(void *ctx, const struct gs_attn_args *a);
 	/* out[i] = gelu_tanh(gate[i]) * up[i] */
 	void (*geglu)(void *ctx, float *out, const float *gate, const float *up, size_t n);
-	/* out[t] = emb[ids[t]] * scale (fp32); ids must be < emb->rows (checked by the caller). */
-	void (*embed)(void *ctx, float *out, const struct gs_tensor *emb, const int32_t *ids, int n, float scale);
+	/* out[t] = emb[ids[t] - row0] * scale (fp32) when row0 <= ids[t] < row0 + emb->rows, else
+	 * zeros: emb holds a vocabulary range (tensor parallel: the owner writes, then all-reduce). */
+	void (*embed)(void *ctx, float *out, const struct gs_tensor *emb, const int32_t *ids, int n, float scale,
+		      int64_t row0);
 	/* y[i] += x[i] */
 	void (*add)(void *ctx, float *y, const float *x, size_t n);
 	/* x[i] = cap * tanh(x[i] / cap) */

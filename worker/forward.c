@@ -8,9 +8,9 @@ enum gs_status gs_forward_create(const struct gs_model *m, struct gs_backend be,
 				 struct gs_forward **out)
 {
 	const struct gs_config *cfg = &m->cfg;
-	size_t C = (size_t)max_chunk, H = (size_t)cfg->hidden, F = (size_t)cfg->intermediate;
-	size_t QD = (size_t)cfg->n_heads * (size_t)cfg->head_dim;
-	size_t KD = (size_t)cfg->n_kv_heads * (size_t)cfg->head_dim;
+	size_t C = (size_t)max_chunk, H = (size_t)cfg->hidden, F = (size_t)m->shard.n_f;
+	size_t QD = (size_t)m->shard.n_heads * (size_t)cfg->head_dim;
+	size_t KD = (size_t)m->shard.n_kv_heads * (size_t)cfg->head_dim;
 	struct gs_forward *f;
 	float *p;
 
@@ -53,7 +53,7 @@ void gs_forward_free(struct gs_forward *f)
 enum gs_status gs_seq_create(const struct gs_model *m, int32_t max_ctx, int32_t max_chunk, struct gs_seq **out)
 {
 	const struct gs_config *cfg = &m->cfg;
-	size_t KD = (size_t)cfg->n_kv_heads * (size_t)cfg->head_dim, total = 0;
+	size_t KD = (size_t)m->shard.n_kv_heads * (size_t)cfg->head_dim, total = 0;
 	struct gs_seq *s;
 	float *p;
 
@@ -102,21 +102,31 @@ void gs_seq_free(struct gs_seq *s)
 	free(s);
 }
 
+/* Sum partial results over the TP group (no-op when T = 1). */
+static enum gs_status reduce(struct gs_forward *f, float *buf, size_t n)
+{
+	if (!f->comm)
+		return GS_OK;
+	return gs_comm_allreduce_f32(f->comm, buf, n);
+}
+
 /* One chunk of n <= max_chunk tokens at positions pos0..pos0+n-1. */
-static void forward_chunk(struct gs_forward *f, struct gs_seq *s, const int32_t *ids, int n,
-			  float *logits, bool all_logits)
+static enum gs_status forward_chunk(struct gs_forward *f, struct gs_seq *s, const int32_t *ids, int n,
+				    float *logits, bool all_logits)
 {
 	const struct gs_model *m = f->m;
 	const struct gs_config *cfg = &m->cfg;
 	const struct gs_backend_i *be = f->be.iface;
 	void *bc = f->be.ctx;
-	int H = cfg->hidden, D = cfg->head_dim, Nq = cfg->n_heads, Nkv = cfg->n_kv_heads;
-	size_t KD = (size_t)Nkv * D, F = (size_t)cfg->intermediate;
+	int H = cfg->hidden, D = cfg->head_dim, Nq = m->shard.n_heads, Nkv = m->shard.n_kv_heads;
+	size_t KD = (size_t)Nkv * D, F = (size_t)m->shard.n_f;
 	int32_t pos0 = s->n_past;
 	float eps = (float)cfg->rms_eps;
 
-	/* Token embeddings times bf16(sqrt(H)) (HF rounds the normalizer to the model dtype). */
-	be->embed(bc, f->x, &m->embed, ids, n, m->embed_scale);
+	/* Token embeddings times bf16(sqrt(H)) (HF rounds the normalizer to the model dtype);
+	 * with a vocabulary split the owning rank writes the row, the others zeros, then sum. */
+	be->embed(bc, f->x, &m->embed, ids, n, m->embed_scale, m->shard.vocab0);
+	GS_TRY(reduce(f, f->x, (size_t)n * H));
 
 	for (int l = 0; l < cfg->n_layers; l++) {
 		const struct gs_layer_weights *lw = &m->layers[l];
@@ -145,35 +155,38 @@ static void forward_chunk(struct gs_forward *f, struct gs_seq *s, const int32_t 
 			.softcap = (float)cfg->attn_softcap,
 		};
 		be->attention(bc, &a);
+		/* o_proj is ROW-split: each rank holds a partial sum over its heads. */
 		be->matmul(bc, f->o, f->att, &lw->o, n);
-		/* (tensor parallel: all-reduce of f->o goes here, before the post-norm) */
+		GS_TRY(reduce(f, f->o, (size_t)n * H));
 
 		/* Sandwich norm: the post-norm applies to the branch before the residual add. */
 		be->rmsnorm(bc, f->o, f->o, lw->post_attn_norm, n, H, eps);
 		be->add(bc, f->x, f->o, (size_t)n * H);
 
-		/* MLP block: GeGLU with tanh GELU. */
+		/* MLP block: GeGLU with tanh GELU; down_proj is ROW-split like o_proj. */
 		be->rmsnorm(bc, f->xn, f->x, lw->pre_ffn_norm, n, H, eps);
 		be->matmul(bc, f->gate, f->xn, &lw->gate, n);
 		be->matmul(bc, f->up, f->xn, &lw->up, n);
 		be->geglu(bc, f->gate, f->gate, f->up, (size_t)n * F);
 		be->matmul(bc, f->o, f->gate, &lw->down, n);
-		/* (tensor parallel: all-reduce of f->o goes here) */
+		GS_TRY(reduce(f, f->o, (size_t)n * H));
 		be->rmsnorm(bc, f->o, f->o, lw->post_ffn_norm, n, H, eps);
 		be->add(bc, f->x, f->o, (size_t)n * H);
 	}
 	s->n_past += n;
 
 	if (!logits)
-		return;
-	/* Final norm and the tied LM head, only for the rows the caller wants. */
+		return GS_OK;
+	/* Final norm and the tied LM head over this rank's vocabulary rows, only for the
+	 * positions the caller wants; logits stay sharded. */
 	{
 		int first = all_logits ? 0 : n - 1, rows = n - first;
 		be->rmsnorm(bc, f->xn, f->x + (size_t)first * H, m->final_norm, rows, H, eps);
 		be->matmul(bc, logits, f->xn, &m->lm_head, rows);
 		if (cfg->final_softcap > 0)
-			be->softcap(bc, logits, (size_t)rows * m->n_vocab, (float)cfg->final_softcap);
+			be->softcap(bc, logits, (size_t)rows * m->shard.n_vocab, (float)cfg->final_softcap);
 	}
+	return GS_OK;
 }
 
 enum gs_status gs_forward_run(struct gs_forward *f, struct gs_seq *s, const int32_t *ids, int32_t n,
@@ -197,10 +210,10 @@ enum gs_status gs_forward_run(struct gs_forward *f, struct gs_seq *s, const int3
 		bool last = done + c == n;
 		float *out = NULL;
 		if (logits && all_logits)
-			out = logits + (size_t)done * m->n_vocab;
+			out = logits + (size_t)done * m->shard.n_vocab;
 		else if (logits && last)
 			out = logits;
-		forward_chunk(f, s, ids + done, c, out, all_logits);
+		GS_TRY(forward_chunk(f, s, ids + done, c, out, all_logits));
 		done += c;
 	}
 	return GS_OK;

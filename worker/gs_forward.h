@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "gs_comm.h"
 #include "gs_kernels.h"
 #include "gs_model.h"
 
@@ -29,6 +30,7 @@ struct gs_seq {
 struct gs_forward {
 	const struct gs_model *m;
 	struct gs_backend      be;
+	const struct gs_comm  *comm;     /* TP group (host buffers); NULL when T = 1 */
 	int32_t                max_chunk;
 	float *x;      /* [C, H] residual stream */
 	float *xn;     /* [C, H] normed input of a block */
@@ -46,15 +48,22 @@ enum gs_status gs_forward_create(const struct gs_model *m, struct gs_backend be,
 				 struct gs_forward **out);
 void gs_forward_free(struct gs_forward *f);
 
+/* Tensor parallel: the group whose ranks hold the other shards of f->m. Every rank must
+ * then call gs_forward_run with the same ids (all-reduces after o_proj, down_proj and the
+ * embedding lookup). */
+static inline void gs_forward_set_comm(struct gs_forward *f, const struct gs_comm *comm) { f->comm = comm; }
+
 /* KV for one sequence of up to max_ctx positions (<= max_position_embeddings). */
 enum gs_status gs_seq_create(const struct gs_model *m, int32_t max_ctx, int32_t max_chunk, struct gs_seq **out);
 void gs_seq_free(struct gs_seq *s);
 static inline void gs_seq_reset(struct gs_seq *s) { s->n_past = 0; }
 
 /* Run ids[0..n) at positions s->n_past.. and append them to the cache. logits receives
- * [n, n_vocab] floats when all_logits, else [1, n_vocab] for the last token; may be NULL.
+ * [n, m->shard.n_vocab] floats (this rank's vocabulary slice; all of it when T = 1) when
+ * all_logits, else [1, m->shard.n_vocab] for the last token; may be NULL.
  * Errors (nothing changes in the cache): id >= vocab or < 0 (GS_ERR_RANGE), context beyond
- * max_ctx or max_position_embeddings (GS_ERR_RANGE). */
+ * max_ctx or max_position_embeddings (GS_ERR_RANGE), a failed all-reduce (the cache is then
+ * undefined: the group cannot continue). */
 enum gs_status gs_forward_run(struct gs_forward *f, struct gs_seq *s, const int32_t *ids, int32_t n,
 			      float *logits, bool all_logits);
 

@@ -23,30 +23,63 @@ struct gs_layer_weights {
 	float *q_norm, *k_norm;              /* [D] */
 };
 
+/* How a weight is split across the T ranks of a tensor-parallel group (DESIGN.md §4).
+ * Rows of an nn.Linear weight are output features, columns input features. */
+enum gs_split {
+	GS_SPLIT_MIRRORED,  /* every rank holds all of it (norms) */
+	GS_SPLIT_COLUMN,    /* rows by head / MLP column: output stays local */
+	GS_SPLIT_ROW,       /* columns: partial sums, followed by exactly one all-reduce */
+	GS_SPLIT_VOCAB,     /* embedding rows by vocabulary range */
+	GS_SPLIT_COUNT
+};
+
+/* This rank's share of the model. T = 1 is the whole model. */
+struct gs_shard {
+	int     rank, size;      /* position in the TP group, T */
+	int32_t q_head0;         /* first query head held */
+	int32_t n_heads;         /* query heads held: Nq / T */
+	int32_t kv_head0;        /* first KV head held */
+	int32_t n_kv_heads;      /* KV heads held: Nkv / T, or 1 replicated when T > Nkv */
+	int32_t f0, n_f;         /* MLP columns [f0, f0 + n_f) */
+	int32_t vocab0;          /* first vocabulary row held */
+	int32_t n_vocab;         /* rows held (the last rank may hold fewer) */
+	int32_t vocab_stride;    /* ceil(V / T): padded slice width when gathering logits */
+};
+
 struct gs_model {
 	struct gs_config         cfg;
+	struct gs_shard          shard;
 	struct gs_safetensors   *st;         /* NULL for synthetic weights */
-	void                    *slab;       /* owned synthetic weights, or NULL */
+	void                    *slab;       /* owned weights (synthetic, or ROW-split copies) */
 	float                   *gains;      /* owned slab behind every norm gain */
-	struct gs_tensor         embed;      /* [V, H]; rows = V actually present */
+	struct gs_tensor         embed;      /* [shard.n_vocab, H]: this rank's vocabulary rows */
 	struct gs_tensor         lm_head;    /* == embed when tied */
 	float                   *final_norm; /* [H] */
 	struct gs_layer_weights *layers;     /* [L] */
-	int32_t                  n_vocab;    /* logits width = embed rows */
+	int32_t                  n_vocab;    /* V of the whole model = embed_tokens rows */
 	float                    embed_scale;/* bf16(sqrt(H)), as HF computes it in a bf16 model */
-	size_t                   weight_bytes;
+	size_t                   weight_bytes;  /* bytes this rank holds (views + copies) */
 	char                     path[512];
 };
 
+/* Check that T can split this config (T divides the query heads and intermediate size; KV
+ * heads divisible by T, or T a multiple of them). GS_ERR_INVALID_ARG with the reason. */
+enum gs_status gs_shard_plan(const struct gs_config *cfg, int32_t n_vocab, int rank, int size,
+			     struct gs_shard *out);
+
 /* Load config.json and the safetensors checkpoint in dir. Every tensor is checked for
  * presence, dtype and shape against the config; failures name the file/tensor and return
- * GS_ERR_FORMAT / GS_ERR_NOT_FOUND / GS_ERR_IO. With progress, pages are touched up front
- * and progress is printed on stderr when loading takes more than a second. */
+ * GS_ERR_FORMAT / GS_ERR_NOT_FOUND / GS_ERR_IO. With touch_pages, this rank's pages are
+ * faulted in up front and progress is printed on stderr when that takes over a second. */
 enum gs_status gs_model_load(const char *dir, bool touch_pages, struct gs_model **out);
+/* The same for rank `rank` of a TP group of `size`: reads only this rank's slices. */
+enum gs_status gs_model_load_tp(const char *dir, int rank, int size, bool touch_pages, struct gs_model **out);
 
 /* Synthetic weights for benchmarks: shape preset ("tiny", "1b", "4b", "27b") filled from a
- * seeded RNG in memory, no checkpoint needed. */
+ * seeded RNG in memory, no checkpoint needed; only this rank's slices are generated (the
+ * values therefore depend on T: for speed measurements, not for comparisons). */
 enum gs_status gs_model_synthetic(const char *shape, uint64_t seed, struct gs_model **out);
+enum gs_status gs_model_synthetic_tp(const char *shape, uint64_t seed, int rank, int size, struct gs_model **out);
 
 /* config.json text of a shape preset, or NULL if unknown. */
 const char *gs_model_preset_json(const char *shape);

@@ -15,15 +15,57 @@ static double now_s(void)
 	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* ---- shard plan -------------------------------------------------------------------- */
+
+enum gs_status gs_shard_plan(const struct gs_config *cfg, int32_t n_vocab, int rank, int size,
+			     struct gs_shard *out)
+{
+	struct gs_shard s = { .rank = rank, .size = size };
+
+	if (size < 1 || rank < 0 || rank >= size)
+		return gs_errorf(GS_ERR_INVALID_ARG, "bad tensor-parallel rank %d of %d", rank, size);
+	if (cfg->n_heads % size)
+		return gs_errorf(GS_ERR_INVALID_ARG,
+				 "tensor-parallel degree %d does not divide the %d query heads (valid: divisors of %d "
+				 "that are multiples or divisors of the %d KV heads)",
+				 size, cfg->n_heads, cfg->n_heads, cfg->n_kv_heads);
+	if (cfg->intermediate % size)
+		return gs_errorf(GS_ERR_INVALID_ARG, "tensor-parallel degree %d does not divide intermediate_size %d",
+				 size, cfg->intermediate);
+	if (size <= cfg->n_kv_heads ? cfg->n_kv_heads % size : size % cfg->n_kv_heads)
+		return gs_errorf(GS_ERR_INVALID_ARG,
+				 "tensor-parallel degree %d must divide the %d KV heads or be a multiple of them", size,
+				 cfg->n_kv_heads);
+	s.n_heads = cfg->n_heads / size;
+	s.q_head0 = rank * s.n_heads;
+	if (size <= cfg->n_kv_heads) {
+		s.n_kv_heads = cfg->n_kv_heads / size;
+		s.kv_head0 = rank * s.n_kv_heads;
+	} else { /* replicate: T / Nkv ranks share each KV head */
+		s.n_kv_heads = 1;
+		s.kv_head0 = rank / (size / cfg->n_kv_heads);
+	}
+	s.n_f = cfg->intermediate / size;
+	s.f0 = rank * s.n_f;
+	s.vocab_stride = (n_vocab + size - 1) / size;
+	s.vocab0 = rank * s.vocab_stride;
+	if (s.vocab0 > n_vocab)
+		s.vocab0 = n_vocab;
+	s.n_vocab = n_vocab - s.vocab0 < s.vocab_stride ? n_vocab - s.vocab0 : s.vocab_stride;
+	*out = s;
+	return GS_OK;
+}
+
 /* ---- checkpoint ------------------------------------------------------------------ */
 
 struct load_ctx {
 	struct gs_model *m;
 	const char *dir;
-	int layer; /* -1: not a layer tensor */
+	int layer;          /* -1: not a layer tensor */
+	char *own;          /* next free byte of m->slab for ROW-split copies */
 };
 
-/* Find a text-decoder tensor by suffix and check dtype and shape. ndim 1: rows only. */
+/* Find a text-decoder tensor by suffix and check dtype and shape. cols 0: 1-D of rows. */
 static enum gs_status find_tensor(struct load_ctx *c, const char *suffix, int64_t rows, int64_t cols,
 				  const struct gs_st_tensor **out)
 {
@@ -57,17 +99,40 @@ static enum gs_status find_tensor(struct load_ctx *c, const char *suffix, int64_
 	return GS_OK;
 }
 
+/* This rank's part of a [rows, cols] weight: COLUMN takes rows [off, off+len) as a view into
+ * the mmap; ROW copies columns [off, off+len) of every row into the owned slab (each rank
+ * reads only its own bytes either way). */
 static enum gs_status load_matrix(struct load_ctx *c, const char *suffix, int64_t rows, int64_t cols,
-				  struct gs_tensor *w)
+				  enum gs_split split, int64_t off, int64_t len, struct gs_tensor *w)
 {
 	const struct gs_st_tensor *t;
+	size_t es;
 
 	GS_TRY(find_tensor(c, suffix, rows, cols, &t));
-	w->dtype = t->dtype;
-	w->rows = t->shape[0];
-	w->cols = t->shape[1];
-	w->data = t->data;
-	c->m->weight_bytes += t->nbytes;
+	es = gs_dtype_size(t->dtype);
+	switch (split) {
+	case GS_SPLIT_MIRRORED:
+		*w = (struct gs_tensor){ t->dtype, t->shape[0], t->shape[1], t->data };
+		break;
+	case GS_SPLIT_COLUMN:
+	case GS_SPLIT_VOCAB:
+		GS_ASSERT(off >= 0 && off + len <= t->shape[0]);
+		*w = (struct gs_tensor){ t->dtype, len, t->shape[1], (const char *)t->data + (size_t)off * t->shape[1] * es };
+		break;
+	case GS_SPLIT_ROW: {
+		GS_ASSERT(off >= 0 && off + len <= t->shape[1]);
+		char *dst = c->own;
+		for (int64_t r = 0; r < t->shape[0]; r++)
+			memcpy(dst + (size_t)r * len * es, (const char *)t->data + ((size_t)r * t->shape[1] + off) * es,
+			       (size_t)len * es);
+		*w = (struct gs_tensor){ t->dtype, t->shape[0], len, dst };
+		c->own += (size_t)t->shape[0] * len * es;
+		break;
+	}
+	default:
+		GS_ASSERT(!"bad split");
+	}
+	c->m->weight_bytes += (size_t)w->rows * w->cols * es;
 	return GS_OK;
 }
 
@@ -123,28 +188,48 @@ static float embed_scale_of(int32_t hidden)
 	return gs_round_bf16((float)sqrt((double)hidden));
 }
 
-static enum gs_status load_weights(struct gs_model *m, const char *dir)
+static enum gs_status load_weights(struct gs_model *m, const char *dir, int rank, int size)
 {
 	const struct gs_config *cfg = &m->cfg;
 	int64_t H = cfg->hidden, F = cfg->intermediate, D = cfg->head_dim;
 	int64_t QD = (int64_t)cfg->n_heads * D, KD = (int64_t)cfg->n_kv_heads * D;
 	struct load_ctx c = { .m = m, .dir = dir, .layer = -1 };
-	const struct gs_st_tensor *lm;
+	const struct gs_st_tensor *emb, *lm;
+	const struct gs_shard *sh = &m->shard;
+	size_t own_bytes = 0;
 
 	GS_TRY(alloc_gains(m));
-	GS_TRY(load_matrix(&c, "embed_tokens.weight", -1, H, &m->embed));
-	if (m->embed.rows < 1)
-		return gs_errorf(GS_ERR_FORMAT, "%s: embed_tokens has no rows", dir);
-	m->n_vocab = (int32_t)m->embed.rows;
+	GS_TRY(find_tensor(&c, "embed_tokens.weight", -1, H, &emb));
+	if (emb->shape[0] < 1 || emb->shape[0] > INT32_MAX)
+		return gs_errorf(GS_ERR_FORMAT, "%s: embed_tokens has %lld rows", gs_st_file_of(m->st, emb->shard),
+				 (long long)emb->shape[0]);
+	m->n_vocab = (int32_t)emb->shape[0];
+	GS_TRY(gs_shard_plan(cfg, m->n_vocab, rank, size, &m->shard));
+
+	/* ROW-split weights (o_proj, down_proj) are copied: their columns are strided. */
+	if (size > 1) {
+		const struct gs_st_tensor *o = gs_st_find_text(m->st, "layers.0.self_attn.o_proj.weight");
+		size_t es = o ? gs_dtype_size(o->dtype) : 4;
+		own_bytes = (size_t)cfg->n_layers * (size_t)H * ((size_t)sh->n_heads * D + (size_t)sh->n_f) * es;
+		m->slab = malloc(own_bytes ? own_bytes : 1);
+		if (!m->slab)
+			return gs_errorf(GS_ERR_NOMEM, "%s: cannot allocate %zu bytes for this rank's row-split weights",
+					 dir, own_bytes);
+		c.own = m->slab;
+	}
+
+	GS_TRY(load_matrix(&c, "embed_tokens.weight", -1, H, GS_SPLIT_VOCAB, sh->vocab0, sh->n_vocab, &m->embed));
 	m->lm_head = m->embed;
 	lm = gs_st_find(m->st, "lm_head.weight");
 	if (!lm)
 		lm = gs_st_find(m->st, "language_model.lm_head.weight");
 	if (lm && !cfg->tie_embeddings) {
-		if (lm->ndim != 2 || lm->shape[0] != m->embed.rows || lm->shape[1] != H)
-			return gs_errorf(GS_ERR_FORMAT, "%s: lm_head.weight shape does not match embed_tokens", dir);
-		m->lm_head = (struct gs_tensor){ lm->dtype, lm->shape[0], lm->shape[1], lm->data };
-		m->weight_bytes += lm->nbytes;
+		if (lm->ndim != 2 || lm->shape[0] != m->n_vocab || lm->shape[1] != H)
+			return gs_errorf(GS_ERR_FORMAT, "%s: lm_head.weight shape does not match embed_tokens",
+					 gs_st_file_of(m->st, lm->shard));
+		m->lm_head = (struct gs_tensor){ lm->dtype, sh->n_vocab, H,
+						 (const char *)lm->data + (size_t)sh->vocab0 * H * gs_dtype_size(lm->dtype) };
+		m->weight_bytes += (size_t)sh->n_vocab * H * gs_dtype_size(lm->dtype);
 	} else if (!lm && !cfg->tie_embeddings) {
 		return gs_errorf(GS_ERR_NOT_FOUND, "%s: tie_word_embeddings is false but lm_head.weight is missing", dir);
 	}
@@ -152,14 +237,18 @@ static enum gs_status load_weights(struct gs_model *m, const char *dir)
 
 	for (int l = 0; l < cfg->n_layers; l++) {
 		struct gs_layer_weights *lw = &m->layers[l];
+		enum gs_split row = size > 1 ? GS_SPLIT_ROW : GS_SPLIT_MIRRORED;
 		c.layer = l;
-		GS_TRY(load_matrix(&c, "self_attn.q_proj.weight", QD, H, &lw->q));
-		GS_TRY(load_matrix(&c, "self_attn.k_proj.weight", KD, H, &lw->k));
-		GS_TRY(load_matrix(&c, "self_attn.v_proj.weight", KD, H, &lw->v));
-		GS_TRY(load_matrix(&c, "self_attn.o_proj.weight", H, QD, &lw->o));
-		GS_TRY(load_matrix(&c, "mlp.gate_proj.weight", F, H, &lw->gate));
-		GS_TRY(load_matrix(&c, "mlp.up_proj.weight", F, H, &lw->up));
-		GS_TRY(load_matrix(&c, "mlp.down_proj.weight", H, F, &lw->down));
+		GS_TRY(load_matrix(&c, "self_attn.q_proj.weight", QD, H, GS_SPLIT_COLUMN, sh->q_head0 * D,
+				   sh->n_heads * D, &lw->q));
+		GS_TRY(load_matrix(&c, "self_attn.k_proj.weight", KD, H, GS_SPLIT_COLUMN, sh->kv_head0 * D,
+				   sh->n_kv_heads * D, &lw->k));
+		GS_TRY(load_matrix(&c, "self_attn.v_proj.weight", KD, H, GS_SPLIT_COLUMN, sh->kv_head0 * D,
+				   sh->n_kv_heads * D, &lw->v));
+		GS_TRY(load_matrix(&c, "self_attn.o_proj.weight", H, QD, row, sh->q_head0 * D, sh->n_heads * D, &lw->o));
+		GS_TRY(load_matrix(&c, "mlp.gate_proj.weight", F, H, GS_SPLIT_COLUMN, sh->f0, sh->n_f, &lw->gate));
+		GS_TRY(load_matrix(&c, "mlp.up_proj.weight", F, H, GS_SPLIT_COLUMN, sh->f0, sh->n_f, &lw->up));
+		GS_TRY(load_matrix(&c, "mlp.down_proj.weight", H, F, row, sh->f0, sh->n_f, &lw->down));
 		GS_TRY(load_gain(&c, "input_layernorm.weight", H, lw->attn_norm));
 		GS_TRY(load_gain(&c, "post_attention_layernorm.weight", H, lw->post_attn_norm));
 		GS_TRY(load_gain(&c, "pre_feedforward_layernorm.weight", H, lw->pre_ffn_norm));
@@ -167,38 +256,45 @@ static enum gs_status load_weights(struct gs_model *m, const char *dir)
 		GS_TRY(load_gain(&c, "self_attn.q_norm.weight", D, lw->q_norm));
 		GS_TRY(load_gain(&c, "self_attn.k_norm.weight", D, lw->k_norm));
 	}
+	GS_ASSERT(!m->slab || (size_t)(c.own - (char *)m->slab) <= own_bytes);
 	return GS_OK;
 }
 
-/* Fault every weight page in now, so the first request does not pay for disk reads;
+/* Fault this rank's weight pages in now, so the first request does not pay for disk reads;
  * progress on stderr once this has taken more than a second. */
 static void touch_weights(struct gs_model *m)
 {
-	size_t total = 0, done = 0;
+	struct gs_tensor *list[8];
+	size_t total = m->weight_bytes, done = 0;
 	double t0 = now_s(), last = t0;
 	volatile unsigned char sink = 0;
 	bool shown = false;
 
-	for (size_t i = 0; i < gs_st_count(m->st); i++)
-		total += gs_st_at(m->st, i)->nbytes;
-	for (size_t i = 0; i < gs_st_count(m->st); i++) {
-		const struct gs_st_tensor *t = gs_st_at(m->st, i);
-		const unsigned char *p = t->data;
-		gs_st_prefetch(m->st, t->data, t->nbytes);
-		for (size_t off = 0; off < t->nbytes; off += 4096) {
-			sink ^= p[off];
-			if ((off & ((1u << 24) - 1)) == 0) {
-				double now = now_s();
-				if (now - t0 > 1.0 && now - last > 0.5) {
-					fprintf(stderr, "\rloading %s: %.2f / %.2f GB touched, %.0f MB/s   ", m->path,
-						(double)(done + off) / 1e9, (double)total / 1e9,
-						(double)(done + off) / 1e6 / (now - t0));
-					last = now;
-					shown = true;
-				}
+	for (int l = -1; l < m->cfg.n_layers; l++) {
+		size_t nt = 0;
+		if (l < 0) {
+			list[nt++] = &m->embed;
+		} else {
+			struct gs_layer_weights *w = &m->layers[l];
+			list[nt++] = &w->q, list[nt++] = &w->k, list[nt++] = &w->v, list[nt++] = &w->o;
+			list[nt++] = &w->gate, list[nt++] = &w->up, list[nt++] = &w->down;
+		}
+		for (size_t i = 0; i < nt; i++) {
+			const unsigned char *p = list[i]->data;
+			size_t n = (size_t)list[i]->rows * list[i]->cols * gs_dtype_size(list[i]->dtype);
+			if (m->st)
+				gs_st_prefetch(m->st, p, n);
+			for (size_t off = 0; off < n; off += 4096)
+				sink ^= p[off];
+			done += n;
+			double now = now_s();
+			if (now - t0 > 1.0 && now - last > 0.5) {
+				fprintf(stderr, "\rloading %s: %.2f / %.2f GB mapped and touched, %.0f MB/s   ", m->path,
+					(double)done / 1e9, (double)total / 1e9, (double)done / 1e6 / (now - t0));
+				last = now;
+				shown = true;
 			}
 		}
-		done += t->nbytes;
 	}
 	if (shown)
 		fprintf(stderr, "\rloading %s: %.2f GB mapped and touched in %.1f s (%.0f MB/s)        \n", m->path,
@@ -206,7 +302,7 @@ static void touch_weights(struct gs_model *m)
 	(void)sink;
 }
 
-enum gs_status gs_model_load(const char *dir, bool touch_pages, struct gs_model **out)
+enum gs_status gs_model_load_tp(const char *dir, int rank, int size, bool touch_pages, struct gs_model **out)
 {
 	struct gs_model *m;
 	char path[1024];
@@ -224,7 +320,7 @@ enum gs_status gs_model_load(const char *dir, bool touch_pages, struct gs_model 
 	st = gs_st_open(dir, &m->st);
 	if (st != GS_OK)
 		goto out_free_model;
-	st = load_weights(m, dir);
+	st = load_weights(m, dir, rank, size);
 	if (st != GS_OK)
 		goto out_free_model;
 	if (m->n_vocab != m->cfg.vocab_size)
@@ -239,6 +335,11 @@ enum gs_status gs_model_load(const char *dir, bool touch_pages, struct gs_model 
 out_free_model:
 	gs_model_free(m);
 	return st;
+}
+
+enum gs_status gs_model_load(const char *dir, bool touch_pages, struct gs_model **out)
+{
+	return gs_model_load_tp(dir, 0, 1, touch_pages, out);
 }
 
 void gs_model_free(struct gs_model *m)
@@ -310,12 +411,13 @@ static void fill_bf16(uint16_t *p, size_t n, float a, uint64_t seed)
 	}
 }
 
-enum gs_status gs_model_synthetic(const char *shape, uint64_t seed, struct gs_model **out)
+enum gs_status gs_model_synthetic_tp(const char *shape, uint64_t seed, int rank, int size, struct gs_model **out)
 {
 	const char *json = gs_model_preset_json(shape);
+	const struct gs_shard *sh;
 	struct gs_model *m;
 	enum gs_status st;
-	size_t H, F, QD, KD, V, L, per_layer, total;
+	size_t H, D, F, QD, KD, V, L, per_layer, total;
 	uint16_t *w;
 
 	*out = NULL;
@@ -328,13 +430,17 @@ enum gs_status gs_model_synthetic(const char *shape, uint64_t seed, struct gs_mo
 	st = gs_config_parse(json, strlen(json), m->path, &m->cfg);
 	if (st != GS_OK)
 		goto out_free_model;
+	m->n_vocab = m->cfg.vocab_size;
+	st = gs_shard_plan(&m->cfg, m->n_vocab, rank, size, &m->shard);
+	if (st != GS_OK)
+		goto out_free_model;
 	st = alloc_gains(m);
 	if (st != GS_OK)
 		goto out_free_model;
-	H = (size_t)m->cfg.hidden, F = (size_t)m->cfg.intermediate, L = (size_t)m->cfg.n_layers;
-	QD = (size_t)m->cfg.n_heads * (size_t)m->cfg.head_dim;
-	KD = (size_t)m->cfg.n_kv_heads * (size_t)m->cfg.head_dim;
-	V = (size_t)m->cfg.vocab_size;
+	sh = &m->shard;
+	H = (size_t)m->cfg.hidden, D = (size_t)m->cfg.head_dim, L = (size_t)m->cfg.n_layers;
+	F = (size_t)sh->n_f, QD = (size_t)sh->n_heads * D, KD = (size_t)sh->n_kv_heads * D;
+	V = (size_t)sh->n_vocab;
 	per_layer = 2 * QD * H + 2 * KD * H + 3 * F * H;
 	total = V * H + L * per_layer;
 	m->slab = malloc(total * sizeof(uint16_t));
@@ -344,13 +450,14 @@ enum gs_status gs_model_synthetic(const char *shape, uint64_t seed, struct gs_mo
 		goto out_free_model;
 	}
 	w = m->slab;
-	m->n_vocab = (int32_t)V;
+	seed = seed * 1000003u + (uint64_t)rank;
 	m->embed = (struct gs_tensor){ GS_DTYPE_BF16, (int64_t)V, (int64_t)H, w };
 	m->lm_head = m->embed;
 	fill_bf16(w, V * H, 0.05f, seed), w += V * H;
 	for (size_t l = 0; l < L; l++) {
 		struct gs_layer_weights *lw = &m->layers[l];
-		float a = 1.0f / sqrtf((float)H), b = 1.0f / sqrtf((float)F), c = 1.0f / sqrtf((float)QD);
+		size_t FF = (size_t)m->cfg.intermediate, QQ = (size_t)m->cfg.n_heads * D;
+		float a = 1.0f / sqrtf((float)H), b = 1.0f / sqrtf((float)FF), c = 1.0f / sqrtf((float)QQ);
 		lw->q = (struct gs_tensor){ GS_DTYPE_BF16, (int64_t)QD, (int64_t)H, w };
 		fill_bf16(w, QD * H, a, seed + 10 * l + 1), w += QD * H;
 		lw->k = (struct gs_tensor){ GS_DTYPE_BF16, (int64_t)KD, (int64_t)H, w };
@@ -366,7 +473,7 @@ enum gs_status gs_model_synthetic(const char *shape, uint64_t seed, struct gs_mo
 		lw->down = (struct gs_tensor){ GS_DTYPE_BF16, (int64_t)H, (int64_t)F, w };
 		fill_bf16(w, H * F, b, seed + 10 * l + 7), w += H * F;
 	}
-	for (size_t i = 0; i < L * (4 * H + 2 * (size_t)m->cfg.head_dim) + H; i++)
+	for (size_t i = 0; i < L * (4 * H + 2 * D) + H; i++)
 		m->gains[i] = 1.0f;
 	m->weight_bytes = total * sizeof(uint16_t);
 	m->embed_scale = embed_scale_of(m->cfg.hidden);
@@ -376,4 +483,9 @@ enum gs_status gs_model_synthetic(const char *shape, uint64_t seed, struct gs_mo
 out_free_model:
 	gs_model_free(m);
 	return st;
+}
+
+enum gs_status gs_model_synthetic(const char *shape, uint64_t seed, struct gs_model **out)
+{
+	return gs_model_synthetic_tp(shape, seed, 0, 1, out);
 }

@@ -239,28 +239,33 @@ static void cpu_geglu(void *vctx, float *out, const float *gate, const float *up
 		gs_threadpool_run(ctx->tp, geglu_task, &j);
 }
 
-static void cpu_embed(void *vctx, float *out, const struct gs_tensor *emb, const int32_t *ids, int n, float scale)
+static void cpu_embed(void *vctx, float *out, const struct gs_tensor *emb, const int32_t *ids, int n, float scale,
+		      int64_t row0)
 {
 	size_t H = (size_t)emb->cols;
 
 	for (int t = 0; t < n; t++) {
 		float *o = out + (size_t)t * H;
-		GS_ASSERT(ids[t] >= 0 && ids[t] < emb->rows);
+		int64_t row = (int64_t)ids[t] - row0;
+		if (row < 0 || row >= emb->rows) {
+			memset(o, 0, H * sizeof(float));
+			continue;
+		}
 		switch (emb->dtype) {
 		case GS_DTYPE_BF16: {
-			const uint16_t *r = (const uint16_t *)emb->data + (size_t)ids[t] * H;
+			const uint16_t *r = (const uint16_t *)emb->data + (size_t)row * H;
 			for (size_t i = 0; i < H; i++)
 				o[i] = gs_bf16_to_f32(r[i]) * scale;
 			break;
 		}
 		case GS_DTYPE_F16: {
-			const uint16_t *r = (const uint16_t *)emb->data + (size_t)ids[t] * H;
+			const uint16_t *r = (const uint16_t *)emb->data + (size_t)row * H;
 			for (size_t i = 0; i < H; i++)
 				o[i] = gs_f16_to_f32(r[i]) * scale;
 			break;
 		}
 		case GS_DTYPE_F32: {
-			const float *r = (const float *)emb->data + (size_t)ids[t] * H;
+			const float *r = (const float *)emb->data + (size_t)row * H;
 			for (size_t i = 0; i < H; i++)
 				o[i] = r[i] * scale;
 			break;
