@@ -25,7 +25,7 @@
 #define GS_TOPP_SORT_MAX      4096   /* top_p on sets this small: sort them outright      */
 #define GS_TOPP_BUCKETS       2048
 #define GS_TOPP_BUCKET_SCALE  64.0f  /* buckets per nat below the max: 32 nats resolved    */
-#define GS_TOPP_FIRST_TRY     256    /* top_p first looks for the nucleus among this many  */
+#define GS_TOPP_FIRST_TRY     1024   /* top_p first looks for the nucleus among this many  */
 #define GS_SUM_LANES          8
 
 /* ---- numerics shared by every path (same function, same order, same bits) ---- */
@@ -112,6 +112,37 @@ static double gs_exp_sum(const float *l, float *e, size_t n, float lmax, double 
 			blocks[b / GS_SUM_BLOCK] = bs;
 		total += bs;
 	}
+	return total;
+}
+
+/* gs_exp_sum() over a whole set that also returns, in *above, the mass of the entries with
+ * logit >= thr: one pass instead of two for top_p's first try. Same lanes and order. */
+static double gs_exp_sum_above(const float *l, float *e, size_t n, float lmax, float thr,
+			       double *above)
+{
+	double total = 0.0, hi = 0.0;
+
+	for (size_t b = 0; b < n; b += GS_SUM_BLOCK) {
+		size_t end = b + GS_SUM_BLOCK < n ? b + GS_SUM_BLOCK : n, i = b;
+		float acc[GS_SUM_LANES] = { 0 }, acc_hi[GS_SUM_LANES] = { 0 };
+		for (; i + GS_SUM_LANES <= end; i += GS_SUM_LANES)
+			for (size_t j = 0; j < GS_SUM_LANES; j++) {
+				float v = gs_expf(l[i + j] - lmax);
+				e[i + j] = v;
+				acc[j] += v;
+				acc_hi[j] += l[i + j] >= thr ? v : 0.0f;
+			}
+		for (; i < end; i++) {
+			e[i] = gs_expf(l[i] - lmax);
+			acc[0] += e[i];
+			acc_hi[0] += l[i] >= thr ? e[i] : 0.0f;
+		}
+		total += (double)(((acc[0] + acc[1]) + (acc[2] + acc[3])) +
+				  ((acc[4] + acc[5]) + (acc[6] + acc[7])));
+		hi += (double)(((acc_hi[0] + acc_hi[1]) + (acc_hi[2] + acc_hi[3])) +
+			       ((acc_hi[4] + acc_hi[5]) + (acc_hi[6] + acc_hi[7])));
+	}
+	*above = hi;
 	return total;
 }
 
@@ -328,6 +359,40 @@ static float gs_quickselect_desc(float *a, size_t n, size_t k)
 	}
 }
 
+/* Does any of x[0..GS_SCAN_CHUNK) pass thr (ge: >=, else >)? Vectorises to compares and an
+ * OR, so sparse hits over a 262144-entry set cost a streaming pass, not a branch each. */
+#define GS_SCAN_CHUNK 16
+static inline bool gs_chunk_any(const float *x, float thr, bool ge)
+{
+	int any = 0;
+	if (ge)
+		for (int j = 0; j < GS_SCAN_CHUNK; j++)
+			any |= x[j] >= thr;
+	else
+		for (int j = 0; j < GS_SCAN_CHUNK; j++)
+			any |= x[j] > thr;
+	return any != 0;
+}
+
+/* Moves entries with logit >= v to the front, keeping their order. */
+static void gs_compact_ge(struct gs_candidates *c, float v)
+{
+	size_t j = 0, i = 0;
+	for (; i < c->n; i++) {
+		if ((i & (GS_SCAN_CHUNK - 1)) == 0 && i + GS_SCAN_CHUNK <= c->n &&
+		    !gs_chunk_any(c->logit + i, v, true)) {
+			i += GS_SCAN_CHUNK - 1;
+			continue;
+		}
+		if (c->logit[i] >= v) {
+			c->id[j] = c->id[i];
+			c->logit[j] = c->logit[i];
+			j++;
+		}
+	}
+	c->n = j;
+}
+
 /* k-th largest of x[0..n), 1 <= k <= n. scratch: n floats, distinct from x. */
 static float gs_kth_largest(const float *x, size_t n, size_t k, float *scratch)
 {
@@ -342,7 +407,19 @@ static float gs_kth_largest(const float *x, size_t n, size_t k, float *scratch)
 	memcpy(h, x, k * sizeof(float));
 	for (size_t i = k / 2; i-- > 0;)
 		gs_sift_min(h, k, i);
-	for (size_t i = k; i < n; i++) {
+	size_t i = k;
+	for (; i < n && (i & (GS_SCAN_CHUNK - 1)); i++) {
+		if (x[i] > h[0]) {
+			h[0] = x[i];
+			gs_sift_min(h, k, 0);
+		}
+	}
+	for (; i < n; i++) {
+		if ((i & (GS_SCAN_CHUNK - 1)) == 0 && i + GS_SCAN_CHUNK <= n &&
+		    !gs_chunk_any(x + i, h[0], false)) {
+			i += GS_SCAN_CHUNK - 1;
+			continue;
+		}
 		if (x[i] > h[0]) {
 			h[0] = x[i];
 			gs_sift_min(h, k, 0);
@@ -415,15 +492,7 @@ static void gs_top_k_apply(void *ctx, struct gs_candidates *c)
 		return;
 	}
 	float v = gs_kth_largest(c->logit, c->n, k, c->p);
-	size_t j = 0;
-	for (size_t i = 0; i < c->n; i++) {
-		if (c->logit[i] >= v) {
-			c->id[j] = c->id[i];
-			c->logit[j] = c->logit[i];
-			j++;
-		}
-	}
-	c->n = j;
+	gs_compact_ge(c, v);
 	/* Sorted from here on: top_p needs it, and the draw order must not depend on whether
 	 * the set came from the full vocabulary or from merged candidates. */
 	gs_candidates_sort(c);
@@ -449,31 +518,20 @@ static inline size_t gs_topp_bucket(float lmax, float l)
 static void gs_top_p_bucketed(struct gs_top_p_ctx *tc, struct gs_candidates *c)
 {
 	float lmax = gs_max(c->logit, c->n);
-	double z = gs_exp_sum(c->logit, c->p, c->n, lmax, NULL);
 
 	if (!(lmax > -INFINITY)) { /* all -inf, uniform: the first ceil(p * n) ids */
-		size_t keep = (size_t)ceil((double)tc->p * z);
+		size_t keep = (size_t)ceil((double)tc->p * (double)c->n);
 		c->n = keep < 1 ? 1 : keep < c->n ? keep : c->n;
 		return;
 	}
-	double target = (double)tc->p * z;
-	/* LLM logits are peaked: the nucleus is nearly always inside the top few hundred, and
-	 * one heap pass finds those. Only if their mass falls short, bucket the rest. */
+	/* LLM logits are peaked: the nucleus is usually inside the top few hundred, and one
+	 * heap pass finds those. Only if their mass falls short, bucket the rest. */
 	float v = gs_kth_largest(c->logit, c->n, GS_TOPP_FIRST_TRY, tc->heap);
-	double top = 0.0;
-	for (size_t i = 0; i < c->n; i++)
-		if (c->logit[i] >= v) /* rare: a predictable branch beats a long add chain */
-			top += c->p[i];
+	double top;
+	double z = gs_exp_sum_above(c->logit, c->p, c->n, lmax, v, &top);
+	double target = (double)tc->p * z;
 	if (top >= target) {
-		size_t j = 0;
-		for (size_t i = 0; i < c->n; i++) {
-			if (c->logit[i] >= v) {
-				c->id[j] = c->id[i];
-				c->logit[j] = c->logit[i];
-				j++;
-			}
-		}
-		c->n = j;
+		gs_compact_ge(c, v);
 		gs_candidates_sort(c);
 		double cum = 0.0;
 		size_t keep = 0;
