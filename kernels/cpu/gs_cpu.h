@@ -1,0 +1,76 @@
+/* CPU hot kernels: thread pool, matmul with bf16/f16/f32 weights, system measurements.
+ *
+ * Matmul convention (PyTorch nn.Linear): y[m×n] = x[m×k] · Wᵀ, W row-major [n×k] as stored in
+ * the checkpoint (mmap'd, never converted in place). Activations and accumulation are fp32;
+ * a bf16 weight becomes fp32 exactly (16-bit shift), so the only rounding is fp32 summation.
+ *
+ * The instruction set is picked once at first use (AVX-512 F/BW/VL, else AVX2+FMA+F16C, else
+ * portable C) and can be forced with env GS_CPU_ISA=avx512|avx2|scalar or gs_cpu_force_isa(). */
+#ifndef GS_CPU_H
+#define GS_CPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- thread pool ---------------------------------------------------------------------- */
+
+struct gs_threadpool; /* opaque */
+
+/* fn runs once on every thread of the pool: tid in [0, n_threads), the caller is tid 0. */
+typedef void (*gs_task_fn)(void *ctx, int tid, int n_threads);
+
+/* n_threads <= 0: env GS_THREADS if set, else the number of online CPUs.
+ * Returns NULL (reason in gs_last_error()) if a thread cannot be started. */
+struct gs_threadpool *gs_threadpool_create(int n_threads);
+void                  gs_threadpool_free(struct gs_threadpool *tp);
+int                   gs_threadpool_size(const struct gs_threadpool *tp); /* NULL pool: 1 */
+
+/* Run fn on all threads and return when every one has finished. Not reentrant: one caller
+ * at a time, and fn must not call gs_threadpool_run on the same pool. No allocation; workers
+ * spin briefly (env GS_SPIN_US, default 100 µs) before sleeping on a futex, so back-to-back
+ * calls cost a few microseconds. tp == NULL runs fn(ctx, 0, 1) on the caller. */
+void gs_threadpool_run(struct gs_threadpool *tp, gs_task_fn fn, void *ctx);
+
+/* ---- instruction set selection -------------------------------------------------------- */
+
+enum gs_cpu_isa {
+	GS_CPU_ISA_SCALAR, /* portable C */
+	GS_CPU_ISA_AVX2,   /* AVX2 + FMA + F16C */
+	GS_CPU_ISA_AVX512, /* AVX-512 F/BW/VL/DQ (never avx512_bf16: it rounds activations) */
+	GS_CPU_ISA_COUNT
+};
+
+enum gs_cpu_isa gs_cpu_isa(void);                        /* path in use */
+const char     *gs_cpu_isa_name(void);                   /* "avx512", "avx2", "scalar" */
+const char     *gs_cpu_isa_str(enum gs_cpu_isa isa);
+int             gs_cpu_isa_supported(enum gs_cpu_isa isa); /* 1 if this CPU can run it */
+/* Force a path by name ("avx512", "avx2", "scalar"), NULL = best supported again.
+ * Returns 0, or -1 (path unchanged) for an unknown name or one this CPU cannot run.
+ * Not thread-safe against concurrent matmuls: call between them (tests, start-up). */
+int gs_cpu_force_isa(const char *name);
+
+/* ---- matmul ----------------------------------------------------------------------------- */
+
+/* y[m×n] = x[m×k] · Wᵀ, W [n×k] row-major; y is fully overwritten (never read).
+ * Work is split over the pool by output columns n (contiguous, 16-aligned ranges per thread).
+ * m ≤ 4 streams each weight row once (decode, memory-bound); larger m converts tiles of W to
+ * fp32 once per thread and reuses them over all rows of x (prefill, compute-bound).
+ * Any m, n, k ≥ 0; y must not alias x or w. tp may be NULL (single thread). */
+void gs_cpu_matmul_bf16(struct gs_threadpool *tp, float *y, const float *x, const uint16_t *w,
+			int m, int n, int k);
+void gs_cpu_matmul_f16(struct gs_threadpool *tp, float *y, const float *x, const uint16_t *w,
+		       int m, int n, int k);
+void gs_cpu_matmul_f32(struct gs_threadpool *tp, float *y, const float *x, const float *w,
+		       int m, int n, int k);
+
+/* ---- system measurements (benchmarks, start-up diagnostics; they allocate) -------------- */
+
+/* STREAM-like read (sum) of a `bytes` buffer split over all pool threads; the buffer should be
+ * far larger than the last-level cache. Returns bytes/s, the best of `reps` passes, or 0 if the
+ * buffer cannot be allocated. */
+double gs_cpu_measure_read_bw(struct gs_threadpool *tp, size_t bytes, int reps);
+/* fp32 FMA flops/s on all pool threads (independent accumulator chains in registers, widest
+ * ISA selected by gs_cpu_isa()), best of a few reps. */
+double gs_cpu_measure_fma_peak(struct gs_threadpool *tp);
+
+#endif
