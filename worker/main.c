@@ -1,0 +1,515 @@
+/* gemmashard-worker: one tensor-parallel engine = one MPI job; every rank runs this.
+ *
+ *   mpirun -np T gemmashard-worker --model DIR --tokens 2,105,... --dump-logits FILE
+ *   mpirun -np T gemmashard-worker --model DIR --tokens ... --generate N [sampling]
+ *   mpirun -np T gemmashard-worker --synthetic 1b --bench
+ *
+ * Start-up is collective and fails as a group: every rank loads its shard, then all agree
+ * on success (one message per distinct error, from the rank that saw it) and on having
+ * opened the same checkpoint (config + safetensors header checksums), or all exit. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "gs_comm.h"
+#include "gs_config.h"
+#include "gs_cpu.h"
+#include "gs_forward.h"
+#include "gs_safetensors.h"
+#include "gs_sampler.h"
+
+#define GS_PATH_MAX 256
+
+struct worker_opts {
+	const char *model, *synthetic, *tokens, *dump;
+	int generate, chunk, threads, decode_steps, prompt_tokens;
+	bool bench;
+	struct gs_sampling_params sp;
+};
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static uint64_t fnv1a(const void *p, size_t n, uint64_t h)
+{
+	const unsigned char *b = p;
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ b[i]) * 0x100000001b3ull;
+	return h;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: mpirun -np T gemmashard-worker (--model DIR | --synthetic SHAPE)\n"
+		   "         [--tokens 2,105,...] [--dump-logits FILE] [--generate N] [--bench]\n"
+		   "options:\n"
+		   "  --model DIR          checkpoint directory (every rank reads only its slices)\n"
+		   "  --synthetic SHAPE    random weights in memory: tiny, 1b, 4b, 27b\n"
+		   "  --tokens IDS         comma-separated prompt token ids\n"
+		   "  --dump-logits FILE   rank 0 writes float32 logits [n_tokens x vocab] of every position\n"
+		   "  --generate N         print N generated token ids (greedy unless --temperature > 0)\n"
+		   "  --temperature X --top-k N --top-p X --min-p X --repetition-penalty X --seed N\n"
+		   "  --chunk N            feed the prompt in chunks of N tokens (1 = decode only)\n"
+		   "  --threads N          CPU threads per rank (default: all cores / ranks on this host)\n"
+		   "  --bench              time prefill (--prompt-tokens, 512) and decode (--decode-steps, 32)\n");
+}
+
+/* Returns 0, 1 for --help (rank 0 prints it), 2 on a usage error (reason in gs_last_error). */
+static int parse_args(int argc, char **argv, struct worker_opts *o, int rank)
+{
+	*o = (struct worker_opts){ .chunk = 0, .decode_steps = 32, .prompt_tokens = 512 };
+	o->sp = (struct gs_sampling_params){ .temperature = 0, .top_k = 0, .top_p = 1, .min_p = 0,
+					     .repetition_penalty = 1, .seed = 0 };
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+		bool takes = true;
+		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+			if (rank == 0)
+				usage(stdout);
+			return 1;
+		} else if (!strcmp(a, "--bench")) {
+			o->bench = true, takes = false;
+		} else if (!v) {
+			goto bad;
+		} else if (!strcmp(a, "--model")) {
+			o->model = v;
+		} else if (!strcmp(a, "--synthetic")) {
+			o->synthetic = v;
+		} else if (!strcmp(a, "--tokens")) {
+			o->tokens = v;
+		} else if (!strcmp(a, "--dump-logits")) {
+			o->dump = v;
+		} else if (!strcmp(a, "--generate")) {
+			o->generate = atoi(v);
+		} else if (!strcmp(a, "--chunk")) {
+			o->chunk = atoi(v);
+		} else if (!strcmp(a, "--threads")) {
+			o->threads = atoi(v);
+		} else if (!strcmp(a, "--decode-steps")) {
+			o->decode_steps = atoi(v);
+		} else if (!strcmp(a, "--prompt-tokens")) {
+			o->prompt_tokens = atoi(v);
+		} else if (!strcmp(a, "--temperature")) {
+			o->sp.temperature = strtof(v, NULL);
+		} else if (!strcmp(a, "--top-k")) {
+			o->sp.top_k = atoi(v);
+		} else if (!strcmp(a, "--top-p")) {
+			o->sp.top_p = strtof(v, NULL);
+		} else if (!strcmp(a, "--min-p")) {
+			o->sp.min_p = strtof(v, NULL);
+		} else if (!strcmp(a, "--repetition-penalty")) {
+			o->sp.repetition_penalty = strtof(v, NULL);
+		} else if (!strcmp(a, "--seed")) {
+			o->sp.seed = strtoull(v, NULL, 10);
+		} else {
+			goto bad;
+		}
+		i += takes;
+		continue;
+bad:
+		gs_errorf(GS_ERR_INVALID_ARG, "bad or incomplete option '%s' (see --help)", a);
+		return 2;
+	}
+	if (!o->model == !o->synthetic || (!o->bench && !o->tokens) || o->generate < 0 || o->chunk < 0) {
+		gs_errorf(GS_ERR_INVALID_ARG, "need exactly one of --model/--synthetic, and --tokens unless --bench "
+			  "(see --help)");
+		return 2;
+	}
+	return 0;
+}
+
+/* Collective: did every rank succeed? Each failing rank prints its reason unless a lower
+ * rank failed with the same text (T ranks hitting one config error say it once). */
+static bool all_ok(const struct gs_comm *w, enum gs_status st, const char *what)
+{
+	int n = gs_comm_size(w), rank = gs_comm_rank(w);
+	int64_t mine[2] = { st != GS_OK, st != GS_OK ? (int64_t)(fnv1a(gs_last_error(), strlen(gs_last_error()),
+								     0xcbf29ce484222325ull) >> 1) : 0 };
+	int64_t *all = calloc((size_t)n * 2, sizeof(*all));
+	bool ok = true, print = st != GS_OK;
+
+	GS_ASSERT(all != NULL);
+	if (w->iface->allgather(w->ctx, mine, all, sizeof(mine)) != GS_OK) {
+		fprintf(stderr, "[gemmashard r%d] error: %s: collective failed: %s\n", rank, what, gs_last_error());
+		w->iface->abort(w->ctx, 1);
+	}
+	for (int r = 0; r < n; r++) {
+		if (all[2 * r])
+			ok = false;
+		if (r < rank && all[2 * r] && all[2 * r + 1] == mine[1])
+			print = false;
+	}
+	if (print)
+		fprintf(stderr, "[gemmashard r%d] error: %s: %s\n", rank, what, gs_last_error());
+	free(all);
+	return ok;
+}
+
+static long rss_kb(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	long kb = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb;
+}
+
+/* Every rank must have opened the same checkpoint: compare config fields and safetensors
+ * header checksums; rank 0 names the odd ones out. */
+static bool same_checkpoint(const struct gs_comm *w, const struct gs_model *m, const char *path)
+{
+	struct ident {
+		uint64_t cfg, headers;
+		char path[GS_PATH_MAX];
+	} me = { 0 }, *all;
+	const struct gs_config *c = &m->cfg;
+	int n = gs_comm_size(w);
+	bool ok = true;
+	int32_t f[] = { c->vocab_size, c->hidden, c->intermediate, c->n_layers, c->n_heads, c->n_kv_heads,
+			c->head_dim, c->sliding_window, c->max_position, m->n_vocab };
+
+	me.cfg = fnv1a(f, sizeof(f), 0xcbf29ce484222325ull);
+	me.cfg = fnv1a(c->is_sliding, (size_t)c->n_layers, me.cfg);
+	me.cfg = fnv1a(&c->query_pre_attn_scalar, sizeof(double), me.cfg);
+	me.cfg = fnv1a(&c->rope_scale_factor, sizeof(double), me.cfg);
+	/* Headers only describe names, shapes and offsets; the norm gains are mirrored on every
+	 * rank, so hashing them also tells apart checkpoints with different weights. */
+	me.cfg = fnv1a(m->gains, sizeof(float) * ((size_t)c->n_layers * (4 * (size_t)c->hidden + 2 * (size_t)c->head_dim) +
+						  (size_t)c->hidden), me.cfg);
+	me.headers = m->st ? gs_st_header_checksum(m->st) : 0;
+	snprintf(me.path, sizeof(me.path), "%s", path);
+	all = calloc((size_t)n, sizeof(*all));
+	GS_ASSERT(all != NULL);
+	if (w->iface->allgather(w->ctx, &me, all, sizeof(me)) != GS_OK)
+		w->iface->abort(w->ctx, 1);
+	for (int r = 1; r < n; r++) {
+		if (all[r].cfg == all[0].cfg && all[r].headers == all[0].headers)
+			continue;
+		ok = false;
+		if (gs_comm_rank(w) == 0)
+			fprintf(stderr,
+				"[gemmashard r0] error: rank %d loaded a different checkpoint than rank 0: '%s' "
+				"(config+norms %016llx, headers %016llx) vs '%s' (config+norms %016llx, headers %016llx); "
+				"all ranks of an engine must load the same model\n",
+				r, all[r].path, (unsigned long long)all[r].cfg, (unsigned long long)all[r].headers,
+				all[0].path, (unsigned long long)all[0].cfg, (unsigned long long)all[0].headers);
+	}
+	free(all);
+	return ok;
+}
+
+/* Rank 0 receives the full [rows, V] logits from the vocabulary-sharded [rows, n_local]. */
+static enum gs_status gather_logits(const struct gs_comm *w, const struct gs_model *m, const float *local,
+				    int rows, float *full, float *pad_send, float *pad_recv)
+{
+	const struct gs_shard *sh = &m->shard;
+	int T = gs_comm_size(w);
+	size_t stride = (size_t)sh->vocab_stride;
+
+	for (int r = 0; r < rows; r++)
+		for (size_t i = 0; i < stride; i++)
+			pad_send[(size_t)r * stride + i] = i < (size_t)sh->n_vocab ? local[(size_t)r * sh->n_vocab + i] : 0.0f;
+	GS_TRY(w->iface->gather(w->ctx, pad_send, pad_recv, (size_t)rows * stride * sizeof(float), 0));
+	if (gs_comm_rank(w) != 0)
+		return GS_OK;
+	for (int k = 0; k < T; k++) {
+		size_t v0 = (size_t)k * stride;
+		for (int r = 0; r < rows; r++)
+			for (size_t i = 0; i < stride && v0 + i < (size_t)m->n_vocab; i++)
+				full[(size_t)r * m->n_vocab + v0 + i] = pad_recv[((size_t)k * rows + r) * stride + i];
+	}
+	return GS_OK;
+}
+
+/* Distributed sampling: each rank reduces its slice to K candidates, rank 0 merges and
+ * draws with the request's seed, then broadcasts the token. */
+struct dsample {
+	struct gs_sampler *smp;
+	size_t K;
+	int32_t *ids, *all_ids;
+	float *lg, *all_lg;
+};
+
+static int32_t sample_next(const struct gs_comm *w, struct dsample *d, const struct gs_model *m,
+			   const float *local_logits, const int32_t *hist, size_t n_hist)
+{
+	int T = gs_comm_size(w);
+	size_t got = gs_sampler_local_candidates(d->smp, local_logits, m->shard.vocab0, m->shard.n_vocab, hist, n_hist,
+						 d->K, d->ids, d->lg);
+	int32_t tok = -1;
+
+	for (size_t i = got; i < d->K; i++)
+		d->ids[i] = -1, d->lg[i] = -INFINITY; /* padding when a slice is shorter than K */
+	if (w->iface->gather(w->ctx, d->ids, d->all_ids, d->K * sizeof(int32_t), 0) != GS_OK ||
+	    w->iface->gather(w->ctx, d->lg, d->all_lg, d->K * sizeof(float), 0) != GS_OK)
+		return -1;
+	if (gs_comm_rank(w) == 0) {
+		size_t n = 0;
+		for (size_t i = 0; i < (size_t)T * d->K; i++)
+			if (d->all_ids[i] >= 0)
+				d->all_ids[n] = d->all_ids[i], d->all_lg[n] = d->all_lg[i], n++;
+		tok = gs_sampler_sample_candidates(d->smp, d->all_ids, d->all_lg, n, NULL);
+	}
+	if (w->iface->broadcast(w->ctx, &tok, sizeof(tok), 0) != GS_OK)
+		return -1;
+	return tok;
+}
+
+static int parse_ids(const char *s, int32_t **ids, int32_t *n)
+{
+	size_t cap = 16, cnt = 0;
+	int32_t *v = malloc(cap * sizeof(*v));
+	char *end;
+
+	while (v && *s) {
+		long x = strtol(s, &end, 10);
+		if (end == s || x < 0 || x > INT32_MAX || (*end && *end != ','))
+			break;
+		if (cnt == cap) {
+			int32_t *nv = realloc(v, 2 * cap * sizeof(*v));
+			if (!nv)
+				break;
+			v = nv, cap *= 2;
+		}
+		v[cnt++] = (int32_t)x;
+		s = *end ? end + 1 : end;
+	}
+	if (!v || *s || cnt == 0) {
+		free(v);
+		return gs_errorf(GS_ERR_INVALID_ARG, "--tokens: not a comma-separated list of token ids");
+	}
+	*ids = v;
+	*n = (int32_t)cnt;
+	return GS_OK;
+}
+
+static int run_bench(const struct gs_comm *w, struct gs_forward *f, struct gs_seq *s, const struct gs_model *m,
+		     const struct worker_opts *o, float *logits)
+{
+	int np = o->prompt_tokens, rank = gs_comm_rank(w);
+	int32_t *ids = malloc(sizeof(*ids) * (size_t)np);
+	double t0, t_pre = 1e30, t_dec = 1e30;
+
+	GS_ASSERT(ids != NULL);
+	for (int i = 0; i < np; i++)
+		ids[i] = 2 + (int32_t)((i * 2654435761u) % (uint32_t)(m->n_vocab - 2));
+	for (int rep = 0; rep < 2; rep++) {
+		gs_seq_reset(s);
+		w->iface->barrier(w->ctx);
+		t0 = now_s();
+		if (gs_forward_run(f, s, ids, np, logits, false) != GS_OK)
+			return 1;
+		w->iface->barrier(w->ctx);
+		if (now_s() - t0 < t_pre)
+			t_pre = now_s() - t0;
+	}
+	for (int rep = 0; rep < 2; rep++) {
+		gs_seq_reset(s);
+		if (gs_forward_run(f, s, ids, 16, logits, false) != GS_OK)
+			return 1;
+		w->iface->barrier(w->ctx);
+		t0 = now_s();
+		for (int i = 0; i < o->decode_steps; i++)
+			if (gs_forward_run(f, s, &ids[16 + i % (np > 17 ? np - 17 : 1)], 1, logits, false) != GS_OK)
+				return 1;
+		w->iface->barrier(w->ctx);
+		if ((now_s() - t0) / o->decode_steps < t_dec)
+			t_dec = (now_s() - t0) / o->decode_steps;
+	}
+	if (rank == 0)
+		printf("bench %s TP=%d threads/rank=%d: prefill %d tokens %.3f s (%.2f tok/s); decode %.2f ms/token "
+		       "(%.2f tok/s)\n", m->path, gs_comm_size(w), o->threads, np, t_pre, np / t_pre, t_dec * 1e3,
+		       1.0 / t_dec);
+	free(ids);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct gs_comm world;
+	struct worker_opts o;
+	struct gs_model *m = NULL;
+	struct gs_backend be = { 0 };
+	struct gs_forward *f = NULL;
+	struct gs_seq *s = NULL;
+	struct dsample ds = { 0 };
+	int32_t *ids = NULL, n = 0;
+	float *logits = NULL, *full = NULL, *pad_s = NULL, *pad_r = NULL;
+	enum gs_status st;
+	int rank, T, rc = 1;
+
+	if (gs_comm_mpi_init(&argc, &argv, &world) != GS_OK) {
+		fprintf(stderr, "gemmashard-worker: %s\n", gs_last_error());
+		return 1;
+	}
+	rank = gs_comm_rank(&world);
+	T = gs_comm_size(&world);
+	gs_log_set_rank(rank);
+	/* Ranks may get different arguments (MPMD): agree on the outcome before any collective. */
+	{
+		int64_t mine = parse_args(argc, argv, &o, rank);
+		bool ok = all_ok(&world, mine == 2 ? GS_ERR_INVALID_ARG : GS_OK, "arguments");
+		if (world.iface->allreduce_max_i64(world.ctx, &mine, 1) != GS_OK || !ok || mine) {
+			rc = ok && mine == 1 ? 0 : 2;
+			goto out_finalize;
+		}
+	}
+	if (o.threads <= 0) {
+		/* Ranks share the host's cores: oversubscribing spin-waiting pools wrecks latency. */
+		long cores = sysconf(_SC_NPROCESSORS_ONLN);
+		char *local = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+		int per_host = local ? atoi(local) : T;
+		o.threads = (int)(cores / (per_host > 0 ? per_host : 1));
+		if (o.threads < 1)
+			o.threads = 1;
+	}
+
+	/* Load this rank's shard; agree on success. */
+	st = o.model ? gs_model_load_tp(o.model, rank, T, true, &m)
+		     : gs_model_synthetic_tp(o.synthetic, 1234, rank, T, &m);
+	if (!all_ok(&world, st, "loading the model"))
+		goto out_free;
+	if (!same_checkpoint(&world, m, o.model ? o.model : o.synthetic))
+		goto out_free;
+	{
+		long kb = rss_kb();
+		int64_t mine = kb, *all = calloc((size_t)T, sizeof(*all));
+		GS_ASSERT(all != NULL);
+		world.iface->allgather(world.ctx, &mine, all, sizeof(mine));
+		if (rank == 0) {
+			fprintf(stderr, "[gemmashard r0] TP=%d, model %s: %.1f MB of weights per rank "
+					"(%d/%d query heads, %d KV heads, %d MLP columns, %d vocab rows)\n",
+				T, m->path, m->weight_bytes / 1e6, m->shard.n_heads, m->cfg.n_heads, m->shard.n_kv_heads,
+				m->shard.n_f, m->shard.n_vocab);
+			for (int k = 0; k < T; k++)
+				fprintf(stderr, "[gemmashard r0] rank %d resident memory %.1f MB\n", k, all[k] / 1024.0);
+		}
+		free(all);
+	}
+
+	st = GS_OK;
+	if (o.tokens)
+		st = parse_ids(o.tokens, &ids, &n);
+	if (st == GS_OK && o.tokens && (int64_t)n + o.generate > m->cfg.max_position)
+		st = gs_errorf(GS_ERR_RANGE, "%d prompt + %d generated tokens exceed max_position_embeddings (%d)", n,
+			       o.generate, m->cfg.max_position);
+	if (st == GS_OK)
+		st = gs_backend_cpu_create(o.threads, &be);
+	if (st == GS_OK) {
+		int32_t ctx = o.bench ? o.prompt_tokens + o.decode_steps + 1 : n + o.generate + 1;
+		int32_t chunk = o.bench ? (o.prompt_tokens < 512 ? o.prompt_tokens : 512) : (n < 256 ? n : 256);
+		if (ctx > m->cfg.max_position)
+			ctx = m->cfg.max_position;
+		st = gs_forward_create(m, be, chunk, &f);
+		if (st == GS_OK)
+			st = gs_seq_create(m, ctx, chunk, &s);
+	}
+	if (st == GS_OK) {
+		size_t rows = o.dump ? (size_t)n : 1, stride = (size_t)m->shard.vocab_stride;
+		logits = malloc(rows * (size_t)m->shard.n_vocab * sizeof(float));
+		pad_s = malloc(rows * stride * sizeof(float));
+		pad_r = malloc((size_t)T * rows * stride * sizeof(float));
+		full = malloc(rows * (size_t)m->n_vocab * sizeof(float));
+		if (!logits || !pad_s || !pad_r || !full)
+			st = gs_errorf(GS_ERR_NOMEM, "cannot allocate logits for %zu x %d", rows, m->n_vocab);
+	}
+	if (st == GS_OK && o.generate > 0) {
+		ds.K = o.sp.top_k > 0 ? (size_t)o.sp.top_k : 256;
+		if (ds.K > (size_t)m->shard.vocab_stride)
+			ds.K = (size_t)m->shard.vocab_stride;
+		ds.ids = malloc(ds.K * sizeof(int32_t));
+		ds.lg = malloc(ds.K * sizeof(float));
+		ds.all_ids = malloc((size_t)T * ds.K * sizeof(int32_t));
+		ds.all_lg = malloc((size_t)T * ds.K * sizeof(float));
+		ids = realloc(ids, ((size_t)n + o.generate) * sizeof(*ids));
+		if (!ds.ids || !ds.lg || !ds.all_ids || !ds.all_lg || !ids)
+			st = gs_errorf(GS_ERR_NOMEM, "out of memory");
+		else
+			st = gs_sampler_create(&o.sp, m->n_vocab, &ds.smp);
+	}
+	if (!all_ok(&world, st, "setting up"))
+		goto out_free;
+	if (T > 1)
+		gs_forward_set_comm(f, &world);
+
+	if (o.bench) {
+		rc = run_bench(&world, f, s, m, &o, logits);
+		goto out_free;
+	}
+
+	/* Prompt: the whole thing at once, or in --chunk pieces through the KV cache. */
+	{
+		int32_t chunk = o.chunk > 0 ? o.chunk : n;
+		for (int32_t done = 0; done < n; done += chunk) {
+			int32_t c = n - done < chunk ? n - done : chunk;
+			float *out = o.dump ? logits + (size_t)done * m->shard.n_vocab : logits;
+			st = gs_forward_run(f, s, ids + done, c, out, o.dump != NULL);
+			if (st != GS_OK)
+				break;
+		}
+	}
+	if (!all_ok(&world, st, "prefill"))
+		goto out_free;
+	if (o.dump) {
+		st = gather_logits(&world, m, logits, n, full, pad_s, pad_r);
+		if (st == GS_OK && rank == 0) {
+			FILE *fo = fopen(o.dump, "wb");
+			if (!fo || fwrite(full, sizeof(float), (size_t)n * m->n_vocab, fo) != (size_t)n * m->n_vocab)
+				st = gs_errorf(GS_ERR_IO, "%s: cannot write logits", o.dump);
+			if (fo && fclose(fo) != 0 && st == GS_OK)
+				st = gs_errorf(GS_ERR_IO, "%s: cannot write logits", o.dump);
+			if (st == GS_OK)
+				fprintf(stderr, "[gemmashard r0] wrote %d x %d float32 logits to %s\n", n, m->n_vocab, o.dump);
+		}
+		if (!all_ok(&world, st, "writing logits"))
+			goto out_free;
+		/* The last row of the dump is what generation continues from. */
+		if (o.generate > 0)
+			memmove(logits, logits + (size_t)(n - 1) * m->shard.n_vocab, m->shard.n_vocab * sizeof(float));
+	}
+
+	/* Generation: distributed sampling, every rank runs the chosen token. */
+	for (int g = 0; g < o.generate; g++) {
+		int32_t tok = sample_next(&world, &ds, m, logits, ids, (size_t)n + g);
+		if (tok < 0) {
+			st = gs_errorf(GS_ERR_INTERNAL, "sampling failed: %s", gs_last_error());
+			break;
+		}
+		ids[n + g] = tok;
+		if (rank == 0) {
+			printf(g ? " %d" : "%d", tok);
+			fflush(stdout);
+		}
+		if (g + 1 < o.generate && (st = gs_forward_run(f, s, &tok, 1, logits, false)) != GS_OK)
+			break;
+	}
+	if (rank == 0 && o.generate > 0)
+		printf("\n");
+	rc = all_ok(&world, st, "generating") ? 0 : 1;
+
+out_free:
+	free(ds.ids), free(ds.lg), free(ds.all_ids), free(ds.all_lg);
+	gs_sampler_free(ds.smp);
+	free(logits), free(full), free(pad_s), free(pad_r), free(ids);
+	gs_seq_free(s);
+	gs_forward_free(f);
+	if (be.ctx)
+		gs_backend_cpu_free(&be);
+	gs_model_free(m);
+out_finalize:
+	gs_comm_free(&world);
+	gs_comm_mpi_finalize();
+	return rc;
+}
