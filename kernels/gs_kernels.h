@@ -21,23 +21,39 @@ struct gs_tensor {
 	const void   *data;       /* mmap'd or arena memory, not owned */
 };
 
-/* Attention over a ring-buffer KV cache of one layer.
- * Query t (0 <= t < n_tokens) sits at position pos0 + t and sees key positions j with
- * j <= pos0 + t and pos0 + t - j < window; position j lives in slot j % cap. */
+/* One sequence's rows in a batched attention call. Its queries are rows [tok0, tok0 + n_tokens)
+ * at positions pos0 + t. Keys at positions < pos0 come from the paged cache: position j is
+ * row table[b] * block + j % block of the layer's slab, with b = j / block, taken modulo
+ * ring when ring > 0 (sliding layers keep a ring of blocks). Keys at positions >= pos0 are
+ * the batch's fresh k/v rows of this sequence. */
+struct gs_attn_seq {
+	int32_t        tok0;
+	int32_t        n_tokens;
+	int32_t        pos0;
+	const int32_t *table;     /* block ids */
+	int32_t        ring;      /* 0: table covers every block */
+};
+
+/* Attention of a ragged batch over one layer (STYLE.md 3: plain data). Query t sees key
+ * positions j with j <= pos(t) and pos(t) - j < window. */
 struct gs_attn_args {
-	float       *out;         /* [n_tokens, n_heads * head_dim] */
-	const float *q;           /* [n_tokens, n_heads * head_dim], normed + rotated */
-	const float *k_cache;     /* [cap, n_kv_heads * head_dim] */
-	const float *v_cache;     /* [cap, n_kv_heads * head_dim] */
-	int32_t      cap;         /* slots in the ring */
-	int32_t      n_tokens;
-	int32_t      pos0;
-	int32_t      n_heads;
-	int32_t      n_kv_heads;  /* q head h reads kv head h / (n_heads / n_kv_heads) */
-	int32_t      head_dim;
-	int32_t      window;      /* INT32_MAX: plain causal */
-	float        scale;       /* multiplies q·k */
-	float        softcap;     /* 0: none; else cap * tanh(s / cap) */
+	float                    *out;        /* [n_tokens, n_heads * head_dim] */
+	const float              *q;          /* [n_tokens, n_heads * head_dim], normed + rotated */
+	const float              *k_new;      /* [n_tokens, n_kv_heads * head_dim] this step's keys */
+	const float              *v_new;      /* [n_tokens, n_kv_heads * head_dim] */
+	const float              *k_cache;    /* this layer's slab [blocks * block, n_kv_heads * head_dim] */
+	const float              *v_cache;
+	int32_t                   block;      /* positions per block */
+	const struct gs_attn_seq *seqs;
+	int32_t                   n_seqs;
+	const int32_t            *tok_seq;    /* [n_tokens] index into seqs of each row */
+	int32_t                   n_tokens;
+	int32_t                   n_heads;
+	int32_t                   n_kv_heads; /* q head h reads kv head h / (n_heads / n_kv_heads) */
+	int32_t                   head_dim;
+	int32_t                   window;     /* INT32_MAX: plain causal */
+	float                     scale;      /* multiplies q·k */
+	float                     softcap;    /* 0: none; else cap * tanh(s / cap) */
 };
 
 struct gs_backend_i {
@@ -46,8 +62,8 @@ struct gs_backend_i {
 	void (*matmul)(void *ctx, float *y, const float *x, const struct gs_tensor *w, int m);
 	/* y[r] = x[r] * rsqrt(mean(x[r]²) + eps) * gain, gain = 1 + w already in fp32. y may be x. */
 	void (*rmsnorm)(void *ctx, float *y, const float *x, const float *gain, int rows, int dim, float eps);
-	/* NeoX half-rotation on [n_tokens, n_heads, head_dim] in place; angle = (pos0+t)·pos_scale·base^(-2j/D). */
-	void (*rope)(void *ctx, float *x, int n_tokens, int n_heads, int head_dim, int32_t pos0,
+	/* NeoX half-rotation on [n_tokens, n_heads, head_dim] in place; angle = pos[t]·pos_scale·base^(-2j/D). */
+	void (*rope)(void *ctx, float *x, int n_tokens, int n_heads, int head_dim, const int32_t *pos,
 		     double base, double pos_scale);
 	void (*attention)(void *ctx, const struct gs_attn_args *a);
 	/* out[i] = gelu_tanh(gate[i]) * up[i] */

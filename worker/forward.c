@@ -4,26 +4,30 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum gs_status gs_forward_create(const struct gs_model *m, struct gs_backend be, int32_t max_chunk,
+enum gs_status gs_forward_create(const struct gs_model *m, struct gs_backend be, int32_t max_tokens,
 				 struct gs_forward **out)
 {
 	const struct gs_config *cfg = &m->cfg;
-	size_t C = (size_t)max_chunk, H = (size_t)cfg->hidden, F = (size_t)m->shard.n_f;
+	size_t C = (size_t)max_tokens, H = (size_t)cfg->hidden, F = (size_t)m->shard.n_f;
 	size_t QD = (size_t)m->shard.n_heads * (size_t)cfg->head_dim;
 	size_t KD = (size_t)m->shard.n_kv_heads * (size_t)cfg->head_dim;
 	struct gs_forward *f;
 	float *p;
 
 	*out = NULL;
-	if (max_chunk < 1)
-		return gs_errorf(GS_ERR_INVALID_ARG, "max_chunk must be >= 1");
+	if (max_tokens < 1)
+		return gs_errorf(GS_ERR_INVALID_ARG, "max_tokens must be >= 1");
 	f = calloc(1, sizeof(*f));
 	if (!f)
 		return gs_errorf(GS_ERR_NOMEM, "out of memory");
 	f->slab = malloc(sizeof(float) * C * (3 * H + 2 * QD + 2 * KD + 2 * F));
-	if (!f->slab) {
-		free(f);
-		return gs_errorf(GS_ERR_NOMEM, "cannot allocate activations for %d-token chunks", max_chunk);
+	f->pos = malloc(sizeof(int32_t) * C);
+	f->tok_seq = malloc(sizeof(int32_t) * C);
+	f->out_rows = malloc(sizeof(int32_t) * C);
+	f->aseq = malloc(sizeof(*f->aseq) * C);
+	if (!f->slab || !f->pos || !f->tok_seq || !f->out_rows || !f->aseq) {
+		gs_forward_free(f);
+		return gs_errorf(GS_ERR_NOMEM, "cannot allocate activations for %d-token batches", max_tokens);
 	}
 	p = f->slab;
 	f->x = p, p += C * H;
@@ -37,7 +41,7 @@ enum gs_status gs_forward_create(const struct gs_model *m, struct gs_backend be,
 	f->up = p;
 	f->m = m;
 	f->be = be;
-	f->max_chunk = max_chunk;
+	f->max_tokens = max_tokens;
 	*out = f;
 	return GS_OK;
 }
@@ -47,59 +51,11 @@ void gs_forward_free(struct gs_forward *f)
 	if (!f)
 		return;
 	free(f->slab);
+	free(f->pos);
+	free(f->tok_seq);
+	free(f->out_rows);
+	free(f->aseq);
 	free(f);
-}
-
-enum gs_status gs_seq_create(const struct gs_model *m, int32_t max_ctx, int32_t max_chunk, struct gs_seq **out)
-{
-	const struct gs_config *cfg = &m->cfg;
-	size_t KD = (size_t)m->shard.n_kv_heads * (size_t)cfg->head_dim, total = 0;
-	struct gs_seq *s;
-	float *p;
-
-	*out = NULL;
-	if (max_ctx < 1 || max_ctx > cfg->max_position)
-		return gs_errorf(GS_ERR_RANGE, "context %d outside 1..max_position_embeddings (%d)", max_ctx,
-				 cfg->max_position);
-	s = calloc(1, sizeof(*s));
-	if (!s)
-		return gs_errorf(GS_ERR_NOMEM, "out of memory");
-	s->layers = calloc((size_t)cfg->n_layers, sizeof(*s->layers));
-	if (!s->layers)
-		goto out_nomem;
-	for (int l = 0; l < cfg->n_layers; l++) {
-		int64_t cap = max_ctx;
-		/* Sliding layers: a chunk's first query still needs window - 1 earlier keys. */
-		if (cfg->is_sliding[l] && (int64_t)cfg->window[l] - 1 + max_chunk < cap)
-			cap = (int64_t)cfg->window[l] - 1 + max_chunk;
-		s->layers[l].cap = (int32_t)cap;
-		total += 2 * (size_t)cap * KD;
-	}
-	s->slab = malloc(total * sizeof(float));
-	if (!s->slab)
-		goto out_nomem;
-	p = s->slab;
-	for (int l = 0; l < cfg->n_layers; l++) {
-		s->layers[l].k = p, p += (size_t)s->layers[l].cap * KD;
-		s->layers[l].v = p, p += (size_t)s->layers[l].cap * KD;
-	}
-	s->max_ctx = max_ctx;
-	s->bytes = total * sizeof(float);
-	*out = s;
-	return GS_OK;
-
-out_nomem:
-	gs_seq_free(s);
-	return gs_errorf(GS_ERR_NOMEM, "cannot allocate KV cache for %d positions", max_ctx);
-}
-
-void gs_seq_free(struct gs_seq *s)
-{
-	if (!s)
-		return;
-	free(s->slab);
-	free(s->layers);
-	free(s);
 }
 
 /* Sum partial results over the TP group (no-op when T = 1). */
@@ -110,9 +66,42 @@ static enum gs_status reduce(struct gs_forward *f, float *buf, size_t n)
 	return gs_comm_allreduce_f32(f->comm, buf, n);
 }
 
-/* One chunk of n <= max_chunk tokens at positions pos0..pos0+n-1. */
-static enum gs_status forward_chunk(struct gs_forward *f, struct gs_seq *s, const int32_t *ids, int n,
-				    float *logits, bool all_logits)
+/* Rows, positions and block tables of this batch; checks everything before any work. */
+static enum gs_status plan_rows(struct gs_forward *f, struct gs_kv_pool *pool, const int32_t *ids,
+				const struct gs_batch_seq *seqs, int32_t n_seqs, int32_t *n_rows, int32_t *n_out)
+{
+	const struct gs_model *m = f->m;
+	int32_t row = 0, out = 0;
+
+	for (int32_t i = 0; i < n_seqs; i++) {
+		const struct gs_batch_seq *b = &seqs[i];
+		if (b->n_tokens < 1 || (int64_t)row + b->n_tokens > f->max_tokens)
+			return gs_errorf(GS_ERR_INVALID_ARG, "batch of more than %d rows", f->max_tokens);
+		if ((int64_t)b->kv->n_past + b->n_tokens > b->kv->max_positions)
+			return gs_errorf(GS_ERR_RANGE, "sequence of %lld positions exceeds its reservation of %d",
+					 (long long)b->kv->n_past + b->n_tokens, b->kv->max_positions);
+		for (int32_t t = 0; t < b->n_tokens; t++) {
+			int32_t id = ids[row + t];
+			if (id < 0 || id >= m->n_vocab)
+				return gs_errorf(GS_ERR_RANGE, "token id %d at index %d is outside the vocabulary (0..%d)",
+						 id, row + t, m->n_vocab - 1);
+			f->pos[row + t] = b->kv->n_past + t;
+			f->tok_seq[row + t] = i;
+			if (b->all_logits || (b->want_logits && t == b->n_tokens - 1))
+				f->out_rows[out++] = row + t;
+		}
+		f->aseq[i] = (struct gs_attn_seq){ .tok0 = row, .n_tokens = b->n_tokens, .pos0 = b->kv->n_past };
+		row += b->n_tokens;
+	}
+	for (int32_t i = 0; i < n_seqs; i++)
+		GS_TRY(gs_kv_seq_prepare(pool, seqs[i].kv, seqs[i].n_tokens));
+	*n_rows = row;
+	*n_out = out;
+	return GS_OK;
+}
+
+enum gs_status gs_forward_batch(struct gs_forward *f, struct gs_kv_pool *pool, const int32_t *ids,
+				const struct gs_batch_seq *seqs, int32_t n_seqs, float *logits)
 {
 	const struct gs_model *m = f->m;
 	const struct gs_config *cfg = &m->cfg;
@@ -120,8 +109,10 @@ static enum gs_status forward_chunk(struct gs_forward *f, struct gs_seq *s, cons
 	void *bc = f->be.ctx;
 	int H = cfg->hidden, D = cfg->head_dim, Nq = m->shard.n_heads, Nkv = m->shard.n_kv_heads;
 	size_t KD = (size_t)Nkv * D, F = (size_t)m->shard.n_f;
-	int32_t pos0 = s->n_past;
 	float eps = (float)cfg->rms_eps;
+	int32_t n = 0, n_out = 0;
+
+	GS_TRY(plan_rows(f, pool, ids, seqs, n_seqs, &n, &n_out));
 
 	/* Token embeddings times bf16(sqrt(H)) (HF rounds the normalizer to the model dtype);
 	 * with a vocabulary split the owning rank writes the row, the others zeros, then sum. */
@@ -130,7 +121,10 @@ static enum gs_status forward_chunk(struct gs_forward *f, struct gs_seq *s, cons
 
 	for (int l = 0; l < cfg->n_layers; l++) {
 		const struct gs_layer_weights *lw = &m->layers[l];
-		struct gs_kv_layer *kv = &s->layers[l];
+		bool sliding = pool->layer_sliding[l];
+		size_t slab_off = (size_t)pool->layer_slot[l] * (size_t)(sliding ? pool->n_local_blocks : pool->n_global_blocks) *
+				  GS_KV_BLOCK * KD;
+		float *kc = gs_kv_k(pool, l) + slab_off, *vc = gs_kv_v(pool, l) + slab_off;
 
 		/* Attention block: pre-norm, projections, per-head QK-norm, RoPE with this layer's base. */
 		be->rmsnorm(bc, f->xn, f->x, lw->attn_norm, n, H, eps);
@@ -139,22 +133,30 @@ static enum gs_status forward_chunk(struct gs_forward *f, struct gs_seq *s, cons
 		be->matmul(bc, f->v, f->xn, &lw->v, n);
 		be->rmsnorm(bc, f->q, f->q, lw->q_norm, n * Nq, D, eps);
 		be->rmsnorm(bc, f->k, f->k, lw->k_norm, n * Nkv, D, eps);
-		be->rope(bc, f->q, n, Nq, D, pos0, cfg->rope_base[l], cfg->rope_scale[l]);
-		be->rope(bc, f->k, n, Nkv, D, pos0, cfg->rope_base[l], cfg->rope_scale[l]);
+		be->rope(bc, f->q, n, Nq, D, f->pos, cfg->rope_base[l], cfg->rope_scale[l]);
+		be->rope(bc, f->k, n, Nkv, D, f->pos, cfg->rope_base[l], cfg->rope_scale[l]);
 
-		/* Append K/V to the ring; sliding layers overwrite positions that left the window. */
-		for (int t = 0; t < n; t++) {
-			size_t slot = (size_t)((pos0 + t) % kv->cap);
-			memcpy(kv->k + slot * KD, f->k + (size_t)t * KD, KD * sizeof(float));
-			memcpy(kv->v + slot * KD, f->v + (size_t)t * KD, KD * sizeof(float));
+		/* History from the paged cache, this step's keys from the activations; sliding layers
+		 * read their ring of blocks. */
+		for (int32_t i = 0; i < n_seqs; i++) {
+			f->aseq[i].table = sliding ? seqs[i].kv->ring : seqs[i].kv->gtable;
+			f->aseq[i].ring = sliding ? pool->ring_blocks : 0;
 		}
 		struct gs_attn_args a = {
-			.out = f->att, .q = f->q, .k_cache = kv->k, .v_cache = kv->v, .cap = kv->cap,
-			.n_tokens = n, .pos0 = pos0, .n_heads = Nq, .n_kv_heads = Nkv, .head_dim = D,
-			.window = cfg->window[l], .scale = (float)(1.0 / sqrt(cfg->query_pre_attn_scalar)),
-			.softcap = (float)cfg->attn_softcap,
+			.out = f->att, .q = f->q, .k_new = f->k, .v_new = f->v, .k_cache = kc, .v_cache = vc,
+			.block = GS_KV_BLOCK, .seqs = f->aseq, .n_seqs = n_seqs, .tok_seq = f->tok_seq, .n_tokens = n,
+			.n_heads = Nq, .n_kv_heads = Nkv, .head_dim = D, .window = cfg->window[l],
+			.scale = (float)(1.0 / sqrt(cfg->query_pre_attn_scalar)), .softcap = (float)cfg->attn_softcap,
 		};
 		be->attention(bc, &a);
+
+		/* Then append this step's K/V (a sliding ring overwrites what left the window). */
+		for (int32_t t = 0; t < n; t++) {
+			size_t r = gs_kv_row(pool, seqs[f->tok_seq[t]].kv, l, f->pos[t]) - slab_off / KD;
+			memcpy(kc + r * KD, f->k + (size_t)t * KD, KD * sizeof(float));
+			memcpy(vc + r * KD, f->v + (size_t)t * KD, KD * sizeof(float));
+		}
+
 		/* o_proj is ROW-split: each rank holds a partial sum over its heads. */
 		be->matmul(bc, f->o, f->att, &lw->o, n);
 		GS_TRY(reduce(f, f->o, (size_t)n * H));
@@ -173,20 +175,64 @@ static enum gs_status forward_chunk(struct gs_forward *f, struct gs_seq *s, cons
 		be->rmsnorm(bc, f->o, f->o, lw->post_ffn_norm, n, H, eps);
 		be->add(bc, f->x, f->o, (size_t)n * H);
 	}
-	s->n_past += n;
+	for (int32_t i = 0; i < n_seqs; i++)
+		seqs[i].kv->n_past += seqs[i].n_tokens;
 
-	if (!logits)
+	if (!logits || n_out == 0)
 		return GS_OK;
-	/* Final norm and the tied LM head over this rank's vocabulary rows, only for the
-	 * positions the caller wants; logits stay sharded. */
-	{
-		int first = all_logits ? 0 : n - 1, rows = n - first;
-		be->rmsnorm(bc, f->xn, f->x + (size_t)first * H, m->final_norm, rows, H, eps);
-		be->matmul(bc, logits, f->xn, &m->lm_head, rows);
-		if (cfg->final_softcap > 0)
-			be->softcap(bc, logits, (size_t)rows * m->shard.n_vocab, (float)cfg->final_softcap);
-	}
+	/* Final norm and the tied LM head over this rank's vocabulary rows, only for the rows
+	 * that want logits; logits stay sharded. */
+	for (int32_t i = 0; i < n_out; i++)
+		memcpy(f->o + (size_t)i * H, f->x + (size_t)f->out_rows[i] * H, (size_t)H * sizeof(float));
+	be->rmsnorm(bc, f->xn, f->o, m->final_norm, n_out, H, eps);
+	be->matmul(bc, logits, f->xn, &m->lm_head, n_out);
+	if (cfg->final_softcap > 0)
+		be->softcap(bc, logits, (size_t)n_out * m->shard.n_vocab, (float)cfg->final_softcap);
 	return GS_OK;
+}
+
+/* ---- single sequence ------------------------------------------------------------------ */
+
+enum gs_status gs_seq_create(const struct gs_model *m, int32_t max_ctx, struct gs_seq **out)
+{
+	const struct gs_config *cfg = &m->cfg;
+	int32_t ng, nl;
+	struct gs_seq *s;
+	enum gs_status st;
+
+	*out = NULL;
+	if (max_ctx < 1 || max_ctx > cfg->max_position)
+		return gs_errorf(GS_ERR_RANGE, "context %d outside 1..max_position_embeddings (%d)", max_ctx,
+				 cfg->max_position);
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return gs_errorf(GS_ERR_NOMEM, "out of memory");
+	gs_kv_pool_size_for(cfg, 1, max_ctx, &ng, &nl);
+	st = gs_kv_pool_init(&s->pool, cfg, m->shard.n_kv_heads, ng, nl);
+	if (st == GS_OK)
+		st = gs_kv_seq_admit(&s->pool, &s->kv, max_ctx);
+	if (st != GS_OK) {
+		gs_seq_free(s);
+		return st;
+	}
+	s->max_ctx = max_ctx;
+	*out = s;
+	return GS_OK;
+}
+
+void gs_seq_free(struct gs_seq *s)
+{
+	if (!s)
+		return;
+	gs_kv_seq_release(&s->pool, &s->kv);
+	gs_kv_pool_free(&s->pool);
+	free(s);
+}
+
+void gs_seq_reset(struct gs_seq *s)
+{
+	gs_kv_seq_release(&s->pool, &s->kv);
+	GS_ASSERT(gs_kv_seq_admit(&s->pool, &s->kv, s->max_ctx) == GS_OK);
 }
 
 enum gs_status gs_forward_run(struct gs_forward *f, struct gs_seq *s, const int32_t *ids, int32_t n,
@@ -200,20 +246,17 @@ enum gs_status gs_forward_run(struct gs_forward *f, struct gs_seq *s, const int3
 		if (ids[i] < 0 || ids[i] >= m->n_vocab)
 			return gs_errorf(GS_ERR_RANGE, "token id %d at index %d is outside the vocabulary (0..%d)",
 					 ids[i], i, m->n_vocab - 1);
-	if ((int64_t)s->n_past + n > s->max_ctx)
+	if ((int64_t)s->kv.n_past + n > s->max_ctx)
 		return gs_errorf(GS_ERR_RANGE,
 				 "sequence of %lld tokens exceeds the context of %d (max_position_embeddings %d)",
-				 (long long)s->n_past + n, s->max_ctx, m->cfg.max_position);
-
+				 (long long)s->kv.n_past + n, s->max_ctx, m->cfg.max_position);
 	for (int32_t done = 0; done < n;) {
-		int32_t c = n - done < f->max_chunk ? n - done : f->max_chunk;
+		int32_t c = n - done < f->max_tokens ? n - done : f->max_tokens;
 		bool last = done + c == n;
-		float *out = NULL;
-		if (logits && all_logits)
-			out = logits + (size_t)done * m->shard.n_vocab;
-		else if (logits && last)
-			out = logits;
-		GS_TRY(forward_chunk(f, s, ids + done, c, out, all_logits));
+		struct gs_batch_seq b = { .kv = &s->kv, .n_tokens = c, .want_logits = last && logits != NULL,
+					  .all_logits = all_logits && logits != NULL };
+		float *out = !logits ? NULL : all_logits ? logits + (size_t)done * m->shard.n_vocab : logits;
+		GS_TRY(gs_forward_batch(f, &s->pool, ids + done, &b, 1, out));
 		done += c;
 	}
 	return GS_OK;

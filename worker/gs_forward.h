@@ -1,5 +1,5 @@
-/* The Gemma 3 forward pass over one sequence's KV cache: prefill and decode are the same
- * call (n tokens starting at the sequence's current length). */
+/* The Gemma 3 forward pass over a ragged batch: any mix of prefill chunks and decode tokens
+ * of many sequences in one call, each continuing at its own position in the paged KV cache. */
 #ifndef GS_FORWARD_H
 #define GS_FORWARD_H
 
@@ -8,62 +8,71 @@
 
 #include "gs_comm.h"
 #include "gs_kernels.h"
+#include "gs_kvcache.h"
 #include "gs_model.h"
 
-/* KV of one layer: a ring of cap positions; position p lives in slot p % cap. Global
- * layers hold the whole context; sliding layers only window - 1 + max_chunk positions. */
-struct gs_kv_layer {
-	float  *k;              /* [cap, Nkv·D] */
-	float  *v;              /* [cap, Nkv·D] */
-	int32_t cap;
+/* One sequence's part of a batch: the next n_tokens rows of ids, at positions kv->n_past.. */
+struct gs_batch_seq {
+	struct gs_kv_seq *kv;
+	int32_t           n_tokens;
+	bool              want_logits;  /* logits of its last row */
+	bool              all_logits;   /* logits of every row (parity checks) */
 };
 
-struct gs_seq {
-	struct gs_kv_layer *layers;   /* [L] */
-	float              *slab;     /* owns every k/v */
-	int32_t             n_past;   /* positions already in the cache */
-	int32_t             max_ctx;  /* positions this sequence may reach */
-	size_t              bytes;    /* KV bytes allocated */
-};
-
-/* Activation arena for chunks of up to max_chunk tokens. */
+/* Activation arena for batches of up to max_tokens rows. */
 struct gs_forward {
 	const struct gs_model *m;
 	struct gs_backend      be;
 	const struct gs_comm  *comm;     /* TP group (host buffers); NULL when T = 1 */
-	int32_t                max_chunk;
+	int32_t                max_tokens;
 	float *x;      /* [C, H] residual stream */
 	float *xn;     /* [C, H] normed input of a block */
-	float *q;      /* [C, Nq·D] */
+	float *q;      /* [C, Nq·D] (this rank's heads) */
 	float *k;      /* [C, Nkv·D] */
 	float *v;      /* [C, Nkv·D] */
 	float *att;    /* [C, Nq·D] attention output */
 	float *o;      /* [C, H] block output */
-	float *gate;   /* [C, F] */
+	float *gate;   /* [C, F] (this rank's columns) */
 	float *up;     /* [C, F] */
+	int32_t *pos;      /* [C] position of each row */
+	int32_t *tok_seq;  /* [C] sequence index of each row */
+	int32_t *out_rows; /* [C] rows whose logits are wanted */
+	struct gs_attn_seq *aseq; /* [C] */
 	float *slab;
 };
 
-enum gs_status gs_forward_create(const struct gs_model *m, struct gs_backend be, int32_t max_chunk,
+enum gs_status gs_forward_create(const struct gs_model *m, struct gs_backend be, int32_t max_tokens,
 				 struct gs_forward **out);
 void gs_forward_free(struct gs_forward *f);
 
 /* Tensor parallel: the group whose ranks hold the other shards of f->m. Every rank must
- * then call gs_forward_run with the same ids (all-reduces after o_proj, down_proj and the
- * embedding lookup). */
+ * then run the same batches (all-reduces after o_proj, down_proj and the embedding). */
 static inline void gs_forward_set_comm(struct gs_forward *f, const struct gs_comm *comm) { f->comm = comm; }
 
-/* KV for one sequence of up to max_ctx positions (<= max_position_embeddings). */
-enum gs_status gs_seq_create(const struct gs_model *m, int32_t max_ctx, int32_t max_chunk, struct gs_seq **out);
-void gs_seq_free(struct gs_seq *s);
-static inline void gs_seq_reset(struct gs_seq *s) { s->n_past = 0; }
+/* Run one batch: ids holds the rows of seqs[0], then seqs[1], ... (sum of n_tokens <=
+ * max_tokens). Takes KV blocks from each sequence's reservation, appends the K/V and advances
+ * kv->n_past. logits receives, in sequence order, n_tokens rows for an all_logits sequence
+ * and one row for a want_logits one, each m->shard.n_vocab wide (this rank's vocabulary
+ * slice; all of it when T = 1); may be NULL when no sequence wants logits.
+ * Errors (nothing changes): an id outside the vocabulary, positions beyond a sequence's
+ * reservation (GS_ERR_RANGE); a failed all-reduce (the group cannot continue). */
+enum gs_status gs_forward_batch(struct gs_forward *f, struct gs_kv_pool *pool, const int32_t *ids,
+				const struct gs_batch_seq *seqs, int32_t n_seqs, float *logits);
 
-/* Run ids[0..n) at positions s->n_past.. and append them to the cache. logits receives
- * [n, m->shard.n_vocab] floats (this rank's vocabulary slice; all of it when T = 1) when
- * all_logits, else [1, m->shard.n_vocab] for the last token; may be NULL.
- * Errors (nothing changes in the cache): id >= vocab or < 0 (GS_ERR_RANGE), context beyond
- * max_ctx or max_position_embeddings (GS_ERR_RANGE), a failed all-reduce (the cache is then
- * undefined: the group cannot continue). */
+/* Single-sequence convenience for the CLI tools: a private pool for one sequence. */
+struct gs_seq {
+	struct gs_kv_pool pool;
+	struct gs_kv_seq  kv;
+	int32_t           max_ctx;
+};
+
+/* KV for one sequence of up to max_ctx positions (<= max_position_embeddings). */
+enum gs_status gs_seq_create(const struct gs_model *m, int32_t max_ctx, struct gs_seq **out);
+void gs_seq_free(struct gs_seq *s);
+void gs_seq_reset(struct gs_seq *s);
+
+/* Run ids[0..n) at the sequence's next positions, in chunks of f->max_tokens. logits gets
+ * [n, shard.n_vocab] when all_logits, else [1, shard.n_vocab] for the last token; may be NULL. */
 enum gs_status gs_forward_run(struct gs_forward *f, struct gs_seq *s, const int32_t *ids, int32_t n,
 			      float *logits, bool all_logits);
 

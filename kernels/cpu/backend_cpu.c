@@ -116,18 +116,18 @@ static void cpu_rmsnorm(void *vctx, float *y, const float *x, const float *gain,
 
 /* ---- rope --------------------------------------------------------------------- */
 
-static void cpu_rope(void *vctx, float *x, int n_tokens, int n_heads, int head_dim, int32_t pos0,
+static void cpu_rope(void *vctx, float *x, int n_tokens, int n_heads, int head_dim, const int32_t *pos,
 		     double base, double pos_scale)
 {
 	int half = head_dim / 2;
 
 	for (int t = 0; t < n_tokens; t++) {
-		double pos = (double)(pos0 + t) * pos_scale;
+		double p = (double)pos[t] * pos_scale;
 		for (int j = 0; j < half; j++) {
 			/* Angle and its cos/sin in double, then fp32: at 128K positions an fp32 angle
 			 * would be off by ~1e-2 rad. */
 			double inv = pow(base, -2.0 * j / head_dim);
-			double a = pos * inv;
+			double a = p * inv;
 			float c = (float)cos(a), s = (float)sin(a);
 			for (int h = 0; h < n_heads; h++) {
 				float *v = x + ((size_t)t * n_heads + h) * head_dim;
@@ -146,6 +146,20 @@ struct attn_job {
 	const struct gs_attn_args *a;
 };
 
+/* Key row of position j for sequence sq: the fresh rows of this step or the paged cache. */
+static inline const float *attn_key(const struct gs_attn_args *a, const struct gs_attn_seq *sq, const float *fresh,
+				    const float *cache, int32_t j, size_t kv_stride)
+{
+	int32_t b;
+
+	if (j >= sq->pos0)
+		return fresh + (size_t)(sq->tok0 + j - sq->pos0) * kv_stride;
+	b = j / a->block;
+	if (sq->ring)
+		b %= sq->ring;
+	return cache + ((size_t)sq->table[b] * a->block + (size_t)(j % a->block)) * kv_stride;
+}
+
 static void attn_task(void *p, int tid, int nth)
 {
 	struct attn_job *job = p;
@@ -156,16 +170,16 @@ static void attn_task(void *p, int tid, int nth)
 	int tasks = a->n_tokens * a->n_heads;
 
 	for (int task = tid; task < tasks; task += nth) {
-		int t = task / a->n_heads, h = task % a->n_heads;
-		int32_t pos = a->pos0 + t;
+		int row = task / a->n_heads, h = task % a->n_heads;
+		const struct gs_attn_seq *sq = &a->seqs[a->tok_seq[row]];
+		int32_t pos = sq->pos0 + (row - sq->tok0);
 		int32_t first = (a->window != INT32_MAX && pos - a->window + 1 > 0) ? pos - a->window + 1 : 0;
 		int n = pos - first + 1;
-		const float *q = a->q + (size_t)t * q_stride + (size_t)h * D;
-		float *out = a->out + (size_t)t * q_stride + (size_t)h * D;
+		const float *q = a->q + (size_t)row * q_stride + (size_t)h * D;
+		float *out = a->out + (size_t)row * q_stride + (size_t)h * D;
 		size_t kvh = (size_t)(h / rep) * D;
 		float *s, mx = -INFINITY, sum = 0.0f;
 
-		GS_ASSERT(n <= a->cap);
 		if ((size_t)n > ctx->scores_cap[tid]) {
 			size_t cap = (size_t)n * 2;
 			float *ns = realloc(ctx->scores[tid], cap * sizeof(float));
@@ -175,8 +189,8 @@ static void attn_task(void *p, int tid, int nth)
 		}
 		s = ctx->scores[tid];
 		for (int i = 0; i < n; i++) {
-			int32_t slot = (first + i) % a->cap;
-			float v = dot_f32(q, a->k_cache + (size_t)slot * kv_stride + kvh, D) * a->scale;
+			const float *k = attn_key(a, sq, a->k_new, a->k_cache, first + i, kv_stride);
+			float v = dot_f32(q, k + kvh, D) * a->scale;
 			if (a->softcap > 0)
 				v = a->softcap * tanhf(v / a->softcap);
 			s[i] = v;
@@ -189,8 +203,8 @@ static void attn_task(void *p, int tid, int nth)
 		}
 		memset(out, 0, (size_t)D * sizeof(float));
 		for (int i = 0; i < n; i++) {
-			int32_t slot = (first + i) % a->cap;
-			axpy_f32(out, s[i] / sum, a->v_cache + (size_t)slot * kv_stride + kvh, D);
+			const float *v = attn_key(a, sq, a->v_new, a->v_cache, first + i, kv_stride);
+			axpy_f32(out, s[i] / sum, v + kvh, D);
 		}
 	}
 }
