@@ -1,0 +1,172 @@
+/* MPI communicator over host buffers. Errors return (MPI_ERRORS_RETURN) as gs_status with
+ * MPI's own message, so the caller decides whether the job can go on. */
+#include <mpi.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gs_comm.h"
+
+struct mpi_ctx {
+	MPI_Comm comm;
+	int rank, size;
+};
+
+static enum gs_status mpi_fail(int rc, const char *what)
+{
+	char msg[MPI_MAX_ERROR_STRING];
+	int len = 0;
+
+	MPI_Error_string(rc, msg, &len);
+	return gs_errorf(GS_ERR_INTERNAL, "MPI %s failed: %.*s", what, len, msg);
+}
+
+#define MPI_TRY(call, what)                          \
+	do {                                         \
+		int mpi_rc_ = (call);                \
+		if (mpi_rc_ != MPI_SUCCESS)          \
+			return mpi_fail(mpi_rc_, what); \
+	} while (0)
+
+/* MPI counts are int: larger transfers go in pieces. */
+#define GS_MPI_CHUNK ((size_t)1 << 30)
+
+static int mpi_rank(void *vctx) { return ((struct mpi_ctx *)vctx)->rank; }
+static int mpi_size(void *vctx) { return ((struct mpi_ctx *)vctx)->size; }
+
+static enum gs_status mpi_allreduce(void *vctx, void *buf, size_t count, enum gs_dtype dtype)
+{
+	struct mpi_ctx *c = vctx;
+	float *p = buf;
+
+	if (dtype != GS_DTYPE_F32)
+		return gs_errorf(GS_ERR_UNSUPPORTED, "MPI all-reduce of %s host buffers", gs_dtype_name(dtype));
+	for (size_t off = 0; off < count; off += GS_MPI_CHUNK / 4) {
+		size_t n = count - off < GS_MPI_CHUNK / 4 ? count - off : GS_MPI_CHUNK / 4;
+		MPI_TRY(MPI_Allreduce(MPI_IN_PLACE, p + off, (int)n, MPI_FLOAT, MPI_SUM, c->comm), "Allreduce");
+	}
+	return GS_OK;
+}
+
+static enum gs_status mpi_max_i64(void *vctx, int64_t *buf, size_t count)
+{
+	struct mpi_ctx *c = vctx;
+	MPI_TRY(MPI_Allreduce(MPI_IN_PLACE, buf, (int)count, MPI_INT64_T, MPI_MAX, c->comm), "Allreduce(max)");
+	return GS_OK;
+}
+
+static enum gs_status mpi_allgather(void *vctx, const void *send, void *recv, size_t bytes)
+{
+	struct mpi_ctx *c = vctx;
+	if (bytes > GS_MPI_CHUNK)
+		return gs_errorf(GS_ERR_RANGE, "allgather of %zu bytes per rank", bytes);
+	MPI_TRY(MPI_Allgather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, c->comm), "Allgather");
+	return GS_OK;
+}
+
+static enum gs_status mpi_broadcast(void *vctx, void *buf, size_t bytes, int root)
+{
+	struct mpi_ctx *c = vctx;
+	for (size_t off = 0; off < bytes || off == 0; off += GS_MPI_CHUNK) {
+		size_t n = bytes - off < GS_MPI_CHUNK ? bytes - off : GS_MPI_CHUNK;
+		MPI_TRY(MPI_Bcast((char *)buf + off, (int)n, MPI_BYTE, root, c->comm), "Bcast");
+		if (bytes == 0)
+			break;
+	}
+	return GS_OK;
+}
+
+static enum gs_status mpi_gather(void *vctx, const void *send, void *recv, size_t bytes, int root)
+{
+	struct mpi_ctx *c = vctx;
+	if (bytes > GS_MPI_CHUNK)
+		return gs_errorf(GS_ERR_RANGE, "gather of %zu bytes per rank", bytes);
+	MPI_TRY(MPI_Gather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, root, c->comm), "Gather");
+	return GS_OK;
+}
+
+static enum gs_status mpi_barrier(void *vctx)
+{
+	MPI_TRY(MPI_Barrier(((struct mpi_ctx *)vctx)->comm), "Barrier");
+	return GS_OK;
+}
+
+static enum gs_status wrap(MPI_Comm comm, struct gs_comm *out);
+
+static enum gs_status mpi_split(void *vctx, int color, int key, struct gs_comm *out)
+{
+	struct mpi_ctx *c = vctx;
+	MPI_Comm sub;
+	MPI_TRY(MPI_Comm_split(c->comm, color, key, &sub), "Comm_split");
+	return wrap(sub, out);
+}
+
+static void mpi_abort(void *vctx, int code)
+{
+	MPI_Abort(((struct mpi_ctx *)vctx)->comm, code);
+}
+
+static void mpi_free(void *vctx)
+{
+	struct mpi_ctx *c = vctx;
+	int fin = 0;
+	MPI_Finalized(&fin);
+	if (!fin)
+		MPI_Comm_free(&c->comm);
+	free(c);
+}
+
+static const struct gs_comm_i gs_comm_mpi_i = {
+	.name = "mpi",
+	.rank = mpi_rank,
+	.size = mpi_size,
+	.allreduce_sum = mpi_allreduce,
+	.allreduce_max_i64 = mpi_max_i64,
+	.allgather = mpi_allgather,
+	.broadcast = mpi_broadcast,
+	.gather = mpi_gather,
+	.barrier = mpi_barrier,
+	.split = mpi_split,
+	.abort = mpi_abort,
+	.free = mpi_free,
+};
+
+static enum gs_status wrap(MPI_Comm comm, struct gs_comm *out)
+{
+	struct mpi_ctx *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return gs_errorf(GS_ERR_NOMEM, "out of memory");
+	c->comm = comm;
+	MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+	MPI_Comm_rank(comm, &c->rank);
+	MPI_Comm_size(comm, &c->size);
+	out->iface = &gs_comm_mpi_i;
+	out->ctx = c;
+	return GS_OK;
+}
+
+enum gs_status gs_comm_mpi_init(int *argc, char ***argv, struct gs_comm *out)
+{
+	int inited = 0, provided;
+	MPI_Comm dup;
+
+	MPI_Initialized(&inited);
+	if (!inited)
+		MPI_TRY(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "Init_thread");
+	MPI_TRY(MPI_Comm_dup(MPI_COMM_WORLD, &dup), "Comm_dup");
+	return wrap(dup, out);
+}
+
+void gs_comm_mpi_finalize(void)
+{
+	int inited = 0, fin = 0;
+	MPI_Initialized(&inited);
+	MPI_Finalized(&fin);
+	if (inited && !fin)
+		MPI_Finalize();
+}
+
+int gs_comm_have_mpi(void)
+{
+	return 1;
+}
