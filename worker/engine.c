@@ -1,0 +1,704 @@
+#include "gs_engine.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "gs_plan.h"
+
+/* A sequence as every rank sees it (slot in e->seqs). Leader-only fields are marked. */
+struct eng_seq {
+	bool                 used;
+	uint64_t             id;
+	struct gs_kv_seq     kv;
+	struct gs_sampler   *smp;
+	struct gs_req_params p;
+	int32_t             *hist;        /* prompt + generated tokens fed so far */
+	int32_t              n_hist;
+	int32_t              max_positions;
+	/* leader */
+	int32_t             *prompt;      /* [n_prompt] */
+	int32_t              n_prompt, n_prefilled, n_generated;
+	int32_t              next_token;  /* sampled, fed next step; -1 none */
+	bool                 finished;    /* release in the next plan */
+};
+
+struct waiting_req {
+	uint64_t             id;
+	int32_t             *prompt;
+	int32_t              n_prompt;
+	struct gs_req_params p;
+};
+
+/* One candidate of a rank's vocabulary slice, as gathered on the leader. */
+struct cand {
+	int32_t id;      /* -1: padding; -2: row trailer carrying the slice's log-sum-exp */
+	float   proc;    /* after repetition penalty and temperature */
+	float   raw;     /* the model's logit (logprobs are log-softmax of raw logits) */
+};
+
+struct gs_engine {
+	const struct gs_model   *m;
+	const struct gs_comm    *comm;
+	struct gs_comm           self;
+	struct gs_engine_config  cfg;
+	struct gs_forward       *f;
+	struct gs_kv_pool        pool;
+	struct eng_seq          *seqs;        /* [max_seqs] slots */
+	bool                     leader;
+	/* leader queues */
+	struct waiting_req      *waiting;     /* ring of cfg.max_seqs * 4 + submissions */
+	int32_t                  n_waiting, waiting_head, waiting_cap;
+	uint64_t                *cancels;
+	int32_t                  n_cancels, cancels_cap;
+	/* per-step scratch */
+	struct gs_plan           plan;
+	struct gs_batch_seq     *bseqs;
+	int32_t                 *row_slot;    /* slot of each logits row */
+	float                   *logits;      /* [max_seqs, shard.n_vocab] */
+	struct cand             *cands, *all_cands;
+	int32_t                 *m_ids;
+	float                   *m_proc;
+	uint8_t                 *plan_buf;
+	size_t                   plan_buf_cap;
+	int32_t                  n_decode;    /* decode tokens in this step's plan */
+	struct gs_engine_stats   st;
+};
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+const char *gs_finish_str(enum gs_finish f)
+{
+	static const char *const names[] = { "none", "stop", "length", "cancelled" };
+	_Static_assert(sizeof(names) / sizeof(names[0]) == GS_FINISH_COUNT, "finish names");
+	return (unsigned)f < GS_FINISH_COUNT ? names[f] : "?";
+}
+
+static int32_t max_candidates(const struct gs_engine *e)
+{
+	/* Exact for every request with top_k <= K (and for greedy); see gs_sampler.h. */
+	int32_t k = e->cfg.candidates;
+	if (k > e->m->shard.vocab_stride)
+		k = e->m->shard.vocab_stride;
+	return k;
+}
+
+enum gs_status gs_engine_create(const struct gs_model *m, struct gs_backend be, const struct gs_comm *comm,
+				const struct gs_engine_config *cfg_in, struct gs_engine **out)
+{
+	struct gs_engine *e;
+	struct gs_engine_config cfg = *cfg_in;
+	enum gs_status st;
+	int32_t S, T, K;
+
+	*out = NULL;
+	if (cfg.max_batch_tokens < 1 || cfg.max_seqs < 1 || cfg.max_context < 2)
+		return gs_errorf(GS_ERR_INVALID_ARG, "engine: max_batch_tokens, max_seqs >= 1 and max_context >= 2");
+	if (cfg.max_context > m->cfg.max_position)
+		cfg.max_context = m->cfg.max_position;
+	if (cfg.candidates < 1)
+		cfg.candidates = 64;
+	if (cfg.max_seqs > cfg.max_batch_tokens)
+		cfg.max_seqs = cfg.max_batch_tokens; /* every running sequence decodes each step */
+	if (cfg.kv_global_blocks <= 0 || cfg.kv_local_blocks <= 0) {
+		int32_t g, l;
+		gs_kv_pool_size_for(&m->cfg, cfg.max_seqs, cfg.max_context, &g, &l);
+		if (cfg.kv_global_blocks <= 0)
+			cfg.kv_global_blocks = g;
+		if (cfg.kv_local_blocks <= 0)
+			cfg.kv_local_blocks = l;
+	}
+	e = calloc(1, sizeof(*e));
+	if (!e)
+		return gs_errorf(GS_ERR_NOMEM, "out of memory");
+	e->m = m;
+	e->cfg = cfg;
+	if (!comm) {
+		gs_comm_self_create(&e->self);
+		comm = &e->self;
+	}
+	e->comm = comm;
+	e->leader = gs_comm_rank(comm) == 0;
+	S = cfg.max_seqs;
+	T = gs_comm_size(comm);
+	K = max_candidates(e) > GS_MAX_TOP_LOGPROBS ? max_candidates(e) : GS_MAX_TOP_LOGPROBS;
+	st = gs_forward_create(m, be, cfg.max_batch_tokens, &e->f);
+	if (st != GS_OK)
+		goto out_free_engine;
+	if (comm != &e->self && T > 1)
+		gs_forward_set_comm(e->f, comm);
+	st = gs_kv_pool_init(&e->pool, &m->cfg, m->shard.n_kv_heads, cfg.kv_global_blocks, cfg.kv_local_blocks);
+	if (st != GS_OK)
+		goto out_free_engine;
+	st = gs_plan_init(&e->plan, S, cfg.max_batch_tokens);
+	if (st != GS_OK)
+		goto out_free_engine;
+	e->seqs = calloc((size_t)S, sizeof(*e->seqs));
+	e->bseqs = calloc((size_t)S, sizeof(*e->bseqs));
+	e->row_slot = calloc((size_t)S, sizeof(*e->row_slot));
+	e->logits = malloc(sizeof(float) * (size_t)S * (size_t)m->shard.n_vocab);
+	e->cands = malloc(sizeof(struct cand) * (size_t)S * (size_t)(K + 1));
+	e->all_cands = malloc(sizeof(struct cand) * (size_t)S * (size_t)(K + 1) * (size_t)T);
+	e->m_ids = malloc(sizeof(int32_t) * (size_t)K * (size_t)T);
+	e->m_proc = malloc(sizeof(float) * (size_t)K * (size_t)T);
+	e->waiting_cap = 64;
+	e->waiting = calloc((size_t)e->waiting_cap, sizeof(*e->waiting));
+	e->cancels_cap = 64;
+	e->cancels = calloc((size_t)e->cancels_cap, sizeof(*e->cancels));
+	if (!e->seqs || !e->bseqs || !e->row_slot || !e->logits || !e->cands || !e->all_cands || !e->m_ids ||
+	    !e->m_proc || !e->waiting || !e->cancels) {
+		st = gs_errorf(GS_ERR_NOMEM, "engine: out of memory for %d sequences", S);
+		goto out_free_engine;
+	}
+	*out = e;
+	return GS_OK;
+
+out_free_engine:
+	gs_engine_free(e);
+	return st;
+}
+
+static void seq_release(struct gs_engine *e, int32_t slot)
+{
+	struct eng_seq *s = &e->seqs[slot];
+
+	if (!s->used)
+		return;
+	gs_kv_seq_release(&e->pool, &s->kv);
+	gs_sampler_free(s->smp);
+	free(s->hist);
+	free(s->prompt);
+	memset(s, 0, sizeof(*s));
+}
+
+void gs_engine_free(struct gs_engine *e)
+{
+	if (!e)
+		return;
+	if (e->seqs)
+		for (int32_t i = 0; i < e->cfg.max_seqs; i++)
+			seq_release(e, i);
+	for (int32_t i = 0; i < e->n_waiting; i++)
+		free(e->waiting[(e->waiting_head + i) % e->waiting_cap].prompt);
+	gs_kv_pool_free(&e->pool);
+	gs_forward_free(e->f);
+	gs_plan_free(&e->plan);
+	free(e->seqs), free(e->bseqs), free(e->row_slot), free(e->logits), free(e->cands), free(e->all_cands);
+	free(e->m_ids), free(e->m_proc), free(e->waiting), free(e->cancels), free(e->plan_buf);
+	free(e);
+}
+
+/* ---- leader: queues ------------------------------------------------------------------- */
+
+static enum gs_status check_params(const struct gs_engine *e, const struct gs_req_params *p)
+{
+	char why[256];
+
+	if (gs_sampling_params_validate(&p->sp, why, sizeof(why)) != GS_OK)
+		return gs_errorf(GS_ERR_INVALID_ARG, "%s", why);
+	if (p->max_tokens < 1)
+		return gs_errorf(GS_ERR_INVALID_ARG, "max_tokens must be >= 1, got %d", p->max_tokens);
+	if (p->n_stop_ids < 0 || p->n_stop_ids > GS_MAX_STOP_IDS)
+		return gs_errorf(GS_ERR_INVALID_ARG, "at most %d stop ids", GS_MAX_STOP_IDS);
+	for (int32_t i = 0; i < p->n_stop_ids; i++)
+		if (p->stop_ids[i] < 0 || p->stop_ids[i] >= e->m->n_vocab)
+			return gs_errorf(GS_ERR_INVALID_ARG, "stop id %d outside the vocabulary", p->stop_ids[i]);
+	if (p->top_logprobs < 0 || p->top_logprobs > GS_MAX_TOP_LOGPROBS)
+		return gs_errorf(GS_ERR_INVALID_ARG, "top_logprobs must be in 0..%d", GS_MAX_TOP_LOGPROBS);
+	return GS_OK;
+}
+
+enum gs_status gs_engine_submit(struct gs_engine *e, uint64_t id, const int32_t *prompt, int32_t n_prompt,
+				const struct gs_req_params *p)
+{
+	int64_t need = (int64_t)n_prompt + p->max_tokens;
+	struct waiting_req *w;
+
+	GS_ASSERT(e->leader);
+	if (n_prompt < 1)
+		return gs_errorf(GS_ERR_INVALID_ARG, "request %llu: empty prompt", (unsigned long long)id);
+	GS_TRY(check_params(e, p));
+	for (int32_t i = 0; i < n_prompt; i++)
+		if (prompt[i] < 0 || prompt[i] >= e->m->n_vocab)
+			return gs_errorf(GS_ERR_INVALID_ARG, "request %llu: token id %d outside the vocabulary (0..%d)",
+					 (unsigned long long)id, prompt[i], e->m->n_vocab - 1);
+	/* KV holds positions of every token fed: the prompt and all but the last generated. */
+	if (need - 1 > e->cfg.max_context || !gs_kv_could_ever_admit(&e->pool, (int32_t)(need - 1)))
+		return gs_errorf(GS_ERR_RANGE,
+				 "request %llu can never fit: %d prompt + %d max_tokens tokens exceed the engine's context "
+				 "of %d tokens / KV pool",
+				 (unsigned long long)id, n_prompt, p->max_tokens, e->cfg.max_context);
+	if (e->n_waiting == e->waiting_cap) {
+		int32_t cap = e->waiting_cap * 2;
+		struct waiting_req *nw = malloc(sizeof(*nw) * (size_t)cap);
+		if (!nw)
+			return gs_errorf(GS_ERR_NOMEM, "out of memory");
+		for (int32_t i = 0; i < e->n_waiting; i++)
+			nw[i] = e->waiting[(e->waiting_head + i) % e->waiting_cap];
+		free(e->waiting);
+		e->waiting = nw, e->waiting_cap = cap, e->waiting_head = 0;
+	}
+	w = &e->waiting[(e->waiting_head + e->n_waiting) % e->waiting_cap];
+	w->prompt = malloc(sizeof(int32_t) * (size_t)n_prompt);
+	if (!w->prompt)
+		return gs_errorf(GS_ERR_NOMEM, "out of memory");
+	memcpy(w->prompt, prompt, sizeof(int32_t) * (size_t)n_prompt);
+	w->id = id, w->n_prompt = n_prompt, w->p = *p;
+	e->n_waiting++;
+	return GS_OK;
+}
+
+enum gs_status gs_engine_cancel(struct gs_engine *e, uint64_t id)
+{
+	GS_ASSERT(e->leader);
+	if (e->n_cancels == e->cancels_cap) {
+		uint64_t *nc = realloc(e->cancels, sizeof(*nc) * (size_t)e->cancels_cap * 2);
+		if (!nc)
+			return gs_errorf(GS_ERR_NOMEM, "out of memory");
+		e->cancels = nc, e->cancels_cap *= 2;
+	}
+	e->cancels[e->n_cancels++] = id;
+	return GS_OK;
+}
+
+bool gs_engine_idle(const struct gs_engine *e)
+{
+	if (e->n_waiting || e->n_cancels)
+		return false;
+	for (int32_t i = 0; i < e->cfg.max_seqs; i++)
+		if (e->seqs[i].used)
+			return false;
+	return true;
+}
+
+/* ---- every rank: executing a plan ---------------------------------------------------- */
+
+static enum gs_status apply_releases(struct gs_engine *e, const struct gs_plan *p)
+{
+	for (int32_t i = 0; i < p->n_release; i++) {
+		if (p->release[i] < 0 || p->release[i] >= e->cfg.max_seqs)
+			return gs_errorf(GS_ERR_FORMAT, "plan releases slot %d", p->release[i]);
+		seq_release(e, p->release[i]);
+	}
+	return GS_OK;
+}
+
+static enum gs_status apply_admit(struct gs_engine *e, const struct gs_plan_seq *ps)
+{
+	struct eng_seq *s = &e->seqs[ps->slot];
+	enum gs_status st;
+
+	if (s->used)
+		return gs_errorf(GS_ERR_FORMAT, "plan admits into busy slot %d", ps->slot);
+	memset(s, 0, sizeof(*s));
+	st = gs_kv_seq_admit(&e->pool, &s->kv, ps->max_positions);
+	if (st != GS_OK)
+		return st;
+	s->used = true;
+	s->id = ps->id;
+	s->p = ps->params;
+	s->max_positions = ps->max_positions;
+	s->next_token = -1;
+	s->hist = malloc(sizeof(int32_t) * ((size_t)ps->max_positions + 1));
+	st = s->hist ? gs_sampler_create(&s->p.sp, e->m->n_vocab, &s->smp) : gs_errorf(GS_ERR_NOMEM, "out of memory");
+	if (st != GS_OK)
+		seq_release(e, ps->slot);
+	return st;
+}
+
+/* Log-sum-exp of a raw logits slice (for logprobs). */
+static float slice_lse(const float *x, int32_t n)
+{
+	float mx = -INFINITY;
+	double s = 0;
+	for (int32_t i = 0; i < n; i++)
+		if (x[i] > mx)
+			mx = x[i];
+	for (int32_t i = 0; i < n; i++)
+		s += exp((double)(x[i] - mx));
+	return mx + (float)log(s);
+}
+
+/* Run the plan's batch; then reduce each logits row to candidates and gather them on the
+ * leader. Returns the number of logits rows in *n_rows. */
+static enum gs_status exec_plan(struct gs_engine *e, const struct gs_plan *p, int32_t *n_rows, int32_t K)
+{
+	const struct gs_shard *sh = &e->m->shard;
+	int32_t rows = 0, T = gs_comm_size(e->comm);
+
+	for (int32_t i = 0; i < p->n_seqs; i++) {
+		const struct gs_plan_seq *ps = &p->seqs[i];
+		struct eng_seq *s;
+		if (ps->slot < 0 || ps->slot >= e->cfg.max_seqs || ps->tok0 < 0 || ps->n_tokens < 1 ||
+		    ps->tok0 + ps->n_tokens > p->n_ids)
+			return gs_errorf(GS_ERR_FORMAT, "malformed plan entry %d", i);
+		if (ps->admit)
+			GS_TRY(apply_admit(e, ps));
+		s = &e->seqs[ps->slot];
+		if (!s->used || s->n_hist + ps->n_tokens > s->max_positions + 1)
+			return gs_errorf(GS_ERR_FORMAT, "plan runs slot %d beyond its reservation", ps->slot);
+		memcpy(s->hist + s->n_hist, p->ids + ps->tok0, sizeof(int32_t) * (size_t)ps->n_tokens);
+		s->n_hist += ps->n_tokens;
+		e->bseqs[i] = (struct gs_batch_seq){ .kv = &s->kv, .n_tokens = ps->n_tokens, .want_logits = ps->want_logits };
+		if (ps->want_logits)
+			e->row_slot[rows++] = ps->slot;
+	}
+	if (p->n_seqs)
+		GS_TRY(gs_forward_batch(e->f, &e->pool, p->ids, e->bseqs, p->n_seqs, rows ? e->logits : NULL));
+
+	/* Distributed sampling, rank side: K candidates + the slice's log-sum-exp per row. */
+	for (int32_t r = 0; r < rows; r++) {
+		struct eng_seq *s = &e->seqs[e->row_slot[r]];
+		const float *lg = e->logits + (size_t)r * sh->n_vocab;
+		struct cand *c = e->cands + (size_t)r * (K + 1);
+		size_t got = gs_sampler_local_candidates(s->smp, lg, sh->vocab0, sh->n_vocab, s->hist, (size_t)s->n_hist,
+							 (size_t)K, e->m_ids, e->m_proc);
+		for (int32_t k = 0; k < K; k++) {
+			if ((size_t)k < got)
+				c[k] = (struct cand){ e->m_ids[k], e->m_proc[k], lg[e->m_ids[k] - sh->vocab0] };
+			else
+				c[k] = (struct cand){ -1, -INFINITY, -INFINITY };
+		}
+		c[K] = (struct cand){ -2, 0, sh->n_vocab ? slice_lse(lg, sh->n_vocab) : -INFINITY };
+	}
+	if (rows)
+		GS_TRY(e->comm->iface->gather(e->comm->ctx, e->cands, e->all_cands,
+					      sizeof(struct cand) * (size_t)rows * (size_t)(K + 1), 0));
+	(void)T;
+	*n_rows = rows;
+	return GS_OK;
+}
+
+/* Candidates per rank this step: enough for every request's top_k and top_logprobs. */
+static int32_t step_k(const struct gs_engine *e)
+{
+	int32_t K = max_candidates(e);
+	if (K < GS_MAX_TOP_LOGPROBS)
+		K = GS_MAX_TOP_LOGPROBS < e->m->shard.vocab_stride ? GS_MAX_TOP_LOGPROBS : e->m->shard.vocab_stride;
+	return K;
+}
+
+static enum gs_status broadcast_plan(struct gs_engine *e)
+{
+	uint64_t len = 0;
+
+	if (gs_comm_size(e->comm) == 1)
+		return GS_OK;
+	if (e->leader)
+		GS_TRY(gs_plan_pack(&e->plan, &e->plan_buf, &e->plan_buf_cap, &len));
+	GS_TRY(e->comm->iface->broadcast(e->comm->ctx, &len, sizeof(len), 0));
+	if (!e->leader && len > e->plan_buf_cap) {
+		uint8_t *nb = realloc(e->plan_buf, len);
+		if (!nb)
+			return gs_errorf(GS_ERR_NOMEM, "out of memory for a %llu-byte plan", (unsigned long long)len);
+		e->plan_buf = nb, e->plan_buf_cap = len;
+	}
+	GS_TRY(e->comm->iface->broadcast(e->comm->ctx, e->plan_buf, len, 0));
+	if (!e->leader)
+		GS_TRY(gs_plan_unpack(&e->plan, e->plan_buf, len));
+	return GS_OK;
+}
+
+enum gs_status gs_engine_follow(struct gs_engine *e)
+{
+	int32_t rows;
+
+	GS_ASSERT(!e->leader);
+	for (;;) {
+		GS_TRY(broadcast_plan(e));
+		if (e->plan.stop)
+			return GS_OK;
+		GS_TRY(apply_releases(e, &e->plan));
+		GS_TRY(exec_plan(e, &e->plan, &rows, step_k(e)));
+	}
+}
+
+enum gs_status gs_engine_shutdown(struct gs_engine *e)
+{
+	GS_ASSERT(e->leader);
+	gs_plan_reset(&e->plan);
+	e->plan.stop = true;
+	return broadcast_plan(e);
+}
+
+/* ---- leader: one step ---------------------------------------------------------------- */
+
+static int32_t find_slot(const struct gs_engine *e, uint64_t id)
+{
+	for (int32_t i = 0; i < e->cfg.max_seqs; i++)
+		if (e->seqs[i].used && e->seqs[i].id == id)
+			return i;
+	return -1;
+}
+
+static void emit_cancel(struct gs_token_event *ev, int32_t *n, uint64_t id, int32_t n_prompt, int32_t n_gen)
+{
+	ev[*n] = (struct gs_token_event){ .id = id, .token = -1, .finish = GS_FINISH_CANCELLED, .n_prompt = n_prompt,
+					  .n_generated = n_gen };
+	(*n)++;
+}
+
+/* Cancellations and finished sequences go into this plan's release list (applied here on the
+ * leader now, on followers first thing when they execute the plan). */
+static void plan_releases(struct gs_engine *e, struct gs_token_event *ev, int32_t cap, int32_t *n_ev)
+{
+	for (int32_t c = 0; c < e->n_cancels; c++) {
+		uint64_t id = e->cancels[c];
+		int32_t slot = find_slot(e, id);
+		if (slot >= 0) {
+			struct eng_seq *s = &e->seqs[slot];
+			if (!s->finished && *n_ev < cap)
+				emit_cancel(ev, n_ev, id, s->n_prompt, s->n_generated);
+			s->finished = true;
+			continue;
+		}
+		for (int32_t i = 0; i < e->n_waiting; i++) {
+			struct waiting_req *w = &e->waiting[(e->waiting_head + i) % e->waiting_cap];
+			if (w->id != id)
+				continue;
+			if (*n_ev < cap)
+				emit_cancel(ev, n_ev, id, w->n_prompt, 0);
+			free(w->prompt);
+			for (int32_t j = i; j + 1 < e->n_waiting; j++)
+				e->waiting[(e->waiting_head + j) % e->waiting_cap] =
+					e->waiting[(e->waiting_head + j + 1) % e->waiting_cap];
+			e->n_waiting--;
+			break;
+		}
+	}
+	e->n_cancels = 0;
+	for (int32_t i = 0; i < e->cfg.max_seqs; i++) {
+		if (e->seqs[i].used && e->seqs[i].finished) {
+			e->plan.release[e->plan.n_release++] = i;
+			seq_release(e, i);
+		}
+	}
+}
+
+static void plan_add(struct gs_engine *e, int32_t slot, const int32_t *ids, int32_t n, bool want_logits)
+{
+	struct gs_plan *p = &e->plan;
+	struct gs_plan_seq *ps = &p->seqs[p->n_seqs++];
+
+	*ps = (struct gs_plan_seq){ .slot = slot, .tok0 = p->n_ids, .n_tokens = n, .want_logits = want_logits };
+	memcpy(p->ids + p->n_ids, ids, sizeof(int32_t) * (size_t)n);
+	p->n_ids += n;
+}
+
+static void build_plan(struct gs_engine *e)
+{
+	struct gs_plan *p = &e->plan;
+	int32_t budget = e->cfg.max_batch_tokens;
+
+	/* 1. Every running decode gets its token. */
+	e->n_decode = 0;
+	for (int32_t i = 0; i < e->cfg.max_seqs && budget > 0; i++) {
+		struct eng_seq *s = &e->seqs[i];
+		if (s->used && s->n_prefilled == s->n_prompt && s->next_token >= 0) {
+			plan_add(e, i, &s->next_token, 1, true);
+			s->next_token = -1;
+			budget--;
+			e->n_decode++;
+		}
+	}
+	/* 2. Prefills in progress continue, in slot order. */
+	for (int32_t i = 0; i < e->cfg.max_seqs && budget > 0; i++) {
+		struct eng_seq *s = &e->seqs[i];
+		if (s->used && s->n_prefilled < s->n_prompt) {
+			int32_t c = s->n_prompt - s->n_prefilled < budget ? s->n_prompt - s->n_prefilled : budget;
+			plan_add(e, i, s->prompt + s->n_prefilled, c, s->n_prefilled + c == s->n_prompt);
+			s->n_prefilled += c;
+			budget -= c;
+		}
+	}
+	/* 3. Admit from the queue head while a slot, the KV reservation and budget allow (FIFO:
+	 *    the head is never overtaken, so large requests are not starved). */
+	while (e->n_waiting > 0 && budget > 0) {
+		struct waiting_req *w = &e->waiting[e->waiting_head];
+		int32_t slot = -1, maxpos = w->n_prompt + w->p.max_tokens - 1, c;
+		struct gs_plan_seq *ps;
+		for (int32_t i = 0; i < e->cfg.max_seqs; i++)
+			if (!e->seqs[i].used) {
+				slot = i;
+				break;
+			}
+		if (slot < 0 || !gs_kv_can_admit(&e->pool, maxpos))
+			break;
+		c = w->n_prompt < budget ? w->n_prompt : budget;
+		plan_add(e, slot, w->prompt, c, c == w->n_prompt);
+		ps = &p->seqs[p->n_seqs - 1];
+		ps->admit = true;
+		ps->id = w->id;
+		ps->max_positions = maxpos;
+		ps->params = w->p;
+		e->waiting_head = (e->waiting_head + 1) % e->waiting_cap;
+		e->n_waiting--;
+		/* The leader admits now, so the next admission check of this plan sees the
+		 * reservation; followers admit when they execute the plan. */
+		if (apply_admit(e, ps) != GS_OK)
+			GS_ASSERT(!"admission failed after the check");
+		e->seqs[slot].prompt = w->prompt;
+		e->seqs[slot].n_prompt = w->n_prompt;
+		e->seqs[slot].n_prefilled = c;
+		budget -= c;
+	}
+}
+
+static bool is_stop(const struct gs_engine *e, const struct eng_seq *s, int32_t tok)
+{
+	if (!s->p.ignore_eos && gs_config_is_eos(&e->m->cfg, tok))
+		return true;
+	for (int32_t i = 0; i < s->p.n_stop_ids; i++)
+		if (s->p.stop_ids[i] == tok)
+			return true;
+	return false;
+}
+
+/* Leader: merge the T ranks' candidates of each row, draw, emit events. */
+static void sample_rows(struct gs_engine *e, int32_t rows, int32_t K, struct gs_token_event *ev, int32_t cap,
+			int32_t *n_ev)
+{
+	int32_t T = gs_comm_size(e->comm);
+
+	for (int32_t r = 0; r < rows; r++) {
+		struct eng_seq *s = &e->seqs[e->row_slot[r]];
+		size_t n = 0;
+		double lse_sum = 0, lse_max = -INFINITY;
+		struct gs_token_event *x;
+		int32_t tok;
+		float lp;
+
+		for (int32_t t = 0; t < T; t++) {
+			const struct cand *c = e->all_cands + ((size_t)t * rows + r) * (K + 1);
+			for (int32_t k = 0; k < K; k++)
+				if (c[k].id >= 0)
+					e->m_ids[n] = c[k].id, e->m_proc[n] = c[k].proc, n++;
+			if (c[K].raw > lse_max)
+				lse_max = c[K].raw;
+		}
+		for (int32_t t = 0; t < T; t++)
+			lse_sum += exp(e->all_cands[((size_t)t * rows + r) * (K + 1) + K].raw - lse_max);
+		tok = gs_sampler_sample_candidates(s->smp, e->m_ids, e->m_proc, n, &lp);
+		if (*n_ev >= cap || tok < 0)
+			continue;
+		x = &ev[(*n_ev)++];
+		memset(x, 0, sizeof(*x));
+		x->id = s->id;
+		x->token = tok;
+		/* logprobs: log-softmax of the model's raw logits (what vLLM reports by default). */
+		{
+			double lse = lse_max + log(lse_sum);
+			struct cand best[GS_MAX_TOP_LOGPROBS];
+			int32_t nb = 0;
+			for (int32_t t = 0; t < T; t++) {
+				const struct cand *c = e->all_cands + ((size_t)t * rows + r) * (K + 1);
+				for (int32_t k = 0; k < K; k++) {
+					if (c[k].id < 0)
+						continue;
+					if (c[k].id == tok)
+						x->logprob = (float)(c[k].raw - lse);
+					/* insertion into the top list by raw logit (ties: lower id) */
+					if (nb < s->p.top_logprobs || (nb > 0 && (c[k].raw > best[nb - 1].raw ||
+					    (c[k].raw == best[nb - 1].raw && c[k].id < best[nb - 1].id)))) {
+						int32_t j = nb < s->p.top_logprobs ? nb++ : nb - 1;
+						while (j > 0 && (c[k].raw > best[j - 1].raw ||
+								 (c[k].raw == best[j - 1].raw && c[k].id < best[j - 1].id))) {
+							best[j] = best[j - 1];
+							j--;
+						}
+						best[j] = c[k];
+					}
+				}
+			}
+			x->n_top = nb;
+			for (int32_t j = 0; j < nb; j++)
+				x->top_ids[j] = best[j].id, x->top_logprobs[j] = (float)(best[j].raw - lse);
+		}
+		s->n_generated++;
+		x->n_prompt = s->n_prompt;
+		x->n_generated = s->n_generated;
+		if (is_stop(e, s, tok))
+			x->finish = GS_FINISH_STOP;
+		else if (s->n_generated >= s->p.max_tokens)
+			x->finish = GS_FINISH_LENGTH;
+		if (x->finish != GS_FINISH_NONE)
+			s->finished = true;
+		else
+			s->next_token = tok;
+		e->st.finished += x->finish != GS_FINISH_NONE;
+	}
+}
+
+enum gs_status gs_engine_step(struct gs_engine *e, struct gs_token_event *ev, int32_t cap, int32_t *n_ev)
+{
+	double t0 = now_s(), t1, t2;
+	int32_t rows = 0, K = step_k(e), dec = 0;
+
+	GS_ASSERT(e->leader);
+	*n_ev = 0;
+	gs_plan_reset(&e->plan);
+	plan_releases(e, ev, cap, n_ev);
+	build_plan(e);
+	GS_TRY(broadcast_plan(e));
+	t1 = now_s();
+	/* The leader applied releases and admissions while planning. */
+	dec = e->n_decode;
+	for (int32_t i = 0; i < e->plan.n_seqs; i++)
+		e->plan.seqs[i].admit = false;
+	GS_TRY(exec_plan(e, &e->plan, &rows, K));
+	t2 = now_s();
+	sample_rows(e, rows, K, ev, cap, n_ev);
+
+	e->st.steps++;
+	e->st.last_batch_seqs = e->plan.n_seqs;
+	e->st.last_batch_tokens = e->plan.n_ids;
+	e->st.last_decode_tokens = dec;
+	e->st.tokens_decode += (uint64_t)dec;
+	e->st.tokens_prefill += (uint64_t)(e->plan.n_ids - dec);
+	e->st.last_step_s = now_s() - t0;
+	e->st.step_s_total += e->st.last_step_s;
+	e->st.plan_s_total += t1 - t0;
+	e->st.sample_s_total += now_s() - t2;
+	return GS_OK;
+}
+
+void gs_engine_get_stats(const struct gs_engine *e, struct gs_engine_stats *s)
+{
+	*s = e->st;
+	s->running = 0;
+	for (int32_t i = 0; i < e->cfg.max_seqs; i++)
+		s->running += e->seqs[i].used;
+	s->waiting = e->n_waiting;
+	s->kv_global_total = e->pool.n_global_blocks;
+	s->kv_global_used = e->pool.n_global_blocks - e->pool.n_gfree;
+	s->kv_global_reserved = e->pool.g_reserved;
+	s->kv_global_free = gs_kv_global_free(&e->pool);
+	s->kv_local_total = e->pool.n_local_blocks;
+	s->kv_local_used = e->pool.n_local_blocks - e->pool.n_lfree;
+	s->kv_bytes = e->pool.bytes;
+}
+
+bool gs_engine_kv_consistent(const struct gs_engine *e)
+{
+	int32_t used = 0, reserved = 0, ring = 0;
+
+	for (int32_t i = 0; i < e->cfg.max_seqs; i++) {
+		const struct eng_seq *s = &e->seqs[i];
+		if (!s->used)
+			continue;
+		used += s->kv.g_used;
+		reserved += s->kv.g_reserved;
+		ring += e->pool.n_local_layers ? (gs_kv_global_blocks_for(s->max_positions) < e->pool.ring_blocks
+							  ? gs_kv_global_blocks_for(s->max_positions)
+							  : e->pool.ring_blocks)
+					       : 0;
+	}
+	return used + e->pool.n_gfree == e->pool.n_global_blocks && reserved == e->pool.g_reserved &&
+	       ring + e->pool.n_lfree == e->pool.n_local_blocks;
+}

@@ -1,0 +1,104 @@
+/* The serving engine: continuous batching over the paged KV cache (DESIGN.md §1, §5).
+ *
+ * The leader (rank 0 of the TP group) schedules: each step it builds a plan (which
+ * sequences, which tokens, admissions and releases), broadcasts it, and every rank runs the
+ * same batched forward; sampling is distributed (each rank reduces its vocabulary slice to
+ * candidates, the leader draws with the request's own seeded sampler). Followers only
+ * execute plans (gs_engine_follow).
+ *
+ * Scheduling policy: admission reserves a request's worst case (prompt + max_tokens) in KV
+ * blocks, so a running sequence never runs out and nothing is ever preempted; a request that
+ * does not fit waits in FIFO order (no overtaking: big requests are not starved), and one that
+ * could never fit is refused at submit. Each step first gives every running decode its one
+ * token, then fills the remaining token budget with prefill chunks (chunked prefill), so a
+ * long prompt never stalls the running decodes. */
+#ifndef GS_ENGINE_H
+#define GS_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "gs_comm.h"
+#include "gs_forward.h"
+#include "gs_sampler.h"
+
+#define GS_MAX_STOP_IDS 8
+#define GS_MAX_TOP_LOGPROBS 20
+
+struct gs_req_params {
+	struct gs_sampling_params sp;
+	int32_t max_tokens;                    /* >= 1 */
+	int32_t stop_ids[GS_MAX_STOP_IDS];     /* besides the model's eos ids */
+	int32_t n_stop_ids;
+	bool    ignore_eos;
+	int32_t top_logprobs;                  /* 0..GS_MAX_TOP_LOGPROBS alternatives per token */
+};
+
+enum gs_finish {
+	GS_FINISH_NONE,       /* still running */
+	GS_FINISH_STOP,       /* eos / stop id */
+	GS_FINISH_LENGTH,     /* max_tokens */
+	GS_FINISH_CANCELLED,
+	GS_FINISH_COUNT
+};
+
+struct gs_token_event {
+	uint64_t       id;
+	int32_t        token;           /* -1 for a cancellation event */
+	float          logprob;         /* of token under the processed distribution */
+	int32_t        n_top;
+	int32_t        top_ids[GS_MAX_TOP_LOGPROBS];
+	float          top_logprobs[GS_MAX_TOP_LOGPROBS];
+	enum gs_finish finish;
+	int32_t        n_prompt, n_generated;
+};
+
+struct gs_engine_config {
+	int32_t max_batch_tokens;   /* token budget per step (decodes + prefill chunks) */
+	int32_t max_seqs;           /* sequences running at once */
+	int32_t max_context;        /* prompt + max_tokens of one request */
+	int32_t kv_global_blocks;   /* pool sizes (0: enough for max_seqs × max_context) */
+	int32_t kv_local_blocks;
+	int32_t candidates;         /* K per rank for distributed sampling (>= top_k for exactness) */
+};
+
+struct gs_engine_stats {
+	uint64_t steps, tokens_prefill, tokens_decode, finished;
+	int32_t  last_batch_seqs, last_batch_tokens, last_decode_tokens;
+	double   last_step_s, step_s_total, plan_s_total, sample_s_total;
+	int32_t  running, waiting;
+	int32_t  kv_global_used, kv_global_reserved, kv_global_free, kv_global_total;
+	int32_t  kv_local_used, kv_local_total;
+	size_t   kv_bytes;
+};
+
+struct gs_engine;
+
+/* Every rank of the TP group creates its engine with the same arguments (comm may be NULL
+ * for T = 1). The model must be loaded for this rank of comm. */
+enum gs_status gs_engine_create(const struct gs_model *m, struct gs_backend be, const struct gs_comm *comm,
+				const struct gs_engine_config *cfg, struct gs_engine **out);
+void gs_engine_free(struct gs_engine *e);
+
+/* Leader only. Queue a request. GS_ERR_RANGE ("can never fit") when prompt + max_tokens
+ * exceeds the context or the whole KV pool; GS_ERR_INVALID_ARG for bad params or ids. */
+enum gs_status gs_engine_submit(struct gs_engine *e, uint64_t id, const int32_t *prompt, int32_t n_prompt,
+				const struct gs_req_params *p);
+/* Leader only. Cancel a waiting or running request; its blocks return in the next step. */
+enum gs_status gs_engine_cancel(struct gs_engine *e, uint64_t id);
+/* Leader only. One iteration; events (one per sampled token or cancellation) are written to
+ * ev[0..cap) (cap >= max_seqs + pending cancellations is always enough). */
+enum gs_status gs_engine_step(struct gs_engine *e, struct gs_token_event *ev, int32_t cap, int32_t *n_ev);
+bool gs_engine_idle(const struct gs_engine *e);
+/* Leader only: tell followers to return from gs_engine_follow. */
+enum gs_status gs_engine_shutdown(struct gs_engine *e);
+/* Followers: execute plans until the leader shuts down. */
+enum gs_status gs_engine_follow(struct gs_engine *e);
+
+void gs_engine_get_stats(const struct gs_engine *e, struct gs_engine_stats *s);
+/* Whole-pool sanity: free + used + reserved accounting equals the pool (tests). */
+bool gs_engine_kv_consistent(const struct gs_engine *e);
+
+const char *gs_finish_str(enum gs_finish f);
+
+#endif

@@ -1,0 +1,42 @@
+/* The step plan the leader broadcasts to every rank of an engine each iteration. */
+#ifndef GS_PLAN_H
+#define GS_PLAN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gs_engine.h"
+#include "gs_status.h"
+
+struct gs_plan_seq {
+	int32_t              slot;           /* sequence slot on every rank */
+	int32_t              tok0, n_tokens; /* its rows in ids */
+	bool                 want_logits;
+	bool                 admit;          /* first appearance: reserve KV, create the sampler */
+	uint64_t             id;             /* admit only */
+	int32_t              max_positions;  /* admit only */
+	struct gs_req_params params;         /* admit only */
+};
+
+struct gs_plan {
+	int32_t             n_release;
+	int32_t            *release;         /* [max_seqs] slots to free before anything else */
+	int32_t             n_seqs;
+	struct gs_plan_seq *seqs;            /* [max_seqs] */
+	int32_t             n_ids;
+	int32_t            *ids;             /* [max_tokens] */
+	bool                stop;            /* followers return */
+	int32_t             max_seqs, max_tokens;
+};
+
+enum gs_status gs_plan_init(struct gs_plan *p, int32_t max_seqs, int32_t max_tokens);
+void gs_plan_free(struct gs_plan *p);
+void gs_plan_reset(struct gs_plan *p);
+
+/* Serialise into *buf (grown as needed) / parse; unpack checks every count against the
+ * plan's capacity before writing (a malformed plan is GS_ERR_FORMAT, never an overflow). */
+enum gs_status gs_plan_pack(const struct gs_plan *p, uint8_t **buf, size_t *cap, uint64_t *len);
+enum gs_status gs_plan_unpack(struct gs_plan *p, const uint8_t *buf, size_t len);
+
+#endif
