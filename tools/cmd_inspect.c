@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "gs_args.h"
+#include "gs_kvcache.h"
 #include "gs_cmds.h"
 #include "gs_model.h"
 #include "gs_safetensors.h"
@@ -30,16 +31,12 @@ static double weight_bytes_per_rank(const struct gs_model *m, int tp)
 	return c->n_layers * per_layer + vocab_rows * H * es + H * es;
 }
 
-/* KV bytes of one sequence of ctx tokens on one rank: global layers keep every position,
- * sliding layers at most their window. */
+/* KV bytes of one sequence of ctx tokens on one rank, as the paged cache allocates them:
+ * global layers keep every position, sliding layers a ring of blocks covering the window. */
 static double kv_bytes_per_rank(const struct gs_config *c, int tp, long ctx, size_t elem)
 {
-	double per_tok = (double)gs_model_kv_bytes_per_token(c, tp, elem), b = 0;
-	for (int l = 0; l < c->n_layers; l++) {
-		long keep = c->is_sliding[l] && c->window[l] < ctx ? c->window[l] : ctx;
-		b += per_tok * (double)keep;
-	}
-	return b;
+	int32_t kvh = c->n_kv_heads >= tp ? c->n_kv_heads / tp : 1;
+	return (double)gs_kv_seq_bytes(c, kvh, (int32_t)ctx, elem);
 }
 
 int gs_cmd_inspect(int argc, char **argv)
@@ -118,6 +115,17 @@ int gs_cmd_inspect(int argc, char **argv)
 		printf("\n");
 	}
 	printf("(context capped at max_position_embeddings = %d)\n", c->max_position);
+	{
+		/* The two terms of the KV formula, TP = 1, bf16: per token over the global layers,
+		 * and the fixed ring every long sequence keeps on the sliding layers. */
+		double per_tok = (double)gs_model_kv_bytes_per_token(c, 1, 2) * gs_config_n_global(c);
+		double fixed = kv_bytes_per_rank(c, 1, 1L << 30 > c->max_position ? c->max_position : 1L << 30, 2) -
+			       per_tok * (double)(((c->max_position + GS_KV_BLOCK - 1) / GS_KV_BLOCK) * GS_KV_BLOCK);
+		printf("KV formula (TP=1, bf16): %.1f KiB per token over %d global layers + %.1f MiB fixed per long "
+		       "sequence (%d sliding layers x ring of %d blocks of %d); divide by T for T <= %d KV heads\n",
+		       per_tok / 1024, gs_config_n_global(c), fixed / (1024 * 1024), c->n_layers - gs_config_n_global(c),
+		       (c->sliding_window - 1 + GS_KV_BLOCK - 1) / GS_KV_BLOCK + 1, GS_KV_BLOCK, c->n_kv_heads);
+	}
 	gs_model_free(m);
 	return 0;
 }

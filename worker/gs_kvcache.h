@@ -65,6 +65,11 @@ void gs_kv_pool_free(struct gs_kv_pool *p);
 void gs_kv_pool_size_for(const struct gs_config *cfg, int32_t n_seqs, int32_t max_positions,
 			 int32_t *n_global_blocks, int32_t *n_local_blocks);
 
+/* Bytes one sequence of `positions` occupies in a pool (whole blocks: its global table plus
+ * its ring on sliding layers), for n_kv_heads heads on this rank and elem_bytes per value
+ * (4: fp32 on CPU, 2: bf16 on GPU). This is what admission reserves. */
+size_t gs_kv_seq_bytes(const struct gs_config *cfg, int32_t n_kv_heads, int32_t positions, size_t elem_bytes);
+
 /* Blocks a sequence of max_positions needs: global table, local ring. */
 int32_t gs_kv_global_blocks_for(int32_t max_positions);
 int32_t gs_kv_ring_blocks(const struct gs_kv_pool *p);

@@ -14,6 +14,19 @@ static int32_t ring_blocks_for(int32_t window)
 	return (window - 1 + GS_KV_BLOCK - 1) / GS_KV_BLOCK + 1;
 }
 
+size_t gs_kv_seq_bytes(const struct gs_config *cfg, int32_t n_kv_heads, int32_t positions, size_t elem_bytes)
+{
+	size_t per_pos = 2 * (size_t)n_kv_heads * (size_t)cfg->head_dim * elem_bytes; /* K and V */
+	int32_t g = gs_kv_global_blocks_for(positions), ring = ring_blocks_for(cfg->sliding_window), n_global = 0;
+
+	if (ring > g)
+		ring = g;
+	for (int32_t l = 0; l < cfg->n_layers; l++)
+		n_global += !cfg->is_sliding[l];
+	return per_pos * GS_KV_BLOCK *
+	       ((size_t)n_global * (size_t)g + (size_t)(cfg->n_layers - n_global) * (size_t)ring);
+}
+
 int32_t gs_kv_ring_blocks(const struct gs_kv_pool *p)
 {
 	return p->n_local_layers ? p->ring_blocks : 0;
