@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "gs_args.h"
+#include "gs_batch.h"
 #include "gs_chat.h"
 #include "gs_cmds.h"
 #include "gs_forward.h"
@@ -18,9 +19,36 @@ static double now_s(void)
 	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* --batch: the serving engine in this process (T = 1). */
+static int run_batch_local(const char *model_dir, const char *in, const char *out, int threads, int ctx)
+{
+	struct gs_engine_config ec = { .max_batch_tokens = 256, .max_seqs = 64, .max_context = ctx > 0 ? ctx : 4096,
+				       .candidates = 64 };
+	struct gs_model *m = NULL;
+	struct gs_tokenizer *tok = NULL;
+	struct gs_backend be = { 0 };
+	struct gs_engine *e = NULL;
+	char path[1024];
+	int rc = 1;
+
+	snprintf(path, sizeof(path), "%s/tokenizer.json", model_dir);
+	if (gs_model_load(model_dir, true, &m) != GS_OK || gs_tokenizer_load(path, &tok) != GS_OK ||
+	    gs_backend_cpu_create(threads, &be) != GS_OK || gs_engine_create(m, be, NULL, &ec, &e) != GS_OK ||
+	    gs_batch_run(e, m, tok, in, out) != GS_OK)
+		rc = gs_cmd_fail("run --batch");
+	else
+		rc = 0;
+	gs_engine_free(e);
+	if (be.ctx)
+		gs_backend_cpu_free(&be);
+	gs_tokenizer_free(tok);
+	gs_model_free(m);
+	return rc;
+}
+
 int gs_cmd_run(int argc, char **argv)
 {
-	const char *model_dir = NULL, *prompt = NULL, *chat = NULL, *system = NULL;
+	const char *model_dir = NULL, *prompt = NULL, *chat = NULL, *system = NULL, *batch = NULL, *batch_out = NULL;
 	int max_tokens = 128, top_k = 64, threads = 0, ctx = 0, rc = 1;
 	double temperature = 1.0, top_p = 0.95, min_p = 0.0, rep = 1.0;
 	uint64_t seed = 0;
@@ -40,6 +68,8 @@ int gs_cmd_run(int argc, char **argv)
 		{ "ctx", GS_ARG_INT, &ctx, "context length to reserve (default: prompt + max-tokens)" },
 		{ "threads", GS_ARG_INT, &threads, "CPU threads (default: all)" },
 		{ "quiet", GS_ARG_FLAG, &quiet, "no statistics on stderr" },
+		{ "batch", GS_ARG_STR, &batch, "JSONL requests to run through the serving engine (with --out)" },
+		{ "out", GS_ARG_STR, &batch_out, "JSONL results for --batch (resumable: done ids are skipped)" },
 	};
 	struct gs_arg *seed_arg = &args[10];
 	struct gs_model *m = NULL;
@@ -63,6 +93,12 @@ int gs_cmd_run(int argc, char **argv)
 			  args, sizeof(args) / sizeof(args[0]), argc, argv);
 	if (r)
 		return r == 1 ? 0 : 2;
+	if (model_dir && batch && batch_out && !prompt && !chat)
+		return run_batch_local(model_dir, batch, batch_out, threads, ctx);
+	if (batch || batch_out) {
+		fprintf(stderr, "gemmashard run: --batch needs --out and excludes --prompt/--chat\n");
+		return 2;
+	}
 	if (!model_dir || (!prompt == !chat)) {
 		fprintf(stderr, "gemmashard run: --model and exactly one of --prompt/--chat are required\n");
 		return 2;

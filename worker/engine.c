@@ -222,18 +222,17 @@ enum gs_status gs_engine_submit(struct gs_engine *e, uint64_t id, const int32_t 
 
 	GS_ASSERT(e->leader);
 	if (n_prompt < 1)
-		return gs_errorf(GS_ERR_INVALID_ARG, "request %llu: empty prompt", (unsigned long long)id);
+		return gs_errorf(GS_ERR_INVALID_ARG, "empty prompt");
 	GS_TRY(check_params(e, p));
 	for (int32_t i = 0; i < n_prompt; i++)
 		if (prompt[i] < 0 || prompt[i] >= e->m->n_vocab)
-			return gs_errorf(GS_ERR_INVALID_ARG, "request %llu: token id %d outside the vocabulary (0..%d)",
-					 (unsigned long long)id, prompt[i], e->m->n_vocab - 1);
+			return gs_errorf(GS_ERR_INVALID_ARG, "token id %d outside the vocabulary (0..%d)", prompt[i],
+					 e->m->n_vocab - 1);
 	/* KV holds positions of every token fed: the prompt and all but the last generated. */
 	if (need - 1 > e->cfg.max_context || !gs_kv_could_ever_admit(&e->pool, (int32_t)(need - 1)))
 		return gs_errorf(GS_ERR_RANGE,
-				 "request %llu can never fit: %d prompt + %d max_tokens tokens exceed the engine's context "
-				 "of %d tokens / KV pool",
-				 (unsigned long long)id, n_prompt, p->max_tokens, e->cfg.max_context);
+				 "can never fit: %d prompt + %d max_tokens tokens exceed the engine's context of %d tokens "
+				 "(or its whole KV pool)", n_prompt, p->max_tokens, e->cfg.max_context);
 	if (e->n_waiting == e->waiting_cap) {
 		int32_t cap = e->waiting_cap * 2;
 		struct waiting_req *nw = malloc(sizeof(*nw) * (size_t)cap);

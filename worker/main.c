@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "gs_batch.h"
 #include "gs_comm.h"
 #include "gs_config.h"
 #include "gs_cpu.h"
@@ -23,8 +24,8 @@
 #define GS_PATH_MAX 256
 
 struct worker_opts {
-	const char *model, *synthetic, *tokens, *dump;
-	int generate, chunk, threads, decode_steps, prompt_tokens;
+	const char *model, *synthetic, *tokens, *dump, *batch, *out;
+	int generate, chunk, threads, decode_steps, prompt_tokens, max_batch_tokens, max_seqs, ctx;
 	bool bench;
 	struct gs_sampling_params sp;
 };
@@ -57,13 +58,16 @@ static void usage(FILE *f)
 		   "  --temperature X --top-k N --top-p X --min-p X --repetition-penalty X --seed N\n"
 		   "  --chunk N            feed the prompt in chunks of N tokens (1 = decode only)\n"
 		   "  --threads N          CPU threads per rank (default: all cores / ranks on this host)\n"
-		   "  --bench              time prefill (--prompt-tokens, 512) and decode (--decode-steps, 32)\n");
+		   "  --bench              time prefill (--prompt-tokens, 512) and decode (--decode-steps, 32)\n"
+		   "  --batch IN.jsonl --out OUT.jsonl   offline batch through the serving engine (resumable)\n"
+		   "  --max-batch-tokens N (256) --max-seqs N (64) --ctx N (4096)   engine limits for --batch\n");
 }
 
 /* Returns 0, 1 for --help (rank 0 prints it), 2 on a usage error (reason in gs_last_error). */
 static int parse_args(int argc, char **argv, struct worker_opts *o, int rank)
 {
-	*o = (struct worker_opts){ .chunk = 0, .decode_steps = 32, .prompt_tokens = 512 };
+	*o = (struct worker_opts){ .chunk = 0, .decode_steps = 32, .prompt_tokens = 512, .max_batch_tokens = 256,
+				   .max_seqs = 64, .ctx = 4096 };
 	o->sp = (struct gs_sampling_params){ .temperature = 0, .top_k = 0, .top_p = 1, .min_p = 0,
 					     .repetition_penalty = 1, .seed = 0 };
 	for (int i = 1; i < argc; i++) {
@@ -83,6 +87,16 @@ static int parse_args(int argc, char **argv, struct worker_opts *o, int rank)
 			o->synthetic = v;
 		} else if (!strcmp(a, "--tokens")) {
 			o->tokens = v;
+		} else if (!strcmp(a, "--batch")) {
+			o->batch = v;
+		} else if (!strcmp(a, "--out")) {
+			o->out = v;
+		} else if (!strcmp(a, "--max-batch-tokens")) {
+			o->max_batch_tokens = atoi(v);
+		} else if (!strcmp(a, "--max-seqs")) {
+			o->max_seqs = atoi(v);
+		} else if (!strcmp(a, "--ctx")) {
+			o->ctx = atoi(v);
 		} else if (!strcmp(a, "--dump-logits")) {
 			o->dump = v;
 		} else if (!strcmp(a, "--generate")) {
@@ -116,7 +130,15 @@ bad:
 		gs_errorf(GS_ERR_INVALID_ARG, "bad or incomplete option '%s' (see --help)", a);
 		return 2;
 	}
-	if (!o->model == !o->synthetic || (!o->bench && !o->tokens) || o->generate < 0 || o->chunk < 0) {
+	if (!o->batch != !o->out) {
+		gs_errorf(GS_ERR_INVALID_ARG, "--batch and --out go together");
+		return 2;
+	}
+	if (o->batch && !o->model) {
+		gs_errorf(GS_ERR_INVALID_ARG, "--batch needs --model (its tokenizer.json)");
+		return 2;
+	}
+	if (!o->model == !o->synthetic || (!o->bench && !o->tokens && !o->batch) || o->generate < 0 || o->chunk < 0) {
 		gs_errorf(GS_ERR_INVALID_ARG, "need exactly one of --model/--synthetic, and --tokens unless --bench "
 			  "(see --help)");
 		return 2;
@@ -336,6 +358,40 @@ static int run_bench(const struct gs_comm *w, struct gs_forward *f, struct gs_se
 	return 0;
 }
 
+/* Offline batch: the leader reads, tokenizes and schedules; every rank executes the plans. */
+static int run_batch(const struct gs_comm *w, const struct gs_model *m, const struct worker_opts *o)
+{
+	struct gs_engine_config ec = { .max_batch_tokens = o->max_batch_tokens, .max_seqs = o->max_seqs,
+				       .max_context = o->ctx, .candidates = 64 };
+	struct gs_backend be = { 0 };
+	struct gs_engine *e = NULL;
+	struct gs_tokenizer *tok = NULL;
+	char path[1024];
+	enum gs_status st;
+	int rc = 1;
+
+	st = gs_backend_cpu_create(o->threads, &be);
+	if (st == GS_OK)
+		st = gs_engine_create(m, be, gs_comm_size(w) > 1 ? w : NULL, &ec, &e);
+	if (st == GS_OK && gs_comm_rank(w) == 0) {
+		snprintf(path, sizeof(path), "%s/tokenizer.json", o->model);
+		st = gs_tokenizer_load(path, &tok);
+	}
+	if (!all_ok(w, st, "setting up the batch engine"))
+		goto out_free;
+	if (gs_comm_rank(w) == 0)
+		st = gs_batch_run(e, m, tok, o->batch, o->out);
+	else
+		st = gs_engine_follow(e);
+	rc = all_ok(w, st, "batch") ? 0 : 1;
+out_free:
+	gs_tokenizer_free(tok);
+	gs_engine_free(e);
+	if (be.ctx)
+		gs_backend_cpu_free(&be);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	struct gs_comm world;
@@ -397,6 +453,11 @@ int main(int argc, char **argv)
 				fprintf(stderr, "[gemmashard r0] rank %d resident memory %.1f MB\n", k, all[k] / 1024.0);
 		}
 		free(all);
+	}
+
+	if (o.batch) {
+		rc = run_batch(&world, m, &o);
+		goto out_free;
 	}
 
 	st = GS_OK;
