@@ -6,6 +6,7 @@
 #include "gs_dtype.h"
 #include "matmul_impl.h"
 
+#include <math.h>
 #include <stdatomic.h>
 #include <string.h>
 
@@ -118,33 +119,44 @@ static inline float gs_w_at(const void *w, size_t idx, enum gs_mm_wtype wt)
 	}
 }
 
-#define GS_SCALAR_KC 256
+/* The fixed lane tree of the canonical order (matmul_impl.h). */
+static inline float gs_mm_tree16(const float a[GS_MM_LANES])
+{
+	float v8[8], v4[4];
+	for (int l = 0; l < 8; l++)
+		v8[l] = a[l] + a[l + 8];
+	for (int l = 0; l < 4; l++)
+		v4[l] = v8[l] + v8[l + 4];
+	return (v4[0] + v4[2]) + (v4[1] + v4[3]);
+}
 
+/* The reference implementation of the canonical order, spelled out: fmaf (one rounding, as the
+ * vector FMAs) and no expression the compiler could contract or reassociate differently. */
 void gs_mm_range_scalar(const struct gs_mm_args *a, int j0, int j1)
 {
 	const int m = a->m, n = a->n, k = a->k;
-	float wrow[GS_SCALAR_KC]; /* one chunk of a weight row, converted once for all m rows */
+	/* one block of a weight row, converted once for all m rows, zero-padded to 16 */
+	float wrow[GS_MM_KB];
 
 	for (int j = j0; j < j1; j++) {
 		for (int i = 0; i < m; i++)
-			a->y[(size_t)i * n + j] = 0.0f;
-		for (int k0 = 0; k0 < k; k0 += GS_SCALAR_KC) {
-			int kc = k - k0 < GS_SCALAR_KC ? k - k0 : GS_SCALAR_KC;
-			for (int kk = 0; kk < kc; kk++)
-				wrow[kk] = gs_w_at(a->w, (size_t)j * k + k0 + kk, a->wt);
+			a->y[(size_t)i * n + j] = 0.0f; /* k = 0: the empty sum */
+		for (int k0 = 0; k0 < k; k0 += GS_MM_KB) {
+			int kc = k - k0 < GS_MM_KB ? k - k0 : GS_MM_KB;
+			int kp = (kc + GS_MM_LANES - 1) / GS_MM_LANES * GS_MM_LANES;
+			for (int t = 0; t < kp; t++)
+				wrow[t] = t < kc ? gs_w_at(a->w, (size_t)j * k + k0 + t, a->wt) : 0.0f;
 			for (int i = 0; i < m; i++) {
 				const float *xr = a->x + (size_t)i * k + k0;
-				/* 8 partial sums: shorter dependency chains and smaller rounding error
-				 * growth than one running sum, like the vector paths */
-				float s[8] = { 0 };
-				int kk = 0;
-				for (; kk + 8 <= kc; kk += 8)
-					for (int l = 0; l < 8; l++)
-						s[l] += xr[kk + l] * wrow[kk + l];
-				for (; kk < kc; kk++)
-					s[kk & 7] += xr[kk] * wrow[kk];
-				a->y[(size_t)i * n + j] +=
-					((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+				float acc[GS_MM_LANES] = { 0 };
+				for (int t = 0; t < kp; t += GS_MM_LANES)
+					for (int l = 0; l < GS_MM_LANES; l++) {
+						float xv = t + l < kc ? xr[t + l] : 0.0f;
+						acc[l] = fmaf(xv, wrow[t + l], acc[l]);
+					}
+				float s = gs_mm_tree16(acc);
+				float *yp = a->y + (size_t)i * n + j;
+				*yp = k0 == 0 ? s : *yp + s;
 			}
 		}
 	}

@@ -65,196 +65,181 @@ GS_INLINE float gs_hsum(__m256 v)
 	return _mm_cvtss_f32(s);
 }
 
-/* ---- decode ------------------------------------------------------------------------------ */
+/* ---- one tile: MR rows of x × NR rows of W over one k block, in the canonical order --------
+ * (matmul_impl.h). The 16 lanes of an output live in two ymm: lo = lanes 0-7, hi = lanes 8-15,
+ * so the result is bit-identical to the AVX-512 and scalar paths. */
 
-GS_INLINE void gs_dec_block(const struct gs_mm_args *a, int j, const int R, const int M,
-			    enum gs_mm_wtype wt)
+/* the fixed lane tree: fold8 = lo + hi, then v[l] + v[l+4], v[l] + v[l+2], v[0] + v[1] */
+GS_INLINE float gs_tree16(__m256 lo, __m256 hi)
 {
-	const int k = a->k;
-	const float *x = a->x;
-	__m256 acc[4][GS_MM_DECODE_MAX_M]; /* fixed size: R, M as bounds would make a VLA */
-	_Pragma("GCC unroll 16") for (int r = 0; r < R; r++)
-		_Pragma("GCC unroll 16") for (int i = 0; i < M; i++)
-			acc[r][i] = _mm256_setzero_ps();
-
-	int kk = 0;
-	for (; kk + 8 <= k; kk += 8) {
-		/* L2 prefetch two blocks ahead, one per 64-byte line (see matmul_avx512.c) */
-		if (wt == GS_MM_W_F32 ? (kk & 8) == 0 : (kk & 24) == 0)
-			_Pragma("GCC unroll 16") for (int r = 0; r < R; r++)
-				_mm_prefetch((const char *)a->w +
-						     ((size_t)(j + 2 * R + r) * k + kk) * (wt == GS_MM_W_F32 ? 4 : 2),
-					     _MM_HINT_T1);
-		__m256 wv[4];
-		_Pragma("GCC unroll 16") for (int r = 0; r < R; r++)
-			wv[r] = gs_ld_w(a->w, (size_t)(j + r) * k + kk, wt);
-		_Pragma("GCC unroll 16") for (int i = 0; i < M; i++) {
-			__m256 xv = _mm256_loadu_ps(x + (size_t)i * k + kk);
-			_Pragma("GCC unroll 16") for (int r = 0; r < R; r++)
-				acc[r][i] = _mm256_fmadd_ps(wv[r], xv, acc[r][i]);
-		}
-	}
-	if (kk < k) {
-		__m256i lm = gs_lane_mask(k - kk);
-		__m256 wv[4];
-		_Pragma("GCC unroll 16") for (int r = 0; r < R; r++)
-			wv[r] = gs_ld_w_part(a->w, (size_t)(j + r) * k + kk, k - kk, wt);
-		_Pragma("GCC unroll 16") for (int i = 0; i < M; i++) {
-			__m256 xv = _mm256_maskload_ps(x + (size_t)i * k + kk, lm);
-			_Pragma("GCC unroll 16") for (int r = 0; r < R; r++)
-				acc[r][i] = _mm256_fmadd_ps(wv[r], xv, acc[r][i]);
-		}
-	}
-	_Pragma("GCC unroll 16") for (int i = 0; i < M; i++)
-		_Pragma("GCC unroll 16") for (int r = 0; r < R; r++)
-			a->y[(size_t)i * a->n + j + r] = gs_hsum(acc[r][i]);
+	return gs_hsum(_mm256_add_ps(lo, hi));
 }
 
-GS_INLINE void gs_dec_range(const struct gs_mm_args *a, int j0, int j1, const int M,
+#define GS_T_MAX 6 /* MR*NR outputs: 2 ymm each + MR x + 1 w within 16 registers */
+
+/* s[ii][jj] = tree sum of x row xr[ii] · W row wr[jj] over kc elements (one block). pf (if not
+ * NULL): NR rows to prefetch into L2 at the same offsets. */
+GS_INLINE void gs_tile(const float *const *xr, const void *const *wr, const void *const *pf,
+		       int kc, const int MR, const int NR, enum gs_mm_wtype wt, float s[4][4])
+{
+	const size_t es = wt == GS_MM_W_F32 ? 4 : 2;
+	__m256 lo[4][4], hi[4][4]; /* [ii][jj]; only MR*NR <= GS_T_MAX used */
+	_Pragma("GCC unroll 4") for (int ii = 0; ii < MR; ii++)
+		_Pragma("GCC unroll 4") for (int jj = 0; jj < NR; jj++)
+			lo[ii][jj] = hi[ii][jj] = _mm256_setzero_ps();
+	int t = 0;
+	for (; t + 16 <= kc; t += 16) {
+		if (pf && (es == 4 || (t & 16) == 0))
+			_Pragma("GCC unroll 4") for (int jj = 0; jj < NR; jj++)
+				_mm_prefetch((const char *)pf[jj] + (size_t)t * es, _MM_HINT_T1);
+		__m256 xv[4];
+		_Pragma("GCC unroll 4") for (int ii = 0; ii < MR; ii++)
+			xv[ii] = _mm256_loadu_ps(xr[ii] + t);
+		_Pragma("GCC unroll 4") for (int jj = 0; jj < NR; jj++) {
+			__m256 wv = gs_ld_w(wr[jj], (size_t)t, wt);
+			_Pragma("GCC unroll 4") for (int ii = 0; ii < MR; ii++)
+				lo[ii][jj] = _mm256_fmadd_ps(xv[ii], wv, lo[ii][jj]);
+		}
+		_Pragma("GCC unroll 4") for (int ii = 0; ii < MR; ii++)
+			xv[ii] = _mm256_loadu_ps(xr[ii] + t + 8);
+		_Pragma("GCC unroll 4") for (int jj = 0; jj < NR; jj++) {
+			__m256 wv = gs_ld_w(wr[jj], (size_t)t + 8, wt);
+			_Pragma("GCC unroll 4") for (int ii = 0; ii < MR; ii++)
+				hi[ii][jj] = _mm256_fmadd_ps(xv[ii], wv, hi[ii][jj]);
+		}
+	}
+	if (t < kc) { /* x = w = +0.0 past kc, as the canonical order pads */
+		int c0 = kc - t < 8 ? kc - t : 8, c1 = kc - t - c0;
+		__m256i m0 = gs_lane_mask(c0), m1 = gs_lane_mask(c1);
+		_Pragma("GCC unroll 4") for (int jj = 0; jj < NR; jj++) {
+			__m256 w0 = gs_ld_w_part(wr[jj], (size_t)t, c0, wt);
+			__m256 w1 = gs_ld_w_part(wr[jj], (size_t)t + 8, c1, wt);
+			_Pragma("GCC unroll 4") for (int ii = 0; ii < MR; ii++) {
+				lo[ii][jj] = _mm256_fmadd_ps(_mm256_maskload_ps(xr[ii] + t, m0), w0, lo[ii][jj]);
+				hi[ii][jj] = _mm256_fmadd_ps(_mm256_maskload_ps(xr[ii] + t + 8, m1), w1, hi[ii][jj]);
+			}
+		}
+	}
+	_Pragma("GCC unroll 4") for (int ii = 0; ii < MR; ii++)
+		_Pragma("GCC unroll 4") for (int jj = 0; jj < NR; jj++)
+			s[ii][jj] = gs_tree16(lo[ii][jj], hi[ii][jj]);
+}
+
+/* ---- decode: M ≤ 4 rows of x, each weight row streamed once --------------------------------- */
+
+GS_INLINE void gs_dec_range(const struct gs_mm_args *a, int j0, int j1, const int M, const int R,
 			    enum gs_mm_wtype wt)
 {
-	/* R*M accumulators + R weights + 1 x must fit in 16 ymm registers */
-	int j = j0;
-	if (M <= 2) {
-		for (; j + 4 <= j1; j += 4)
-			gs_dec_block(a, j, 4, M, wt);
-	} else {
-		for (; j + 2 <= j1; j += 2)
-			gs_dec_block(a, j, 2, M, wt);
+	const int n = a->n, k = a->k;
+	const size_t es = wt == GS_MM_W_F32 ? 4 : 2;
+	const char *w = a->w;
+	for (int j = j0; j < j1; j += R) {
+		int nr = j1 - j < R ? j1 - j : R;
+		const void *wr[4], *pf[4];
+		const float *xr[4];
+		float s[4][4], acc[4][4] = { { 0 } };
+		for (int k0 = 0; k0 < k; k0 += GS_MM_KB) {
+			int kc = k - k0 < GS_MM_KB ? k - k0 : GS_MM_KB;
+			for (int r = 0; r < R; r++) {
+				/* rows past nr repeat the last one (computed, not stored) */
+				int jr = j + (r < nr ? r : nr - 1), jp = j + 2 * R + r;
+				wr[r] = w + ((size_t)jr * k + k0) * es;
+				pf[r] = w + ((size_t)(jp < n ? jp : n - 1) * k + k0) * es;
+			}
+			for (int i = 0; i < M; i++)
+				xr[i] = a->x + (size_t)i * k + k0;
+			gs_tile(xr, wr, pf, kc, M, R, wt, s);
+			for (int i = 0; i < M; i++)
+				for (int r = 0; r < R; r++)
+					acc[i][r] = k0 == 0 ? s[i][r] : acc[i][r] + s[i][r];
+		}
+		for (int i = 0; i < M; i++)
+			for (int r = 0; r < nr; r++)
+				a->y[(size_t)i * n + j + r] = acc[i][r];
 	}
-	for (; j < j1; j++)
-		gs_dec_block(a, j, 1, M, wt);
 }
 
 static void gs_dec_dispatch(const struct gs_mm_args *a, int j0, int j1, enum gs_mm_wtype wt)
 {
 	_Static_assert(GS_MM_DECODE_MAX_M == 4, "instantiate gs_dec_range for every M");
-	switch (a->m) {
-	case 1: gs_dec_range(a, j0, j1, 1, wt); break;
-	case 2: gs_dec_range(a, j0, j1, 2, wt); break;
-	case 3: gs_dec_range(a, j0, j1, 3, wt); break;
-	case 4: gs_dec_range(a, j0, j1, 4, wt); break;
+	switch (a->m) { /* M*R <= GS_T_MAX */
+	case 1: gs_dec_range(a, j0, j1, 1, 4, wt); break;
+	case 2: gs_dec_range(a, j0, j1, 2, 3, wt); break;
+	case 3: gs_dec_range(a, j0, j1, 3, 2, wt); break;
+	case 4: gs_dec_range(a, j0, j1, 4, 1, wt); break;
 	}
 }
 
-/* ---- prefill GEMM ------------------------------------------------------------------------ */
+/* ---- prefill GEMM: 2×3 dot-product tiles on packed fp32 panels of W ------------------------- */
 
-#define GS_NR 16  /* output columns per panel: two ymm */
-#define GS_KC 256 /* 16 KiB panel */
-#define GS_MR 6   /* 12 accumulators + 2 weights + 1 broadcast = 15 of 16 registers */
+#define GS_NP 15 /* weight rows per panel (a multiple of the tile's 3): 15 KiB of fp32 */
+#define GS_TM 2
+#define GS_TN 3
 
-static _Thread_local _Alignas(64) float gs_panel[GS_KC * GS_NR];
+static _Thread_local _Alignas(64) float gs_panel[GS_NP * GS_MM_KB];
 
-GS_INLINE void gs_pack_panel(const struct gs_mm_args *a, int j, int cols, int k0, int kc,
+GS_INLINE void gs_pack_panel(const struct gs_mm_args *a, int j, int np, int k0, int kc,
 			     enum gs_mm_wtype wt)
 {
-	const int k = a->k;
-	for (int c = 0; c < GS_NR; c++) {
-		if (c >= cols) {
-			for (int kk = 0; kk < kc; kk++)
-				gs_panel[kk * GS_NR + c] = 0.0f;
-			continue;
-		}
-		size_t base = (size_t)(j + c) * k + k0;
-		for (int kk = 0; kk < kc; kk++)
-			gs_panel[kk * GS_NR + c] = gs_w_scalar(a->w, base + kk, wt);
-	}
-}
-
-GS_INLINE void gs_gemm_ukr(const struct gs_mm_args *a, int i0, int j, int k0, int kc,
-			   __m256i m0, __m256i m1, const int MR)
-{
-	const int k = a->k, n = a->n;
-	const float *x = a->x + (size_t)i0 * k + k0;
-	float *y = a->y + (size_t)i0 * n + j;
-	__m256 c0[GS_MR], c1[GS_MR]; /* fixed size: MR as a bound would make a VLA */
-	/* each k block sums from zero, then is added to y (shorter fp32 chains) */
-	for (int i = 0; i < MR; i++) {
-		c0[i] = _mm256_setzero_ps();
-		c1[i] = _mm256_setzero_ps();
-	}
-	const float *p = gs_panel;
-	for (int kk = 0; kk < kc; kk++, p += GS_NR) {
-		__m256 w0 = _mm256_load_ps(p);
-		__m256 w1 = _mm256_load_ps(p + 8);
-		for (int i = 0; i < MR; i++) {
-			__m256 xb = _mm256_broadcast_ss(x + (size_t)i * k + kk);
-			c0[i] = _mm256_fmadd_ps(xb, w0, c0[i]);
-			c1[i] = _mm256_fmadd_ps(xb, w1, c1[i]);
-		}
-	}
-	for (int i = 0; i < MR; i++) {
-		if (k0 != 0) {
-			c0[i] = _mm256_add_ps(c0[i], _mm256_maskload_ps(y + (size_t)i * n, m0));
-			c1[i] = _mm256_add_ps(c1[i], _mm256_maskload_ps(y + (size_t)i * n + 8, m1));
-		}
-		_mm256_maskstore_ps(y + (size_t)i * n, m0, c0[i]);
-		_mm256_maskstore_ps(y + (size_t)i * n + 8, m1, c1[i]);
-	}
-}
-
-static void gs_gemm_ukr_tail(const struct gs_mm_args *a, int i0, int mr, int j, int k0, int kc,
-			     __m256i m0, __m256i m1)
-{
-	_Static_assert(GS_MR == 6, "instantiate gs_gemm_ukr for every tail");
-	switch (mr) {
-	case 1: gs_gemm_ukr(a, i0, j, k0, kc, m0, m1, 1); break;
-	case 2: gs_gemm_ukr(a, i0, j, k0, kc, m0, m1, 2); break;
-	case 3: gs_gemm_ukr(a, i0, j, k0, kc, m0, m1, 3); break;
-	case 4: gs_gemm_ukr(a, i0, j, k0, kc, m0, m1, 4); break;
-	case 5: gs_gemm_ukr(a, i0, j, k0, kc, m0, m1, 5); break;
+	for (int r = 0; r < np; r++) {
+		size_t base = (size_t)(j + r) * a->k + k0;
+		float *dst = gs_panel + (size_t)r * GS_MM_KB;
+		int t = 0;
+		for (; t + 8 <= kc; t += 8)
+			_mm256_store_ps(dst + t, gs_ld_w(a->w, base + t, wt));
+		for (; t < kc; t++)
+			dst[t] = gs_w_scalar(a->w, base + t, wt);
 	}
 }
 
 GS_INLINE void gs_gemm_range(const struct gs_mm_args *a, int j0, int j1, enum gs_mm_wtype wt)
 {
-	const int m = a->m, k = a->k;
-	for (int j = j0; j < j1; j += GS_NR) {
-		int cols = j1 - j < GS_NR ? j1 - j : GS_NR;
-		__m256i m0 = gs_lane_mask(cols >= 8 ? 8 : cols);
-		__m256i m1 = gs_lane_mask(cols >= 16 ? 8 : cols > 8 ? cols - 8 : 0);
-		if (k == 0) {
-			for (int i = 0; i < m; i++) {
-				_mm256_maskstore_ps(a->y + (size_t)i * a->n + j, m0, _mm256_setzero_ps());
-				_mm256_maskstore_ps(a->y + (size_t)i * a->n + j + 8, m1, _mm256_setzero_ps());
+	const int m = a->m, n = a->n, k = a->k;
+	for (int jp = j0; jp < j1; jp += GS_NP) {
+		int np = j1 - jp < GS_NP ? j1 - jp : GS_NP;
+		for (int k0 = 0; k0 < k; k0 += GS_MM_KB) {
+			int kc = k - k0 < GS_MM_KB ? k - k0 : GS_MM_KB;
+			gs_pack_panel(a, jp, np, k0, kc, wt);
+			for (int i = 0; i < m; i += GS_TM) {
+				int mr = m - i < GS_TM ? m - i : GS_TM;
+				const float *xr[4];
+				for (int ii = 0; ii < GS_TM; ii++)
+					xr[ii] = a->x + (size_t)(i + (ii < mr ? ii : mr - 1)) * k + k0;
+				for (int r = 0; r < np; r += GS_TN) {
+					int nr = np - r < GS_TN ? np - r : GS_TN;
+					const void *wr[4];
+					for (int jj = 0; jj < GS_TN; jj++)
+						wr[jj] = gs_panel + (size_t)(r + (jj < nr ? jj : nr - 1)) * GS_MM_KB;
+					float s[4][4];
+					gs_tile(xr, wr, NULL, kc, GS_TM, GS_TN, GS_MM_W_F32, s);
+					for (int ii = 0; ii < mr; ii++)
+						for (int jj = 0; jj < nr; jj++) {
+							float *yp = a->y + (size_t)(i + ii) * n + jp + r + jj;
+							*yp = k0 == 0 ? s[ii][jj] : *yp + s[ii][jj];
+						}
+				}
 			}
-			continue;
-		}
-		for (int k0 = 0; k0 < k; k0 += GS_KC) {
-			int kc = k - k0 < GS_KC ? k - k0 : GS_KC;
-			gs_pack_panel(a, j, cols, k0, kc, wt);
-			int i = 0;
-			for (; i + GS_MR <= m; i += GS_MR)
-				gs_gemm_ukr(a, i, j, k0, kc, m0, m1, GS_MR);
-			if (i < m)
-				gs_gemm_ukr_tail(a, i, m - i, j, k0, kc, m0, m1);
 		}
 	}
 }
 
-static void gs_range_bf16(const struct gs_mm_args *a, int j0, int j1)
+static void gs_range(const struct gs_mm_args *a, int j0, int j1, enum gs_mm_wtype wt)
 {
+	if (a->k == 0) { /* empty sums: +0.0 */
+		for (int i = 0; i < a->m; i++)
+			for (int j = j0; j < j1; j++)
+				a->y[(size_t)i * a->n + j] = 0.0f;
+		return;
+	}
 	if (a->m <= GS_MM_DECODE_MAX_M)
-		gs_dec_dispatch(a, j0, j1, GS_MM_W_BF16);
+		gs_dec_dispatch(a, j0, j1, wt);
 	else
-		gs_gemm_range(a, j0, j1, GS_MM_W_BF16);
+		gs_gemm_range(a, j0, j1, wt);
 }
 
-static void gs_range_f16(const struct gs_mm_args *a, int j0, int j1)
-{
-	if (a->m <= GS_MM_DECODE_MAX_M)
-		gs_dec_dispatch(a, j0, j1, GS_MM_W_F16);
-	else
-		gs_gemm_range(a, j0, j1, GS_MM_W_F16);
-}
-
-static void gs_range_f32(const struct gs_mm_args *a, int j0, int j1)
-{
-	if (a->m <= GS_MM_DECODE_MAX_M)
-		gs_dec_dispatch(a, j0, j1, GS_MM_W_F32);
-	else
-		gs_gemm_range(a, j0, j1, GS_MM_W_F32);
-}
+static void gs_range_bf16(const struct gs_mm_args *a, int j0, int j1) { gs_range(a, j0, j1, GS_MM_W_BF16); }
+static void gs_range_f16(const struct gs_mm_args *a, int j0, int j1) { gs_range(a, j0, j1, GS_MM_W_F16); }
+static void gs_range_f32(const struct gs_mm_args *a, int j0, int j1) { gs_range(a, j0, j1, GS_MM_W_F32); }
 
 void gs_mm_range_avx2(const struct gs_mm_args *a, int j0, int j1)
 {

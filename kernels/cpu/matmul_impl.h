@@ -12,6 +12,21 @@ enum gs_mm_wtype { GS_MM_W_F32, GS_MM_W_BF16, GS_MM_W_F16, GS_MM_W_COUNT };
  * (decode); above it, tiles of W are converted to fp32 once and reused (prefill GEMM). */
 #define GS_MM_DECODE_MAX_M 4
 
+/* ---- the canonical reduction order (batch invariance) -----------------------------------
+ * Continuous batching needs y[i][j] to be the same float bits whatever the batch around row i:
+ * every path (decode, GEMM, any tile or tail, any thread split, and all three ISA files) sums
+ * each output in this one order, fixed by k alone:
+ *   - k is cut into blocks of GS_MM_KB (the last one shorter);
+ *   - within a block starting at k0, GS_MM_LANES fp32 lanes start at +0.0 and element k0 + t
+ *     goes to lane t % 16, in increasing t: lane = fma(x, w, lane) (single rounding); a
+ *     partial last group of 16 is padded with x = w = +0.0, i.e. fma(0, 0, lane);
+ *   - the lanes are reduced by one fixed tree: v[l] = a[l] + a[l + 8] (l < 8), then
+ *     v[l] + v[l + 4], v[l] + v[l + 2], v[0] + v[1]  (gs_mm_tree16 in matmul.c);
+ *   - y = s_0, then y = y + s_b for the blocks in order (k = 0: y = +0.0).
+ * The AVX2 path keeps the 16 lanes in two ymm, so all paths agree bit for bit. */
+#define GS_MM_LANES 16
+#define GS_MM_KB 256
+
 /* Column ranges handed to threads are multiples of this (one GEMM panel; 4 cache lines of y). */
 #define GS_MM_COL_ALIGN 32
 

@@ -216,9 +216,132 @@ static void test_matmul(void)
 	free(x), free(wf), free(wb), free(wh), free(w32), free(y), free(ref), free(aref);
 }
 
+/* ---- batch invariance ---------------------------------------------------------------------- */
+
+/* Continuous batching needs a request's outputs to be bit-identical whatever else shares the
+ * batch: y[i][j] may depend only on x row i, W row j and k, never on m, on the row's position
+ * in the batch, on the split of n over threads or on the thread count. Checked with memcmp on
+ * every ISA path and weight type, against one reference: the 67-row batch on 2 threads. */
+static void bi_matmul(int wk, struct gs_threadpool *tp, float *y, const float *x, const void *w,
+		      int m, int n, int k)
+{
+	if (wk == W_BF16)
+		gs_cpu_matmul_bf16(tp, y, x, w, m, n, k);
+	else if (wk == W_F16)
+		gs_cpu_matmul_f16(tp, y, x, w, m, n, k);
+	else
+		gs_cpu_matmul_f32(tp, y, x, w, m, n, k);
+}
+
+static void test_batch_invariance(void)
+{
+	enum { M = 67, N = 70, MAXB = 130 }; /* N: three 32-column units, a ragged last one */
+	static const int ks[] = { 1, 15, 16, 33, 256, 1000, 1152, 4133 };
+	const int max_k = 4133;
+	/* batch size, first x row at batch row 0, pool (index: threads - 1); the shifts wrap
+	 * around the 67 rows so each row is seen at several positions */
+	static const struct { int b, shift, pool; } batches[] = {
+		{ 5, 0, 0 }, { 5, 3, 2 }, { 5, 9, 1 }, { 5, 14, 0 }, { 5, 20, 2 }, { 5, 26, 1 },
+		{ 5, 31, 0 }, { 5, 37, 2 }, { 5, 42, 1 }, { 5, 48, 0 }, { 5, 53, 2 }, { 5, 59, 1 },
+		{ 5, 63, 0 }, { 64, 0, 1 }, { 64, 3, 2 }, { 64, 40, 0 }, { 130, 0, 1 }, { 130, 7, 2 },
+		/* small batches too (decode kernels up to GS_MM_DECODE_MAX_M rows) */
+		{ 2, 11, 2 }, { 3, 30, 1 }, { 4, 50, 0 }, { 4, 65, 2 },
+	};
+	float *x = malloc(sizeof(float) * M * max_k);
+	float *xb = malloc(sizeof(float) * MAXB * max_k);
+	uint16_t *wb = malloc(sizeof(uint16_t) * N * max_k);
+	uint16_t *wh = malloc(sizeof(uint16_t) * N * max_k);
+	float *w32 = malloc(sizeof(float) * N * max_k);
+	float *yfull = malloc(sizeof(float) * M * N);
+	float *yb = malloc(sizeof(float) * MAXB * N);
+	float *yisa = malloc(sizeof(float) * W_COUNT * M * N); /* first path's yfull per type */
+	GS_ASSERT(x && xb && wb && wh && w32 && yfull && yb && yisa);
+	struct gs_threadpool *pools[3];
+	for (int t = 0; t < 3; t++) {
+		pools[t] = gs_threadpool_create(t + 1);
+		GS_ASSERT(pools[t]);
+	}
+
+	for (size_t ki = 0; ki < sizeof(ks) / sizeof(ks[0]); ki++) {
+		const int k = ks[ki];
+		/* x spans magnitudes so that the summation order shows in the last bits */
+		for (int i = 0; i < M * k; i++)
+			x[i] = rnd() * (float)(1 << (i % 7));
+		for (int i = 0; i < N * k; i++) {
+			float v = rnd();
+			wb[i] = gs_f32_to_bf16(v);
+			wh[i] = gs_f32_to_f16(v);
+			w32[i] = v;
+		}
+		for (int isa = 0; isa < GS_CPU_ISA_COUNT; isa++) {
+			if (!gs_cpu_isa_supported((enum gs_cpu_isa)isa))
+				continue;
+			CHECK(gs_cpu_force_isa(gs_cpu_isa_str((enum gs_cpu_isa)isa)) == 0);
+			const char *isa_s = gs_cpu_isa_str((enum gs_cpu_isa)isa);
+			for (int wk = 0; wk < W_COUNT; wk++) {
+				const void *w = wk == W_BF16 ? (const void *)wb
+					      : wk == W_F16 ? (const void *)wh : (const void *)w32;
+				for (int i = 0; i < M * N; i++)
+					yfull[i] = NAN;
+				bi_matmul(wk, pools[1], yfull, x, w, M, N, k);
+				/* all paths sum in the same canonical order (matmul_impl.h), so they
+				 * agree with each other too */
+				float *yi = yisa + (size_t)wk * M * N;
+				if (isa == GS_CPU_ISA_SCALAR)
+					memcpy(yi, yfull, sizeof(float) * M * N);
+				else
+					CHECK_MSG(memcmp(yi, yfull, sizeof(float) * M * N) == 0,
+						  "%s %s k=%d: differs from the scalar path", isa_s,
+						  wkind_name[wk], k);
+				int bad_alone = 0, bad_batch = 0, first_row = -1, first_b = 0;
+				/* each row alone (decode), 1 and 3 threads */
+				for (int i = 0; i < M; i++)
+					for (int t = 0; t < 3; t += 2) {
+						for (int j = 0; j < N; j++)
+							yb[j] = NAN;
+						bi_matmul(wk, pools[t], yb, x + (size_t)i * k, w, 1, N, k);
+						if (memcmp(yb, yfull + (size_t)i * N, sizeof(float) * N) != 0) {
+							if (bad_alone++ == 0)
+								first_row = i;
+						}
+					}
+				CHECK_MSG(bad_alone == 0,
+					  "%s %s k=%d: %d of %d single-row runs differ from the 67-row batch"
+					  " (first: row %d)", isa_s, wkind_name[wk], k, bad_alone, 2 * M,
+					  first_row);
+				/* the same rows at other positions of batches of 5, 64 and 130 rows */
+				for (size_t bi = 0; bi < sizeof(batches) / sizeof(batches[0]); bi++) {
+					int b = batches[bi].b, sh = batches[bi].shift;
+					for (int r = 0; r < b; r++)
+						memcpy(xb + (size_t)r * k, x + (size_t)((r + sh) % M) * k,
+						       sizeof(float) * k);
+					for (int i = 0; i < b * N; i++)
+						yb[i] = NAN;
+					bi_matmul(wk, pools[batches[bi].pool], yb, xb, w, b, N, k);
+					for (int r = 0; r < b; r++)
+						if (memcmp(yb + (size_t)r * N, yfull + (size_t)((r + sh) % M) * N,
+							   sizeof(float) * N) != 0) {
+							if (bad_batch++ == 0)
+								first_b = b;
+						}
+				}
+				CHECK_MSG(bad_batch == 0,
+					  "%s %s k=%d: %d batched rows differ from the 67-row batch"
+					  " (first in a batch of %d)", isa_s, wkind_name[wk], k, bad_batch,
+					  first_b);
+			}
+		}
+	}
+	CHECK(gs_cpu_force_isa(NULL) == 0);
+	for (int t = 0; t < 3; t++)
+		gs_threadpool_free(pools[t]);
+	free(x), free(xb), free(wb), free(wh), free(w32), free(yfull), free(yb), free(yisa);
+}
+
 int main(void)
 {
 	test_threadpool();
 	test_matmul();
+	test_batch_invariance();
 	TEST_DONE();
 }
