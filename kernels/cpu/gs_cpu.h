@@ -54,7 +54,7 @@ int gs_cpu_force_isa(const char *name);
 /* y[m×n] = x[m×k] · Wᵀ, W [n×k] row-major; y is fully overwritten (never read).
  * Batch-invariant: every output is summed in one order fixed by k alone (matmul_impl.h), so
  * y[i][j] has the same bits whatever m, the row's place in the batch, the thread count or the
- * ISA path; the serving engine relies on this for identical outputs alone and batched. */
+ * ISA path; the serving engine relies on this for identical outputs alone and batched.
  * Work is split over the pool by output columns n (contiguous, 16-aligned ranges per thread).
  * m ≤ 4 streams each weight row once (decode, memory-bound); larger m converts tiles of W to
  * fp32 once per thread and reuses them over all rows of x (prefill, compute-bound).
