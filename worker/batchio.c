@@ -571,6 +571,26 @@ static bool gs_bio_is_ws(char c)
 	return c == ' ' || c == '\t' || c == '\r' || c == '\n';
 }
 
+/* Column (1-based) of a "\u0000" escape inside a JSON string, or 0. cJSON hands strings
+ * over NUL-terminated, so it would silently cut such a string (an id, a prompt) short. */
+static size_t gs_bio_find_nul_escape(const char *p, size_t n)
+{
+	bool in_str = false;
+
+	for (size_t i = 0; i < n; i++) {
+		if (!in_str) {
+			in_str = p[i] == '"';
+		} else if (p[i] == '"') {
+			in_str = false;
+		} else if (p[i] == '\\' && i + 1 < n) {
+			if (p[i + 1] == 'u' && i + 5 < n && memcmp(p + i + 2, "0000", 4) == 0)
+				return i + 1;
+			i++; /* the escaped character */
+		}
+	}
+	return 0;
+}
+
 enum gs_status gs_batch_parse_line(const char *line, size_t len, int64_t line_no,
 				   struct gs_batch_req *req)
 {
@@ -602,8 +622,14 @@ enum gs_status gs_batch_parse_line(const char *line, size_t len, int64_t line_no
 	obj = cJSON_ParseWithLengthOpts(line, len, &end, false);
 	if (!obj) {
 		size_t col = end && end >= line && end <= line + len ? (size_t)(end - line) + 1 : 1;
-		st = gs_bio_reject(req, "invalid JSON at column %zu", col);
+		st = gs_bio_reject(req, "invalid JSON near column %zu", col);
 		goto out_done;
+	}
+	size_t nul_col = gs_bio_find_nul_escape(line, (size_t)(end - line));
+	if (nul_col) {
+		st = gs_bio_reject(req, "a string contains \\u0000 (column %zu), which is not supported",
+				   nul_col);
+		goto out_free_obj;
 	}
 	for (const char *p = end; p < line + len; p++) {
 		if (!gs_bio_is_ws(*p)) {
@@ -623,7 +649,7 @@ enum gs_status gs_batch_parse_line(const char *line, size_t len, int64_t line_no
 		st = gs_bio_reject(req, "%s", why);
 		goto out_free_obj;
 	}
-	if (!cJSON_GetObjectItemCaseSensitive(obj, "seed") || cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(obj, "seed")))
+	if (!gs_bio_field(obj, "seed"))
 		req->sp.seed = gs_batch_seed_from_id(req->id);
 	st = gs_bio_parse_fields(obj, req);
 out_free_obj:

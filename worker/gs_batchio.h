@@ -10,8 +10,9 @@
  *    max_tokens (1..2^20, default 256), temperature (1.0), top_k (0), top_p (1.0), min_p (0),
  *    repetition_penalty (1.0), seed (0..2^53; default FNV-1a 64 of the id, so a rerun draws
  *    the same tokens), stop (string or list of at most 8 non-empty strings), logprobs (bool),
- *    top_logprobs (0..20, needs logprobs: true). Blank lines are skipped (they still count
- *    for N). A bad line becomes a request with .error set ("line N: <what is wrong>"); the
+ *    top_logprobs (0..20, needs logprobs: true). Strings may not contain \u0000 (cJSON would
+ *    cut them short). Blank lines are skipped (they still count for N); CRLF and a UTF-8 BOM
+ *    are accepted. A bad line becomes a request with .error set ("line N: <what is wrong>"); the
  *    caller writes an error record for it and goes on with the rest.
  *    Ids are unique in the result: a repeated id, and a generated "line-N" that some explicit
  *    id already took, become an error request whose id is "line-N" (suffixed "#2", "#3", ...
@@ -35,17 +36,22 @@
  *
  * Typical loop (the engine part belongs to the caller):
  *
- *	GS_TRY(gs_batch_read(in, &reqs, &n));
+ *	GS_TRY(gs_batch_read(in_path, &reqs, &n));
  *	GS_TRY(gs_batch_out_open(out_path, &out));
+ *	struct gs_batch_progress prog = { 0 };
+ *	size_t done = 0;
+ *	for (i = 0; i < n; i++) done += gs_batch_out_done(out, reqs[i].id);
+ *	gs_batch_progress_update(&prog, done, n, 0, stderr);   // fixes the start
  *	for (i = 0; i < n; i++) {
  *		if (gs_batch_out_done(out, reqs[i].id)) continue;
  *		if (reqs[i].error) r = (struct gs_batch_result){ .id = reqs[i].id, .error = reqs[i].error };
- *		else run the engine, fill r;
- *		st = gs_batch_out_write(out, &r);           // GS_ERR_IO: stop, rerun resumes
+ *		else { run the engine, fill r, tokens += r.completion_tokens; }
+ *		if ((st = gs_batch_out_write(out, &r)) != GS_OK) break;  // GS_ERR_IO: a rerun resumes
  *		gs_batch_progress_update(&prog, ++done, n, tokens, stderr);
  *	}
  *	gs_batch_progress_finish(&prog, n_errors, stderr);
  *	gs_batch_out_close(out);
+ *	gs_batch_free(reqs, n);
  *
  * Numbers are printed with the C locale's '.'; nobody in the worker calls setlocale(). */
 #ifndef GS_BATCHIO_H
