@@ -1,5 +1,7 @@
-/* MPI communicator over host buffers. Errors return (MPI_ERRORS_RETURN) as gs_status with
- * MPI's own message, so the caller decides whether the job can go on. */
+/* MPI communicator over host buffers. Errors return (MPI_ERRORS_RETURN on our own duplicate
+ * of the world communicator) as gs_status with MPI's own message, so the caller decides
+ * whether the job can go on. */
+#include <limits.h>
 #include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,8 +9,8 @@
 #include "gs_comm.h"
 
 struct mpi_ctx {
-	MPI_Comm comm;
-	int rank, size;
+	MPI_Comm comm;   /* owned: a dup or a split, freed with the communicator */
+	int      rank, size;
 };
 
 static enum gs_status mpi_fail(int rc, const char *what)
@@ -16,18 +18,19 @@ static enum gs_status mpi_fail(int rc, const char *what)
 	char msg[MPI_MAX_ERROR_STRING];
 	int len = 0;
 
-	MPI_Error_string(rc, msg, &len);
-	return gs_errorf(GS_ERR_INTERNAL, "MPI %s failed: %.*s", what, len, msg);
+	if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS)
+		len = snprintf(msg, sizeof(msg), "error code %d", rc);
+	return gs_errorf(GS_ERR_INTERNAL, "MPI_%s failed: %.*s", what, len, msg);
 }
 
-#define MPI_TRY(call, what)                          \
-	do {                                         \
-		int mpi_rc_ = (call);                \
-		if (mpi_rc_ != MPI_SUCCESS)          \
+#define MPI_TRY(call, what)                             \
+	do {                                            \
+		int mpi_rc_ = (call);                   \
+		if (mpi_rc_ != MPI_SUCCESS)             \
 			return mpi_fail(mpi_rc_, what); \
 	} while (0)
 
-/* MPI counts are int: larger transfers go in pieces. */
+/* MPI counts are int: larger transfers go in pieces of at most 1 GiB. */
 #define GS_MPI_CHUNK ((size_t)1 << 30)
 
 static int mpi_rank(void *vctx) { return ((struct mpi_ctx *)vctx)->rank; }
@@ -36,12 +39,14 @@ static int mpi_size(void *vctx) { return ((struct mpi_ctx *)vctx)->size; }
 static enum gs_status mpi_allreduce(void *vctx, void *buf, size_t count, enum gs_dtype dtype)
 {
 	struct mpi_ctx *c = vctx;
+	const size_t step = GS_MPI_CHUNK / sizeof(float);
 	float *p = buf;
 
 	if (dtype != GS_DTYPE_F32)
-		return gs_errorf(GS_ERR_UNSUPPORTED, "MPI all-reduce of %s host buffers", gs_dtype_name(dtype));
-	for (size_t off = 0; off < count; off += GS_MPI_CHUNK / 4) {
-		size_t n = count - off < GS_MPI_CHUNK / 4 ? count - off : GS_MPI_CHUNK / 4;
+		return gs_errorf(GS_ERR_UNSUPPORTED, "MPI all-reduce of %s host buffers (host activations are f32)",
+		                 gs_dtype_name(dtype));
+	for (size_t off = 0; off < count; off += step) {
+		size_t n = count - off < step ? count - off : step;
 		MPI_TRY(MPI_Allreduce(MPI_IN_PLACE, p + off, (int)n, MPI_FLOAT, MPI_SUM, c->comm), "Allreduce");
 	}
 	return GS_OK;
@@ -50,6 +55,9 @@ static enum gs_status mpi_allreduce(void *vctx, void *buf, size_t count, enum gs
 static enum gs_status mpi_max_i64(void *vctx, int64_t *buf, size_t count)
 {
 	struct mpi_ctx *c = vctx;
+
+	if (count > INT_MAX)
+		return gs_errorf(GS_ERR_RANGE, "max all-reduce of %zu int64 values", count);
 	MPI_TRY(MPI_Allreduce(MPI_IN_PLACE, buf, (int)count, MPI_INT64_T, MPI_MAX, c->comm), "Allreduce(max)");
 	return GS_OK;
 }
@@ -57,8 +65,9 @@ static enum gs_status mpi_max_i64(void *vctx, int64_t *buf, size_t count)
 static enum gs_status mpi_allgather(void *vctx, const void *send, void *recv, size_t bytes)
 {
 	struct mpi_ctx *c = vctx;
+
 	if (bytes > GS_MPI_CHUNK)
-		return gs_errorf(GS_ERR_RANGE, "allgather of %zu bytes per rank", bytes);
+		return gs_errorf(GS_ERR_RANGE, "all-gather of %zu bytes per rank (limit %zu)", bytes, GS_MPI_CHUNK);
 	MPI_TRY(MPI_Allgather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, c->comm), "Allgather");
 	return GS_OK;
 }
@@ -66,20 +75,23 @@ static enum gs_status mpi_allgather(void *vctx, const void *send, void *recv, si
 static enum gs_status mpi_broadcast(void *vctx, void *buf, size_t bytes, int root)
 {
 	struct mpi_ctx *c = vctx;
-	for (size_t off = 0; off < bytes || off == 0; off += GS_MPI_CHUNK) {
+	size_t off = 0;
+
+	/* At least one call, so a bad root is reported even for 0 bytes. */
+	do {
 		size_t n = bytes - off < GS_MPI_CHUNK ? bytes - off : GS_MPI_CHUNK;
 		MPI_TRY(MPI_Bcast((char *)buf + off, (int)n, MPI_BYTE, root, c->comm), "Bcast");
-		if (bytes == 0)
-			break;
-	}
+		off += n;
+	} while (off < bytes);
 	return GS_OK;
 }
 
 static enum gs_status mpi_gather(void *vctx, const void *send, void *recv, size_t bytes, int root)
 {
 	struct mpi_ctx *c = vctx;
+
 	if (bytes > GS_MPI_CHUNK)
-		return gs_errorf(GS_ERR_RANGE, "gather of %zu bytes per rank", bytes);
+		return gs_errorf(GS_ERR_RANGE, "gather of %zu bytes per rank (limit %zu)", bytes, GS_MPI_CHUNK);
 	MPI_TRY(MPI_Gather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, root, c->comm), "Gather");
 	return GS_OK;
 }
@@ -96,6 +108,9 @@ static enum gs_status mpi_split(void *vctx, int color, int key, struct gs_comm *
 {
 	struct mpi_ctx *c = vctx;
 	MPI_Comm sub;
+
+	if (color < 0)
+		return gs_errorf(GS_ERR_INVALID_ARG, "split color %d (must be >= 0)", color);
 	MPI_TRY(MPI_Comm_split(c->comm, color, key, &sub), "Comm_split");
 	return wrap(sub, out);
 }
@@ -109,6 +124,7 @@ static void mpi_free(void *vctx)
 {
 	struct mpi_ctx *c = vctx;
 	int fin = 0;
+
 	MPI_Finalized(&fin);
 	if (!fin)
 		MPI_Comm_free(&c->comm);
@@ -116,30 +132,40 @@ static void mpi_free(void *vctx)
 }
 
 static const struct gs_comm_i gs_comm_mpi_i = {
-	.name = "mpi",
-	.rank = mpi_rank,
-	.size = mpi_size,
-	.allreduce_sum = mpi_allreduce,
+	.name              = "mpi",
+	.rank              = mpi_rank,
+	.size              = mpi_size,
+	.allreduce_sum     = mpi_allreduce,
 	.allreduce_max_i64 = mpi_max_i64,
-	.allgather = mpi_allgather,
-	.broadcast = mpi_broadcast,
-	.gather = mpi_gather,
-	.barrier = mpi_barrier,
-	.split = mpi_split,
-	.abort = mpi_abort,
-	.free = mpi_free,
+	.allgather         = mpi_allgather,
+	.broadcast         = mpi_broadcast,
+	.gather            = mpi_gather,
+	.barrier           = mpi_barrier,
+	.split             = mpi_split,
+	.abort             = mpi_abort,
+	.free              = mpi_free,
 };
 
+/* Takes ownership of comm (freed here on failure). */
 static enum gs_status wrap(MPI_Comm comm, struct gs_comm *out)
 {
 	struct mpi_ctx *c = calloc(1, sizeof(*c));
+	int rc;
 
-	if (!c)
-		return gs_errorf(GS_ERR_NOMEM, "out of memory");
+	if (!c) {
+		MPI_Comm_free(&comm);
+		return gs_errorf(GS_ERR_NOMEM, "out of memory for an MPI communicator");
+	}
 	c->comm = comm;
-	MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
-	MPI_Comm_rank(comm, &c->rank);
-	MPI_Comm_size(comm, &c->size);
+	rc = MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+	if (rc == MPI_SUCCESS)
+		rc = MPI_Comm_rank(comm, &c->rank);
+	if (rc == MPI_SUCCESS)
+		rc = MPI_Comm_size(comm, &c->size);
+	if (rc != MPI_SUCCESS) {
+		mpi_free(c);
+		return mpi_fail(rc, "Comm_set_errhandler/rank/size");
+	}
 	out->iface = &gs_comm_mpi_i;
 	out->ctx = c;
 	return GS_OK;
@@ -147,12 +173,20 @@ static enum gs_status wrap(MPI_Comm comm, struct gs_comm *out)
 
 enum gs_status gs_comm_mpi_init(int *argc, char ***argv, struct gs_comm *out)
 {
-	int inited = 0, provided;
+	int inited = 0, fin = 0, provided = MPI_THREAD_SINGLE;
 	MPI_Comm dup;
 
+	MPI_Finalized(&fin);
+	if (fin)
+		return gs_errorf(GS_ERR_INVALID_ARG, "MPI is already finalized");
 	MPI_Initialized(&inited);
-	if (!inited)
+	if (!inited) {
 		MPI_TRY(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "Init_thread");
+		if (provided < MPI_THREAD_FUNNELED)
+			gs_log(GS_LOG_WARN, "MPI provides thread level %d < FUNNELED; call MPI from the main thread only",
+			       provided);
+	}
+	/* Errors of Comm_dup itself would take the default (fatal) handler of the world. */
 	MPI_TRY(MPI_Comm_dup(MPI_COMM_WORLD, &dup), "Comm_dup");
 	return wrap(dup, out);
 }
@@ -160,6 +194,7 @@ enum gs_status gs_comm_mpi_init(int *argc, char ***argv, struct gs_comm *out)
 void gs_comm_mpi_finalize(void)
 {
 	int inited = 0, fin = 0;
+
 	MPI_Initialized(&inited);
 	MPI_Finalized(&fin);
 	if (inited && !fin)

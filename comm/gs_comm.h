@@ -3,11 +3,21 @@
  *   self  size 1, no MPI needed: every collective is a copy or nothing;
  *   mpi   host buffers over MPI (Open MPI: ob1 or UCX underneath);
  *   nccl  device buffers on a dedicated CUDA stream; the unique id is created on rank 0
- *         and broadcast over the MPI communicator it is built from.
+ *         and broadcast over the (MPI) communicator it is bootstrapped from.
  *
- * All collectives are blocking from the caller's point of view and return GS_OK or a
- * status with the reason recorded (gs_errorf). Sub-communicators (TP group, later the
- * context-parallel dimension: world = T × C) come from gs_comm_split. */
+ * Failure contract: every collective returns GS_OK or a status with the reason recorded
+ * (gs_errorf: MPI_Error_string / ncclGetErrorString text). A collective that fails on one
+ * rank may leave the others waiting: the caller either agrees on the error with a later
+ * collective or ends the job with gs_comm_abort. Collectives are collective: every rank
+ * of the communicator calls them in the same order with the same sizes.
+ *
+ * Completion: self and mpi return when the host buffers are ready. nccl returns once the
+ * work is queued: the result is ordered before anything queued later on the compute stream
+ * (gs_comm_nccl_set_compute_stream), with no host wait; allreduce_max_i64 and barrier are
+ * the exceptions (host-synchronous on every implementation).
+ *
+ * Sub-communicators (TP group, later the context-parallel dimension: world = T × C) come
+ * from gs_comm_split. No MPI, CUDA or NCCL type appears here. */
 #ifndef GS_COMM_H
 #define GS_COMM_H
 
@@ -20,23 +30,28 @@
 struct gs_comm;
 
 struct gs_comm_i {
-	const char *name;
+	const char *name;                                   /* "self", "mpi", "nccl" */
 	int (*rank)(void *ctx);
 	int (*size)(void *ctx);
-	/* In-place sum over ranks; dtype F32 (and BF16 on nccl). */
+	/* In-place sum over ranks of count elements: F32 everywhere; BF16, F16 on nccl only
+	 * (mpi: GS_ERR_UNSUPPORTED, host activations are fp32). */
 	enum gs_status (*allreduce_sum)(void *ctx, void *buf, size_t count, enum gs_dtype dtype);
-	/* Element-wise max of int64 values, host memory on every implementation (error agreement). */
+	/* Element-wise max of int64 values in HOST memory on every implementation (agreeing on
+	 * errors, sizes); returns when buf holds the result. */
 	enum gs_status (*allreduce_max_i64)(void *ctx, int64_t *buf, size_t count);
-	/* recv = concat over ranks of send (bytes each), rank order. */
+	/* recv[size × bytes] = concat over ranks of send[bytes], rank order. */
 	enum gs_status (*allgather)(void *ctx, const void *send, void *recv, size_t bytes);
+	/* buf[bytes] of root to every rank. */
 	enum gs_status (*broadcast)(void *ctx, void *buf, size_t bytes, int root);
-	/* recv (only significant on root) = concat over ranks of send (bytes each). */
+	/* recv[size × bytes] (only significant on root) = concat over ranks of send[bytes]. */
 	enum gs_status (*gather)(void *ctx, const void *send, void *recv, size_t bytes, int root);
+	/* Returns when every rank has entered it (nccl: and the comm stream has drained). */
 	enum gs_status (*barrier)(void *ctx);
-	/* Ranks with the same color form a new communicator, ordered by key. Optional (NULL). */
+	/* Ranks with the same color form a new communicator of the same kind, ordered by key
+	 * (then by old rank). Optional (NULL: GS_ERR_UNSUPPORTED from gs_comm_split). */
 	enum gs_status (*split)(void *ctx, int color, int key, struct gs_comm *out);
 	/* End the whole job now with exit code (a rank that cannot go on and cannot tell the
-	 * others in a collective). Optional (NULL: exit). */
+	 * others in a collective). Does not return. Optional (NULL: exit(code)). */
 	void (*abort)(void *ctx, int code);
 	void (*free)(void *ctx);
 };
@@ -46,32 +61,72 @@ struct gs_comm {
 	void *ctx;
 };
 
-/* Size-1 communicator (single process). */
+/* Size-1 communicator (single process). Never fails. */
 enum gs_status gs_comm_self_create(struct gs_comm *out);
 
-/* MPI world communicator; calls MPI_Init_thread if MPI is not initialised yet. Only
- * comm/ and worker/main.c see MPI headers. */
+/* MPI world communicator (a duplicate of MPI_COMM_WORLD with MPI_ERRORS_RETURN); calls
+ * MPI_Init_thread(MPI_THREAD_FUNNELED) if MPI is not initialised yet. Only comm/ and
+ * worker/main.c see MPI headers. */
 enum gs_status gs_comm_mpi_init(int *argc, char ***argv, struct gs_comm *out);
-/* MPI_Finalize after every communicator is freed. */
+/* MPI_Finalize, after every MPI-based communicator is freed; no-op when not initialised. */
 void gs_comm_mpi_finalize(void);
-/* Whether this build has MPI / NCCL at all. */
+/* Whether this build has MPI / NCCL at all (not whether a GPU is present). */
 int gs_comm_have_mpi(void);
 int gs_comm_have_nccl(void);
 
-/* NCCL communicator over the ranks of an MPI (or any) bootstrap communicator: rank 0 makes
- * the unique id, broadcast, ncclCommInitRank on device `device`, a dedicated stream. Buffers
- * passed to its collectives are device pointers. GS_ERR_UNSUPPORTED when built without
- * NCCL or when no GPU is present. */
+/* NCCL communicator over the ranks of a bootstrap communicator (MPI, or self for one rank):
+ * collective over bootstrap. Each rank checks its device, all ranks agree (so one rank
+ * without a GPU makes every rank fail instead of hanging), rank 0 makes the unique id, the
+ * bootstrap broadcasts it, ncclCommInitRank on `device`, a dedicated non-blocking stream and
+ * two events. Buffers of its collectives (except allreduce_max_i64) are device pointers on
+ * `device`; the caller keeps `device` current (cudaSetDevice) on the calling thread.
+ * GS_ERR_UNSUPPORTED when built without NCCL or when no CUDA device is present on some rank;
+ * GS_ERR_INVALID_ARG for a device index out of range; GS_ERR_INTERNAL for CUDA/NCCL
+ * failures. The bootstrap communicator may be freed afterwards. */
 enum gs_status gs_comm_nccl_create(const struct gs_comm *bootstrap, int device, struct gs_comm *out);
-/* Hand the backend's CUDA stream (cudaStream_t) so collectives order against it with events. */
+/* Hand the backend's CUDA stream (a cudaStream_t; NULL = legacy default stream): every
+ * collective first waits (event) for work queued on it so far, and work queued on it later
+ * waits for the collective. GS_ERR_INVALID_ARG if comm is not an NCCL communicator. */
 enum gs_status gs_comm_nccl_set_compute_stream(struct gs_comm *comm, void *cuda_stream);
 
+/* Calls through the vtable (no extra checks: the implementation checks its arguments). */
+static inline const char *gs_comm_name(const struct gs_comm *c) { return c->iface->name; }
 static inline int gs_comm_rank(const struct gs_comm *c) { return c->iface->rank(c->ctx); }
 static inline int gs_comm_size(const struct gs_comm *c) { return c->iface->size(c->ctx); }
+static inline enum gs_status gs_comm_allreduce(const struct gs_comm *c, void *buf, size_t count,
+                                               enum gs_dtype dtype)
+{
+	return c->iface->allreduce_sum(c->ctx, buf, count, dtype);
+}
 static inline enum gs_status gs_comm_allreduce_f32(const struct gs_comm *c, float *buf, size_t n)
 {
 	return c->iface->allreduce_sum(c->ctx, buf, n, GS_DTYPE_F32);
 }
+static inline enum gs_status gs_comm_allreduce_max_i64(const struct gs_comm *c, int64_t *buf, size_t n)
+{
+	return c->iface->allreduce_max_i64(c->ctx, buf, n);
+}
+static inline enum gs_status gs_comm_allgather(const struct gs_comm *c, const void *send, void *recv,
+                                               size_t bytes)
+{
+	return c->iface->allgather(c->ctx, send, recv, bytes);
+}
+static inline enum gs_status gs_comm_broadcast(const struct gs_comm *c, void *buf, size_t bytes, int root)
+{
+	return c->iface->broadcast(c->ctx, buf, bytes, root);
+}
+static inline enum gs_status gs_comm_gather(const struct gs_comm *c, const void *send, void *recv,
+                                            size_t bytes, int root)
+{
+	return c->iface->gather(c->ctx, send, recv, bytes, root);
+}
+static inline enum gs_status gs_comm_barrier(const struct gs_comm *c) { return c->iface->barrier(c->ctx); }
+
+/* New communicator of the ranks with the same color (collective over c). */
+enum gs_status gs_comm_split(const struct gs_comm *c, int color, int key, struct gs_comm *out);
+/* End the whole job (MPI_Abort on mpi); does not return. */
+void gs_comm_abort(const struct gs_comm *c, int code) __attribute__((noreturn));
+/* Release c (NULL or already freed: no-op); c->ctx becomes NULL. */
 void gs_comm_free(struct gs_comm *c);
 
 #endif
