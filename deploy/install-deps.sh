@@ -11,7 +11,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 pkgs=(build-essential cmake pkg-config libcjson-dev python3 python3-numpy nodejs npm
-      libopenmpi-dev openmpi-bin libucx-dev)
+      libopenmpi-dev openmpi-bin libucx-dev libprotobuf-c-dev protobuf-c-compiler)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -28,14 +28,18 @@ struct gs_plan {
 	int32_t            *ids;             /* [max_tokens] */
 	bool                stop;            /* followers return */
 	int32_t             max_seqs, max_tokens;
+	/* Wire form: protobuf-c StepPlan (proto/engine.proto). Message structs for packing and
+	 * an arena for unpacking are preallocated, so a step allocates nothing. */
+	void               *wire;            /* opaque: see plan.c */
 };
 
 enum gs_status gs_plan_init(struct gs_plan *p, int32_t max_seqs, int32_t max_tokens);
 void gs_plan_free(struct gs_plan *p);
 void gs_plan_reset(struct gs_plan *p);
 
-/* Serialise into *buf (grown as needed) / parse; unpack checks every count against the
- * plan's capacity before writing (a malformed plan is GS_ERR_FORMAT, never an overflow). */
+/* Serialise as a gemmashard.engine.StepPlan into *buf (grown as needed) / parse one; unpack
+ * checks every count and slot against the plan's capacity before writing (a malformed plan is
+ * GS_ERR_FORMAT, never an overflow). */
 enum gs_status gs_plan_pack(const struct gs_plan *p, uint8_t **buf, size_t *cap, uint64_t *len);
 enum gs_status gs_plan_unpack(struct gs_plan *p, const uint8_t *buf, size_t len);
 

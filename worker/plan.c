@@ -1,24 +1,60 @@
-/* Step plan storage and its wire form. The wire form is a flat little-endian record:
- *   magic u32 | stop u32 | n_release u32 | n_seqs u32 | n_ids u32 | release[] i32 |
- *   seqs[] (fixed-size records) | ids[] i32
- * Every rank runs the same binary, so each record is the C struct's fields written one by one. */
+/* Step plan storage and its wire form, a protobuf-c gemmashard.engine.StepPlan. */
 #include "gs_plan.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#define GS_PLAN_MAGIC 0x47535031u /* "GSP1" */
+#include "engine.pb-c.h"
+
+typedef Gemmashard__Engine__StepPlan StepPlan;
+typedef Gemmashard__Engine__SeqStep SeqStep;
+typedef Gemmashard__Engine__SamplingParams SamplingParams;
+
+/* Preallocated message structs (pack) and a bump arena (unpack). */
+struct plan_wire {
+	StepPlan        msg;
+	SeqStep        *steps;      /* [max_seqs] */
+	SeqStep       **step_ptrs;  /* [max_seqs] */
+	SamplingParams *params;     /* [max_seqs] */
+	uint8_t        *arena;
+	size_t          arena_cap, arena_used;
+	ProtobufCAllocator alloc;
+};
+
+static void *arena_alloc(void *data, size_t size)
+{
+	struct plan_wire *w = data;
+	size_t off = (w->arena_used + 15) & ~(size_t)15;
+
+	if (off + size > w->arena_cap)
+		return NULL; /* unpack then fails cleanly; the caller grows the arena and retries */
+	w->arena_used = off + size;
+	return w->arena + off;
+}
+
+static void arena_free(void *data, void *p) {}
 
 enum gs_status gs_plan_init(struct gs_plan *p, int32_t max_seqs, int32_t max_tokens)
 {
+	struct plan_wire *w;
+
 	memset(p, 0, sizeof(*p));
 	p->release = malloc(sizeof(int32_t) * (size_t)max_seqs);
 	p->seqs = malloc(sizeof(*p->seqs) * (size_t)max_seqs);
 	p->ids = malloc(sizeof(int32_t) * (size_t)max_tokens);
-	if (!p->release || !p->seqs || !p->ids) {
+	w = p->wire = calloc(1, sizeof(struct plan_wire));
+	if (w) {
+		w->steps = calloc((size_t)max_seqs, sizeof(*w->steps));
+		w->step_ptrs = calloc((size_t)max_seqs, sizeof(*w->step_ptrs));
+		w->params = calloc((size_t)max_seqs, sizeof(*w->params));
+		w->arena_cap = 65536 + (size_t)max_seqs * 256 + (size_t)max_tokens * 8;
+		w->arena = malloc(w->arena_cap);
+	}
+	if (!p->release || !p->seqs || !p->ids || !w || !w->steps || !w->step_ptrs || !w->params || !w->arena) {
 		gs_plan_free(p);
 		return gs_errorf(GS_ERR_NOMEM, "out of memory for a step plan");
 	}
+	w->alloc = (ProtobufCAllocator){ .alloc = arena_alloc, .free = arena_free, .allocator_data = w };
 	p->max_seqs = max_seqs;
 	p->max_tokens = max_tokens;
 	return GS_OK;
@@ -26,6 +62,15 @@ enum gs_status gs_plan_init(struct gs_plan *p, int32_t max_seqs, int32_t max_tok
 
 void gs_plan_free(struct gs_plan *p)
 {
+	struct plan_wire *w = p->wire;
+
+	if (w) {
+		free(w->steps);
+		free(w->step_ptrs);
+		free(w->params);
+		free(w->arena);
+		free(w);
+	}
 	free(p->release);
 	free(p->seqs);
 	free(p->ids);
@@ -38,55 +83,130 @@ void gs_plan_reset(struct gs_plan *p)
 	p->stop = false;
 }
 
-struct wire_head {
-	uint32_t magic, stop, n_release, n_seqs, n_ids;
-};
-
 enum gs_status gs_plan_pack(const struct gs_plan *p, uint8_t **buf, size_t *cap, uint64_t *len)
 {
-	size_t need = sizeof(struct wire_head) + sizeof(int32_t) * (size_t)p->n_release +
-		      sizeof(struct gs_plan_seq) * (size_t)p->n_seqs + sizeof(int32_t) * (size_t)p->n_ids;
-	struct wire_head h = { GS_PLAN_MAGIC, p->stop, (uint32_t)p->n_release, (uint32_t)p->n_seqs, (uint32_t)p->n_ids };
-	uint8_t *w;
+	struct plan_wire *w = p->wire;
+	size_t need;
 
+	gemmashard__engine__step_plan__init(&w->msg);
+	w->msg.n_release = (size_t)p->n_release;
+	w->msg.release = p->release;
+	w->msg.n_seqs = (size_t)p->n_seqs;
+	w->msg.seqs = w->step_ptrs;
+	w->msg.stop = p->stop;
+	for (int32_t i = 0; i < p->n_seqs; i++) {
+		const struct gs_plan_seq *s = &p->seqs[i];
+		SeqStep *m = &w->steps[i];
+		gemmashard__engine__seq_step__init(m);
+		m->slot = s->slot;
+		m->n_tokens = (size_t)s->n_tokens;
+		m->tokens = p->ids + s->tok0;
+		m->want_logits = s->want_logits;
+		m->admit = s->admit;
+		if (s->admit) {
+			SamplingParams *sp = &w->params[i];
+			gemmashard__engine__sampling_params__init(sp);
+			sp->temperature = s->params.sp.temperature;
+			sp->top_k = s->params.sp.top_k;
+			sp->top_p = s->params.sp.top_p;
+			sp->min_p = s->params.sp.min_p;
+			sp->repetition_penalty = s->params.sp.repetition_penalty;
+			sp->seed = s->params.sp.seed;
+			sp->max_tokens = s->params.max_tokens;
+			sp->n_stop_ids = (size_t)s->params.n_stop_ids;
+			sp->stop_ids = (int32_t *)s->params.stop_ids;
+			sp->ignore_eos = s->params.ignore_eos;
+			sp->top_logprobs = s->params.top_logprobs;
+			m->request_id = s->id;
+			m->max_positions = s->max_positions;
+			m->params = sp;
+		}
+		w->step_ptrs[i] = m;
+	}
+	need = gemmashard__engine__step_plan__get_packed_size(&w->msg);
 	if (need > *cap) {
 		uint8_t *nb = realloc(*buf, need);
 		if (!nb)
 			return gs_errorf(GS_ERR_NOMEM, "out of memory for a %zu-byte plan", need);
 		*buf = nb, *cap = need;
 	}
-	w = *buf;
-	memcpy(w, &h, sizeof(h)), w += sizeof(h);
-	memcpy(w, p->release, sizeof(int32_t) * (size_t)p->n_release), w += sizeof(int32_t) * (size_t)p->n_release;
-	memcpy(w, p->seqs, sizeof(struct gs_plan_seq) * (size_t)p->n_seqs), w += sizeof(struct gs_plan_seq) * (size_t)p->n_seqs;
-	memcpy(w, p->ids, sizeof(int32_t) * (size_t)p->n_ids);
-	*len = need;
+	*len = gemmashard__engine__step_plan__pack(&w->msg, *buf);
+	return GS_OK;
+}
+
+/* Copy a parsed message into the plan, checking it against the plan's limits. */
+static enum gs_status from_msg(struct gs_plan *p, const StepPlan *m)
+{
+	int32_t ids = 0;
+
+	if (m->n_release > (size_t)p->max_seqs || m->n_seqs > (size_t)p->max_seqs)
+		return gs_errorf(GS_ERR_FORMAT, "step plan exceeds the engine's limits (%zu releases, %zu seqs)",
+				 m->n_release, m->n_seqs);
+	for (size_t i = 0; i < m->n_seqs; i++) {
+		const SeqStep *s = m->seqs[i];
+		if (s->n_tokens < 1 || s->n_tokens > (size_t)(p->max_tokens - ids) || s->slot < 0 || s->slot >= p->max_seqs)
+			return gs_errorf(GS_ERR_FORMAT, "step plan entry %zu: slot %d with %zu tokens is out of range", i,
+					 s->slot, s->n_tokens);
+		if (s->admit && (!s->params || s->params->n_stop_ids > GS_MAX_STOP_IDS))
+			return gs_errorf(GS_ERR_FORMAT, "step plan entry %zu: admission without valid parameters", i);
+		ids += (int32_t)s->n_tokens;
+	}
+	p->stop = m->stop;
+	p->n_release = (int32_t)m->n_release;
+	memcpy(p->release, m->release, sizeof(int32_t) * m->n_release);
+	p->n_seqs = (int32_t)m->n_seqs;
+	p->n_ids = 0;
+	for (size_t i = 0; i < m->n_seqs; i++) {
+		const SeqStep *s = m->seqs[i];
+		struct gs_plan_seq *d = &p->seqs[i];
+		memset(d, 0, sizeof(*d));
+		d->slot = s->slot;
+		d->tok0 = p->n_ids;
+		d->n_tokens = (int32_t)s->n_tokens;
+		d->want_logits = s->want_logits;
+		d->admit = s->admit;
+		memcpy(p->ids + p->n_ids, s->tokens, sizeof(int32_t) * s->n_tokens);
+		p->n_ids += (int32_t)s->n_tokens;
+		if (s->admit) {
+			const SamplingParams *sp = s->params;
+			d->id = s->request_id;
+			d->max_positions = s->max_positions;
+			d->params.sp = (struct gs_sampling_params){ .temperature = sp->temperature, .top_k = sp->top_k,
+								    .top_p = sp->top_p, .min_p = sp->min_p,
+								    .repetition_penalty = sp->repetition_penalty,
+								    .seed = sp->seed };
+			d->params.max_tokens = sp->max_tokens;
+			d->params.n_stop_ids = (int32_t)sp->n_stop_ids;
+			memcpy(d->params.stop_ids, sp->stop_ids, sizeof(int32_t) * sp->n_stop_ids);
+			d->params.ignore_eos = sp->ignore_eos;
+			d->params.top_logprobs = sp->top_logprobs;
+		}
+	}
 	return GS_OK;
 }
 
 enum gs_status gs_plan_unpack(struct gs_plan *p, const uint8_t *buf, size_t len)
 {
-	struct wire_head h;
-	size_t need;
+	struct plan_wire *w = p->wire;
+	StepPlan *m;
+	enum gs_status st;
 
-	if (len < sizeof(h))
-		return gs_errorf(GS_ERR_FORMAT, "step plan of %zu bytes is truncated", len);
-	memcpy(&h, buf, sizeof(h));
-	if (h.magic != GS_PLAN_MAGIC)
-		return gs_errorf(GS_ERR_FORMAT, "step plan has a bad magic number");
-	if (h.n_release > (uint32_t)p->max_seqs || h.n_seqs > (uint32_t)p->max_seqs || h.n_ids > (uint32_t)p->max_tokens)
-		return gs_errorf(GS_ERR_FORMAT, "step plan exceeds the engine's limits (%u releases, %u seqs, %u ids)",
-				 h.n_release, h.n_seqs, h.n_ids);
-	need = sizeof(h) + sizeof(int32_t) * h.n_release + sizeof(struct gs_plan_seq) * h.n_seqs + sizeof(int32_t) * h.n_ids;
-	if (len != need)
-		return gs_errorf(GS_ERR_FORMAT, "step plan is %zu bytes, its counts say %zu", len, need);
-	buf += sizeof(h);
-	p->stop = h.stop != 0;
-	p->n_release = (int32_t)h.n_release;
-	p->n_seqs = (int32_t)h.n_seqs;
-	p->n_ids = (int32_t)h.n_ids;
-	memcpy(p->release, buf, sizeof(int32_t) * h.n_release), buf += sizeof(int32_t) * h.n_release;
-	memcpy(p->seqs, buf, sizeof(struct gs_plan_seq) * h.n_seqs), buf += sizeof(struct gs_plan_seq) * h.n_seqs;
-	memcpy(p->ids, buf, sizeof(int32_t) * h.n_ids);
-	return GS_OK;
+	for (;;) {
+		w->arena_used = 0;
+		m = gemmashard__engine__step_plan__unpack(&w->alloc, len, buf);
+		if (m || w->arena_used + 4096 < w->arena_cap)
+			break;
+		/* Out of arena (an unusually large plan): grow it once, between steps. */
+		{
+			size_t cap = w->arena_cap * 2 + len * 4;
+			uint8_t *na = realloc(w->arena, cap);
+			if (!na)
+				return gs_errorf(GS_ERR_NOMEM, "out of memory for a %zu-byte plan", len);
+			w->arena = na, w->arena_cap = cap;
+		}
+	}
+	if (!m)
+		return gs_errorf(GS_ERR_FORMAT, "malformed StepPlan (%zu bytes)", len);
+	st = from_msg(p, m);
+	return st; /* the arena is reused by the next unpack */
 }
