@@ -63,6 +63,10 @@ uint64_t gs_st_header_checksum(const struct gs_safetensors *st);
 
 /* Hint the kernel to read [p, p+n) ahead (madvise WILLNEED); p must lie in a mapping. */
 void gs_st_prefetch(const struct gs_safetensors *st, const void *p, size_t n);
+/* Drop [p, p+n) from this process's resident set (madvise DONTNEED) once it has been copied:
+ * a tensor-parallel rank copies its columns of ROW-split weights and must not keep the whole
+ * source resident. Data stays valid (refaulted from the page cache on access). */
+void gs_st_evict(const struct gs_safetensors *st, const void *p, size_t n);
 
 /* ---- writer ------------------------------------------------------------------------- */
 

@@ -450,7 +450,7 @@ int main(int argc, char **argv)
 				T, m->path, m->weight_bytes / 1e6, m->shard.n_heads, m->cfg.n_heads, m->shard.n_kv_heads,
 				m->shard.n_f, m->shard.n_vocab);
 			for (int k = 0; k < T; k++)
-				fprintf(stderr, "[gemmashard r0] rank %d resident memory %.1f MB\n", k, all[k] / 1024.0);
+				fprintf(stderr, "[gemmashard r0] rank %d resident memory %.1f MiB\n", k, all[k] / 1024.0);
 		}
 		free(all);
 	}

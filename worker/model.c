@@ -127,6 +127,7 @@ static enum gs_status load_matrix(struct load_ctx *c, const char *suffix, int64_
 			       (size_t)len * es);
 		*w = (struct gs_tensor){ t->dtype, t->shape[0], len, dst };
 		c->own += (size_t)t->shape[0] * len * es;
+		gs_st_evict(c->m->st, t->data, t->nbytes);
 		break;
 	}
 	default:

@@ -726,3 +726,16 @@ void gs_st_prefetch(const struct gs_safetensors *st, const void *p, size_t n)
 	/* Advisory only: a failure costs speed, never correctness. */
 	(void)madvise((void *)a, e - a, MADV_WILLNEED);
 }
+
+void gs_st_evict(const struct gs_safetensors *st, const void *p, size_t n)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	uintptr_t a = (uintptr_t)p & ~(uintptr_t)(pg - 1);
+	uintptr_t e = (uintptr_t)p + n;
+	(void)st;
+	if (n == 0)
+		return;
+	/* The mapping is private and never written: dropping pages only costs a refault from
+	 * the page cache if anything reads them again (a neighbouring tensor's edge page). */
+	(void)madvise((void *)a, e - a, MADV_DONTNEED);
+}
