@@ -412,6 +412,15 @@ static void fill_bf16(uint16_t *p, size_t n, float a, uint64_t seed)
 	}
 }
 
+/* A [rows, cols] bf16 matrix carved from *w and filled uniformly in [-a, a]. */
+static struct gs_tensor synth_matrix(uint16_t **w, size_t rows, size_t cols, float a, uint64_t seed)
+{
+	struct gs_tensor t = { GS_DTYPE_BF16, (int64_t)rows, (int64_t)cols, *w };
+	fill_bf16(*w, rows * cols, a, seed);
+	*w += rows * cols;
+	return t;
+}
+
 enum gs_status gs_model_synthetic_tp(const char *shape, uint64_t seed, int rank, int size, struct gs_model **out)
 {
 	const char *json = gs_model_preset_json(shape);
@@ -452,27 +461,20 @@ enum gs_status gs_model_synthetic_tp(const char *shape, uint64_t seed, int rank,
 	}
 	w = m->slab;
 	seed = seed * 1000003u + (uint64_t)rank;
-	m->embed = (struct gs_tensor){ GS_DTYPE_BF16, (int64_t)V, (int64_t)H, w };
+	m->embed = synth_matrix(&w, V, H, 0.05f, seed);
 	m->lm_head = m->embed;
-	fill_bf16(w, V * H, 0.05f, seed), w += V * H;
 	for (size_t l = 0; l < L; l++) {
 		struct gs_layer_weights *lw = &m->layers[l];
 		size_t FF = (size_t)m->cfg.intermediate, QQ = (size_t)m->cfg.n_heads * D;
 		float a = 1.0f / sqrtf((float)H), b = 1.0f / sqrtf((float)FF), c = 1.0f / sqrtf((float)QQ);
-		lw->q = (struct gs_tensor){ GS_DTYPE_BF16, (int64_t)QD, (int64_t)H, w };
-		fill_bf16(w, QD * H, a, seed + 10 * l + 1), w += QD * H;
-		lw->k = (struct gs_tensor){ GS_DTYPE_BF16, (int64_t)KD, (int64_t)H, w };
-		fill_bf16(w, KD * H, a, seed + 10 * l + 2), w += KD * H;
-		lw->v = (struct gs_tensor){ GS_DTYPE_BF16, (int64_t)KD, (int64_t)H, w };
-		fill_bf16(w, KD * H, a, seed + 10 * l + 3), w += KD * H;
-		lw->o = (struct gs_tensor){ GS_DTYPE_BF16, (int64_t)H, (int64_t)QD, w };
-		fill_bf16(w, H * QD, c, seed + 10 * l + 4), w += H * QD;
-		lw->gate = (struct gs_tensor){ GS_DTYPE_BF16, (int64_t)F, (int64_t)H, w };
-		fill_bf16(w, F * H, a, seed + 10 * l + 5), w += F * H;
-		lw->up = (struct gs_tensor){ GS_DTYPE_BF16, (int64_t)F, (int64_t)H, w };
-		fill_bf16(w, F * H, a, seed + 10 * l + 6), w += F * H;
-		lw->down = (struct gs_tensor){ GS_DTYPE_BF16, (int64_t)H, (int64_t)F, w };
-		fill_bf16(w, H * F, b, seed + 10 * l + 7), w += H * F;
+		uint64_t sd = seed + 10 * l;
+		lw->q = synth_matrix(&w, QD, H, a, sd + 1);
+		lw->k = synth_matrix(&w, KD, H, a, sd + 2);
+		lw->v = synth_matrix(&w, KD, H, a, sd + 3);
+		lw->o = synth_matrix(&w, H, QD, c, sd + 4);
+		lw->gate = synth_matrix(&w, F, H, a, sd + 5);
+		lw->up = synth_matrix(&w, F, H, a, sd + 6);
+		lw->down = synth_matrix(&w, H, F, b, sd + 7);
 	}
 	for (size_t i = 0; i < L * (4 * H + 2 * D) + H; i++)
 		m->gains[i] = 1.0f;
