@@ -584,8 +584,7 @@ static void sample_rows(struct gs_engine *e, int32_t rows, int32_t K, struct gs_
 		for (int32_t t = 0; t < T; t++)
 			lse_sum += exp(e->all_cands[((size_t)t * rows + r) * (K + 1) + K].raw - lse_max);
 		tok = gs_sampler_sample_candidates(s->smp, e->m_ids, e->m_proc, n, &lp);
-		if (*n_ev >= cap || tok < 0)
-			continue;
+		GS_ASSERT(tok >= 0 && *n_ev < cap); /* K >= 1 candidates per rank; cap checked per step */
 		x = &ev[(*n_ev)++];
 		memset(x, 0, sizeof(*x));
 		x->id = s->id;
@@ -641,6 +640,10 @@ enum gs_status gs_engine_step(struct gs_engine *e, struct gs_token_event *ev, in
 
 	GS_ASSERT(e->leader);
 	*n_ev = 0;
+	/* Every sampled token must reach the caller: a dropped one would stall its sequence. */
+	if (cap < e->cfg.max_seqs + e->n_cancels)
+		return gs_errorf(GS_ERR_INVALID_ARG, "event buffer of %d < %d running + %d cancelled", cap,
+				 e->cfg.max_seqs, e->n_cancels);
 	gs_plan_reset(&e->plan);
 	plan_releases(e, ev, cap, n_ev);
 	build_plan(e);
