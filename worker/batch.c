@@ -108,9 +108,10 @@ enum gs_status gs_batch_run(struct gs_engine *e, const struct gs_model *m, const
 	if (st != GS_OK || !piece)
 		goto out_shutdown;
 	{
+		/* Twice the engine's slots: the queue behind the running batch stays full. */
 		struct gs_engine_stats s;
 		gs_engine_get_stats(e, &s);
-		max_inflight = 2 * (s.kv_global_total > 0 ? 64 : 64);
+		max_inflight = 2 * s.max_seqs;
 	}
 	fl = calloc(n ? n : 1, sizeof(*fl));
 	ev = calloc(1024, sizeof(*ev));

@@ -329,7 +329,7 @@ static float slice_lse(const float *x, int32_t n)
 static enum gs_status exec_plan(struct gs_engine *e, const struct gs_plan *p, int32_t *n_rows, int32_t K)
 {
 	const struct gs_shard *sh = &e->m->shard;
-	int32_t rows = 0, T = gs_comm_size(e->comm);
+	int32_t rows = 0;
 
 	for (int32_t i = 0; i < p->n_seqs; i++) {
 		const struct gs_plan_seq *ps = &p->seqs[i];
@@ -369,7 +369,6 @@ static enum gs_status exec_plan(struct gs_engine *e, const struct gs_plan *p, in
 	if (rows)
 		GS_TRY(e->comm->iface->gather(e->comm->ctx, e->cands, e->all_cands,
 					      sizeof(struct cand) * (size_t)rows * (size_t)(K + 1), 0));
-	(void)T;
 	*n_rows = rows;
 	return GS_OK;
 }
@@ -677,6 +676,7 @@ void gs_engine_get_stats(const struct gs_engine *e, struct gs_engine_stats *s)
 	for (int32_t i = 0; i < e->cfg.max_seqs; i++)
 		s->running += e->seqs[i].used;
 	s->waiting = e->n_waiting;
+	s->max_seqs = e->cfg.max_seqs;
 	s->kv_global_total = e->pool.n_global_blocks;
 	s->kv_global_used = e->pool.n_global_blocks - e->pool.n_gfree;
 	s->kv_global_reserved = e->pool.g_reserved;

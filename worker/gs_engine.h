@@ -66,7 +66,7 @@ struct gs_engine_stats {
 	uint64_t steps, tokens_prefill, tokens_decode, finished;
 	int32_t  last_batch_seqs, last_batch_tokens, last_decode_tokens;
 	double   last_step_s, step_s_total, plan_s_total, sample_s_total;
-	int32_t  running, waiting;
+	int32_t  running, waiting, max_seqs;
 	int32_t  kv_global_used, kv_global_reserved, kv_global_free, kv_global_total;
 	int32_t  kv_local_used, kv_local_total;
 	size_t   kv_bytes;
