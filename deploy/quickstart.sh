@@ -15,5 +15,9 @@ fi
 echo "== gemmashard run --model $model --chat ... (random weights: the text is gibberish by design)"
 ./build/tools/gemmashard run --model "$model" --system "You are a careful clinical assistant." \
   --chat "Summarise: 64-year-old with chest pain, troponin negative." --max-tokens 48 --seed 7
+echo "== the same model split over 2 MPI ranks (tensor parallel), 16 greedy token ids"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+ids=$(./build/tools/gemmashard tokenize --model "$model" --text "Summarise: troponin negative." | tr ' ' ',')
+mpirun --bind-to none -np 2 ./build/worker/gemmashard-worker --model "$model" --tokens "$ids" --generate 16 --threads 1
 echo "== inspect"
 ./build/tools/gemmashard inspect --model "$model" --no-tensors
