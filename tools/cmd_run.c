@@ -179,22 +179,24 @@ int gs_cmd_run(int argc, char **argv)
 	if (gs_forward_run(f, s, ids, (int32_t)n_prompt, logits, false) != GS_OK)
 		goto out_fail;
 	t1 = now_s();
-	for (generated = 0; generated < max_tokens; generated++) {
+	while (generated < max_tokens) {
 		int32_t next = gs_sampler_sample(smp, logits, m->n_vocab, ids, n_prompt + generated, NULL);
 		size_t k;
 		if (gs_config_is_eos(&m->cfg, next) || next == end_of_turn)
 			break;
-		ids[n_prompt + generated] = next;
+		ids[n_prompt + generated++] = next;
 		k = gs_detok_push(&dt, next, out, out_cap);
 		fwrite(out, 1, k, stdout);
 		fflush(stdout);
-		if (generated + 1 == max_tokens || (int)n_prompt + generated + 1 >= ctx)
+		/* The last token is printed, never fed: it needs no KV slot. */
+		if (generated == max_tokens || (int)n_prompt + generated >= ctx)
 			break;
 		if (gs_forward_run(f, s, &next, 1, logits, false) != GS_OK)
 			goto out_fail;
 	}
 	fwrite(out, 1, gs_detok_flush(&dt, out, out_cap), stdout);
 	printf("\n");
+	fflush(stdout);
 	t2 = now_s();
 	if (!quiet)
 		fprintf(stderr, "[prefill %zu tokens %.1f tok/s; decode %d tokens %.1f tok/s]\n", n_prompt,
