@@ -153,7 +153,8 @@ static enum gs_status from_msg(struct gs_plan *p, const StepPlan *m)
 	}
 	p->stop = m->stop;
 	p->n_release = (int32_t)m->n_release;
-	memcpy(p->release, m->release, sizeof(int32_t) * m->n_release);
+	if (m->n_release) /* an empty repeated field is a NULL pointer */
+		memcpy(p->release, m->release, sizeof(int32_t) * m->n_release);
 	p->n_seqs = (int32_t)m->n_seqs;
 	p->n_ids = 0;
 	for (size_t i = 0; i < m->n_seqs; i++) {
@@ -177,7 +178,8 @@ static enum gs_status from_msg(struct gs_plan *p, const StepPlan *m)
 								    .seed = sp->seed };
 			d->params.max_tokens = sp->max_tokens;
 			d->params.n_stop_ids = (int32_t)sp->n_stop_ids;
-			memcpy(d->params.stop_ids, sp->stop_ids, sizeof(int32_t) * sp->n_stop_ids);
+			if (sp->n_stop_ids)
+				memcpy(d->params.stop_ids, sp->stop_ids, sizeof(int32_t) * sp->n_stop_ids);
 			d->params.ignore_eos = sp->ignore_eos;
 			d->params.top_logprobs = sp->top_logprobs;
 		}
