@@ -1,4 +1,5 @@
 #include "gs_args.h"
+#include "gs_util.h"
 
 #include <errno.h>
 #include <math.h>
@@ -92,41 +93,8 @@ int gs_args_parse(const char *usage, struct gs_arg *args, int n_args, int argc, 
 
 int gs_args_parse_ids(const char *s, int32_t **ids, int32_t *n)
 {
-	size_t cap = 16, cnt = 0;
-	int32_t *v = malloc(cap * sizeof(*v));
-	const char *p = s;
-
-	if (!v)
-		return 2;
-	while (*p) {
-		char *end;
-		long x;
-		errno = 0;
-		x = strtol(p, &end, 10);
-		if (end == p || errno || x < 0 || x > 2147483647L || (*end && *end != ',' && *end != ' ')) {
-			fprintf(stderr, "gemmashard: --tokens: '%s' is not a comma-separated list of ids\n", s);
-			free(v);
-			return 2;
-		}
-		if (cnt == cap) {
-			int32_t *nv = realloc(v, 2 * cap * sizeof(*v));
-			if (!nv) {
-				free(v);
-				return 2;
-			}
-			v = nv, cap *= 2;
-		}
-		v[cnt++] = (int32_t)x;
-		p = end;
-		while (*p == ',' || *p == ' ')
-			p++;
-	}
-	if (cnt == 0) {
-		fprintf(stderr, "gemmashard: --tokens: no ids given\n");
-		free(v);
-		return 2;
-	}
-	*ids = v;
-	*n = (int32_t)cnt;
-	return 0;
+	if (gs_parse_id_list(s, ids, n) == GS_OK)
+		return 0;
+	fprintf(stderr, "gemmashard: %s\n", gs_last_error());
+	return 2;
 }

@@ -10,13 +10,7 @@
 #include "gs_cpu.h"
 #include "gs_forward.h"
 #include "gs_tokenizer.h"
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "gs_util.h"
 
 /* Bytes of weights one decode step streams: every matrix once, the LM head once; the
  * embedding lookup touches a single row (the LM head is the same tensor when tied). */
@@ -112,23 +106,23 @@ int gs_cmd_bench(int argc, char **argv)
 	/* Prefill: best of 2 runs (the first also warms the page cache / TLB). */
 	for (int rep = 0; rep < 2; rep++) {
 		gs_seq_reset(s);
-		t0 = now_s();
+		t0 = gs_now_s();
 		if (gs_forward_run(f, s, ids, n_prompt, logits, false) != GS_OK)
 			goto out_fail;
-		if (now_s() - t0 < t_prefill)
-			t_prefill = now_s() - t0;
+		if (gs_now_s() - t0 < t_prefill)
+			t_prefill = gs_now_s() - t0;
 	}
 	/* Decode: n_decode single-token steps after a 16-token prefix, best of 2. */
 	for (int rep = 0; rep < 2; rep++) {
 		gs_seq_reset(s);
 		if (gs_forward_run(f, s, ids, 16, logits, false) != GS_OK)
 			goto out_fail;
-		t0 = now_s();
+		t0 = gs_now_s();
 		for (int i = 0; i < n_decode; i++)
 			if (gs_forward_run(f, s, &ids[16 + (i % (n_prompt - 16 > 0 ? n_prompt - 16 : 1))], 1, logits, false) != GS_OK)
 				goto out_fail;
-		if ((now_s() - t0) / n_decode < t_decode)
-			t_decode = (now_s() - t0) / n_decode;
+		if ((gs_now_s() - t0) / n_decode < t_decode)
+			t_decode = (gs_now_s() - t0) / n_decode;
 	}
 	/* This machine is shared: measure the ceilings again after the model runs and keep the
 	 * higher readings, so the fractions below are conservative. */
@@ -161,11 +155,11 @@ int gs_cmd_bench(int argc, char **argv)
 			gs_seq_reset(s);
 			if (gs_forward_run(f, s, ids, 16, logits, false) != GS_OK)
 				goto out_fail;
-			t0 = now_s();
+			t0 = gs_now_s();
 			for (int i = 0; i < 8; i++)
 				if (gs_forward_run(f, s, &ids[16 + i % (n_prompt > 17 ? n_prompt - 17 : 1)], 1, logits, false) != GS_OK)
 					goto out_fail;
-			dt = (now_s() - t0) / 8;
+			dt = (gs_now_s() - t0) / 8;
 			ratio[k] = bytes_tok / dt / b;
 			printf(" %.3f (%.0f/%.0f GB/s)", ratio[k], bytes_tok / dt / 1e9, b / 1e9);
 		}

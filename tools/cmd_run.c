@@ -11,13 +11,7 @@
 #include "gs_forward.h"
 #include "gs_sampler.h"
 #include "gs_tokenizer.h"
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "gs_util.h"
 
 /* --batch: the serving engine in this process (T = 1). */
 static int run_batch_local(const char *model_dir, const char *in, const char *out, int threads, int ctx)
@@ -175,10 +169,10 @@ int gs_cmd_run(int argc, char **argv)
 		fprintf(stderr, "[%zu prompt tokens, seed %llu, %d threads]\n", n_prompt, (unsigned long long)seed,
 			be.iface->n_threads(be.ctx));
 
-	t0 = now_s();
+	t0 = gs_now_s();
 	if (gs_forward_run(f, s, ids, (int32_t)n_prompt, logits, false) != GS_OK)
 		goto out_fail;
-	t1 = now_s();
+	t1 = gs_now_s();
 	while (generated < max_tokens) {
 		int32_t next = gs_sampler_sample(smp, logits, m->n_vocab, ids, n_prompt + generated, NULL);
 		size_t k;
@@ -197,7 +191,7 @@ int gs_cmd_run(int argc, char **argv)
 	fwrite(out, 1, gs_detok_flush(&dt, out, out_cap), stdout);
 	printf("\n");
 	fflush(stdout);
-	t2 = now_s();
+	t2 = gs_now_s();
 	if (!quiet)
 		fprintf(stderr, "[prefill %zu tokens %.1f tok/s; decode %d tokens %.1f tok/s]\n", n_prompt,
 			(double)n_prompt / (t1 - t0), generated, generated > 1 ? (double)(generated) / (t2 - t1) : 0.0);

@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "gs_plan.h"
+#include "gs_util.h"
 
 /* A sequence as every rank sees it (slot in e->seqs). Leader-only fields are marked. */
 struct eng_seq {
@@ -65,13 +66,6 @@ struct gs_engine {
 	int32_t                  n_decode;    /* decode tokens in this step's plan */
 	struct gs_engine_stats   st;
 };
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 const char *gs_finish_str(enum gs_finish f)
 {
@@ -634,7 +628,7 @@ static void sample_rows(struct gs_engine *e, int32_t rows, int32_t K, struct gs_
 
 enum gs_status gs_engine_step(struct gs_engine *e, struct gs_token_event *ev, int32_t cap, int32_t *n_ev)
 {
-	double t0 = now_s(), t1, t2;
+	double t0 = gs_now_s(), t1, t2;
 	int32_t rows = 0, K = step_k(e), dec = 0;
 
 	GS_ASSERT(e->leader);
@@ -647,13 +641,13 @@ enum gs_status gs_engine_step(struct gs_engine *e, struct gs_token_event *ev, in
 	plan_releases(e, ev, cap, n_ev);
 	build_plan(e);
 	GS_TRY(broadcast_plan(e));
-	t1 = now_s();
+	t1 = gs_now_s();
 	/* The leader applied releases and admissions while planning. */
 	dec = e->n_decode;
 	for (int32_t i = 0; i < e->plan.n_seqs; i++)
 		e->plan.seqs[i].admit = false;
 	GS_TRY(exec_plan(e, &e->plan, &rows, K));
-	t2 = now_s();
+	t2 = gs_now_s();
 	sample_rows(e, rows, K, ev, cap, n_ev);
 
 	e->st.steps++;
@@ -662,10 +656,10 @@ enum gs_status gs_engine_step(struct gs_engine *e, struct gs_token_event *ev, in
 	e->st.last_decode_tokens = dec;
 	e->st.tokens_decode += (uint64_t)dec;
 	e->st.tokens_prefill += (uint64_t)(e->plan.n_ids - dec);
-	e->st.last_step_s = now_s() - t0;
+	e->st.last_step_s = gs_now_s() - t0;
 	e->st.step_s_total += e->st.last_step_s;
 	e->st.plan_s_total += t1 - t0;
-	e->st.sample_s_total += now_s() - t2;
+	e->st.sample_s_total += gs_now_s() - t2;
 	return GS_OK;
 }
 

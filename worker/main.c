@@ -20,6 +20,7 @@
 #include "gs_forward.h"
 #include "gs_safetensors.h"
 #include "gs_sampler.h"
+#include "gs_util.h"
 
 #define GS_PATH_MAX 256
 
@@ -29,13 +30,6 @@ struct worker_opts {
 	bool bench;
 	struct gs_sampling_params sp;
 };
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static uint64_t fnv1a(const void *p, size_t n, uint64_t h)
 {
@@ -289,34 +283,6 @@ static int32_t sample_next(const struct gs_comm *w, struct dsample *d, const str
 	return tok;
 }
 
-static int parse_ids(const char *s, int32_t **ids, int32_t *n)
-{
-	size_t cap = 16, cnt = 0;
-	int32_t *v = malloc(cap * sizeof(*v));
-	char *end;
-
-	while (v && *s) {
-		long x = strtol(s, &end, 10);
-		if (end == s || x < 0 || x > INT32_MAX || (*end && *end != ','))
-			break;
-		if (cnt == cap) {
-			int32_t *nv = realloc(v, 2 * cap * sizeof(*v));
-			if (!nv)
-				break;
-			v = nv, cap *= 2;
-		}
-		v[cnt++] = (int32_t)x;
-		s = *end ? end + 1 : end;
-	}
-	if (!v || *s || cnt == 0) {
-		free(v);
-		return gs_errorf(GS_ERR_INVALID_ARG, "--tokens: not a comma-separated list of token ids");
-	}
-	*ids = v;
-	*n = (int32_t)cnt;
-	return GS_OK;
-}
-
 static int run_bench(const struct gs_comm *w, struct gs_forward *f, struct gs_seq *s, const struct gs_model *m,
 		     const struct worker_opts *o, float *logits)
 {
@@ -330,25 +296,25 @@ static int run_bench(const struct gs_comm *w, struct gs_forward *f, struct gs_se
 	for (int rep = 0; rep < 2; rep++) {
 		gs_seq_reset(s);
 		w->iface->barrier(w->ctx);
-		t0 = now_s();
+		t0 = gs_now_s();
 		if (gs_forward_run(f, s, ids, np, logits, false) != GS_OK)
 			return 1;
 		w->iface->barrier(w->ctx);
-		if (now_s() - t0 < t_pre)
-			t_pre = now_s() - t0;
+		if (gs_now_s() - t0 < t_pre)
+			t_pre = gs_now_s() - t0;
 	}
 	for (int rep = 0; rep < 2; rep++) {
 		gs_seq_reset(s);
 		if (gs_forward_run(f, s, ids, 16, logits, false) != GS_OK)
 			return 1;
 		w->iface->barrier(w->ctx);
-		t0 = now_s();
+		t0 = gs_now_s();
 		for (int i = 0; i < o->decode_steps; i++)
 			if (gs_forward_run(f, s, &ids[16 + i % (np > 17 ? np - 17 : 1)], 1, logits, false) != GS_OK)
 				return 1;
 		w->iface->barrier(w->ctx);
-		if ((now_s() - t0) / o->decode_steps < t_dec)
-			t_dec = (now_s() - t0) / o->decode_steps;
+		if ((gs_now_s() - t0) / o->decode_steps < t_dec)
+			t_dec = (gs_now_s() - t0) / o->decode_steps;
 	}
 	if (rank == 0)
 		printf("bench %s TP=%d threads/rank=%d: prefill %d tokens %.3f s (%.2f tok/s); decode %.2f ms/token "
@@ -462,7 +428,7 @@ int main(int argc, char **argv)
 
 	st = GS_OK;
 	if (o.tokens)
-		st = parse_ids(o.tokens, &ids, &n);
+		st = gs_parse_id_list(o.tokens, &ids, &n);
 	if (st == GS_OK && o.tokens && (int64_t)n + o.generate > m->cfg.max_position)
 		st = gs_errorf(GS_ERR_RANGE, "%d prompt + %d generated tokens exceed max_position_embeddings (%d)", n,
 			       o.generate, m->cfg.max_position);

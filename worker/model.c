@@ -7,13 +7,7 @@
 #include <time.h>
 
 #include "gs_safetensors.h"
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "gs_util.h"
 
 /* ---- shard plan -------------------------------------------------------------------- */
 
@@ -267,7 +261,7 @@ static void touch_weights(struct gs_model *m)
 {
 	struct gs_tensor *list[8];
 	size_t total = m->weight_bytes, done = 0;
-	double t0 = now_s(), last = t0;
+	double t0 = gs_now_s(), last = t0;
 	volatile unsigned char sink = 0;
 	bool shown = false;
 
@@ -288,7 +282,7 @@ static void touch_weights(struct gs_model *m)
 			for (size_t off = 0; off < n; off += 4096)
 				sink ^= p[off];
 			done += n;
-			double now = now_s();
+			double now = gs_now_s();
 			if (now - t0 > 1.0 && now - last > 0.5) {
 				fprintf(stderr, "\rloading %s: %.2f / %.2f GB mapped and touched, %.0f MB/s   ", m->path,
 					(double)done / 1e9, (double)total / 1e9, (double)done / 1e6 / (now - t0));
@@ -299,7 +293,7 @@ static void touch_weights(struct gs_model *m)
 	}
 	if (shown)
 		fprintf(stderr, "\rloading %s: %.2f GB mapped and touched in %.1f s (%.0f MB/s)        \n", m->path,
-			(double)total / 1e9, now_s() - t0, (double)total / 1e6 / (now_s() - t0));
+			(double)total / 1e9, gs_now_s() - t0, (double)total / 1e6 / (gs_now_s() - t0));
 	(void)sink;
 }
 

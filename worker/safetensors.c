@@ -715,27 +715,24 @@ uint64_t gs_st_header_checksum(const struct gs_safetensors *st)
 	return st->checksum;
 }
 
-void gs_st_prefetch(const struct gs_safetensors *st, const void *p, size_t n)
+/* madvise over the pages covering [p, p+n): advisory, a failure costs speed only. */
+static void advise_pages(const void *p, size_t n, int advice)
 {
 	long pg = sysconf(_SC_PAGESIZE);
 	uintptr_t a = (uintptr_t)p & ~(uintptr_t)(pg - 1);
-	uintptr_t e = (uintptr_t)p + n;
-	(void)st;
-	if (n == 0)
-		return;
-	/* Advisory only: a failure costs speed, never correctness. */
-	(void)madvise((void *)a, e - a, MADV_WILLNEED);
+
+	if (n)
+		(void)madvise((void *)a, (uintptr_t)p + n - a, advice);
 }
 
+void gs_st_prefetch(const struct gs_safetensors *st, const void *p, size_t n)
+{
+	advise_pages(p, n, MADV_WILLNEED);
+}
+
+/* The mapping is private and never written: dropping pages only costs a refault from the page
+ * cache if anything reads them again (a neighbouring tensor's edge page). */
 void gs_st_evict(const struct gs_safetensors *st, const void *p, size_t n)
 {
-	long pg = sysconf(_SC_PAGESIZE);
-	uintptr_t a = (uintptr_t)p & ~(uintptr_t)(pg - 1);
-	uintptr_t e = (uintptr_t)p + n;
-	(void)st;
-	if (n == 0)
-		return;
-	/* The mapping is private and never written: dropping pages only costs a refault from
-	 * the page cache if anything reads them again (a neighbouring tensor's edge page). */
-	(void)madvise((void *)a, e - a, MADV_DONTNEED);
+	advise_pages(p, n, MADV_DONTNEED);
 }
