@@ -65,7 +65,7 @@ static enum gs_status get_num(const struct cfg_ctx *c, const char *key, double d
 static enum gs_status get_int(const struct cfg_ctx *c, const char *key, int32_t def, bool required,
 			      int32_t lo, int32_t *out)
 {
-	double v;
+	double v = 0;
 
 	GS_TRY(get_num(c, key, def, required, &v));
 	if (v != floor(v) || v < lo || v > INT32_MAX)

@@ -75,6 +75,37 @@ def read_out(path):
     return recs
 
 
+def session_pids(sid):
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        fields = st[st.rindex(")") + 2:].split()
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(d))
+    return pids
+
+
+def kill_session(sid, timeout=30.0):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        pids = session_pids(sid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+    raise RuntimeError(f"processes of session {sid} survive SIGKILL: {session_pids(sid)}")
+
+
 def run_batch(np_, model, inp, out, extra=(), timeout=900):
     if os.path.exists(out):
         os.remove(out)
@@ -136,12 +167,15 @@ def main():
         if n >= 20:
             break
         time.sleep(0.05)
-    os.killpg(p.pid, signal.SIGKILL)
+    # mpirun puts each rank in a process group of its own (same session): kill the whole
+    # session, as a node failure would, and wait until no process of it is left holding the
+    # output file's lock.
+    kill_session(p.pid)
     p.wait()
     n_before = sum(1 for _ in open(out))
     check(20 <= n_before < len(ids), f"killed midway with {n_before} of {len(ids)} records written")
     rc, so, se, secs = mpirun(MPIRUN, 1, argv, timeout=900)
-    check(rc == 0, f"resumed run exits 0 ({se.strip().splitlines()[-1] if se.strip() else ''})")
+    check(rc == 0, f"resumed run exits 0 (rc {rc}: {se.strip()[-600:]})")
     resumed = read_out(out)
     check(len(resumed) == len(ids), f"resumed file has every id exactly once ({len(resumed)})")
     diff = [i for i in ids if i and resumed.get(i) != outs[(1, "alone")].get(i)]
