@@ -43,6 +43,12 @@ struct gs_comm_i {
 	enum gs_status (*allgather)(void *ctx, const void *send, void *recv, size_t bytes);
 	/* buf[bytes] of root to every rank. */
 	enum gs_status (*broadcast)(void *ctx, void *buf, size_t bytes, int root);
+	/* The same, for a broadcast that non-root ranks may wait on for a long time (a follower
+	 * waiting for the leader's next plan): they wait without keeping a core busy, at the
+	 * cost of up to ~1 ms latency once the wait has gone on. Every rank of the call must use
+	 * this entry (MPI does not match blocking with non-blocking collectives); small buffers
+	 * only (<= 1 GiB). Optional (NULL: broadcast). */
+	enum gs_status (*broadcast_idle)(void *ctx, void *buf, size_t bytes, int root);
 	/* recv[size × bytes] (only significant on root) = concat over ranks of send[bytes]. */
 	enum gs_status (*gather)(void *ctx, const void *send, void *recv, size_t bytes, int root);
 	/* Returns when every rank has entered it (nccl: and the comm stream has drained). */
@@ -113,6 +119,13 @@ static inline enum gs_status gs_comm_allgather(const struct gs_comm *c, const vo
 }
 static inline enum gs_status gs_comm_broadcast(const struct gs_comm *c, void *buf, size_t bytes, int root)
 {
+	return c->iface->broadcast(c->ctx, buf, bytes, root);
+}
+/* Broadcast that waits idle on non-root ranks (the optional broadcast_idle entry, else broadcast). */
+static inline enum gs_status gs_comm_broadcast_idle(const struct gs_comm *c, void *buf, size_t bytes, int root)
+{
+	if (c->iface->broadcast_idle)
+		return c->iface->broadcast_idle(c->ctx, buf, bytes, root);
 	return c->iface->broadcast(c->ctx, buf, bytes, root);
 }
 static inline enum gs_status gs_comm_gather(const struct gs_comm *c, const void *send, void *recv,

@@ -9,6 +9,10 @@ int gs_cmd_logits(int argc, char **argv);
 int gs_cmd_run(int argc, char **argv);
 int gs_cmd_inspect(int argc, char **argv);
 int gs_cmd_bench(int argc, char **argv);
+/* Clients of a running coordinator's gRPC API (cmd_client.c). Besides 0/1/2 they return
+ * 3 UNAVAILABLE, 4 DEADLINE_EXCEEDED, 5 RESOURCE_EXHAUSTED, 6 UNAUTHENTICATED, 130 Ctrl-C. */
+int gs_cmd_generate(int argc, char **argv);
+int gs_cmd_chat(int argc, char **argv);
 
 /* Print "gemmashard <cmd>: <last error>" on stderr and return 1. */
 int gs_cmd_fail(const char *cmd);

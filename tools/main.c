@@ -1,4 +1,4 @@
-/* gemmashard: command-line tools (local engine, model utilities, benchmarks). */
+/* gemmashard: command-line tools (coordinator clients, local engine, model utilities, benchmarks). */
 #include <stdio.h>
 #include <string.h>
 
@@ -10,6 +10,8 @@ static const struct {
 	int (*fn)(int argc, char **argv);
 	const char *help;
 } gs_commands[] = {
+	{ "generate", gs_cmd_generate, "complete a prompt on a running coordinator (gRPC; streams the text)" },
+	{ "chat", gs_cmd_chat, "chat with a running coordinator (gRPC; interactive with no MESSAGE)" },
 	{ "run", gs_cmd_run, "generate locally from a prompt or a chat message (streams the answer)" },
 	{ "logits", gs_cmd_logits, "write float32 logits of every position for a token list" },
 	{ "tokenize", gs_cmd_tokenize, "print the token ids of a text" },

@@ -384,7 +384,8 @@ static enum gs_status broadcast_plan(struct gs_engine *e)
 		return GS_OK;
 	if (e->leader)
 		GS_TRY(gs_plan_pack(&e->plan, &e->plan_buf, &e->plan_buf_cap, &len));
-	GS_TRY(e->comm->iface->broadcast(e->comm->ctx, &len, sizeof(len), 0));
+	/* Followers wait here while the leader has no work: idle, not spinning. */
+	GS_TRY(gs_comm_broadcast_idle(e->comm, &len, sizeof(len), 0));
 	if (!e->leader && len > e->plan_buf_cap) {
 		uint8_t *nb = realloc(e->plan_buf, len);
 		if (!nb)
@@ -612,6 +613,7 @@ static void sample_rows(struct gs_engine *e, int32_t rows, int32_t K, struct gs_
 				x->top_ids[j] = best[j].id, x->top_logprobs[j] = (float)(best[j].raw - lse);
 		}
 		s->n_generated++;
+		e->st.tokens_generated++;
 		x->n_prompt = s->n_prompt;
 		x->n_generated = s->n_generated;
 		if (is_stop(e, s, tok))
@@ -671,6 +673,7 @@ void gs_engine_get_stats(const struct gs_engine *e, struct gs_engine_stats *s)
 		s->running += e->seqs[i].used;
 	s->waiting = e->n_waiting;
 	s->max_seqs = e->cfg.max_seqs;
+	s->max_context = e->cfg.max_context;
 	s->kv_global_total = e->pool.n_global_blocks;
 	s->kv_global_used = e->pool.n_global_blocks - e->pool.n_gfree;
 	s->kv_global_reserved = e->pool.g_reserved;

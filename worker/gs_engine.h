@@ -64,9 +64,11 @@ struct gs_engine_config {
 
 struct gs_engine_stats {
 	uint64_t steps, tokens_prefill, tokens_decode, finished;
+	uint64_t tokens_generated;  /* sampled tokens (every request, cancelled ones included) */
 	int32_t  last_batch_seqs, last_batch_tokens, last_decode_tokens;
 	double   last_step_s, step_s_total, plan_s_total, sample_s_total;
 	int32_t  running, waiting, max_seqs;
+	int32_t  max_context;       /* as configured, capped at the model's max_position */
 	int32_t  kv_global_used, kv_global_reserved, kv_global_free, kv_global_total;
 	int32_t  kv_local_used, kv_local_total;
 	size_t   kv_bytes;

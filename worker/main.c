@@ -3,10 +3,12 @@
  *   mpirun -np T gemmashard-worker --model DIR --tokens 2,105,... --dump-logits FILE
  *   mpirun -np T gemmashard-worker --model DIR --tokens ... --generate N [sampling]
  *   mpirun -np T gemmashard-worker --synthetic 1b --bench
+ *   mpirun -np T gemmashard-worker --model DIR --coordinator HOST:PORT     (engine mode)
  *
  * Start-up is collective and fails as a group: every rank loads its shard, then all agree
  * on success (one message per distinct error, from the rank that saw it) and on having
  * opened the same checkpoint (config + safetensors header checksums), or all exit. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +20,7 @@
 #include "gs_config.h"
 #include "gs_cpu.h"
 #include "gs_forward.h"
+#include "gs_link.h"
 #include "gs_safetensors.h"
 #include "gs_sampler.h"
 #include "gs_util.h"
@@ -26,6 +29,7 @@
 
 struct worker_opts {
 	const char *model, *synthetic, *tokens, *dump, *batch, *out;
+	const char *coordinator, *engine_id, *served_name;
 	int generate, chunk, threads, decode_steps, prompt_tokens, max_batch_tokens, max_seqs, ctx;
 	bool bench;
 	struct gs_sampling_params sp;
@@ -54,7 +58,10 @@ static void usage(FILE *f)
 		   "  --threads N          CPU threads per rank (default: all cores / ranks on this host)\n"
 		   "  --bench              time prefill (--prompt-tokens, 512) and decode (--decode-steps, 32)\n"
 		   "  --batch IN.jsonl --out OUT.jsonl   offline batch through the serving engine (resumable)\n"
-		   "  --max-batch-tokens N (256) --max-seqs N (64) --ctx N (4096)   engine limits for --batch\n");
+		   "  --coordinator HOST:PORT   engine mode: rank 0 registers with the coordinator and serves it\n"
+		   "  --engine-id ID       engine mode: name in the coordinator (default HOSTNAME:PID)\n"
+		   "  --served-name NAME   engine mode: model id (default: the model directory's name)\n"
+		   "  --max-batch-tokens N (256) --max-seqs N (64) --ctx N (4096)   engine limits (--batch, engine mode)\n");
 }
 
 /* Returns 0, 1 for --help (rank 0 prints it), 2 on a usage error (reason in gs_last_error). */
@@ -85,6 +92,12 @@ static int parse_args(int argc, char **argv, struct worker_opts *o, int rank)
 			o->batch = v;
 		} else if (!strcmp(a, "--out")) {
 			o->out = v;
+		} else if (!strcmp(a, "--coordinator")) {
+			o->coordinator = v;
+		} else if (!strcmp(a, "--engine-id")) {
+			o->engine_id = v;
+		} else if (!strcmp(a, "--served-name")) {
+			o->served_name = v;
 		} else if (!strcmp(a, "--max-batch-tokens")) {
 			o->max_batch_tokens = atoi(v);
 		} else if (!strcmp(a, "--max-seqs")) {
@@ -132,9 +145,23 @@ bad:
 		gs_errorf(GS_ERR_INVALID_ARG, "--batch needs --model (its tokenizer.json)");
 		return 2;
 	}
-	if (!o->model == !o->synthetic || (!o->bench && !o->tokens && !o->batch) || o->generate < 0 || o->chunk < 0) {
-		gs_errorf(GS_ERR_INVALID_ARG, "need exactly one of --model/--synthetic, and --tokens unless --bench "
-			  "(see --help)");
+	if (o->coordinator) {
+		char host[256], port[16];
+		if (o->tokens || o->batch || o->bench || o->dump || o->generate) {
+			gs_errorf(GS_ERR_INVALID_ARG, "--coordinator (engine mode) does not combine with --tokens, --batch, "
+				  "--bench, --dump-logits or --generate");
+			return 2;
+		}
+		if (gs_link_parse_addr(o->coordinator, host, sizeof(host), port, sizeof(port)) != GS_OK)
+			return 2;
+	} else if (o->engine_id || o->served_name) {
+		gs_errorf(GS_ERR_INVALID_ARG, "--engine-id and --served-name need --coordinator");
+		return 2;
+	}
+	if (!o->model == !o->synthetic || (!o->bench && !o->tokens && !o->batch && !o->coordinator) || o->generate < 0 ||
+	    o->chunk < 0) {
+		gs_errorf(GS_ERR_INVALID_ARG, "need exactly one of --model/--synthetic, and --tokens unless --bench, "
+			  "--batch or --coordinator (see --help)");
 		return 2;
 	}
 	return 0;
@@ -358,6 +385,83 @@ out_free:
 	return rc;
 }
 
+static volatile sig_atomic_t stop_requested;
+
+static void on_stop_signal(int sig)
+{
+	stop_requested = 1;
+}
+
+/* The served model name: the model directory's last component, or synthetic-SHAPE. */
+static void default_model_id(const struct worker_opts *o, char *buf, size_t cap)
+{
+	const char *d = o->model;
+	size_t n;
+
+	if (!d) {
+		snprintf(buf, cap, "synthetic-%s", o->synthetic);
+		return;
+	}
+	n = strlen(d);
+	while (n > 1 && d[n - 1] == '/')
+		n--;
+	for (size_t i = n; i > 0; i--) {
+		if (d[i - 1] == '/' && i < n) {
+			d += i, n -= i;
+			break;
+		}
+	}
+	snprintf(buf, cap, "%.*s", (int)n, d);
+}
+
+/* Engine mode: the leader serves the coordinator (gs_link_serve), the other ranks execute
+ * its plans. SIGTERM/SIGINT on any rank: the leader shuts the engine down, everyone exits 0.
+ * An engine failure ends the whole job (the launcher restarts it; it registers again). */
+static int run_engine(const struct gs_comm *w, const struct gs_model *m, const struct worker_opts *o)
+{
+	struct gs_engine_config ec = { .max_batch_tokens = o->max_batch_tokens, .max_seqs = o->max_seqs,
+				       .max_context = o->ctx, .candidates = 64 };
+	struct sigaction sa = { .sa_handler = on_stop_signal }; /* no SA_RESTART: waits see EINTR */
+	struct gs_backend be = { 0 };
+	struct gs_engine *e = NULL;
+	char model_id[256];
+	enum gs_status st;
+	int rc = 1;
+
+	st = gs_backend_cpu_create(o->threads, &be);
+	if (st == GS_OK)
+		st = gs_engine_create(m, be, gs_comm_size(w) > 1 ? w : NULL, &ec, &e);
+	if (!all_ok(w, st, "setting up the engine"))
+		goto out_free;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN); /* a dead coordinator is a write error, not a signal */
+	if (gs_comm_rank(w) == 0) {
+		struct gs_link_config lc = { .coordinator = o->coordinator, .engine_id = o->engine_id, .tp = gs_comm_size(w),
+					     .cp = 1, .vocab_size = m->n_vocab, .model_id = o->served_name };
+		if (!lc.model_id || !*lc.model_id) {
+			default_model_id(o, model_id, sizeof(model_id));
+			lc.model_id = model_id;
+		}
+		st = gs_link_serve(e, &lc, &stop_requested);
+	} else {
+		st = gs_engine_follow(e);
+	}
+	if (st != GS_OK) {
+		fprintf(stderr, "[gemmashard r%d] error: engine: %s\n", gs_comm_rank(w), gs_last_error());
+		gs_comm_abort(w, 1);
+	}
+	if (gs_comm_rank(w) == 0)
+		gs_log(GS_LOG_INFO, "engine stopped");
+	rc = 0;
+out_free:
+	gs_engine_free(e);
+	if (be.ctx)
+		gs_backend_cpu_free(&be);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	struct gs_comm world;
@@ -423,6 +527,10 @@ int main(int argc, char **argv)
 
 	if (o.batch) {
 		rc = run_batch(&world, m, &o);
+		goto out_free;
+	}
+	if (o.coordinator) {
+		rc = run_engine(&world, m, &o);
 		goto out_free;
 	}
 

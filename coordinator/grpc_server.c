@@ -1,0 +1,876 @@
+/* gemmashard coordinator: the public gRPC API on the gRPC C core (gs_grpc.h).
+ *
+ * One completion-queue thread serves every call with a per-call state machine (the pattern
+ * of /work/shared/reference/infra.md §2). Output of a generation arrives on engine-link
+ * threads through gs_coord's notify callback; whichever thread finds the call with no send
+ * in flight starts the next send (grpc_call_start_batch is thread safe; only one
+ * SEND_MESSAGE may be in flight per call), so a token reaches the client without waiting
+ * for the completion-queue thread. A call's memory is freed when every batch it started has
+ * completed and its status has been sent. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/time.h>
+
+#include "gemmashard/v1/inference.pb-c.h"
+#include "grpc/health/v1/health.pb-c.h"
+#include "gs_coord.h"
+#include "gs_grpc.h"
+#include "gs_util.h"
+
+enum method { M_UNKNOWN, M_GENERATE, M_STREAM, M_TOKENIZE, M_MODELINFO, M_HEALTH, M_COUNT };
+
+static const char *const method_path[M_COUNT] = {
+	NULL,
+	"/gemmashard.v1.Inference/Generate",
+	"/gemmashard.v1.Inference/GenerateStream",
+	"/gemmashard.v1.Inference/Tokenize",
+	"/gemmashard.v1.Inference/ModelInfo",
+	"/grpc.health.v1.Health/Check",
+};
+
+enum op { OP_NEW, OP_CLOSE, OP_RECV, OP_SEND, OP_STATUS, OP_COUNT };
+
+struct call;
+struct tag {
+	struct call *call;
+	enum op      op;
+};
+
+struct gs_grpc {
+	struct gs_coord          *coord;
+	grpc_server              *server;
+	grpc_completion_queue    *cq;
+	pthread_t                 thread;
+	atomic_bool               stop;
+	atomic_int                live_calls;
+	bool                      shutting_down;
+	struct tag                shutdown_tag;
+};
+
+struct call {
+	struct gs_grpc       *g;
+	struct tag            tags[OP_COUNT];
+	grpc_call            *call;
+	grpc_call_details     details;
+	grpc_metadata_array   md;
+	grpc_byte_buffer     *recv_bb;
+	grpc_byte_buffer     *send_bb;
+	int                   cancelled;
+	enum method           method;
+	pthread_mutex_t       mu;
+	int                   pending;       /* batches started and not completed */
+	bool                  send_busy;     /* a SEND_MESSAGE batch in flight */
+	bool                  status_started;
+	bool                  closed;        /* RECV_CLOSE_ON_SERVER completed */
+	grpc_slice            status_details;
+	bool                  has_details;
+	struct gs_creq       *creq;
+	double                t_start, t_last;
+	bool                  first_token_seen;
+	/* unary Generate: everything collected until the finish */
+	char                 *text;
+	size_t                text_len;
+	int32_t              *ids;
+	struct gs_tok_lp     *lps;
+	size_t                n_ids;
+	bool                  want_lps;
+};
+
+/* ---- helpers ----------------------------------------------------------------------------- */
+
+static const char *grpc_code_name(int code)
+{
+	static const char *const n[] = { "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
+					 "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
+					 "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
+					 "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED" };
+	return code >= 0 && code <= 16 ? n[code] : "UNKNOWN";
+}
+
+static grpc_byte_buffer *pack(const ProtobufCMessage *m)
+{
+	size_t n = protobuf_c_message_get_packed_size(m);
+	grpc_slice s = grpc_slice_malloc(n);
+	protobuf_c_message_pack(m, GRPC_SLICE_START_PTR(s));
+	grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
+	grpc_slice_unref(s);
+	return bb;
+}
+
+static void call_free(struct call *c)
+{
+	grpc_call_unref(c->call);
+	grpc_call_details_destroy(&c->details);
+	grpc_metadata_array_destroy(&c->md);
+	if (c->recv_bb)
+		grpc_byte_buffer_destroy(c->recv_bb);
+	if (c->send_bb)
+		grpc_byte_buffer_destroy(c->send_bb);
+	if (c->has_details)
+		grpc_slice_unref(c->status_details);
+	if (c->creq)
+		gs_creq_release(c->creq);
+	free(c->text);
+	free(c->ids);
+	free(c->lps);
+	pthread_mutex_destroy(&c->mu);
+	atomic_fetch_sub(&c->g->live_calls, 1);
+	free(c);
+}
+
+/* With c->mu held. */
+static bool start_batch(struct call *c, const grpc_op *ops, size_t n, enum op op)
+{
+	grpc_call_error e = grpc_call_start_batch(c->call, ops, n, &c->tags[op], NULL);
+	if (e != GRPC_CALL_OK) {
+		gs_log(GS_LOG_WARN, "grpc: start_batch(op %d) failed: %d", (int)op, (int)e);
+		return false;
+	}
+	c->pending++;
+	return true;
+}
+
+/* With c->mu held: send the final status (and a last message, if given). */
+static void send_status(struct call *c, int code, const char *details, grpc_byte_buffer *msg)
+{
+	grpc_op ops[2];
+	size_t n = 0;
+
+	if (c->status_started) {
+		if (msg)
+			grpc_byte_buffer_destroy(msg);
+		return;
+	}
+	c->status_started = true;
+	c->status_details = grpc_slice_from_copied_string(details ? details : "");
+	c->has_details = true;
+	memset(ops, 0, sizeof(ops));
+	if (msg) {
+		c->send_bb = msg;
+		ops[n].op = GRPC_OP_SEND_MESSAGE;
+		ops[n].data.send_message.send_message = msg;
+		n++;
+	}
+	ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+	ops[n].data.send_status_from_server.status = (grpc_status_code)code;
+	ops[n].data.send_status_from_server.status_details = &c->status_details;
+	n++;
+	gs_coord_count_request(c->g->coord, GS_API_GRPC, grpc_code_name(code));
+	if (!start_batch(c, ops, n, OP_STATUS))
+		c->status_started = true; /* nothing more can be sent on this call */
+}
+
+static void send_error(struct call *c, enum gs_cerr e, const char *msg)
+{
+	send_status(c, gs_cerr_grpc_code(e), msg, NULL);
+}
+
+static const char *md_value(const struct call *c, const char *key, char *buf, size_t cap)
+{
+	for (size_t i = 0; i < c->md.count; i++) {
+		const grpc_metadata *m = &c->md.metadata[i];
+		if (grpc_slice_str_cmp(m->key, key) == 0) {
+			size_t n = GRPC_SLICE_LENGTH(m->value);
+			if (n >= cap)
+				n = cap - 1;
+			memcpy(buf, GRPC_SLICE_START_PTR(m->value), n);
+			buf[n] = '\0';
+			return buf;
+		}
+	}
+	return NULL;
+}
+
+static Gemmashard__V1__FinishReason finish_reason(enum gs_cfinish f)
+{
+	switch (f) {
+	case GS_CFIN_STOP:
+		return GEMMASHARD__V1__FINISH_REASON__STOP;
+	case GS_CFIN_LENGTH:
+		return GEMMASHARD__V1__FINISH_REASON__LENGTH;
+	case GS_CFIN_CANCELLED:
+		return GEMMASHARD__V1__FINISH_REASON__CANCELLED;
+	case GS_CFIN_ERROR:
+		return GEMMASHARD__V1__FINISH_REASON__ERROR;
+	default:
+		return GEMMASHARD__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED;
+	}
+}
+
+/* Logprob messages for n tokens (all allocations in one block list; freed by lp_free). */
+struct lp_msgs {
+	Gemmashard__V1__TokenLogprob **ptrs;
+	Gemmashard__V1__TokenLogprob  *tok;
+	Gemmashard__V1__TopLogprob   **top_ptrs;
+	Gemmashard__V1__TopLogprob    *top;
+	char                         **texts;
+	size_t                         n_texts;
+};
+
+static void lp_free(struct lp_msgs *l)
+{
+	for (size_t i = 0; i < l->n_texts; i++)
+		free(l->texts[i]);
+	free(l->texts);
+	free(l->ptrs);
+	free(l->tok);
+	free(l->top_ptrs);
+	free(l->top);
+	memset(l, 0, sizeof(*l));
+}
+
+static bool lp_build(struct gs_coord *coord, const int32_t *ids, const struct gs_tok_lp *lps, size_t n,
+		     struct lp_msgs *l)
+{
+	size_t n_top = 0;
+	memset(l, 0, sizeof(*l));
+	for (size_t i = 0; i < n; i++)
+		n_top += (size_t)lps[i].n_top;
+	l->ptrs = calloc(n ? n : 1, sizeof(*l->ptrs));
+	l->tok = calloc(n ? n : 1, sizeof(*l->tok));
+	l->top_ptrs = calloc(n_top ? n_top : 1, sizeof(*l->top_ptrs));
+	l->top = calloc(n_top ? n_top : 1, sizeof(*l->top));
+	l->texts = calloc(n + n_top + 1, sizeof(*l->texts));
+	if (!l->ptrs || !l->tok || !l->top_ptrs || !l->top || !l->texts) {
+		lp_free(l);
+		return false;
+	}
+	size_t t = 0;
+	for (size_t i = 0; i < n; i++) {
+		Gemmashard__V1__TokenLogprob *m = &l->tok[i];
+		gemmashard__v1__token_logprob__init(m);
+		m->has_token_id = true;
+		m->token_id = ids[i];
+		m->has_logprob = true;
+		m->logprob = lps[i].logprob;
+		m->text = l->texts[l->n_texts++] = gs_coord_token_text(coord, ids[i]);
+		m->n_top = (size_t)lps[i].n_top;
+		m->top = &l->top_ptrs[t];
+		for (int32_t j = 0; j < lps[i].n_top; j++, t++) {
+			Gemmashard__V1__TopLogprob *tp = &l->top[t];
+			gemmashard__v1__top_logprob__init(tp);
+			tp->has_token_id = true;
+			tp->token_id = lps[i].top_ids[j];
+			tp->has_logprob = true;
+			tp->logprob = lps[i].top_logprobs[j];
+			tp->text = l->texts[l->n_texts++] = gs_coord_token_text(coord, lps[i].top_ids[j]);
+			l->top_ptrs[t] = tp;
+		}
+		l->ptrs[i] = m;
+	}
+	return true;
+}
+
+/* ---- generation output ------------------------------------------------------------------- */
+
+static void observe_tokens(struct call *c, int32_t n)
+{
+	double now = gs_now_s();
+	if (n <= 0)
+		return;
+	if (!c->first_token_seen) {
+		c->first_token_seen = true;
+		gs_coord_observe_ttft(c->g->coord, now - c->t_start);
+	} else {
+		gs_coord_observe_tpot(c->g->coord, (now - c->t_last) / n, n);
+	}
+	c->t_last = now;
+}
+
+/* With c->mu held: a streaming call with no send in flight sends what is new. */
+static void stream_pump(struct call *c)
+{
+	struct gs_creq_out o;
+	char rid[32];
+
+	if (c->send_busy || c->status_started || !c->creq)
+		return;
+	if (!gs_creq_take(c->creq, &o))
+		return;
+	observe_tokens(c, o.n_ids);
+	if (o.finish == GS_CFIN_ERROR && o.text_len == 0 && o.n_ids == 0) {
+		send_error(c, o.err, o.err_msg);
+		gs_creq_out_clear(&o);
+		return;
+	}
+	if (o.finish == GS_CFIN_CANCELLED) {
+		send_status(c, 1 /* CANCELLED */, "cancelled", NULL);
+		gs_creq_out_clear(&o);
+		return;
+	}
+	Gemmashard__V1__GenerateChunk ch = GEMMASHARD__V1__GENERATE_CHUNK__INIT;
+	Gemmashard__V1__Usage usage = GEMMASHARD__V1__USAGE__INIT;
+	struct lp_msgs l = { 0 };
+	snprintf(rid, sizeof(rid), "%llu", (unsigned long long)gs_creq_id(c->creq));
+	ch.request_id = rid;
+	ch.text = o.text;
+	ch.n_token_ids = (size_t)o.n_ids;
+	ch.token_ids = o.ids;
+	if (o.lps && o.n_ids && lp_build(c->g->coord, o.ids, o.lps, (size_t)o.n_ids, &l)) {
+		ch.n_logprobs = (size_t)o.n_ids;
+		ch.logprobs = l.ptrs;
+	}
+	bool last = o.finish != GS_CFIN_NONE && o.finish != GS_CFIN_ERROR;
+	if (last) {
+		ch.has_finish_reason = true;
+		ch.finish_reason = finish_reason(o.finish);
+		usage.has_prompt_tokens = usage.has_completion_tokens = true;
+		usage.prompt_tokens = o.prompt_tokens;
+		usage.completion_tokens = o.completion_tokens;
+		ch.usage = &usage;
+	}
+	grpc_byte_buffer *bb = pack(&ch.base);
+	lp_free(&l);
+	if (last) {
+		send_status(c, 0, "", bb);
+	} else if (o.finish == GS_CFIN_ERROR) {
+		/* text arrived with the error: deliver it, then the error status. */
+		send_status(c, gs_cerr_grpc_code(o.err), o.err_msg, bb);
+	} else {
+		grpc_op op;
+		memset(&op, 0, sizeof(op));
+		op.op = GRPC_OP_SEND_MESSAGE;
+		op.data.send_message.send_message = bb;
+		c->send_bb = bb;
+		c->send_busy = true;
+		if (!start_batch(c, &op, 1, OP_SEND)) {
+			c->send_busy = false;
+			c->send_bb = NULL;
+			grpc_byte_buffer_destroy(bb);
+		}
+	}
+	gs_creq_out_clear(&o);
+}
+
+/* With c->mu held: a unary call collects output; at the finish it sends the response. */
+static void unary_pump(struct call *c)
+{
+	struct gs_creq_out o;
+	char rid[32];
+
+	if (c->status_started || !c->creq)
+		return;
+	while (gs_creq_take(c->creq, &o)) {
+		observe_tokens(c, o.n_ids);
+		char *nt = realloc(c->text, c->text_len + o.text_len + 1);
+		int32_t *ni = o.n_ids ? realloc(c->ids, sizeof(*ni) * (c->n_ids + (size_t)o.n_ids)) : c->ids;
+		struct gs_tok_lp *nl = o.lps && o.n_ids ? realloc(c->lps, sizeof(*nl) * (c->n_ids + (size_t)o.n_ids))
+						       : c->lps;
+		if (nt)
+			c->text = nt;
+		if (ni)
+			c->ids = ni;
+		if (nl)
+			c->lps = nl;
+		if (!nt || !ni || (o.lps && o.n_ids && !nl)) {
+			gs_creq_cancel(c->creq);
+			send_error(c, GS_CERR_INTERNAL, "coordinator: out of memory");
+			gs_creq_out_clear(&o);
+			return;
+		}
+		memcpy(c->text + c->text_len, o.text, o.text_len + 1);
+		c->text_len += o.text_len;
+		if (o.n_ids) {
+			memcpy(c->ids + c->n_ids, o.ids, sizeof(*o.ids) * (size_t)o.n_ids);
+			if (o.lps)
+				memcpy(c->lps + c->n_ids, o.lps, sizeof(*o.lps) * (size_t)o.n_ids);
+			c->n_ids += (size_t)o.n_ids;
+		}
+		if (o.finish == GS_CFIN_NONE) {
+			gs_creq_out_clear(&o);
+			continue;
+		}
+		if (o.finish == GS_CFIN_ERROR) {
+			send_error(c, o.err, o.err_msg);
+		} else if (o.finish == GS_CFIN_CANCELLED) {
+			send_status(c, 1, "cancelled", NULL);
+		} else {
+			Gemmashard__V1__GenerateResponse resp = GEMMASHARD__V1__GENERATE_RESPONSE__INIT;
+			Gemmashard__V1__Usage usage = GEMMASHARD__V1__USAGE__INIT;
+			struct lp_msgs l = { 0 };
+			snprintf(rid, sizeof(rid), "%llu", (unsigned long long)gs_creq_id(c->creq));
+			resp.request_id = rid;
+			resp.text = c->text;
+			resp.n_token_ids = c->n_ids;
+			resp.token_ids = c->ids;
+			resp.has_finish_reason = true;
+			resp.finish_reason = finish_reason(o.finish);
+			usage.has_prompt_tokens = usage.has_completion_tokens = true;
+			usage.prompt_tokens = o.prompt_tokens;
+			usage.completion_tokens = o.completion_tokens;
+			resp.usage = &usage;
+			if (c->want_lps && c->n_ids && lp_build(c->g->coord, c->ids, c->lps, c->n_ids, &l)) {
+				resp.n_logprobs = c->n_ids;
+				resp.logprobs = l.ptrs;
+			}
+			grpc_byte_buffer *bb = pack(&resp.base);
+			lp_free(&l);
+			send_status(c, 0, "", bb);
+		}
+		gs_creq_out_clear(&o);
+		return;
+	}
+}
+
+static void pump(struct call *c)
+{
+	if (c->method == M_STREAM)
+		stream_pump(c);
+	else
+		unary_pump(c);
+}
+
+/* gs_coord notify: runs on an engine-link thread. */
+static void on_output(struct gs_creq *r, void *user)
+{
+	struct call *c = user;
+	(void)r;
+	pthread_mutex_lock(&c->mu);
+	pump(c);
+	pthread_mutex_unlock(&c->mu);
+}
+
+/* ---- methods ----------------------------------------------------------------------------- */
+
+static void do_generate(struct call *c, const uint8_t *data, size_t len)
+{
+	struct gs_coord *coord = c->g->coord;
+	const struct gs_coord_limits *L = gs_coord_get_limits(coord);
+	Gemmashard__V1__GenerateRequest *req = gemmashard__v1__generate_request__unpack(NULL, len, data);
+	struct gs_gen_spec s = { 0 };
+	const char **roles = NULL, **contents = NULL;
+	char why[600];
+
+	if (!req) {
+		send_error(c, GS_CERR_INVALID, "malformed GenerateRequest (not a valid protobuf message)");
+		return;
+	}
+	s.model = req->model;
+	s.sp = gs_sampling_params_default();
+	if (req->input_case == GEMMASHARD__V1__GENERATE_REQUEST__INPUT_PROMPT) {
+		s.prompt = req->prompt;
+	} else if (req->input_case == GEMMASHARD__V1__GENERATE_REQUEST__INPUT_MESSAGES) {
+		size_t n = req->messages->n_messages;
+		if (n == 0) {
+			send_error(c, GS_CERR_INVALID, "messages must not be empty");
+			goto out;
+		}
+		roles = calloc(n, sizeof(*roles));
+		contents = calloc(n, sizeof(*contents));
+		if (!roles || !contents) {
+			send_error(c, GS_CERR_INTERNAL, "coordinator: out of memory");
+			goto out;
+		}
+		for (size_t i = 0; i < n; i++) {
+			const Gemmashard__V1__Message *m = req->messages->messages[i];
+			if (!m->role || !m->content) {
+				snprintf(why, sizeof(why), "messages[%zu] needs both role and content", i);
+				send_error(c, GS_CERR_INVALID, why);
+				goto out;
+			}
+			roles[i] = m->role;
+			contents[i] = m->content;
+		}
+		s.roles = roles;
+		s.contents = contents;
+		s.n_messages = (int)n;
+	} else {
+		send_error(c, GS_CERR_INVALID, "missing prompt or messages");
+		goto out;
+	}
+	if (req->has_max_tokens) {
+		if (req->max_tokens < 1 || req->max_tokens > L->max_tokens_limit) {
+			snprintf(why, sizeof(why), "max_tokens must be an integer in [1, %d], got %d", L->max_tokens_limit,
+				 req->max_tokens);
+			send_error(c, GS_CERR_INVALID, why);
+			goto out;
+		}
+		s.max_tokens = req->max_tokens;
+	}
+	if (req->has_temperature)
+		s.sp.temperature = req->temperature;
+	if (req->has_top_k)
+		s.sp.top_k = req->top_k;
+	if (req->has_top_p)
+		s.sp.top_p = req->top_p;
+	if (req->has_min_p)
+		s.sp.min_p = req->min_p;
+	if (req->has_repetition_penalty)
+		s.sp.repetition_penalty = req->repetition_penalty;
+	if (req->has_seed) {
+		s.sp.seed = req->seed;
+		s.has_seed = true;
+	}
+	if (req->n_stop > GS_COORD_MAX_STOP) {
+		snprintf(why, sizeof(why), "stop has %zu strings, at most %d are allowed", req->n_stop, GS_COORD_MAX_STOP);
+		send_error(c, GS_CERR_INVALID, why);
+		goto out;
+	}
+	for (size_t i = 0; i < req->n_stop; i++)
+		s.stop[i] = req->stop[i];
+	s.n_stop = (int)req->n_stop;
+	s.logprobs = req->has_logprobs && req->logprobs;
+	s.top_logprobs = req->has_top_logprobs ? req->top_logprobs : 0;
+	c->want_lps = s.logprobs;
+	gpr_timespec dl = c->details.deadline;
+	if (gpr_time_cmp(dl, gpr_inf_future(dl.clock_type)) != 0) {
+		gpr_timespec left = gpr_time_sub(dl, gpr_now(dl.clock_type));
+		s.deadline = gs_now_s() + gpr_timespec_to_micros(left) * 1e-6;
+	}
+
+	struct gs_creq *r;
+	enum gs_cerr e = gs_coord_submit(coord, GS_API_GRPC, &s, on_output, c, &r, why, sizeof(why));
+	if (e != GS_CERR_NONE) {
+		send_error(c, e, why);
+		goto out;
+	}
+	c->creq = r;
+	if (c->cancelled || c->closed)
+		gs_creq_cancel(r);
+	pump(c);
+out:
+	free(roles);
+	free(contents);
+	gemmashard__v1__generate_request__free_unpacked(req, NULL);
+}
+
+static void do_tokenize(struct call *c, const uint8_t *data, size_t len)
+{
+	Gemmashard__V1__TokenizeRequest *req = gemmashard__v1__tokenize_request__unpack(NULL, len, data);
+	Gemmashard__V1__TokenizeResponse resp = GEMMASHARD__V1__TOKENIZE_RESPONSE__INIT;
+	int32_t *ids;
+	size_t n;
+	char why[600];
+
+	if (!req) {
+		send_error(c, GS_CERR_INVALID, "malformed TokenizeRequest (not a valid protobuf message)");
+		return;
+	}
+	enum gs_cerr e = gs_coord_tokenize(c->g->coord, req->model, req->text,
+					   req->has_add_special_tokens ? req->add_special_tokens : true, &ids, &n,
+					   why, sizeof(why));
+	if (e != GS_CERR_NONE) {
+		send_error(c, e, why);
+	} else {
+		resp.n_token_ids = n;
+		resp.token_ids = ids;
+		send_status(c, 0, "", pack(&resp.base));
+		free(ids);
+	}
+	gemmashard__v1__tokenize_request__free_unpacked(req, NULL);
+}
+
+static void do_model_info(struct call *c, const uint8_t *data, size_t len)
+{
+	Gemmashard__V1__ModelInfoRequest *req = gemmashard__v1__model_info_request__unpack(NULL, len, data);
+	Gemmashard__V1__ModelInfoResponse resp = GEMMASHARD__V1__MODEL_INFO_RESPONSE__INIT;
+	struct gs_model_info info;
+	char why[600];
+
+	if (!req) {
+		send_error(c, GS_CERR_INVALID, "malformed ModelInfoRequest (not a valid protobuf message)");
+		return;
+	}
+	if (gs_coord_model_info(c->g->coord, req->model, &info) != GS_CERR_NONE) {
+		snprintf(why, sizeof(why), "The model `%s` does not exist", req->model ? req->model : "");
+		send_error(c, GS_CERR_NOT_FOUND, why);
+	} else {
+		resp.model = (char *)info.name;
+		resp.architecture = (char *)info.architecture;
+		resp.has_vocab_size = resp.has_max_context = resp.has_engines = resp.has_tensor_parallel = true;
+		resp.vocab_size = info.vocab_size;
+		resp.max_context = info.max_context;
+		resp.engines = info.engines;
+		resp.tensor_parallel = info.tensor_parallel;
+		send_status(c, 0, "", pack(&resp.base));
+	}
+	gemmashard__v1__model_info_request__free_unpacked(req, NULL);
+}
+
+static void do_health(struct call *c, const uint8_t *data, size_t len)
+{
+	Grpc__Health__V1__HealthCheckRequest *req = grpc__health__v1__health_check_request__unpack(NULL, len, data);
+	Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+
+	if (!req) {
+		send_error(c, GS_CERR_INVALID, "malformed HealthCheckRequest (not a valid protobuf message)");
+		return;
+	}
+	if (req->service && req->service[0] && strcmp(req->service, "gemmashard.v1.Inference") != 0) {
+		char why[300];
+		snprintf(why, sizeof(why), "unknown service \"%.200s\"", req->service);
+		send_error(c, GS_CERR_NOT_FOUND, why);
+	} else {
+		resp.status = gs_coord_healthy_engines(c->g->coord) > 0
+				      ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+				      : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+		send_status(c, 0, "", pack(&resp.base));
+	}
+	grpc__health__v1__health_check_request__free_unpacked(req, NULL);
+}
+
+/* ---- call state machine ------------------------------------------------------------------ */
+
+static void post_request_call(struct gs_grpc *g);
+
+static void on_new(struct call *c)
+{
+	struct gs_grpc *g = c->g;
+	grpc_op ops[2];
+	char auth[512];
+
+	post_request_call(g); /* keep one call always posted */
+	c->t_start = gs_now_s();
+	for (int m = 1; m < M_COUNT; m++)
+		if (grpc_slice_str_cmp(c->details.method, method_path[m]) == 0)
+			c->method = (enum method)m;
+	pthread_mutex_lock(&c->mu);
+	memset(ops, 0, sizeof(ops));
+	ops[0].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+	ops[0].data.recv_close_on_server.cancelled = &c->cancelled;
+	start_batch(c, ops, 1, OP_CLOSE);
+	memset(ops, 0, sizeof(ops));
+	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	if (c->method == M_UNKNOWN) {
+		start_batch(c, ops, 1, OP_RECV);
+		char *m = grpc_slice_to_c_string(c->details.method);
+		char why[300];
+		snprintf(why, sizeof(why), "unknown method %.200s", m);
+		gpr_free(m);
+		send_status(c, 12 /* UNIMPLEMENTED */, why, NULL);
+	} else if (c->method != M_HEALTH &&
+		   !gs_coord_authorized(g->coord, md_value(c, "authorization", auth, sizeof(auth)))) {
+		start_batch(c, ops, 1, OP_RECV);
+		send_error(c, GS_CERR_UNAUTHENTICATED,
+			   "missing or wrong API key: send metadata \"authorization: Bearer <key>\"");
+	} else {
+		ops[1].op = GRPC_OP_RECV_MESSAGE;
+		ops[1].data.recv_message.recv_message = &c->recv_bb;
+		start_batch(c, ops, 2, OP_RECV);
+	}
+	pthread_mutex_unlock(&c->mu);
+}
+
+static void on_recv(struct call *c, bool ok)
+{
+	pthread_mutex_lock(&c->mu);
+	if (c->status_started) {
+		/* initial metadata of an early error: nothing to do */
+	} else if (!ok || !c->recv_bb) {
+		send_error(c, GS_CERR_INVALID, "no request message received");
+	} else {
+		grpc_byte_buffer_reader rd;
+		if (!grpc_byte_buffer_reader_init(&rd, c->recv_bb)) {
+			send_error(c, GS_CERR_INVALID, "cannot read the request message");
+		} else {
+			grpc_slice s = grpc_byte_buffer_reader_readall(&rd);
+			const uint8_t *p = GRPC_SLICE_START_PTR(s);
+			size_t n = GRPC_SLICE_LENGTH(s);
+			switch (c->method) {
+			case M_GENERATE:
+			case M_STREAM:
+				do_generate(c, p, n);
+				break;
+			case M_TOKENIZE:
+				do_tokenize(c, p, n);
+				break;
+			case M_MODELINFO:
+				do_model_info(c, p, n);
+				break;
+			case M_HEALTH:
+				do_health(c, p, n);
+				break;
+			default:
+				break;
+			}
+			grpc_slice_unref(s);
+			grpc_byte_buffer_reader_destroy(&rd);
+		}
+	}
+	pthread_mutex_unlock(&c->mu);
+}
+
+static void on_close(struct call *c)
+{
+	struct gs_creq *r;
+	pthread_mutex_lock(&c->mu);
+	c->closed = true;
+	r = c->cancelled ? c->creq : NULL;
+	pthread_mutex_unlock(&c->mu);
+	if (r)
+		gs_creq_cancel(r); /* client cancelled or its deadline passed: free the KV */
+}
+
+static void on_send(struct call *c, bool ok)
+{
+	pthread_mutex_lock(&c->mu);
+	c->send_busy = false;
+	if (c->send_bb) {
+		grpc_byte_buffer_destroy(c->send_bb);
+		c->send_bb = NULL;
+	}
+	if (!ok) {
+		/* the client went away: stop generating */
+		struct gs_creq *r = c->creq;
+		if (!c->status_started) {
+			c->status_started = true;
+			gs_coord_count_request(c->g->coord, GS_API_GRPC, "CANCELLED");
+		}
+		pthread_mutex_unlock(&c->mu);
+		if (r)
+			gs_creq_cancel(r);
+		return;
+	}
+	pump(c);
+	pthread_mutex_unlock(&c->mu);
+}
+
+static void post_request_call(struct gs_grpc *g)
+{
+	if (g->shutting_down)
+		return;
+	struct call *c = calloc(1, sizeof(*c));
+	if (!c) {
+		gs_log(GS_LOG_ERROR, "grpc: out of memory for a call");
+		return;
+	}
+	c->g = g;
+	for (int i = 0; i < OP_COUNT; i++)
+		c->tags[i] = (struct tag){ .call = c, .op = (enum op)i };
+	pthread_mutex_init(&c->mu, NULL);
+	grpc_call_details_init(&c->details);
+	grpc_metadata_array_init(&c->md);
+	atomic_fetch_add(&g->live_calls, 1);
+	c->pending = 1;
+	grpc_call_error e = grpc_server_request_call(g->server, &c->call, &c->details, &c->md, g->cq, g->cq,
+						     &c->tags[OP_NEW]);
+	if (e != GRPC_CALL_OK) {
+		gs_log(GS_LOG_ERROR, "grpc: request_call failed: %d", (int)e);
+		grpc_call_details_destroy(&c->details);
+		grpc_metadata_array_destroy(&c->md);
+		pthread_mutex_destroy(&c->mu);
+		atomic_fetch_sub(&g->live_calls, 1);
+		free(c);
+	}
+}
+
+static void *cq_main(void *arg)
+{
+	struct gs_grpc *g = arg;
+
+	for (int i = 0; i < 16; i++)
+		post_request_call(g);
+	for (;;) {
+		if (atomic_load(&g->stop) && !g->shutting_down) {
+			g->shutting_down = true;
+			grpc_server_shutdown_and_notify(g->server, g->cq, &g->shutdown_tag);
+			grpc_server_cancel_all_calls(g->server);
+		}
+		gpr_timespec dl = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(200, GPR_TIMESPAN));
+		grpc_event ev = grpc_completion_queue_next(g->cq, dl, NULL);
+		if (ev.type == GRPC_QUEUE_SHUTDOWN)
+			break;
+		if (ev.type != GRPC_OP_COMPLETE)
+			continue;
+		if (ev.tag == &g->shutdown_tag) {
+			grpc_completion_queue_shutdown(g->cq);
+			continue;
+		}
+		struct tag *t = ev.tag;
+		struct call *c = t->call;
+		bool ok = ev.success != 0;
+		if (t->op == OP_NEW) {
+			if (!ok) {
+				/* server shutting down: the posted call never started */
+				grpc_call_details_destroy(&c->details);
+				grpc_metadata_array_destroy(&c->md);
+				pthread_mutex_destroy(&c->mu);
+				atomic_fetch_sub(&g->live_calls, 1);
+				free(c);
+				continue;
+			}
+			on_new(c);
+		} else if (t->op == OP_RECV) {
+			on_recv(c, ok);
+		} else if (t->op == OP_CLOSE) {
+			on_close(c);
+		} else if (t->op == OP_SEND) {
+			on_send(c, ok);
+		}
+		pthread_mutex_lock(&c->mu);
+		bool done = --c->pending == 0 && c->status_started && !c->send_busy;
+		if (t->op == OP_STATUS && c->send_bb) {
+			grpc_byte_buffer_destroy(c->send_bb);
+			c->send_bb = NULL;
+		}
+		pthread_mutex_unlock(&c->mu);
+		if (done)
+			call_free(c);
+	}
+	return NULL;
+}
+
+enum gs_status gs_grpc_start(struct gs_coord *coord, const char *addr, struct gs_grpc **out)
+{
+	struct gs_grpc *g = calloc(1, sizeof(*g));
+	grpc_arg args[2];
+	*out = NULL;
+	if (!g)
+		return gs_errorf(GS_ERR_NOMEM, "grpc: out of memory");
+	g->coord = coord;
+	size_t max_msg = gs_coord_get_limits(coord)->max_body_bytes;
+	args[0].type = GRPC_ARG_INTEGER;
+	args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+	args[0].value.integer = max_msg > 0x7fffffff ? 0x7fffffff : (int)max_msg;
+	args[1].type = GRPC_ARG_INTEGER;
+	args[1].key = (char *)GRPC_ARG_ALLOW_REUSEPORT;
+	args[1].value.integer = 0;
+	grpc_channel_args ca = { .num_args = 2, .args = args };
+	g->cq = grpc_completion_queue_create_for_next(NULL);
+	g->server = grpc_server_create(&ca, NULL);
+	grpc_server_register_completion_queue(g->server, g->cq, NULL);
+	grpc_server_credentials *cr = grpc_insecure_server_credentials_create();
+	int port = grpc_server_add_http2_port(g->server, addr, cr);
+	grpc_server_credentials_release(cr);
+	if (!port) {
+		grpc_server_destroy(g->server);
+		grpc_completion_queue_shutdown(g->cq);
+		while (grpc_completion_queue_next(g->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type != GRPC_QUEUE_SHUTDOWN)
+			;
+		grpc_completion_queue_destroy(g->cq);
+		free(g);
+		return gs_errorf(GS_ERR_IO, "grpc: cannot listen on %s (address in use or invalid)", addr);
+	}
+	grpc_server_start(g->server);
+	if (pthread_create(&g->thread, NULL, cq_main, g) != 0) {
+		atomic_store(&g->stop, true);
+		cq_main(g); /* drains and returns */
+		grpc_server_destroy(g->server);
+		grpc_completion_queue_destroy(g->cq);
+		free(g);
+		return gs_errorf(GS_ERR_INTERNAL, "grpc: cannot start the server thread");
+	}
+	*out = g;
+	return GS_OK;
+}
+
+void gs_grpc_stop(struct gs_grpc *g)
+{
+	if (!g)
+		return;
+	atomic_store(&g->stop, true);
+	pthread_join(g->thread, NULL);
+	grpc_server_destroy(g->server);
+	grpc_completion_queue_destroy(g->cq);
+	if (atomic_load(&g->live_calls))
+		gs_log(GS_LOG_WARN, "grpc: %d calls still referenced at shutdown", atomic_load(&g->live_calls));
+	free(g);
+}

@@ -1,0 +1,192 @@
+/* gemmashard coordinator: the part every front end (gRPC, HTTP) shares (DESIGN.md §1, §6, §7).
+ *
+ * The coordinator owns the tokenizer and chat template, the engine links (engine leaders
+ * connect to it and register with EngineHello), the router and the lifecycle of each client
+ * request. Front ends turn their wire format into a struct gs_gen_spec, call
+ * gs_coord_submit(), and then read the request's output as it arrives:
+ *
+ *   - pull style (HTTP, one thread per connection): gs_creq_wait() blocks until something is
+ *     new, then gs_creq_take() moves it out;
+ *   - push style (gRPC, one completion-queue thread): the notify callback given to
+ *     gs_coord_submit() runs (on an engine-link thread, no coordinator lock held) each time
+ *     something new is available; it must not block. The front end then calls
+ *     gs_creq_take() from whichever thread suits it.
+ *
+ * Text is detokenised incrementally here (never half a UTF-8 character) and stop strings
+ * are applied here: text that could be the start of a stop string is held back until it is
+ * known not to be one, and a stop string ends the request (finish STOP; the engine is told
+ * to cancel, which frees the KV in its next step).
+ *
+ * Thread safety: every function may be called from any thread. */
+#ifndef GS_COORD_H
+#define GS_COORD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gs_params.h"
+#include "gs_status.h"
+
+#define GS_COORD_MAX_STOP         8
+#define GS_COORD_MAX_STOP_BYTES   1024
+#define GS_COORD_MAX_TOP_LOGPROBS 20
+
+/* Where a request came from (metrics labels). */
+enum gs_api { GS_API_GRPC, GS_API_HTTP, GS_API_COUNT };
+
+/* Error classes; each maps to one gRPC status code and one HTTP status. */
+enum gs_cerr {
+	GS_CERR_NONE,            /* OK                     200 */
+	GS_CERR_INVALID,         /* INVALID_ARGUMENT       400 invalid_request_error */
+	GS_CERR_NOT_FOUND,       /* NOT_FOUND              404 (unknown model) */
+	GS_CERR_TOO_LARGE,       /* RESOURCE_EXHAUSTED     400 (no engine could ever hold it) */
+	GS_CERR_BUSY,            /* RESOURCE_EXHAUSTED     429 (concurrency limit) */
+	GS_CERR_UNAVAILABLE,     /* UNAVAILABLE            503 (no engine / engine lost) */
+	GS_CERR_DEADLINE,        /* DEADLINE_EXCEEDED      504 */
+	GS_CERR_UNAUTHENTICATED, /* UNAUTHENTICATED        401 */
+	GS_CERR_INTERNAL,        /* INTERNAL               500 */
+	GS_CERR_COUNT
+};
+int gs_cerr_http_status(enum gs_cerr e);
+int gs_cerr_grpc_code(enum gs_cerr e);          /* grpc_status_code value */
+const char *gs_cerr_openai_type(enum gs_cerr e); /* "invalid_request_error", ... */
+const char *gs_cerr_str(enum gs_cerr e);
+
+enum gs_cfinish {
+	GS_CFIN_NONE,      /* still running */
+	GS_CFIN_STOP,      /* end of turn / eos / stop token / stop string */
+	GS_CFIN_LENGTH,    /* max_tokens or the context */
+	GS_CFIN_CANCELLED, /* the client cancelled (gs_creq_cancel) */
+	GS_CFIN_ERROR,     /* see err / err_msg */
+	GS_CFIN_COUNT
+};
+const char *gs_cfinish_openai(enum gs_cfinish f); /* "stop", "length", ... */
+
+/* Limits (command-line flags of gemmashard-coordinator). */
+struct gs_coord_limits {
+	size_t  max_body_bytes;      /* HTTP body / gRPC message (413 / RESOURCE_EXHAUSTED) */
+	int32_t max_prompt_tokens;   /* 400 / INVALID_ARGUMENT above this */
+	int32_t max_tokens_limit;    /* largest max_tokens accepted (400 / INVALID_ARGUMENT) */
+	int32_t default_max_tokens;  /* used when the request gives none (then capped by context) */
+	int32_t max_concurrent;      /* requests in flight (429 / RESOURCE_EXHAUSTED above) */
+	double  heartbeat_timeout_s; /* engine marked down after this long without a heartbeat */
+	double  default_timeout_s;   /* a request without a deadline gets this one (no client
+					waits forever) */
+};
+
+/* A client request in front-end terms. All pointers are borrowed for the call only. */
+struct gs_gen_spec {
+	const char *model;                     /* NULL or "": the served model */
+	const char *prompt;                    /* raw text (<bos> is prepended), or NULL ...   */
+	const char *const *roles;              /* ... chat messages: roles[i], contents[i]     */
+	const char *const *contents;
+	int         n_messages;
+	int32_t     max_tokens;                /* <= 0: unset (default) */
+	struct gs_sampling_params sp;          /* start from gs_sampling_params_default() */
+	bool        has_seed;                  /* false: a fresh random seed */
+	const char *stop[GS_COORD_MAX_STOP];   /* stop strings, non-empty */
+	int         n_stop;
+	bool        logprobs;
+	int         top_logprobs;              /* 0..20, needs logprobs */
+	double      deadline;                  /* gs_now_s() clock; 0: limits.default_timeout_s */
+};
+
+/* What gs_creq_take() hands over: everything new since the previous take. Free with
+ * gs_creq_out_clear(). */
+struct gs_tok_lp {
+	int32_t id;
+	float   logprob;
+	int32_t n_top;
+	int32_t top_ids[GS_COORD_MAX_TOP_LOGPROBS];
+	float   top_logprobs[GS_COORD_MAX_TOP_LOGPROBS];
+};
+struct gs_creq_out {
+	char            *text;        /* new text, NUL-terminated, complete UTF-8 ("" if none) */
+	size_t           text_len;
+	int32_t         *ids;         /* new token ids [n_ids] */
+	struct gs_tok_lp *lps;        /* [n_ids] when the request asked for logprobs, else NULL */
+	int32_t          n_ids;
+	enum gs_cfinish  finish;      /* != NONE: this is the last take */
+	enum gs_cerr     err;         /* finish == ERROR */
+	char             err_msg[512];
+	int32_t          prompt_tokens, completion_tokens;
+	double           ttft_s;      /* submit -> first token (once known) */
+};
+void gs_creq_out_clear(struct gs_creq_out *o);
+
+struct gs_coord;
+struct gs_creq;
+
+typedef void (*gs_creq_notify_fn)(struct gs_creq *r, void *user);
+
+/* Validates, renders the chat template, tokenises, routes, submits. On success *out is a
+ * request the caller must gs_creq_release() once done with it (also after it finished). On
+ * failure returns the class and writes the message to why (cap bytes); nothing is kept.
+ * A request with no seed gets a random one. The chosen id is gs_creq_id(). */
+enum gs_cerr gs_coord_submit(struct gs_coord *c, enum gs_api api, const struct gs_gen_spec *spec,
+			     gs_creq_notify_fn notify, void *user, struct gs_creq **out, char *why,
+			     size_t cap);
+
+/* Moves everything new into *o (which it overwrites). Returns true when o holds something
+ * (text, ids or the finish); false when nothing new. Never blocks. */
+bool gs_creq_take(struct gs_creq *r, struct gs_creq_out *o);
+/* Blocks until gs_creq_take() would return true, or until timeout_s passes (returns false). */
+bool gs_creq_wait(struct gs_creq *r, double timeout_s);
+/* The client is gone or asked to stop: the engine frees its KV in its next step. The
+ * request then finishes with CANCELLED (if it had not finished already). Does not call the
+ * notify callback (the caller knows), so it may be called with the front end's locks held. */
+void gs_creq_cancel(struct gs_creq *r);
+/* The front end is done with r (after finish, or after gs_creq_cancel). After it returns the
+ * notify callback is not running and will not run again. Must not be called from inside the
+ * notify callback. */
+void gs_creq_release(struct gs_creq *r);
+uint64_t gs_creq_id(const struct gs_creq *r);
+/* Token text for logprobs (a token may be half a UTF-8 character: such bytes come back as
+ * "\ufffd"-free hex escapes "<0xNN>"). Returns a malloc'd string. */
+char *gs_coord_token_text(struct gs_coord *c, int32_t id);
+
+/* Front-end bookkeeping for /metrics: one call per finished client request, with the
+ * status the client saw (HTTP status or gRPC code name) and the output timings. */
+void gs_coord_count_request(struct gs_coord *c, enum gs_api api, const char *status);
+/* Per streamed token: seconds between this token batch and the previous one, per token. */
+void gs_coord_observe_tpot(struct gs_coord *c, double seconds_per_token, int32_t n_tokens);
+void gs_coord_observe_ttft(struct gs_coord *c, double seconds);
+
+/* Authorization: true when no key is configured, or header is exactly "Bearer <key>". */
+bool gs_coord_authorized(const struct gs_coord *c, const char *authorization);
+
+/* Tokenize (GS_CERR_NOT_FOUND for an unknown model). *ids is malloc'd. */
+enum gs_cerr gs_coord_tokenize(struct gs_coord *c, const char *model, const char *text, bool add_bos,
+			       int32_t **ids, size_t *n, char *why, size_t cap);
+
+struct gs_model_info {
+	const char *name;            /* served model name */
+	const char *architecture;    /* "Gemma3ForCausalLM", ... */
+	int32_t     vocab_size;
+	int32_t     max_context;     /* the largest of the healthy engines' (0: none up) */
+	int32_t     engines;         /* healthy engines */
+	int32_t     tensor_parallel; /* T of the first healthy engine (0: none) */
+	double      created;         /* unix time the coordinator started */
+};
+/* GS_CERR_NOT_FOUND for an unknown model (NULL or "" is the served one). */
+enum gs_cerr gs_coord_model_info(struct gs_coord *c, const char *model, struct gs_model_info *info);
+/* Engines up (for health checks). */
+int gs_coord_healthy_engines(struct gs_coord *c);
+/* Prometheus text exposition (malloc'd). */
+char *gs_coord_metrics(struct gs_coord *c);
+const struct gs_coord_limits *gs_coord_get_limits(const struct gs_coord *c);
+
+/* ---- life cycle (main.c) ----------------------------------------------------------------- */
+struct gs_coord_config {
+	const char *model_dir;        /* config.json + tokenizer.json */
+	const char *served_name;      /* NULL: the model folder's name */
+	const char *engine_listen;    /* "127.0.0.1:50061" */
+	const char *api_key;          /* NULL: none */
+	struct gs_coord_limits limits;
+};
+enum gs_status gs_coord_create(const struct gs_coord_config *cfg, struct gs_coord **out);
+/* Stops accepting engines, fails every request still running (UNAVAILABLE), frees. */
+void gs_coord_free(struct gs_coord *c);
+
+#endif
