@@ -9,6 +9,9 @@
    other engine, or had produced nothing yet and was moved) or with UNAVAILABLE; none hangs
    past its deadline; finished texts still equal the reference; the coordinator stays up
    and serves; the engine is marked down, then restarted and registers again.
+3. SIGSTOP an engine (its link stays open, its heartbeats stop): marked down after the 3 s
+   heartbeat timeout, its requests end or move within seconds; after SIGCONT it notices
+   the dropped link, reconnects and registers again.
 
 usage: test_cluster.py BUILD_DIR TOKENIZER_JSON SCRATCH
 """
@@ -21,7 +24,9 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster import Cluster  # noqa: E402
+import signal  # noqa: E402
+
+from cluster import Cluster, signal_session  # noqa: E402
 from test_grpc import compile_protos, reference  # noqa: E402
 
 import grpc  # noqa: E402
@@ -58,7 +63,7 @@ def main():
     reqs = [{"id": f"r{i}", "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": 8 + i % 9,
              "temperature": 0.8, "top_k": 50, "seed": 4242 + i} for i in range(N)]
     long_reqs = [{"id": f"k{i}", "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": 48,
-                  "temperature": 0.7, "seed": 99 + i} for i in range(48)]
+                  "temperature": 0.7, "top_k": 40, "seed": 99 + i} for i in range(48)]
     t0 = time.time()
     ref = reference(gs, model, reqs + long_reqs, scratch)
     print(f"reference (in-process, T=1): {len(ref)} requests in {time.time() - t0:.1f} s", flush=True)
@@ -149,11 +154,12 @@ def main():
         check(all("engine" in u for u in unavail), f"UNAVAILABLE says why ({unavail[:1]})")
         bad = [k for k, v in res.items() if v[0] == "OK" and v[1] != ref[k]["text"]]
         check(not bad, f"every completed request equals the reference ({len(bad)} differ)")
+        for k in bad[:2]:
+            print(f"  {k}: got {res[k][1]!r}\n  {k}: ref {ref[k]['text']!r}")
         check(max(v[2] for v in res.values()) < deadline_s, "every request ended before its deadline")
         m = cl.metrics()
-        check(m.get("gemmashard_engines_lost_total", 0) >= 1 and m.get('gemmashard_engines_healthy{model="tiny"}') == 1,
-              f"engine marked down: lost={m.get('gemmashard_engines_lost_total')}, "
-              f"healthy={m.get('gemmashard_engines_healthy{model=\"tiny\"}')}")
+        lost, healthy = m.get("gemmashard_engines_lost_total", 0), m.get('gemmashard_engines_healthy{model="tiny"}')
+        check(lost >= 1 and healthy == 1, f"engine marked down: lost={lost}, healthy={healthy}")
         print(f"moved to the other engine: {m.get('gemmashard_requests_moved_total', 0):.0f}")
         check(cl.coord.poll() is None, "coordinator still running")
         g = stub.Generate(q(reqs[0]), timeout=60)
@@ -163,6 +169,32 @@ def main():
         check(True, f"engine-1 restarted and registered again in {t:.1f} s")
         outs = [stub.Generate(q(r), timeout=60).text == ref[r["id"]]["text"] for r in reqs[:8]]
         check(all(outs), f"both engines serve after the restart ({sum(outs)}/8)")
+
+        # ---- 3. an engine that hangs (SIGSTOP: link open, heartbeats stop) ------------------
+        res.clear()
+        first_tokens.clear()
+        th = [threading.Thread(target=run_long, args=(r,)) for r in long_reqs[:24]]
+        for x in th:
+            x.start()
+        first_tokens.wait(60)
+        sid = cl.engines[0].pid
+        signal_session(sid, signal.SIGSTOP)
+        t_stop = time.time()
+        for x in th:
+            x.join(timeout=deadline_s + 30)
+        t_end = time.time() - t_stop
+        kinds = {}
+        for v in res.values():
+            kinds[v[0]] = kinds.get(v[0], 0) + 1
+        check(set(kinds) <= {"OK", "UNAVAILABLE"} and len(res) == 24 and t_end < 10,
+              f"SIGSTOP of engine-0: every request ended OK or UNAVAILABLE within {t_end:.1f} s: {kinds}")
+        st, h = cl.health()
+        check(h and h.get("engines") == 1, f"the stopped engine is marked down after the heartbeat timeout ({h})")
+        signal_session(sid, signal.SIGCONT)
+        t = cl.wait_healthy(2, timeout=60)
+        check(True, f"after SIGCONT engine-0 reconnected and registered again in {t:.1f} s")
+        outs = [stub.Generate(q(r), timeout=60).text == ref[r["id"]]["text"] for r in reqs[:8]]
+        check(all(outs), f"both engines serve after it came back ({sum(outs)}/8)")
         ch.close()
     check(cl.coord_rc == 0, f"coordinator exits 0 on SIGTERM (rc {cl.coord_rc})")
     if failures:

@@ -33,11 +33,17 @@ def check(ok, what):
 
 
 def compile_protos(repo, out):
+    """Python stubs for our .proto files. health.proto is compiled from a copy placed under
+    gs_health/ (same proto package grpc.health.v1, so the same method path), because a Python
+    module path grpc/health/... would be shadowed by the grpc package itself."""
     os.makedirs(out, exist_ok=True)
-    for p in ["gemmashard/v1/inference.proto", "grpc/health/v1/health.proto"]:
-        subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", os.path.join(repo, "proto"),
-                        f"--python_out={out}", f"--grpc_python_out={out}", os.path.join(repo, "proto", p)],
-                       check=True)
+    src = os.path.join(out, "src")
+    os.makedirs(os.path.join(src, "gs_health"), exist_ok=True)
+    shutil.copy(os.path.join(repo, "proto", "grpc", "health", "v1", "health.proto"),
+                os.path.join(src, "gs_health", "health.proto"))
+    for inc, p in [(os.path.join(repo, "proto"), "gemmashard/v1/inference.proto"), (src, "gs_health/health.proto")]:
+        subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", inc,
+                        f"--python_out={out}", f"--grpc_python_out={out}", os.path.join(inc, p)], check=True)
     sys.path.insert(0, out)
 
 
@@ -70,8 +76,8 @@ def main():
     compile_protos(repo, os.path.join(scratch, "py"))
     import gemmashard.v1.inference_pb2 as pb
     import gemmashard.v1.inference_pb2_grpc as pbg
-    import grpc.health.v1.health_pb2 as hpb  # noqa: F401  (our compiled copy)
-    from grpc.health.v1 import health_pb2_grpc as hpbg
+    import gs_health.health_pb2 as hpb
+    import gs_health.health_pb2_grpc as hpbg
 
     gs = os.path.join(build, "tools", "gemmashard")
     model = os.path.join(scratch, "tiny-medgemma")
@@ -195,7 +201,7 @@ def main():
                 time.sleep(0.05)
             return False
 
-        long_req = pb.GenerateRequest(prompt=prompts[1], max_tokens=400, temperature=0.8, seed=5)
+        long_req = pb.GenerateRequest(prompt=prompts[1], max_tokens=480, temperature=0.8, seed=5)
         # deadline
         t0 = time.time()
         try:
@@ -213,7 +219,11 @@ def main():
             got += len(c.token_ids)
             if got >= 3:
                 break
+        t0 = time.time()
         busy = kv_used()
+        while busy == 0 and time.time() - t0 < 2:  # heartbeats come every 250 ms
+            time.sleep(0.02)
+            busy = kv_used()
         it.cancel()
         t0 = time.time()
         freed = wait_kv_free()
