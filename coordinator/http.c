@@ -1268,9 +1268,14 @@ static enum gs_http_route gs_http_route_of(const char *url)
 	return GS_HTTP_ROUTE_NONE;
 }
 
-static enum MHD_Result gs_http_refuse(struct gs_http_req *q, int status, const char *code, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-static enum MHD_Result gs_http_refuse(struct gs_http_req *q, int status, const char *code, const char *fmt, ...)
+/* A refusal decided from the headers (404, 405, 401). It goes out once the body is in
+ * (dropped), so the connection stays usable and the client sees no reset; at once when the
+ * declared body is larger than the limit (MHD then closes without reading it). */
+static enum MHD_Result gs_http_refuse(struct MHD_Connection *conn, struct gs_http_req *q, size_t declared,
+				      int status, const char *code, const char *fmt, ...)
+	__attribute__((format(printf, 6, 7)));
+static enum MHD_Result gs_http_refuse(struct MHD_Connection *conn, struct gs_http_req *q, size_t declared,
+				      int status, const char *code, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -1280,42 +1285,46 @@ static enum MHD_Result gs_http_refuse(struct gs_http_req *q, int status, const c
 	vsnprintf(q->early_msg, sizeof(q->early_msg), fmt, ap);
 	va_end(ap);
 	q->dropping = true;
+	if (declared > q->limit)
+		return gs_http_error(conn, q, status, NULL, code, "%s", q->early_msg);
 	return MHD_YES;
 }
 
-/* First call of a request (headers in): route, method, key, declared size. A body declared
- * larger than the limit is refused at once (MHD then closes the connection without reading
- * it); the other refusals wait for the body (dropped) to keep the connection clean. */
+/* First call of a request (headers in): route, method, key, declared size. */
 static enum MHD_Result gs_http_begin(struct gs_http *h, struct MHD_Connection *conn, struct gs_http_req *q,
 				     const char *url, const char *method)
 {
 	bool post = q->route == GS_HTTP_ROUTE_CHAT || q->route == GS_HTTP_ROUTE_COMPLETIONS;
-	const char *auth, *clen;
-	unsigned long long declared;
+	const char *clen = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+	const char *auth;
+	size_t declared = 0;
 	char *end;
 
+	if (clen) {
+		unsigned long long v;
+
+		errno = 0;
+		v = strtoull(clen, &end, 10);
+		if (errno == 0 && end != clen)
+			declared = v > SIZE_MAX ? SIZE_MAX : (size_t)v;
+	}
 	if (q->route == GS_HTTP_ROUTE_NONE)
-		return gs_http_refuse(q, 404, "unknown_url", "unknown URL: %s %.200s", method, url);
+		return gs_http_refuse(conn, q, declared, 404, "unknown_url", "unknown URL: %s %.200s", method, url);
 	if (post ? strcmp(method, MHD_HTTP_METHOD_POST) != 0 :
 		   strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
-		return gs_http_refuse(q, 405, "method_not_allowed", "%.200s takes %s, not %s", url,
+		return gs_http_refuse(conn, q, declared, 405, "method_not_allowed", "%.200s takes %s, not %s", url,
 				      post ? "POST" : "GET", method);
 	if (q->route != GS_HTTP_ROUTE_HEALTH && q->route != GS_HTTP_ROUTE_METRICS) {
 		auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
 		if (!gs_coord_authorized(h->coord, auth ? auth : ""))
-			return gs_http_refuse(q, 401, "invalid_api_key", "%s",
+			return gs_http_refuse(conn, q, declared, 401, "invalid_api_key", "%s",
 					      auth ? "invalid API key" :
 						     "missing API key (send the header 'Authorization: Bearer <key>')");
 	}
-	clen = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-	if (post && clen) {
-		errno = 0;
-		declared = strtoull(clen, &end, 10);
-		if (errno == 0 && end != clen && declared > q->limit)
-			return gs_http_error(conn, q, 413, NULL, "request_too_large",
-					     "the request body (%llu bytes) is larger than the limit of %zu bytes",
-					     declared, q->limit);
-	}
+	if (declared > q->limit)
+		return gs_http_error(conn, q, 413, NULL, "request_too_large",
+				     "the request body (%zu bytes) is larger than the limit of %zu bytes", declared,
+				     q->limit);
 	return MHD_YES;
 }
 

@@ -171,7 +171,7 @@ def main():
     ctx = a.tokens + 32
     total_ok = total = 0
     with Cluster(a.build, model, engines=1, tp=a.tp,
-                 engine_args=["--ctx", str(ctx), "--max-seqs", str(a.streams),
+                 engine_args=["--ctx", str(ctx), "--max-seqs", str(a.streams), "--threads", "1",
                               "--max-batch-tokens", str(max(256, a.streams * 2))],
                  logdir=os.path.join(a.scratch, "logs")) as cl:
         ch = grpc.insecure_channel(f"127.0.0.1:{cl.grpc_port}")
