@@ -35,4 +35,5 @@ if [ $serve = 1 ]; then
   exec deploy/local-cluster.sh --model "$model" --engines 1 --tp 2 --threads 1
 fi
 export -f demo
+export model
 deploy/local-cluster.sh --model "$model" --engines 1 --tp 2 --threads 1 -- bash -c demo
