@@ -336,6 +336,7 @@ static enum gs_status engine_send_submit(struct engine *e, struct gs_creq *r)
 		sp.stop_ids = &stop_id;
 	}
 	sp.top_logprobs = r->logprobs ? r->top_logprobs : 0;
+	sp.logprobs = r->logprobs;
 	sub.request_id = r->id;
 	sub.n_prompt = (size_t)r->n_prompt;
 	sub.prompt = r->prompt;

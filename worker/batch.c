@@ -131,7 +131,8 @@ enum gs_status gs_batch_run(struct gs_engine *e, const struct gs_model *m, const
 			int32_t *ids = NULL;
 			size_t n_ids = 0;
 			struct gs_req_params p = { .sp = r->sp, .max_tokens = r->max_tokens,
-						   .top_logprobs = r->logprobs ? r->top_logprobs : 0 };
+						   .top_logprobs = r->logprobs ? r->top_logprobs : 0,
+						   .logprobs = r->logprobs };
 			next++;
 			if (gs_batch_out_done(out, r->id))
 				continue;

@@ -305,17 +305,9 @@ static enum gs_status apply_admit(struct gs_engine *e, const struct gs_plan_seq 
 	return st;
 }
 
-/* Log-sum-exp of a raw logits slice (for logprobs). */
-static float slice_lse(const float *x, int32_t n)
+static bool wants_logprobs(const struct eng_seq *s)
 {
-	float mx = -INFINITY;
-	double s = 0;
-	for (int32_t i = 0; i < n; i++)
-		if (x[i] > mx)
-			mx = x[i];
-	for (int32_t i = 0; i < n; i++)
-		s += exp((double)(x[i] - mx));
-	return mx + (float)log(s);
+	return s->p.logprobs || s->p.top_logprobs > 0;
 }
 
 /* Run the plan's batch; then reduce each logits row to candidates and gather them on the
@@ -358,7 +350,9 @@ static enum gs_status exec_plan(struct gs_engine *e, const struct gs_plan *p, in
 			else
 				c[k] = (struct cand){ -1, -INFINITY, -INFINITY };
 		}
-		c[K] = (struct cand){ -2, 0, sh->n_vocab ? slice_lse(lg, sh->n_vocab) : -INFINITY };
+		/* the slice's log-sum-exp, only for requests that report logprobs (a pass over V/T) */
+		c[K] = (struct cand){ -2, 0, sh->n_vocab && wants_logprobs(s) ? gs_logsumexp(lg, (size_t)sh->n_vocab)
+									 : -INFINITY };
 	}
 	if (rows)
 		GS_TRY(e->comm->iface->gather(e->comm->ctx, e->cands, e->all_cands,
@@ -584,7 +578,7 @@ static void sample_rows(struct gs_engine *e, int32_t rows, int32_t K, struct gs_
 		x->id = s->id;
 		x->token = tok;
 		/* logprobs: log-softmax of the model's raw logits (what vLLM reports by default). */
-		{
+		if (wants_logprobs(s)) {
 			double lse = lse_max + log(lse_sum);
 			struct cand best[GS_MAX_TOP_LOGPROBS];
 			int32_t nb = 0;

@@ -32,6 +32,9 @@ struct gs_req_params {
 	int32_t n_stop_ids;
 	bool    ignore_eos;
 	int32_t top_logprobs;                  /* 0..GS_MAX_TOP_LOGPROBS alternatives per token */
+	bool    logprobs;                      /* report each token's logprob (implied by
+						  top_logprobs > 0); otherwise the event's logprob
+						  is 0 and no log-sum-exp over the vocabulary is paid */
 };
 
 enum gs_finish {

@@ -51,6 +51,11 @@
 #include "gs_params.h"
 #include "gs_status.h"
 
+/* log(sum(exp(x[i]))) over n raw logits (logprobs): max, then our own exp in float lanes
+ * summed in a fixed order, so every machine gets the same bits. NaN entries count as -inf;
+ * n == 0 or all -inf gives -inf. */
+float gs_logsumexp(const float *x, size_t n);
+
 /* A candidate set: plain arrays over buffers the owner (sampler) preallocated. */
 struct gs_candidates {
 	int32_t *id;     /* [n] token ids (global vocabulary ids)                      */

@@ -527,6 +527,7 @@ static enum gs_status handle_submit(struct link *l, const Gemmashard__Engine__Su
 			memcpy(p.stop_ids, sp->stop_ids, sizeof(int32_t) * sp->n_stop_ids);
 		p.ignore_eos = sp->ignore_eos;
 		p.top_logprobs = sp->top_logprobs;
+		p.logprobs = sp->logprobs;
 		st = gs_engine_submit(l->e, s->request_id, s->prompt, (int32_t)s->n_prompt, &p);
 	}
 	if (st == GS_OK) {

@@ -117,6 +117,7 @@ enum gs_status gs_plan_pack(const struct gs_plan *p, uint8_t **buf, size_t *cap,
 			sp->stop_ids = (int32_t *)s->params.stop_ids;
 			sp->ignore_eos = s->params.ignore_eos;
 			sp->top_logprobs = s->params.top_logprobs;
+			sp->logprobs = s->params.logprobs;
 			m->request_id = s->id;
 			m->max_positions = s->max_positions;
 			m->params = sp;
@@ -182,6 +183,7 @@ static enum gs_status from_msg(struct gs_plan *p, const StepPlan *m)
 				memcpy(d->params.stop_ids, sp->stop_ids, sizeof(int32_t) * sp->n_stop_ids);
 			d->params.ignore_eos = sp->ignore_eos;
 			d->params.top_logprobs = sp->top_logprobs;
+			d->params.logprobs = sp->logprobs;
 		}
 	}
 	return GS_OK;

@@ -688,6 +688,30 @@ struct gs_sampler {
 	float                    *p;        /* [n_vocab] /                          */
 };
 
+float gs_logsumexp(const float *x, size_t n)
+{
+	float mx = -INFINITY;
+	double total = 0.0;
+
+	for (size_t i = 0; i < n; i++) {
+		float v = gs_sanitize(x[i]);
+		mx = v > mx ? v : mx;
+	}
+	if (!(mx > -INFINITY))
+		return -INFINITY;
+	for (size_t b = 0; b < n; b += GS_SUM_BLOCK) {
+		size_t end = b + GS_SUM_BLOCK < n ? b + GS_SUM_BLOCK : n, i = b;
+		float acc[GS_SUM_LANES] = { 0 };
+		for (; i + GS_SUM_LANES <= end; i += GS_SUM_LANES)
+			for (size_t j = 0; j < GS_SUM_LANES; j++)
+				acc[j] += gs_expf(gs_sanitize(x[i + j]) - mx);
+		for (; i < end; i++)
+			acc[0] += gs_expf(gs_sanitize(x[i]) - mx);
+		total += (double)(((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])));
+	}
+	return mx + (float)log(total);
+}
+
 static void gs_sampler_add(struct gs_sampler *s, const struct gs_sampler_stage_i *iface, void *ctx)
 {
 	GS_ASSERT(s->n_stage < GS_SAMPLER_MAX_STAGES);

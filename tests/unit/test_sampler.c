@@ -789,9 +789,41 @@ static void test_timing(void)
 	free(y);
 }
 
+/* gs_logsumexp against a float64 two-pass reference (libm exp), on ragged lengths, wide and
+ * narrow ranges, NaN and -inf entries. */
+static void test_logsumexp(void)
+{
+	static float x[262144 + 13];
+	uint64_t st = 12345;
+	const size_t lens[] = { 1, 7, 8, 255, 256, 257, 1000, 131072, 262144 + 13 };
+
+	for (size_t li = 0; li < sizeof(lens) / sizeof(lens[0]); li++) {
+		for (int scale = 1; scale <= 30; scale *= 30) {
+			size_t n = lens[li];
+			double mx = -INFINITY, sum = 0;
+			for (size_t i = 0; i < n; i++) {
+				st = st * 6364136223846793005ull + 1442695040888963407ull;
+				x[i] = (float)((double)(st >> 11) / 9007199254740992.0 - 0.5) * (float)scale;
+				mx = x[i] > mx ? x[i] : mx;
+			}
+			for (size_t i = 0; i < n; i++)
+				sum += exp((double)x[i] - mx);
+			double ref = mx + log(sum);
+			float got = gs_logsumexp(x, n);
+			CHECK_MSG(fabs(got - ref) <= 1e-5 * fmax(1.0, fabs(ref)), "n %zu scale %d: %.9g vs %.9g", n, scale,
+				  (double)got, ref);
+		}
+	}
+	x[0] = NAN, x[1] = -INFINITY, x[2] = 0.0f;
+	CHECK_NEAR(gs_logsumexp(x, 3), 0.0, 1e-6);
+	x[0] = x[1] = -INFINITY;
+	CHECK(gs_logsumexp(x, 2) == -INFINITY && gs_logsumexp(x, 0) == -INFINITY);
+}
+
 int main(int argc, char **argv)
 {
 	test_validate();
+	test_logsumexp();
 	test_chain_order();
 	test_greedy();
 	test_seed();
