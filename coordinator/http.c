@@ -31,6 +31,7 @@
 
 #include "gs_coord.h"
 #include "gs_http.h"
+#include "gs_json.h"
 #include "gs_util.h"
 
 #define GS_HTTP_MAX_CONNECTIONS  1024
@@ -153,23 +154,6 @@ static bool gs_http_buf_add(struct gs_http_buf *b, const char *s, size_t n)
 	b->len += n;
 	b->p[b->len] = '\0';
 	return true;
-}
-
-static const char *gs_json_type(const cJSON *v)
-{
-	if (cJSON_IsString(v))
-		return "string";
-	if (cJSON_IsNumber(v))
-		return "number";
-	if (cJSON_IsBool(v))
-		return "boolean";
-	if (cJSON_IsNull(v))
-		return "null";
-	if (cJSON_IsArray(v))
-		return "array";
-	if (cJSON_IsObject(v))
-		return "object";
-	return "nothing";
 }
 
 /* RFC 8259: a JSON text is UTF-8. Refusing anything else here keeps broken bytes out of the

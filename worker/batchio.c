@@ -2,6 +2,7 @@
  * Contracts are in gs_batchio.h; this file only says why where it is not obvious. */
 #include "gs_batchio.h"
 #include "gs_chat.h"
+#include "gs_json.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -309,23 +310,6 @@ static enum gs_status gs_bio_reject(struct gs_batch_req *req, const char *fmt, .
 	return GS_OK;
 }
 
-static const char *gs_bio_type(const cJSON *v)
-{
-	if (cJSON_IsString(v))
-		return "string";
-	if (cJSON_IsNumber(v))
-		return "number";
-	if (cJSON_IsBool(v))
-		return "boolean";
-	if (cJSON_IsNull(v))
-		return "null";
-	if (cJSON_IsArray(v))
-		return "array";
-	if (cJSON_IsObject(v))
-		return "object";
-	return "invalid";
-}
-
 /* The field, or NULL when absent or null (null means "use the default"). */
 static const cJSON *gs_bio_field(const cJSON *obj, const char *key)
 {
@@ -400,7 +384,7 @@ static enum gs_status gs_bio_parse_messages(const cJSON *msgs, struct gs_batch_r
 	char *text = NULL;
 
 	if (!cJSON_IsArray(msgs))
-		return gs_bio_reject(req, "messages must be an array, got %s", gs_bio_type(msgs));
+		return gs_bio_reject(req, "messages must be an array, got %s", gs_json_type(msgs));
 	if (n == 0)
 		return gs_bio_reject(req, "messages must not be empty");
 	m = calloc((size_t)n, sizeof(*m));
@@ -410,19 +394,19 @@ static enum gs_status gs_bio_parse_messages(const cJSON *msgs, struct gs_batch_r
 		const cJSON *role, *content;
 
 		if (!cJSON_IsObject(it)) {
-			st = gs_bio_reject(req, "messages[%d] must be an object, got %s", i, gs_bio_type(it));
+			st = gs_bio_reject(req, "messages[%d] must be an object, got %s", i, gs_json_type(it));
 			goto out_free_msgs;
 		}
 		role = cJSON_GetObjectItemCaseSensitive(it, "role");
 		content = cJSON_GetObjectItemCaseSensitive(it, "content");
 		if (!cJSON_IsString(role)) {
 			st = gs_bio_reject(req, "messages[%d].role must be a string, got %s", i,
-					   role ? gs_bio_type(role) : "nothing");
+					   role ? gs_json_type(role) : "nothing");
 			goto out_free_msgs;
 		}
 		if (!cJSON_IsString(content)) {
 			st = gs_bio_reject(req, "messages[%d].content must be a string, got %s%s", i,
-					   content ? gs_bio_type(content) : "nothing",
+					   content ? gs_json_type(content) : "nothing",
 					   cJSON_IsArray(content) ? " (content parts are not supported in batch mode)"
 								  : "");
 			goto out_free_msgs;
@@ -451,7 +435,7 @@ out_free_msgs:
 static enum gs_status gs_bio_add_stop(struct gs_batch_req *req, const cJSON *it, int i)
 {
 	if (!cJSON_IsString(it))
-		return gs_bio_reject(req, "stop[%d] must be a string, got %s", i, gs_bio_type(it));
+		return gs_bio_reject(req, "stop[%d] must be a string, got %s", i, gs_json_type(it));
 	if (it->valuestring[0] == '\0')
 		return gs_bio_reject(req, "stop strings must not be empty");
 	if (strlen(it->valuestring) > GS_BATCH_MAX_STOP_BYTES)
@@ -472,7 +456,7 @@ static enum gs_status gs_bio_parse_stop(const cJSON *stop, struct gs_batch_req *
 		return gs_bio_add_stop(req, stop, 0);
 	if (!cJSON_IsArray(stop))
 		return gs_bio_reject(req, "stop must be a string or a list of strings, got %s",
-				     gs_bio_type(stop));
+				     gs_json_type(stop));
 	if (cJSON_GetArraySize(stop) > GS_BATCH_MAX_STOP)
 		return gs_bio_reject(req, "stop has %d strings, at most %d are allowed",
 				     cJSON_GetArraySize(stop), GS_BATCH_MAX_STOP);
@@ -503,7 +487,7 @@ static enum gs_status gs_bio_parse_fields(const cJSON *obj, struct gs_batch_req 
 			if (cJSON_IsNumber(v))
 				return gs_bio_reject(req, "max_tokens must be an integer in [1, %d], got %g",
 						     GS_BATCH_MAX_TOKENS_LIMIT, v->valuedouble);
-			return gs_bio_reject(req, "max_tokens must be an integer, got %s", gs_bio_type(v));
+			return gs_bio_reject(req, "max_tokens must be an integer, got %s", gs_json_type(v));
 		}
 		req->max_tokens = (int32_t)v->valuedouble;
 	}
@@ -511,13 +495,13 @@ static enum gs_status gs_bio_parse_fields(const cJSON *obj, struct gs_batch_req 
 	    !gs_bio_float(obj, bad_key = "top_p", &req->sp.top_p, &bad) ||
 	    !gs_bio_float(obj, bad_key = "min_p", &req->sp.min_p, &bad) ||
 	    !gs_bio_float(obj, bad_key = "repetition_penalty", &req->sp.repetition_penalty, &bad))
-		return gs_bio_reject(req, "%s must be a number, got %s", bad_key, gs_bio_type(bad));
+		return gs_bio_reject(req, "%s must be a number, got %s", bad_key, gs_json_type(bad));
 	if ((v = gs_bio_field(obj, "top_k"))) {
 		if (!gs_bio_is_int(v, 0, INT32_MAX)) {
 			if (cJSON_IsNumber(v))
 				return gs_bio_reject(req, "top_k must be an integer in [0, %d] (0 = off), got %g",
 						     INT32_MAX, v->valuedouble);
-			return gs_bio_reject(req, "top_k must be an integer, got %s", gs_bio_type(v));
+			return gs_bio_reject(req, "top_k must be an integer, got %s", gs_json_type(v));
 		}
 		req->sp.top_k = (int32_t)v->valuedouble;
 	}
@@ -526,7 +510,7 @@ static enum gs_status gs_bio_parse_fields(const cJSON *obj, struct gs_batch_req 
 			if (cJSON_IsNumber(v))
 				return gs_bio_reject(req, "seed must be an integer in [0, 2^53], got %g",
 						     v->valuedouble);
-			return gs_bio_reject(req, "seed must be an integer, got %s", gs_bio_type(v));
+			return gs_bio_reject(req, "seed must be an integer, got %s", gs_json_type(v));
 		}
 		req->sp.seed = (uint64_t)v->valuedouble;
 	}
@@ -536,7 +520,7 @@ static enum gs_status gs_bio_parse_fields(const cJSON *obj, struct gs_batch_req 
 	}
 	if ((v = gs_bio_field(obj, "logprobs"))) {
 		if (!cJSON_IsBool(v))
-			return gs_bio_reject(req, "logprobs must be true or false, got %s", gs_bio_type(v));
+			return gs_bio_reject(req, "logprobs must be true or false, got %s", gs_json_type(v));
 		req->logprobs = cJSON_IsTrue(v);
 	}
 	if ((v = gs_bio_field(obj, "top_logprobs"))) {
@@ -544,7 +528,7 @@ static enum gs_status gs_bio_parse_fields(const cJSON *obj, struct gs_batch_req 
 			if (cJSON_IsNumber(v))
 				return gs_bio_reject(req, "top_logprobs must be an integer in [0, %d], got %g",
 						     GS_BATCH_MAX_TOP_LOGPROBS, v->valuedouble);
-			return gs_bio_reject(req, "top_logprobs must be an integer, got %s", gs_bio_type(v));
+			return gs_bio_reject(req, "top_logprobs must be an integer, got %s", gs_json_type(v));
 		}
 		req->top_logprobs = (int)v->valuedouble;
 		if (req->top_logprobs > 0 && !req->logprobs)
@@ -559,7 +543,7 @@ static enum gs_status gs_bio_parse_fields(const cJSON *obj, struct gs_batch_req 
 	if (msgs)
 		return gs_bio_parse_messages(msgs, req);
 	if (!cJSON_IsString(prompt))
-		return gs_bio_reject(req, "prompt must be a string, got %s", gs_bio_type(prompt));
+		return gs_bio_reject(req, "prompt must be a string, got %s", gs_json_type(prompt));
 	req->text = strdup(prompt->valuestring);
 	if (!req->text)
 		return gs_errorf(GS_ERR_NOMEM, "batch: out of memory for a prompt");
@@ -639,7 +623,7 @@ enum gs_status gs_batch_parse_line(const char *line, size_t len, int64_t line_no
 		}
 	}
 	if (!cJSON_IsObject(obj)) {
-		st = gs_bio_reject(req, "a request must be a JSON object, got %s", gs_bio_type(obj));
+		st = gs_bio_reject(req, "a request must be a JSON object, got %s", gs_json_type(obj));
 		goto out_free_obj;
 	}
 	st = gs_bio_parse_id(gs_bio_field(obj, "id"), req, &why);

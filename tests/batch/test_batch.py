@@ -9,13 +9,12 @@
 usage: test_batch.py GEMMASHARD WORKER MPIRUN TOKENIZER SCRATCH"""
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tp"))
-from tp_common import make_model, mpi_env, mpirun  # noqa: E402
+from tp_common import kill_session, make_model, mpi_env, mpirun  # noqa: E402
 
 GS, WORKER, MPIRUN, TOK, SCRATCH = sys.argv[1:6]
 failures = []
@@ -73,37 +72,6 @@ def read_out(path):
             failures.append(f"duplicate id {r['id']} in {path}")
         recs[r["id"]] = r
     return recs
-
-
-def session_pids(sid):
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                st = f.read()
-        except OSError:
-            continue
-        fields = st[st.rindex(")") + 2:].split()
-        if int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(d))
-    return pids
-
-
-def kill_session(sid, timeout=30.0):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        pids = session_pids(sid)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.05)
-    raise RuntimeError(f"processes of session {sid} survive SIGKILL: {session_pids(sid)}")
 
 
 def run_batch(np_, model, inp, out, extra=(), timeout=900):

@@ -17,18 +17,14 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 
-
-def mpi_env():
-    env = dict(os.environ)
-    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_mpi_yield_when_idle="1",
-               OMPI_MCA_btl_vader_single_copy_mechanism="none")
-    return env
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tp"))
+from tp_common import kill_session, mpi_env, signal_session  # noqa: E402,F401
 
 
 def free_port():
@@ -37,40 +33,6 @@ def free_port():
     p = s.getsockname()[1]
     s.close()
     return p
-
-
-def session_pids(sid):
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                st = f.read()
-        except OSError:
-            continue
-        fields = st[st.rindex(")") + 2:].split()
-        if int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(d))
-    return pids
-
-
-def signal_session(sid, sig):
-    for pid in session_pids(sid):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-
-def kill_session(sid, timeout=30.0):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if not session_pids(sid):
-            return
-        signal_session(sid, signal.SIGKILL)
-        time.sleep(0.05)
-    raise RuntimeError(f"processes of session {sid} survive SIGKILL: {session_pids(sid)}")
 
 
 class Cluster:

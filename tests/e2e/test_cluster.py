@@ -15,7 +15,6 @@
 
 usage: test_cluster.py BUILD_DIR TOKENIZER_JSON SCRATCH
 """
-import json
 import os
 import shutil
 import subprocess

@@ -22,6 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cluster import Cluster  # noqa: E402
+from test_grpc import reference  # noqa: E402
 
 failures = []
 KEY = "http-s3cret"
@@ -32,23 +33,6 @@ def check(ok, what):
     print(("ok   " if ok else "FAIL ") + what, flush=True)
     if not ok:
         failures.append(what)
-
-
-def reference(gs, model, reqs, scratch):
-    """The in-process engine (T = 1) on the same requests: id -> record."""
-    inp = os.path.join(scratch, "ref.in.jsonl")
-    out = os.path.join(scratch, "ref.out.jsonl")
-    with open(inp, "w") as f:
-        for r in reqs:
-            f.write(json.dumps(r) + "\n")
-    if os.path.exists(out):
-        os.remove(out)
-    p = subprocess.run([gs, "run", "--model", model, "--batch", inp, "--out", out, "--threads", "1"],
-                       capture_output=True, text=True, timeout=600)
-    if p.returncode != 0:
-        raise RuntimeError(f"reference run failed: {p.stderr}")
-    with open(out) as f:
-        return {d["id"]: d for d in map(json.loads, f)}
 
 
 def render_chat(messages):

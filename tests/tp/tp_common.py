@@ -1,6 +1,7 @@
 """Shared helpers for the tensor-parallel tests: real mpirun ranks as root, oversubscribed."""
 import os
 import shutil
+import signal
 import subprocess
 import time
 
@@ -18,6 +19,48 @@ def mpi_env():
                OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_mpi_yield_when_idle="1",
                OMPI_MCA_btl_vader_single_copy_mechanism="none")
     return env
+
+
+def _proc_stats():
+    """(pid, fields after the command name) of every process, from /proc/PID/stat."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        yield int(d), st[st.rindex(")") + 2:].split()
+
+
+def children(pid):
+    return [p for p, f in _proc_stats() if int(f[1]) == pid]
+
+
+def session_pids(sid):
+    """Live (not zombie) processes of session sid. mpirun puts each rank in a process group
+    of its own, so killing a job as a node failure would means killing its session."""
+    return [p for p, f in _proc_stats() if int(f[3]) == sid and f[0] != "Z"]
+
+
+def signal_session(sid, sig):
+    for pid in session_pids(sid):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def kill_session(sid, timeout=30.0):
+    """SIGKILL every process of session sid and wait until none is left."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if not session_pids(sid):
+            return
+        signal_session(sid, signal.SIGKILL)
+        time.sleep(0.05)
+    raise RuntimeError(f"processes of session {sid} survive SIGKILL: {session_pids(sid)}")
 
 
 def mpirun(mpirun_bin, np_, argv, pml="ob1", timeout=300, mpmd=None):
