@@ -109,7 +109,7 @@ def main():
     key = "s3cret-key"
     md = [("authorization", f"Bearer {key}")]
     with Cluster(build, model, engines=1, tp=2, api_key=key,
-                 coord_args=["--max-body-bytes", "65536"],
+                 coord_args=["--max-body-bytes", "65536", "--max-concurrent", "40", "--max-prompt-tokens", "300"],
                  engine_args=["--ctx", "512", "--max-seqs", "16", "--threads", "1"],
                  logdir=os.path.join(scratch, "logs")) as cl:
         ch = grpc.insecure_channel(f"127.0.0.1:{cl.grpc_port}")
@@ -282,6 +282,34 @@ def main():
                lambda: ch.unary_unary("/gemmashard.v1.Inference/Nope", request_serializer=lambda b: b,
                                       response_deserializer=lambda b: b)(b"", metadata=md, timeout=10),
                grpc.StatusCode.UNIMPLEMENTED)
+
+        expect("prompt over --max-prompt-tokens 300",
+               lambda: stub.Generate(pb.GenerateRequest(prompt="word " * 400, max_tokens=2), metadata=md, timeout=10),
+               grpc.StatusCode.INVALID_ARGUMENT, "more than the limit of 300")
+
+        # --max-concurrent 40: the 41st request in flight is refused at once, over gRPC and HTTP
+        held = [stub.GenerateStream(long_req, metadata=md, timeout=60) for _ in range(40)]
+        t0 = time.time()
+        inflight = 0
+        while inflight < 40 and time.time() - t0 < 10:  # 480 tokens each: none ends this soon
+            inflight = cl.metrics().get("gemmashard_requests_in_flight", 0)
+            time.sleep(0.02)
+        try:
+            stub.Generate(good, metadata=md, timeout=10)
+            check(False, "41st request -> RESOURCE_EXHAUSTED")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "too many requests" in e.details(),
+                  f"41st request -> {e.code().name}: {e.details()}")
+        curl = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H",
+                               f"Authorization: Bearer {key}", "-H", "Content-Type: application/json", "-d",
+                               '{"prompt": "hi", "max_tokens": 2}', cl.url("/v1/completions")],
+                              capture_output=True, text=True)
+        check(curl.stdout == "429", f"41st request over HTTP -> {curl.stdout}")
+        for it in held:
+            it.cancel()
+        check(inflight == 40 and wait_kv_free(), f"the 40 cancelled streams ({inflight:.0f} seen in flight) free their KV")
+        g = stub.Generate(good, metadata=md, timeout=30)
+        check(g.text == good_text[:len(g.text)], "then a good request succeeds")
 
         # 32 concurrent seeded streams equal their sequential answers
         outs = {}
