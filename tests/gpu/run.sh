@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# One script for a GPU machine (H100 / H200): build for this GPU, run every "gpu" test (CUDA
+# ops against the CPU backend, NCCL over MPI), run the CUDA benchmark, print a summary last.
+#   bash tests/gpu/run.sh [build-dir]          (default build-gpu; about 2-4 minutes)
+#   GS_CUDA_ARCH=90 bash tests/gpu/run.sh      (architectures; default native = this GPU)
+# The full project needs MPI, cJSON, protobuf-c, gRPC and NCCL; on a bare GPU image where the
+# full configure fails, the kernels-only project (tests/gpu/standalone) is built instead and
+# the NCCL tests are not run (the summary says so). Exit status: non-zero if a test failed or
+# nothing could be built; a GPU test that was skipped on a GPU machine also counts as failure.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+dir=${1:-build-gpu}
+jobs=$(nproc 2>/dev/null || echo 4)
+arch=${GS_CUDA_ARCH:-native}
+
+echo "== GPUs"
+nvidia-smi -L 2>&1 || echo "(nvidia-smi not available)"
+
+mode=full
+mkdir -p "$dir"
+echo "== configure ($dir, GS_CUDA=ON, CMAKE_CUDA_ARCHITECTURES=$arch)"
+if cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGS_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" \
+	>"$dir/gpu-configure.log" 2>&1; then
+	targets="test_cuda_ops bench_cuda test_comm_nccl"
+	bench="$dir/tests/gpu/bench_cuda"
+else
+	echo "full configure failed (log: $dir/gpu-configure.log):"
+	grep -E "Error|error|not found|Could NOT" "$dir/gpu-configure.log" | head -5
+	mode=kernels-only
+	dir="$dir-kernels"
+	mkdir -p "$dir"
+	echo "== configure kernels-only ($dir)"
+	if ! cmake -S tests/gpu/standalone -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+		-DCMAKE_CUDA_ARCHITECTURES="$arch" >"$dir/gpu-configure.log" 2>&1; then
+		cat "$dir/gpu-configure.log"
+		echo "FAIL: cannot configure even the kernels-only build"
+		exit 1
+	fi
+	targets="test_cuda_ops bench_cuda"
+	bench="$dir/gpu/bench_cuda"
+fi
+
+echo "== build ($mode: $targets)"
+start=$(date +%s)
+if ! cmake --build "$dir" -j"$jobs" --target $targets >"$dir/gpu-build.log" 2>&1; then
+	tail -40 "$dir/gpu-build.log"
+	echo "FAIL: build"
+	exit 1
+fi
+echo "built in $(($(date +%s) - start)) s"
+
+echo "== ctest -L gpu"
+(cd "$dir" && timeout 600 ctest -L gpu --output-on-failure --timeout 300) 2>&1 | tee "$dir/gpu-ctest.log"
+ctest_rc=${PIPESTATUS[0]}
+
+echo "== benchmark"
+timeout 300 "$bench" 2>&1 | tee "$dir/gpu-bench.log"
+bench_rc=${PIPESTATUS[0]}
+
+echo
+echo "================ gemmashard GPU summary ================"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | sed 's/^/device: /'
+echo "build:  $mode ($dir), CUDA architectures $arch"
+grep -E "^ *[0-9]+/[0-9]+ Test +#" "$dir/gpu-ctest.log" | sed -E 's/^ *[0-9]+\/[0-9]+ Test +#[0-9]+: //; s/ \.+ */: /; s/ +[0-9.]+ sec$//' |
+	sed 's/^/test:   /'
+[ "$mode" = kernels-only ] && echo "test:   mpi_comm_nccl_*: NOT RUN (kernels-only build)"
+grep -E "^device-to-device|^one layer|^cuBLAS" "$dir/gpu-bench.log" | sed 's/^/bench:  /'
+sed -n '/^matmul, bf16 weights/,/^one layer/p' "$dir/gpu-bench.log" | grep -vE "^one layer"
+echo "ctest exit $ctest_rc, bench exit $bench_rc"
+# On a GPU machine the CUDA ops test must run: a skip here means the device was not usable.
+if grep -qE "gpu_cuda_ops .*Skipped" "$dir/gpu-ctest.log"; then
+	echo "FAIL: gpu_cuda_ops was skipped on a machine that should have a GPU"
+	exit 1
+fi
+[ "$ctest_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]

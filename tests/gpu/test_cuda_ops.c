@@ -1,0 +1,685 @@
+/* Every op of the CUDA backend against the CPU backend (STYLE.md 10), on random inputs of
+ * several shapes: odd sizes, k not a multiple of 8, a misaligned weight view, m = 1, 3, 15
+ * (decode GEMV), 16, 64 (cuBLAS), GQA 8:1 and 2:1, windows shorter than the sequence, ragged
+ * sequences over shuffled block tables and rings. Then argmax / top-k against a host sort.
+ *
+ * Out-of-place outputs are poisoned first (memset 0xFF = NaN) so an element the kernel never
+ * writes fails; in-place ops (rope, add, softcap, in-place rmsnorm) start from the input.
+ * Errors are relative L2 = ||gpu - cpu|| / ||cpu|| and max = max|gpu - cpu| / max|cpu|, with
+ * a tolerance per op (its reason beside it). GS_CUDA_SYNC=1 is set so a faulting kernel is
+ * named by the op that launched it.
+ *
+ * Exit 77 (ctest SKIP_RETURN_CODE) without a CUDA device: never a silent pass. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gs_cuda.h"
+#include "gs_kernels.h"
+#include "gs_test.h"
+
+#define SKIP 77
+
+/* Tolerances (relative L2, max relative to max|cpu|):
+ * - GEMV (m < 16) and fp32 cuBLAS: both sides fp32 x, exact weights, fp32 accumulation in a
+ *   different order: ~u·sqrt(k) ≈ 1e-6 expected; 2e-5 / 5e-5 leaves margin yet catches any
+ *   conversion or indexing slip (those are O(1e-3) or worse). */
+#define TOL_FP32_DOT_L2 2e-5
+#define TOL_FP32_DOT_MAX 5e-5
+/* - bf16 cuBLAS (m >= 16) vs the CPU on fp32 x: x is rounded to bf16 (|δ| <= 2^-9, rms
+ *   2^-9/√3 ≈ 1.1e-3 per product, random signs), so ~1.1e-3 relative L2 is the expected
+ *   error itself; 5e-3 / 1e-2 are ~4× that. */
+#define TOL_BF16_GEMM_L2 5e-3
+#define TOL_BF16_GEMM_MAX 1e-2
+/* - bf16 cuBLAS vs the CPU on the same bf16-rounded x: only fp32 accumulation order (tensor
+ *   cores do not round like IEEE sequential fp32): 1e-4 / 2e-4, a layout bug gives O(1). */
+#define TOL_BF16_SAME_X_L2 1e-4
+#define TOL_BF16_SAME_X_MAX 2e-4
+/* - rmsnorm, rope: the same double-precision formulas and the same fp32 roundings as the
+ *   CPU; only a last-ulp difference of r / cos / sin is possible: 1e-6 / 2e-6. */
+#define TOL_NORM_L2 1e-6
+#define TOL_NORM_MAX 2e-6
+/* - attention: online vs two-pass softmax, dot products summed in another order: 2e-5 / 5e-5. */
+#define TOL_ATTN_L2 2e-5
+#define TOL_ATTN_MAX 5e-5
+/* - geglu, softcap: same fp32 expression, device tanhf within 2 ulp of glibc's: 2e-6 / 4e-6. */
+#define TOL_TANH_L2 2e-6
+#define TOL_TANH_MAX 4e-6
+/* - add, embed: one fp32 operation per element: bit-exact. */
+
+static struct gs_backend cpu, gpu;
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static uint64_t rng_next(void)
+{
+	uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static float frand(void) /* [-1, 1) */
+{
+	return (float)((double)(rng_next() >> 40) / 8388608.0 - 1.0);
+}
+
+static void die(const char *what)
+{
+	fprintf(stderr, "FAIL: %s: %s\n", what, gs_last_error());
+	exit(1);
+}
+
+static void *xmalloc(size_t n)
+{
+	void *p = malloc(n ? n : 1);
+	if (!p)
+		die("host malloc");
+	return p;
+}
+
+static void *dalloc(size_t bytes)
+{
+	void *d;
+	if (gs_cuda_malloc(&gpu, &d, bytes) != GS_OK)
+		die("gs_cuda_malloc");
+	return d;
+}
+
+static void up(void *d, const void *h, size_t bytes)
+{
+	if (gs_cuda_upload(&gpu, d, h, bytes) != GS_OK)
+		die("gs_cuda_upload");
+}
+
+static void *dup_to_dev(const void *h, size_t bytes)
+{
+	void *d = dalloc(bytes);
+	up(d, h, bytes);
+	return d;
+}
+
+static void down(void *h, const void *d, size_t bytes)
+{
+	if (gs_cuda_download(&gpu, h, d, bytes) != GS_OK)
+		die("gs_cuda_download");
+}
+
+static void poison(void *d, size_t bytes)
+{
+	if (gs_cuda_memset(&gpu, d, 0xff, bytes) != GS_OK)
+		die("gs_cuda_memset");
+}
+
+static void dfree(void *d)
+{
+	gs_cuda_free(&gpu, d);
+}
+
+static float *frand_array(size_t n, float scale)
+{
+	float *a = xmalloc(n * sizeof(float));
+	for (size_t i = 0; i < n; i++)
+		a[i] = frand() * scale;
+	return a;
+}
+
+static void compare(const char *what, const float *got, const float *ref, size_t n, double tol_l2, double tol_max)
+{
+	double num = 0, den = 0, md = 0, mr = 0, l2, mx;
+	size_t nan = 0;
+	int ok;
+
+	for (size_t i = 0; i < n; i++) {
+		double d;
+		if (isnan(got[i]) || isinf(got[i])) {
+			nan++;
+			continue;
+		}
+		d = (double)got[i] - (double)ref[i];
+		num += d * d;
+		den += (double)ref[i] * ref[i];
+		md = fabs(d) > md ? fabs(d) : md;
+		mr = fabs(ref[i]) > mr ? fabs(ref[i]) : mr;
+	}
+	l2 = den > 0 ? sqrt(num / den) : sqrt(num);
+	mx = mr > 0 ? md / mr : md;
+	ok = nan == 0 && l2 <= tol_l2 && mx <= tol_max;
+	printf("%-4s %-64s rel_l2 %.2e (tol %.0e)  max %.2e (tol %.0e)\n", ok ? "ok" : "FAIL", what, l2, tol_l2, mx,
+	       tol_max);
+	CHECK_MSG(ok, "%s: %zu of %zu non-finite (unwritten?), rel_l2 %.3e, max %.3e", what, nan, n, l2, mx);
+}
+
+/* ---- matmul -------------------------------------------------------------------------- */
+
+static void fill_weights(enum gs_dtype dt, void *w, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		float v = frand() * 0.5f;
+		if (dt == GS_DTYPE_BF16)
+			((uint16_t *)w)[i] = gs_f32_to_bf16(v);
+		else if (dt == GS_DTYPE_F16)
+			((uint16_t *)w)[i] = gs_f32_to_f16(v);
+		else
+			((float *)w)[i] = v;
+	}
+}
+
+/* w_off: the view starts w_off elements into the allocation (misaligned for 16-bit types). */
+static void test_matmul_case(enum gs_dtype dt, int m, int n, int k, int w_off)
+{
+	size_t es = gs_dtype_size(dt), wbytes = ((size_t)n * k + w_off) * es;
+	void *hw = xmalloc(wbytes), *dw;
+	float *x = frand_array((size_t)m * k, 2.0f), *ref = xmalloc((size_t)m * n * sizeof(float));
+	float *got = xmalloc((size_t)m * n * sizeof(float)), *dx, *dy;
+	struct gs_tensor wh = { dt, n, k, (char *)hw + (size_t)w_off * es }, wd;
+	char what[128];
+
+	fill_weights(dt, hw, (size_t)n * k + w_off);
+	cpu.iface->matmul(cpu.ctx, ref, x, &wh, m);
+	dw = dup_to_dev(hw, wbytes);
+	dx = dup_to_dev(x, (size_t)m * k * sizeof(float));
+	dy = dalloc((size_t)m * n * sizeof(float));
+	poison(dy, (size_t)m * n * sizeof(float));
+	wd = (struct gs_tensor){ dt, n, k, (char *)dw + (size_t)w_off * es };
+	gpu.iface->matmul(gpu.ctx, dy, dx, &wd, m);
+	down(got, dy, (size_t)m * n * sizeof(float));
+	snprintf(what, sizeof(what), "matmul %s m=%d n=%d k=%d%s", gs_dtype_name(dt), m, n, k,
+		 w_off ? " (misaligned view)" : "");
+	if (m >= 16 && dt == GS_DTYPE_BF16) {
+		compare(what, got, ref, (size_t)m * n, TOL_BF16_GEMM_L2, TOL_BF16_GEMM_MAX);
+		for (size_t i = 0; i < (size_t)m * k; i++)
+			x[i] = gs_round_bf16(x[i]);
+		cpu.iface->matmul(cpu.ctx, ref, x, &wh, m);
+		snprintf(what, sizeof(what), "matmul %s m=%d n=%d k=%d vs CPU on bf16 x", gs_dtype_name(dt), m, n, k);
+		compare(what, got, ref, (size_t)m * n, TOL_BF16_SAME_X_L2, TOL_BF16_SAME_X_MAX);
+	} else {
+		compare(what, got, ref, (size_t)m * n, TOL_FP32_DOT_L2, TOL_FP32_DOT_MAX);
+	}
+	dfree(dw);
+	dfree(dx);
+	dfree(dy);
+	free(hw);
+	free(x);
+	free(ref);
+	free(got);
+}
+
+/* The decode GEMV sums every output in an order fixed by k alone: row 0 of an m = 15 batch
+ * has the same bits as the same row alone (what continuous batching relies on for m < 16). */
+static void test_gemv_batch_invariance(void)
+{
+	const int n = 300, k = 1024, m = 15;
+	uint16_t *hw = xmalloc((size_t)n * k * 2);
+	float *x = frand_array((size_t)m * k, 2.0f), *y1 = xmalloc(n * sizeof(float));
+	float *y15 = xmalloc((size_t)m * n * sizeof(float));
+	void *dw, *dx, *dy;
+	struct gs_tensor w;
+
+	fill_weights(GS_DTYPE_BF16, hw, (size_t)n * k);
+	dw = dup_to_dev(hw, (size_t)n * k * 2);
+	dx = dup_to_dev(x, (size_t)m * k * sizeof(float));
+	dy = dalloc((size_t)m * n * sizeof(float));
+	w = (struct gs_tensor){ GS_DTYPE_BF16, n, k, dw };
+	gpu.iface->matmul(gpu.ctx, dy, dx, &w, 1);
+	down(y1, dy, n * sizeof(float));
+	gpu.iface->matmul(gpu.ctx, dy, dx, &w, m);
+	down(y15, dy, (size_t)m * n * sizeof(float));
+	CHECK_MSG(memcmp(y1, y15, n * sizeof(float)) == 0, "gemv: row 0 differs between m = 1 and m = 15");
+	printf("%-4s gemv batch invariance (row 0 bits equal for m = 1 and m = 15)\n",
+	       memcmp(y1, y15, n * sizeof(float)) == 0 ? "ok" : "FAIL");
+	dfree(dw);
+	dfree(dx);
+	dfree(dy);
+	free(hw);
+	free(x);
+	free(y1);
+	free(y15);
+}
+
+static void test_matmul(void)
+{
+	static const int ms[] = { 1, 3, 15, 16, 64 };
+	static const int nk[][2] = { { 1, 64 }, { 33, 77 }, { 300, 1000 }, { 129, 5376 }, { 64, 8 } };
+
+	for (size_t a = 0; a < sizeof(ms) / sizeof(ms[0]); a++)
+		for (size_t b = 0; b < sizeof(nk) / sizeof(nk[0]); b++)
+			test_matmul_case(GS_DTYPE_BF16, ms[a], nk[b][0], nk[b][1], 0);
+	test_matmul_case(GS_DTYPE_BF16, 1, 40, 64, 1);
+	test_matmul_case(GS_DTYPE_BF16, 5, 40, 64, 3);
+	test_matmul_case(GS_DTYPE_BF16, 16, 40, 64, 1);
+	test_matmul_case(GS_DTYPE_F16, 1, 300, 1000, 0);
+	test_matmul_case(GS_DTYPE_F16, 3, 33, 77, 0);
+	test_matmul_case(GS_DTYPE_F16, 20, 129, 512, 0);
+	test_matmul_case(GS_DTYPE_F32, 1, 300, 1000, 0);
+	test_matmul_case(GS_DTYPE_F32, 7, 33, 77, 0);
+	test_matmul_case(GS_DTYPE_F32, 17, 129, 512, 0);
+	test_gemv_batch_invariance();
+}
+
+/* ---- rmsnorm, rope ---------------------------------------------------------------------- */
+
+static void test_rmsnorm_case(int rows, int dim, int in_place)
+{
+	size_t n = (size_t)rows * dim;
+	float *x = frand_array(n, 3.0f), *gain = xmalloc(dim * sizeof(float)), *ref = xmalloc(n * sizeof(float));
+	float *got = xmalloc(n * sizeof(float)), *dx, *dy, *dg;
+	char what[128];
+
+	for (int i = 0; i < dim; i++)
+		gain[i] = 1.0f + 0.5f * frand();
+	cpu.iface->rmsnorm(cpu.ctx, ref, x, gain, rows, dim, 1e-6f);
+	dx = dup_to_dev(x, n * sizeof(float));
+	dg = dup_to_dev(gain, dim * sizeof(float));
+	if (in_place) {
+		dy = dx;
+	} else {
+		dy = dalloc(n * sizeof(float));
+		poison(dy, n * sizeof(float));
+	}
+	gpu.iface->rmsnorm(gpu.ctx, dy, dx, dg, rows, dim, 1e-6f);
+	down(got, dy, n * sizeof(float));
+	snprintf(what, sizeof(what), "rmsnorm rows=%d dim=%d%s", rows, dim, in_place ? " in place" : "");
+	compare(what, got, ref, n, TOL_NORM_L2, TOL_NORM_MAX);
+	if (!in_place)
+		dfree(dy);
+	dfree(dx);
+	dfree(dg);
+	free(x);
+	free(gain);
+	free(ref);
+	free(got);
+}
+
+static void test_rope_case(int n_tokens, int n_heads, int hd, double base, double pos_scale, int max_pos)
+{
+	size_t n = (size_t)n_tokens * n_heads * hd;
+	float *x = frand_array(n, 2.0f), *got = xmalloc(n * sizeof(float)), *dx;
+	int32_t *pos = xmalloc(n_tokens * sizeof(int32_t)), *dpos;
+	char what[128];
+
+	for (int t = 0; t < n_tokens; t++)
+		pos[t] = (int32_t)(rng_next() % (uint64_t)(max_pos + 1));
+	pos[0] = max_pos;
+	dx = dup_to_dev(x, n * sizeof(float));
+	dpos = dup_to_dev(pos, n_tokens * sizeof(int32_t));
+	cpu.iface->rope(cpu.ctx, x, n_tokens, n_heads, hd, pos, base, pos_scale);
+	gpu.iface->rope(gpu.ctx, dx, n_tokens, n_heads, hd, dpos, base, pos_scale);
+	down(got, dx, n * sizeof(float));
+	snprintf(what, sizeof(what), "rope tokens=%d heads=%d D=%d base=%g scale=%g pos<=%d", n_tokens, n_heads, hd, base,
+		 pos_scale, max_pos);
+	compare(what, got, x, n, TOL_NORM_L2, TOL_NORM_MAX);
+	dfree(dx);
+	dfree(dpos);
+	free(x);
+	free(got);
+	free(pos);
+}
+
+/* ---- attention ------------------------------------------------------------------------------ */
+
+struct seq_spec {
+	int n_tokens, pos0, ring;
+};
+
+struct attn_case {
+	const char *name;
+	int n_heads, n_kv, hd, window, block;
+	float scale, softcap;
+	int n_seqs;
+	struct seq_spec s[4];
+};
+
+static void test_attention_case(const struct attn_case *ac)
+{
+	struct gs_attn_seq hs[4], ds[4];
+	int32_t *tables[4] = { 0 }, *dtables[4] = { 0 };
+	int T = 0, slab_blocks = 0, used = 0;
+	int32_t *perm, *tok_seq;
+	size_t qs, kvs;
+	float *q, *kn, *vn, *kc, *vc, *ref, *got;
+	void *dq, *dkn, *dvn, *dkc, *dvc, *dout, *dseqs, *dtok;
+	struct gs_attn_args a;
+	char what[160];
+
+	for (int i = 0; i < ac->n_seqs; i++) {
+		const struct seq_spec *s = &ac->s[i];
+		T += s->n_tokens;
+		slab_blocks += s->ring ? s->ring : (s->pos0 + ac->block - 1) / ac->block;
+	}
+	slab_blocks += 3; /* unused blocks: garbage a wrong table lookup would read */
+	perm = xmalloc(slab_blocks * sizeof(int32_t));
+	for (int b = 0; b < slab_blocks; b++)
+		perm[b] = b;
+	for (int b = slab_blocks - 1; b > 0; b--) { /* shuffled block ids */
+		int j = (int)(rng_next() % (uint64_t)(b + 1)), t = perm[b];
+		perm[b] = perm[j];
+		perm[j] = t;
+	}
+	tok_seq = xmalloc(T * sizeof(int32_t));
+	T = 0;
+	for (int i = 0; i < ac->n_seqs; i++) {
+		const struct seq_spec *s = &ac->s[i];
+		int nb = s->ring ? s->ring : (s->pos0 + ac->block - 1) / ac->block;
+		tables[i] = xmalloc((nb ? nb : 1) * sizeof(int32_t));
+		for (int b = 0; b < nb; b++)
+			tables[i][b] = perm[used++];
+		dtables[i] = nb ? dup_to_dev(tables[i], nb * sizeof(int32_t)) : NULL;
+		hs[i] = (struct gs_attn_seq){ T, s->n_tokens, s->pos0, tables[i], s->ring };
+		ds[i] = hs[i];
+		ds[i].table = dtables[i];
+		for (int t = 0; t < s->n_tokens; t++)
+			tok_seq[T + t] = i;
+		T += s->n_tokens;
+	}
+	qs = (size_t)ac->n_heads * ac->hd;
+	kvs = (size_t)ac->n_kv * ac->hd;
+	q = frand_array(T * qs, 3.0f);
+	kn = frand_array(T * kvs, 1.0f);
+	vn = frand_array(T * kvs, 1.0f);
+	kc = frand_array((size_t)slab_blocks * ac->block * kvs, 1.0f);
+	vc = frand_array((size_t)slab_blocks * ac->block * kvs, 1.0f);
+	ref = xmalloc(T * qs * sizeof(float));
+	got = xmalloc(T * qs * sizeof(float));
+
+	a = (struct gs_attn_args){
+		.out = ref, .q = q, .k_new = kn, .v_new = vn, .k_cache = kc, .v_cache = vc, .block = ac->block,
+		.seqs = hs, .n_seqs = ac->n_seqs, .tok_seq = tok_seq, .n_tokens = T, .n_heads = ac->n_heads,
+		.n_kv_heads = ac->n_kv, .head_dim = ac->hd, .window = ac->window, .scale = ac->scale,
+		.softcap = ac->softcap,
+	};
+	cpu.iface->attention(cpu.ctx, &a);
+
+	dq = dup_to_dev(q, T * qs * sizeof(float));
+	dkn = dup_to_dev(kn, T * kvs * sizeof(float));
+	dvn = dup_to_dev(vn, T * kvs * sizeof(float));
+	dkc = dup_to_dev(kc, (size_t)slab_blocks * ac->block * kvs * sizeof(float));
+	dvc = dup_to_dev(vc, (size_t)slab_blocks * ac->block * kvs * sizeof(float));
+	dseqs = dup_to_dev(ds, ac->n_seqs * sizeof(ds[0]));
+	dtok = dup_to_dev(tok_seq, T * sizeof(int32_t));
+	dout = dalloc(T * qs * sizeof(float));
+	poison(dout, T * qs * sizeof(float));
+	a.out = dout;
+	a.q = dq;
+	a.k_new = dkn;
+	a.v_new = dvn;
+	a.k_cache = dkc;
+	a.v_cache = dvc;
+	a.seqs = dseqs;
+	a.tok_seq = dtok;
+	gpu.iface->attention(gpu.ctx, &a);
+	down(got, dout, T * qs * sizeof(float));
+	snprintf(what, sizeof(what), "attention %s (%d rows)", ac->name, T);
+	compare(what, got, ref, T * qs, TOL_ATTN_L2, TOL_ATTN_MAX);
+
+	for (int i = 0; i < ac->n_seqs; i++) {
+		dfree(dtables[i]);
+		free(tables[i]);
+	}
+	dfree(dq);
+	dfree(dkn);
+	dfree(dvn);
+	dfree(dkc);
+	dfree(dvc);
+	dfree(dseqs);
+	dfree(dtok);
+	dfree(dout);
+	free(perm);
+	free(tok_seq);
+	free(q);
+	free(kn);
+	free(vn);
+	free(kc);
+	free(vc);
+	free(ref);
+	free(got);
+}
+
+static void test_attention(void)
+{
+	const struct attn_case cases[] = {
+		{ "GQA 8:1 D=128 causal, prefill + decode + chunk", 8, 1, 128, INT32_MAX, 16, 0.0883883f, 0, 3,
+		  { { 5, 0, 0 }, { 1, 37, 0 }, { 7, 100, 0 } } },
+		{ "GQA 2:1 D=256 window 24 (ring 3) over longer sequences", 4, 2, 256, 24, 16, 0.0625f, 0, 3,
+		  { { 30, 0, 0 }, { 3, 200, 3 }, { 1, 50, 0 } } },
+		{ "MHA D=40 window 10 softcap 50 block 8", 2, 2, 40, 10, 8, 0.158f, 50.0f, 3,
+		  { { 1, 20, 0 }, { 12, 0, 0 }, { 4, 9, 3 } } },
+		{ "27B-like 32q/16kv D=128 scale 168^-0.5 decode", 32, 16, 128, INT32_MAX, 16, 0.0771517f, 0, 2,
+		  { { 1, 1000, 0 }, { 2, 333, 0 } } },
+		{ "GQA 8:1 D=256 window 64 (ring 5), chunked prefill", 8, 1, 256, 64, 16, 0.0625f, 0, 2,
+		  { { 16, 700, 5 }, { 1, 64, 5 } } },
+		{ "GQA 2:1 D=96 window longer than context", 4, 2, 96, 4096, 16, 0.102f, 0, 1, { { 9, 18, 0 } } },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		test_attention_case(&cases[i]);
+}
+
+/* ---- element-wise, embed ---------------------------------------------------------------- */
+
+static void test_elementwise(size_t n)
+{
+	float *g = frand_array(n, 5.0f), *u = frand_array(n, 2.0f), *ref = xmalloc(n * sizeof(float));
+	float *got = xmalloc(n * sizeof(float)), *dg, *du, *dout;
+	char what[128];
+
+	dg = dup_to_dev(g, n * sizeof(float));
+	du = dup_to_dev(u, n * sizeof(float));
+	dout = dalloc(n * sizeof(float));
+
+	cpu.iface->geglu(cpu.ctx, ref, g, u, n);
+	poison(dout, n * sizeof(float));
+	gpu.iface->geglu(gpu.ctx, dout, dg, du, n);
+	down(got, dout, n * sizeof(float));
+	snprintf(what, sizeof(what), "geglu n=%zu", n);
+	compare(what, got, ref, n, TOL_TANH_L2, TOL_TANH_MAX);
+
+	memcpy(ref, g, n * sizeof(float)); /* add: y = g, y += u */
+	cpu.iface->add(cpu.ctx, ref, u, n);
+	gpu.iface->add(gpu.ctx, dg, du, n);
+	down(got, dg, n * sizeof(float));
+	snprintf(what, sizeof(what), "add n=%zu (bit-exact)", n);
+	compare(what, got, ref, n, 0, 0);
+
+	for (size_t i = 0; i < n; i++) /* softcap over a range that saturates */
+		ref[i] = u[i] * 40.0f;
+	up(du, ref, n * sizeof(float));
+	cpu.iface->softcap(cpu.ctx, ref, n, 30.0f);
+	gpu.iface->softcap(gpu.ctx, du, n, 30.0f);
+	down(got, du, n * sizeof(float));
+	snprintf(what, sizeof(what), "softcap n=%zu cap=30", n);
+	compare(what, got, ref, n, TOL_TANH_L2, TOL_TANH_MAX);
+
+	dfree(dg);
+	dfree(du);
+	dfree(dout);
+	free(g);
+	free(u);
+	free(ref);
+	free(got);
+}
+
+static void test_embed_case(enum gs_dtype dt, int rows, int cols)
+{
+	static const int32_t ids[] = { 100, 5, 149, 150, 1000, 123, 100, -1 };
+	const int n = (int)(sizeof(ids) / sizeof(ids[0]));
+	const int64_t row0 = 100;
+	const float scale = gs_round_bf16(sqrtf(5376.0f));
+	size_t es = gs_dtype_size(dt), out_n = (size_t)n * cols;
+	void *hw = xmalloc((size_t)rows * cols * es), *dw, *dids, *dout;
+	float *ref = xmalloc(out_n * sizeof(float)), *got = xmalloc(out_n * sizeof(float));
+	struct gs_tensor eh = { dt, rows, cols, hw }, ed;
+	char what[128];
+
+	fill_weights(dt, hw, (size_t)rows * cols);
+	cpu.iface->embed(cpu.ctx, ref, &eh, ids, n, scale, row0);
+	dw = dup_to_dev(hw, (size_t)rows * cols * es);
+	dids = dup_to_dev(ids, sizeof(ids));
+	dout = dalloc(out_n * sizeof(float));
+	poison(dout, out_n * sizeof(float));
+	ed = (struct gs_tensor){ dt, rows, cols, dw };
+	gpu.iface->embed(gpu.ctx, dout, &ed, dids, n, scale, row0);
+	down(got, dout, out_n * sizeof(float));
+	snprintf(what, sizeof(what), "embed %s rows [100, %d) cols=%d, ids in and out of range (bit-exact)",
+		 gs_dtype_name(dt), 100 + rows, cols);
+	compare(what, got, ref, out_n, 0, 0);
+	dfree(dw);
+	dfree(dids);
+	dfree(dout);
+	free(hw);
+	free(ref);
+	free(got);
+}
+
+/* ---- argmax / top-k ---------------------------------------------------------------------- */
+
+static uint32_t order_key(float f) /* as sample.cu: NaN lowest, -0.0 below +0.0 */
+{
+	uint32_t u;
+	if (isnan(f))
+		return 0;
+	memcpy(&u, &f, sizeof(u));
+	return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+static const float *sort_row;
+
+static int by_rank(const void *pa, const void *pb)
+{
+	int32_t a = *(const int32_t *)pa, b = *(const int32_t *)pb;
+	uint32_t ka = order_key(sort_row[a]), kb = order_key(sort_row[b]);
+	if (ka != kb)
+		return ka > kb ? -1 : 1;
+	return a < b ? -1 : a > b;
+}
+
+static void test_pick_cols(int cols)
+{
+	static const int ks[] = { 1, 5, 40, 256 };
+	const int rows = 4;
+	size_t n = (size_t)rows * cols;
+	float *x = xmalloc(n * sizeof(float)), *dx, vals[4 * 256];
+	int32_t *order = xmalloc(n * sizeof(int32_t)), ids[4 * 256];
+	int bad;
+
+	for (int c = 0; c < cols; c++) {
+		x[c] = frand() * 20.0f;                               /* distinct values */
+		x[cols + c] = floorf((frand() + 1.0f) * 2.0f) * 0.25f; /* 4 levels: ties everywhere */
+		x[2 * cols + c] = c % 3 == 0 ? -INFINITY : frand();   /* -inf, and the max repeated below */
+		x[3 * cols + c] = c % 5 == 0 ? -0.0f : (c % 5 == 1 ? 0.0f : -1.0f - frand()); /* ±0 are the best */
+	}
+	if (cols > 10) {
+		x[2 * cols + 7] = 5.0f;
+		x[2 * cols + cols - 1] = 5.0f;
+	}
+	for (int r = 0; r < rows; r++) {
+		sort_row = x + (size_t)r * cols;
+		for (int c = 0; c < cols; c++)
+			order[(size_t)r * cols + c] = c;
+		qsort(order + (size_t)r * cols, cols, sizeof(int32_t), by_rank);
+	}
+	dx = dup_to_dev(x, n * sizeof(float));
+
+	memset(ids, 0xff, sizeof(ids));
+	memset(vals, 0xff, sizeof(vals));
+	CHECK(gs_cuda_argmax_rows(&gpu, dx, rows, cols, ids, vals) == GS_OK);
+	bad = 0;
+	for (int r = 0; r < rows; r++) {
+		int32_t want = order[(size_t)r * cols];
+		bad += ids[r] != want || memcmp(&vals[r], &x[(size_t)r * cols + want], sizeof(float)) != 0;
+	}
+	printf("%-4s argmax rows=%d cols=%d\n", bad ? "FAIL" : "ok", rows, cols);
+	CHECK_MSG(bad == 0, "argmax cols=%d: %d rows wrong", cols, bad);
+
+	for (size_t ki = 0; ki < sizeof(ks) / sizeof(ks[0]); ki++) {
+		int k = ks[ki];
+		if (k > cols)
+			continue;
+		memset(ids, 0xff, sizeof(ids));
+		memset(vals, 0xff, sizeof(vals));
+		CHECK(gs_cuda_topk_rows(&gpu, dx, rows, cols, k, ids, vals) == GS_OK);
+		bad = 0;
+		for (int r = 0; r < rows; r++)
+			for (int i = 0; i < k; i++) {
+				int32_t want = order[(size_t)r * cols + i];
+				int wrong = ids[r * k + i] != want ||
+					    memcmp(&vals[r * k + i], &x[(size_t)r * cols + want], sizeof(float)) != 0;
+				if (wrong && bad++ < 3)
+					fprintf(stderr, "  top-%d cols=%d row %d rank %d: got id %d, want %d\n", k, cols, r, i,
+						ids[r * k + i], want);
+			}
+		printf("%-4s top-k k=%d rows=%d cols=%d (ties by column, -inf, ±0)\n", bad ? "FAIL" : "ok", k, rows, cols);
+		CHECK_MSG(bad == 0, "top-%d cols=%d: %d entries wrong", k, cols, bad);
+	}
+	dfree(dx);
+	free(x);
+	free(order);
+}
+
+static void test_pick(void)
+{
+	static const int colss[] = { 1, 7, 1000, 65552, 262208 };
+	int32_t id;
+	float v;
+	void *d = dalloc(16 * sizeof(float));
+
+	for (size_t i = 0; i < sizeof(colss) / sizeof(colss[0]); i++)
+		test_pick_cols(colss[i]);
+	CHECK(gs_cuda_topk_rows(&gpu, d, 1, 16, 0, &id, &v) == GS_ERR_INVALID_ARG);
+	CHECK(gs_cuda_topk_rows(&gpu, d, 1, 16, 17, &id, &v) == GS_ERR_INVALID_ARG);
+	CHECK(gs_cuda_topk_rows(&gpu, d, 1, 1000, GS_CUDA_TOPK_MAX + 1, &id, &v) == GS_ERR_INVALID_ARG);
+	CHECK(gs_cuda_argmax_rows(&gpu, d, 1, 0, &id, &v) == GS_ERR_INVALID_ARG);
+	CHECK(gs_cuda_argmax_rows(&cpu, d, 1, 16, &id, &v) == GS_ERR_INVALID_ARG);
+	CHECK(gs_cuda_argmax_rows(&gpu, d, 0, 16, &id, &v) == GS_OK);
+	dfree(d);
+}
+
+int main(void)
+{
+	int ndev = gs_cuda_device_count();
+
+	if (!gs_cuda_built()) {
+		printf("SKIP: built without CUDA\n");
+		return SKIP;
+	}
+	if (ndev == 0) {
+		printf("SKIP: no CUDA device\n");
+		return SKIP;
+	}
+	setenv("GS_CUDA_SYNC", "1", 0);
+	if (gs_backend_cpu_create(0, &cpu) != GS_OK)
+		die("cpu backend");
+	if (gs_backend_cuda_create(0, &gpu) != GS_OK)
+		die("cuda backend on device 0");
+	printf("CUDA devices: %d; testing device %d\n", ndev, gs_backend_cuda_device(&gpu));
+	CHECK_STREQ(gpu.iface->name, "cuda");
+	CHECK(gs_backend_cuda_stream(&gpu) != NULL);
+	CHECK(gs_backend_cuda_stream(&cpu) == NULL);
+	CHECK(gs_backend_cuda_create(ndev, &(struct gs_backend){ 0 }) == GS_ERR_INVALID_ARG);
+
+	test_matmul();
+	test_rmsnorm_case(1, 5376, 0);
+	test_rmsnorm_case(7, 128, 0);
+	test_rmsnorm_case(3, 1000, 1);
+	test_rmsnorm_case(5, 33, 0);
+	test_rmsnorm_case(2, 1, 0);
+	test_rope_case(1, 8, 128, 10000.0, 1.0, 100);
+	test_rope_case(5, 4, 256, 1000000.0, 0.125, 131072);
+	test_rope_case(3, 2, 6, 10000.0, 1.0, 50);
+	test_rope_case(2, 3, 7, 10000.0, 1.0, 4000);
+	test_attention();
+	test_elementwise(1);
+	test_elementwise(1000);
+	test_elementwise(21504 * 3 + 5);
+	test_embed_case(GS_DTYPE_BF16, 50, 33);
+	test_embed_case(GS_DTYPE_BF16, 50, 5376);
+	test_embed_case(GS_DTYPE_F16, 50, 40);
+	test_embed_case(GS_DTYPE_F32, 50, 17);
+	test_pick();
+	CHECK(gs_cuda_synchronize(&gpu) == GS_OK);
+
+	gs_backend_cuda_free(&gpu);
+	gs_backend_cpu_free(&cpu);
+	TEST_DONE();
+}
