@@ -21,13 +21,23 @@ struct cpu_ctx {
 
 #define GS_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
+/* q·k in a fixed order that vectorises: 16 strided partial sums, then a pairwise tree, then the
+ * tail. The order depends only on n, so a row's scores do not depend on the batch around it. */
 GS_SIMD_CLONES
 static float dot_f32(const float *a, const float *b, int n)
 {
-	float s = 0.0f;
-	for (int i = 0; i < n; i++)
-		s += a[i] * b[i];
-	return s;
+	float acc[16] = { 0 };
+	int i = 0;
+
+	for (; i + 16 <= n; i += 16)
+		for (int l = 0; l < 16; l++)
+			acc[l] += a[i + l] * b[i + l];
+	for (int w = 8; w > 0; w /= 2)
+		for (int l = 0; l < w; l++)
+			acc[l] += acc[l + w];
+	for (; i < n; i++)
+		acc[0] += a[i] * b[i];
+	return acc[0];
 }
 
 GS_SIMD_CLONES
@@ -202,9 +212,10 @@ static void attn_task(void *p, int tid, int nth)
 			sum += s[i];
 		}
 		memset(out, 0, (size_t)D * sizeof(float));
+		float inv = 1.0f / sum;
 		for (int i = 0; i < n; i++) {
 			const float *v = attn_key(a, sq, a->v_new, a->v_cache, first + i, kv_stride);
-			axpy_f32(out, s[i] / sum, v + kvh, D);
+			axpy_f32(out, s[i] * inv, v + kvh, D);
 		}
 	}
 }
