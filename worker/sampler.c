@@ -11,6 +11,7 @@
 #endif
 
 #include "gs_sampler.h"
+#include "gs_fmath.h"
 
 #include <float.h>
 #include <math.h>
@@ -30,27 +31,7 @@
 
 /* ---- numerics shared by every path (same function, same order, same bits) ---- */
 
-/* Cephes-style e^x = 2^n * e^r, |r| <= ln2/2, relative error about 2 ulp, for x <= 0 only
- * (every caller passes logit - max). Our own rather than libm's so every machine computes
- * identical probabilities; branch-free with no upper clamp so the loops vectorise. */
-static inline float gs_expf(float x)
-{
-	const float lo = -87.0f;
-	float xc = x < lo ? lo : x;
-	int32_t n = (int32_t)(xc * 1.44269504088896341f - 0.5f); /* round to nearest, x <= 0 */
-	float r = xc - (float)n * 0.693359375f;
-	r = r - (float)n * -2.12194440e-4f;
-	float q = 1.9875691500e-4f;
-	q = q * r + 1.3981999507e-3f;
-	q = q * r + 8.3334519073e-3f;
-	q = q * r + 4.1665795894e-2f;
-	q = q * r + 1.6666665459e-1f;
-	q = q * r + 5.0000001201e-1f;
-	float y = q * (r * r) + r + 1.0f;
-	union { uint32_t u; float f; } scale = { .u = (uint32_t)(n + 127) << 23 };
-	y = y * scale.f;
-	return x < lo ? 0.0f : y;
-}
+/* gs_expf (gs_fmath.h): our own e^x, the same bits on every machine, for x <= 0. */
 
 /* NaN from a broken model must not poison comparisons; +inf would make logit - max NaN. */
 static inline float gs_sanitize(float v)

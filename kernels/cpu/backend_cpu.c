@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "gs_cpu.h"
+#include "gs_fmath.h"
 #include "gs_kernels.h"
 
 #define GS_CPU_MAX_THREADS 256
@@ -237,10 +238,11 @@ struct ew_job {
 	float c;
 };
 
-static inline float gelu_tanh(float u)
+GS_SIMD_CLONES
+static void geglu_range(float *y, const float *gate, const float *up, size_t n)
 {
-	const float k = 0.7978845608028654f; /* sqrt(2/pi) */
-	return 0.5f * u * (1.0f + tanhf(k * (u + 0.044715f * u * u * u)));
+	for (size_t i = 0; i < n; i++)
+		y[i] = gs_gelu_tanh(gate[i]) * up[i];
 }
 
 static void geglu_task(void *p, int tid, int nth)
@@ -249,8 +251,7 @@ static void geglu_task(void *p, int tid, int nth)
 	size_t lo, hi;
 
 	thread_range(j->n, tid, nth, &lo, &hi);
-	for (size_t i = lo; i < hi; i++)
-		j->y[i] = gelu_tanh(j->a[i]) * j->b[i];
+	geglu_range(j->y + lo, j->a + lo, j->b + lo, hi - lo);
 }
 
 static void cpu_geglu(void *vctx, float *out, const float *gate, const float *up, size_t n)

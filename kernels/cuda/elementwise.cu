@@ -1,7 +1,7 @@
 /* Element-wise ops over n fp32 values (grid-stride loops): geglu, add, softcap. Written with
  * explicit roundings where the CPU's fp32 expression has several operations, so nvcc does not
- * contract them into FMAs the CPU does not use; tanhf is the accurate one (no fast-math), so
- * the only difference from the CPU is tanhf's last-ulp behaviour. */
+ * contract them into FMAs the CPU does not use; tanhf is the accurate one (no fast-math). The CPU
+ * computes GELU as u·σ(2z) with its own exp (gs_fmath.h): the two agree to a few ulp. */
 #include "cuda_common.cuh"
 
 #define EW_THREADS 256

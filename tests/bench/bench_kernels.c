@@ -165,6 +165,14 @@ int main(int argc, char **argv)
 		bench_decode(tp, 1, 1152, 6912, min_total, bw, reps);
 		bench_decode(tp, 1, 262144, 1152, min_total, bw, 5);
 		bench_decode(tp, 4, 6912, 1152, min_total, bw, reps);
+		/* batched decode (serving): weights streamed from memory once per step for m rows */
+		bench_prefill(tp, 8, 6912, 1152, peak, 3);
+		bench_prefill(tp, 8, 262144, 1152, peak, 3);
+		bench_prefill(tp, 16, 262144, 1152, peak, 3);
+		bench_prefill(tp, 24, 262144, 1152, peak, 3);
+		bench_prefill(tp, 32, 262144, 1152, peak, 3);
+		bench_prefill(tp, 16, 1152, 6912, peak, 3);
+		bench_prefill(tp, 32, 1152, 6912, peak, 3);
 		bench_prefill(tp, 64, 6912, 1152, peak, 3);
 		bench_prefill(tp, 512, 6912, 1152, peak, 3);
 		bench_prefill(tp, 512, 1152, 6912, peak, 3);

@@ -93,7 +93,7 @@ static double rel_l2(const float *y, const double *ref, const double *den, size_
 
 static void test_matmul(void)
 {
-	static const int ms[] = { 1, 2, 3, 7, 64, 129 };
+	static const int ms[] = { 1, 2, 3, 7, 13, 32, 33, 64, 129 }; /* decode, stream, GEMM paths */
 	static const int ns[] = { 1, 17, 64, 300 };
 	/* 4133: several k blocks in the decode path, kept to small m*n for run time */
 	static const int ks[] = { 1, 15, 16, 33, 256, 1000, 4133 };
@@ -244,8 +244,9 @@ static void test_batch_invariance(void)
 		{ 5, 0, 0 }, { 5, 3, 2 }, { 5, 9, 1 }, { 5, 14, 0 }, { 5, 20, 2 }, { 5, 26, 1 },
 		{ 5, 31, 0 }, { 5, 37, 2 }, { 5, 42, 1 }, { 5, 48, 0 }, { 5, 53, 2 }, { 5, 59, 1 },
 		{ 5, 63, 0 }, { 64, 0, 1 }, { 64, 3, 2 }, { 64, 40, 0 }, { 130, 0, 1 }, { 130, 7, 2 },
-		/* small batches too (decode kernels up to GS_MM_DECODE_MAX_M rows) */
-		{ 2, 11, 2 }, { 3, 30, 1 }, { 4, 50, 0 }, { 4, 65, 2 },
+		/* small batches too (decode kernels up to GS_MM_DECODE_MAX_M rows; the AVX-512
+		 * streaming path for serving batches up to 32 rows) */
+		{ 2, 11, 2 }, { 3, 30, 1 }, { 4, 50, 0 }, { 4, 65, 2 }, { 13, 20, 1 }, { 32, 33, 2 },
 	};
 	float *x = malloc(sizeof(float) * M * max_k);
 	float *xb = malloc(sizeof(float) * MAXB * max_k);
