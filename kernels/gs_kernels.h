@@ -77,6 +77,25 @@ struct gs_backend_i {
 	/* x[i] = cap * tanh(x[i] / cap) */
 	void (*softcap)(void *ctx, float *x, size_t n, float cap);
 	int (*n_threads)(void *ctx);   /* optional, may be NULL */
+
+	/* ---- memory the ops work on: device memory of a GPU backend, the heap on the CPU ----
+	 * The forward pass keeps activations, the KV cache and its per-step index arrays here, so
+	 * the same code drives every backend. host_memory: backend memory is ordinary host memory
+	 * (callers may then read and write it directly and skip copies). */
+	bool host_memory;
+	/* NULL when out of memory (set-up paths, never per token; bytes 0 gives a valid pointer). */
+	void *(*alloc)(void *ctx, size_t bytes);
+	void (*release)(void *ctx, void *p);     /* NULL: no-op */
+	/* Copies between host memory and backend memory, ordered after every op queued before
+	 * them; they return when the copy is done. */
+	void (*upload)(void *ctx, void *dst, const void *src, size_t bytes);
+	void (*download)(void *ctx, void *dst, const void *src, size_t bytes);
+	/* Row copies inside backend memory, rows[] in backend memory:
+	 *   scatter: dst row rows[i] = src row i      (appending K/V to the paged cache)
+	 *   gather:  dst row i       = src row rows[i] (the rows that want logits)
+	 * a row is `width` floats. */
+	void (*scatter_rows)(void *ctx, float *dst, const float *src, const int64_t *rows, int n, size_t width);
+	void (*gather_rows)(void *ctx, float *dst, const float *src, const int32_t *rows, int n, size_t width);
 };
 
 struct gs_backend {
@@ -86,6 +105,9 @@ struct gs_backend {
 
 /* CPU backend with n_threads workers (<= 0: all online CPUs, or env GS_THREADS). */
 enum gs_status gs_backend_cpu_create(int n_threads, struct gs_backend *out);
+/* The CPU backend presenting its memory as a device's (host_memory false): for tests of the
+ * device paths without a GPU. Freed with gs_backend_cpu_free. */
+enum gs_status gs_backend_cpu_create_staged(int n_threads, struct gs_backend *out);
 void gs_backend_cpu_free(struct gs_backend *be);
 struct gs_threadpool *gs_backend_cpu_pool(const struct gs_backend *be);
 

@@ -92,7 +92,7 @@ int gs_cmd_bench(int argc, char **argv)
 		goto out_fail;
 	}
 	if (gs_forward_create(m, be, n_prompt < 512 ? n_prompt : 512, &f) != GS_OK ||
-	    gs_seq_create(m, n_prompt + n_decode + 1, &s) != GS_OK)
+	    gs_seq_create(f, n_prompt + n_decode + 1, &s) != GS_OK)
 		goto out_fail;
 	ids = malloc(sizeof(*ids) * (size_t)n_prompt);
 	logits = malloc(sizeof(float) * (size_t)m->n_vocab);

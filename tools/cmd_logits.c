@@ -52,7 +52,7 @@ int gs_cmd_logits(int argc, char **argv)
 		goto out_fail;
 	{
 		int32_t max_chunk = n < 256 ? n : 256;
-		if (gs_forward_create(m, be, max_chunk, &f) != GS_OK || gs_seq_create(m, n, &s) != GS_OK)
+		if (gs_forward_create(m, be, max_chunk, &f) != GS_OK || gs_seq_create(f, n, &s) != GS_OK)
 			goto out_fail;
 	}
 	logits = malloc((size_t)n * (size_t)m->n_vocab * sizeof(float));

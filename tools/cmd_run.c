@@ -152,7 +152,7 @@ int gs_cmd_run(int argc, char **argv)
 
 	if (gs_backend_cpu_create(threads, &be) != GS_OK)
 		goto out_fail;
-	if (gs_forward_create(m, be, 256, &f) != GS_OK || gs_seq_create(m, ctx, &s) != GS_OK ||
+	if (gs_forward_create(m, be, 256, &f) != GS_OK || gs_seq_create(f, ctx, &s) != GS_OK ||
 	    gs_sampler_create(&sp, m->n_vocab, &smp) != GS_OK)
 		goto out_fail;
 	logits = malloc((size_t)m->n_vocab * sizeof(float));

@@ -127,7 +127,8 @@ enum gs_status gs_engine_create(const struct gs_model *m, struct gs_backend be, 
 		goto out_free_engine;
 	if (comm != &e->self && T > 1)
 		gs_forward_set_comm(e->f, comm);
-	st = gs_kv_pool_init(&e->pool, &m->cfg, m->shard.n_kv_heads, cfg.kv_global_blocks, cfg.kv_local_blocks);
+	st = gs_kv_pool_init(&e->pool, &m->cfg, m->shard.n_kv_heads, cfg.kv_global_blocks, cfg.kv_local_blocks,
+			     &be);
 	if (st != GS_OK)
 		goto out_free_engine;
 	st = gs_plan_init(&e->plan, S, cfg.max_batch_tokens);

@@ -4,6 +4,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+static void *be_alloc(const struct gs_backend *be, size_t bytes)
+{
+	return be->iface->alloc(be->ctx, bytes);
+}
+
 enum gs_status gs_forward_create(const struct gs_model *m, struct gs_backend be, int32_t max_tokens,
 				 struct gs_forward **out)
 {
@@ -17,15 +22,27 @@ enum gs_status gs_forward_create(const struct gs_model *m, struct gs_backend be,
 	*out = NULL;
 	if (max_tokens < 1)
 		return gs_errorf(GS_ERR_INVALID_ARG, "max_tokens must be >= 1");
+	if (!be.iface->alloc || !be.iface->upload || !be.iface->scatter_rows || !be.iface->gather_rows)
+		return gs_errorf(GS_ERR_INVALID_ARG, "backend %s has no memory operations", be.iface->name);
 	f = calloc(1, sizeof(*f));
 	if (!f)
 		return gs_errorf(GS_ERR_NOMEM, "out of memory");
-	f->slab = malloc(sizeof(float) * C * (3 * H + 2 * QD + 2 * KD + 2 * F));
-	f->pos = malloc(sizeof(int32_t) * C);
-	f->tok_seq = malloc(sizeof(int32_t) * C);
-	f->out_rows = malloc(sizeof(int32_t) * C);
-	f->aseq = malloc(sizeof(*f->aseq) * C);
-	if (!f->slab || !f->pos || !f->tok_seq || !f->out_rows || !f->aseq) {
+	f->m = m;
+	f->be = be;
+	f->slab = be_alloc(&be, sizeof(float) * C * (3 * H + 2 * QD + 2 * KD + 2 * F));
+	f->ids = be_alloc(&be, sizeof(int32_t) * C);
+	f->pos = be_alloc(&be, sizeof(int32_t) * C);
+	f->tok_seq = be_alloc(&be, sizeof(int32_t) * C);
+	f->out_rows = be_alloc(&be, sizeof(int32_t) * C);
+	f->kv_rows = be_alloc(&be, sizeof(int64_t) * 2 * C);
+	f->aseq = be_alloc(&be, sizeof(*f->aseq) * 2 * C);
+	f->h_pos = malloc(sizeof(int32_t) * C);
+	f->h_tok_seq = malloc(sizeof(int32_t) * C);
+	f->h_out_rows = malloc(sizeof(int32_t) * C);
+	f->h_kv_rows = malloc(sizeof(int64_t) * 2 * C);
+	f->h_aseq = malloc(sizeof(*f->h_aseq) * 2 * C);
+	if (!f->slab || !f->ids || !f->pos || !f->tok_seq || !f->out_rows || !f->kv_rows || !f->aseq || !f->h_pos ||
+	    !f->h_tok_seq || !f->h_out_rows || !f->h_kv_rows || !f->h_aseq) {
 		gs_forward_free(f);
 		return gs_errorf(GS_ERR_NOMEM, "cannot allocate activations for %d-token batches", max_tokens);
 	}
@@ -39,8 +56,6 @@ enum gs_status gs_forward_create(const struct gs_model *m, struct gs_backend be,
 	f->v = p, p += C * KD;
 	f->gate = p, p += C * F;
 	f->up = p;
-	f->m = m;
-	f->be = be;
 	f->max_tokens = max_tokens;
 	*out = f;
 	return GS_OK;
@@ -50,11 +65,16 @@ void gs_forward_free(struct gs_forward *f)
 {
 	if (!f)
 		return;
-	free(f->slab);
-	free(f->pos);
-	free(f->tok_seq);
-	free(f->out_rows);
-	free(f->aseq);
+	void *dev[] = { f->slab, f->ids, f->pos, f->tok_seq, f->out_rows, f->kv_rows, f->aseq, f->tables, f->logits };
+	for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
+		if (dev[i])
+			f->be.iface->release(f->be.ctx, dev[i]);
+	free(f->h_pos);
+	free(f->h_tok_seq);
+	free(f->h_out_rows);
+	free(f->h_kv_rows);
+	free(f->h_aseq);
+	free(f->h_tables);
 	free(f);
 }
 
@@ -66,11 +86,39 @@ static enum gs_status reduce(struct gs_forward *f, float *buf, size_t n)
 	return gs_comm_allreduce_f32(f->comm, buf, n);
 }
 
-/* Rows, positions and block tables of this batch; checks everything before any work. */
+/* Grow a backend buffer (and optionally its host twin) to hold n elements of size es; old
+ * contents are not kept. At least doubling, so never per token in steady state. */
+static enum gs_status grow(struct gs_forward *f, void **dev, void **host, size_t *cap, size_t n, size_t es)
+{
+	if (n <= *cap)
+		return GS_OK;
+	size_t c = *cap * 2 > n ? *cap * 2 : n;
+	void *d = be_alloc(&f->be, c * es), *h = host ? malloc(c * es) : NULL;
+	if (!d || (host && !h)) {
+		if (d)
+			f->be.iface->release(f->be.ctx, d);
+		free(h);
+		return gs_errorf(GS_ERR_NOMEM, "cannot grow a forward buffer to %zu elements", c);
+	}
+	if (*dev)
+		f->be.iface->release(f->be.ctx, *dev);
+	*dev = d;
+	if (host) {
+		free(*host);
+		*host = h;
+	}
+	*cap = c;
+	return GS_OK;
+}
+
+/* Rows, positions and block tables of this batch; checks everything before any work, then
+ * takes the KV blocks and uploads the step's index arrays to the backend. */
 static enum gs_status plan_rows(struct gs_forward *f, struct gs_kv_pool *pool, const int32_t *ids,
 				const struct gs_batch_seq *seqs, int32_t n_seqs, int32_t *n_rows, int32_t *n_out)
 {
 	const struct gs_model *m = f->m;
+	const struct gs_backend_i *be = f->be.iface;
+	size_t C = (size_t)f->max_tokens, n_tab = 0;
 	int32_t row = 0, out = 0;
 
 	for (int32_t i = 0; i < n_seqs; i++) {
@@ -85,16 +133,55 @@ static enum gs_status plan_rows(struct gs_forward *f, struct gs_kv_pool *pool, c
 			if (id < 0 || id >= m->n_vocab)
 				return gs_errorf(GS_ERR_RANGE, "token id %d at index %d is outside the vocabulary (0..%d)",
 						 id, row + t, m->n_vocab - 1);
-			f->pos[row + t] = b->kv->n_past + t;
-			f->tok_seq[row + t] = i;
+			f->h_pos[row + t] = b->kv->n_past + t;
+			f->h_tok_seq[row + t] = i;
 			if (b->all_logits || (b->want_logits && t == b->n_tokens - 1))
-				f->out_rows[out++] = row + t;
+				f->h_out_rows[out++] = row + t;
 		}
-		f->aseq[i] = (struct gs_attn_seq){ .tok0 = row, .n_tokens = b->n_tokens, .pos0 = b->kv->n_past };
 		row += b->n_tokens;
 	}
-	for (int32_t i = 0; i < n_seqs; i++)
+	for (int32_t i = 0; i < n_seqs; i++) {
 		GS_TRY(gs_kv_seq_prepare(pool, seqs[i].kv, seqs[i].n_tokens));
+		n_tab += (size_t)seqs[i].kv->g_used + (seqs[i].kv->ring ? (size_t)pool->ring_blocks : 0);
+	}
+	GS_TRY(grow(f, (void **)&f->tables, (void **)&f->h_tables, &f->tables_cap, n_tab, sizeof(int32_t)));
+
+	/* Block tables packed one after the other; each sequence's two attention entries point at
+	 * its tables in backend memory. Slab rows of each new position's K/V, per layer type. */
+	size_t off = 0;
+	row = 0;
+	for (int32_t i = 0; i < n_seqs; i++) {
+		const struct gs_kv_seq *kv = seqs[i].kv;
+		struct gs_attn_seq a = { .tok0 = row, .n_tokens = seqs[i].n_tokens, .pos0 = kv->n_past };
+		struct gs_attn_seq *g = &f->h_aseq[i], *l = &f->h_aseq[C + i];
+		*g = a, *l = a;
+		memcpy(f->h_tables + off, kv->gtable, sizeof(int32_t) * (size_t)kv->g_used);
+		g->table = f->tables + off, g->ring = 0;
+		off += (size_t)kv->g_used;
+		if (kv->ring) {
+			memcpy(f->h_tables + off, kv->ring, sizeof(int32_t) * (size_t)pool->ring_blocks);
+			l->table = f->tables + off, l->ring = pool->ring_blocks;
+			off += (size_t)pool->ring_blocks;
+		} else {
+			l->table = NULL, l->ring = 0;
+		}
+		for (int32_t t = 0; t < seqs[i].n_tokens; t++) {
+			int32_t pos = kv->n_past + t, lb = pos / GS_KV_BLOCK, in = pos % GS_KV_BLOCK;
+			f->h_kv_rows[row + t] = (int64_t)kv->gtable[lb] * GS_KV_BLOCK + in;
+			f->h_kv_rows[C + row + t] =
+				kv->ring ? (int64_t)kv->ring[lb % pool->ring_blocks] * GS_KV_BLOCK + in : 0;
+		}
+		row += seqs[i].n_tokens;
+	}
+	be->upload(f->be.ctx, f->ids, ids, sizeof(int32_t) * (size_t)row);
+	be->upload(f->be.ctx, f->pos, f->h_pos, sizeof(int32_t) * (size_t)row);
+	be->upload(f->be.ctx, f->tok_seq, f->h_tok_seq, sizeof(int32_t) * (size_t)row);
+	be->upload(f->be.ctx, f->out_rows, f->h_out_rows, sizeof(int32_t) * (size_t)out);
+	be->upload(f->be.ctx, f->kv_rows, f->h_kv_rows, sizeof(int64_t) * (size_t)row);
+	be->upload(f->be.ctx, f->kv_rows + C, f->h_kv_rows + C, sizeof(int64_t) * (size_t)row);
+	be->upload(f->be.ctx, f->aseq, f->h_aseq, sizeof(*f->aseq) * (size_t)n_seqs);
+	be->upload(f->be.ctx, f->aseq + C, f->h_aseq + C, sizeof(*f->aseq) * (size_t)n_seqs);
+	be->upload(f->be.ctx, f->tables, f->h_tables, sizeof(int32_t) * off);
 	*n_rows = row;
 	*n_out = out;
 	return GS_OK;
@@ -108,15 +195,24 @@ enum gs_status gs_forward_batch(struct gs_forward *f, struct gs_kv_pool *pool, c
 	const struct gs_backend_i *be = f->be.iface;
 	void *bc = f->be.ctx;
 	int H = cfg->hidden, D = cfg->head_dim, Nq = m->shard.n_heads, Nkv = m->shard.n_kv_heads;
-	size_t KD = (size_t)Nkv * D, F = (size_t)m->shard.n_f;
+	size_t KD = (size_t)Nkv * D, F = (size_t)m->shard.n_f, C = (size_t)f->max_tokens;
 	float eps = (float)cfg->rms_eps;
 	int32_t n = 0, n_out = 0;
 
+	/* Logits of the rows that want them: straight into the caller's buffer when the backend
+	 * works in host memory, else into a backend buffer downloaded at the end. */
+	if (logits && !be->host_memory) {
+		size_t want = 0, cap = (size_t)f->logits_cap;
+		for (int32_t i = 0; i < n_seqs; i++)
+			want += seqs[i].all_logits ? (size_t)seqs[i].n_tokens : seqs[i].want_logits ? 1 : 0;
+		GS_TRY(grow(f, (void **)&f->logits, NULL, &cap, want, sizeof(float) * (size_t)m->shard.n_vocab));
+		f->logits_cap = (int32_t)cap;
+	}
 	GS_TRY(plan_rows(f, pool, ids, seqs, n_seqs, &n, &n_out));
 
 	/* Token embeddings times bf16(sqrt(H)) (HF rounds the normalizer to the model dtype);
 	 * with a vocabulary split the owning rank writes the row, the others zeros, then sum. */
-	be->embed(bc, f->x, &m->embed, ids, n, m->embed_scale, m->shard.vocab0);
+	be->embed(bc, f->x, &m->embed, f->ids, n, m->embed_scale, m->shard.vocab0);
 	GS_TRY(reduce(f, f->x, (size_t)n * H));
 
 	for (int l = 0; l < cfg->n_layers; l++) {
@@ -138,24 +234,18 @@ enum gs_status gs_forward_batch(struct gs_forward *f, struct gs_kv_pool *pool, c
 
 		/* History from the paged cache, this step's keys from the activations; sliding layers
 		 * read their ring of blocks. */
-		for (int32_t i = 0; i < n_seqs; i++) {
-			f->aseq[i].table = sliding ? seqs[i].kv->ring : seqs[i].kv->gtable;
-			f->aseq[i].ring = sliding ? pool->ring_blocks : 0;
-		}
 		struct gs_attn_args a = {
 			.out = f->att, .q = f->q, .k_new = f->k, .v_new = f->v, .k_cache = kc, .v_cache = vc,
-			.block = GS_KV_BLOCK, .seqs = f->aseq, .n_seqs = n_seqs, .tok_seq = f->tok_seq, .n_tokens = n,
-			.n_heads = Nq, .n_kv_heads = Nkv, .head_dim = D, .window = cfg->window[l],
-			.scale = (float)(1.0 / sqrt(cfg->query_pre_attn_scalar)), .softcap = (float)cfg->attn_softcap,
+			.block = GS_KV_BLOCK, .seqs = f->aseq + (sliding ? C : 0), .n_seqs = n_seqs,
+			.tok_seq = f->tok_seq, .n_tokens = n, .n_heads = Nq, .n_kv_heads = Nkv, .head_dim = D,
+			.window = cfg->window[l], .scale = (float)(1.0 / sqrt(cfg->query_pre_attn_scalar)),
+			.softcap = (float)cfg->attn_softcap,
 		};
 		be->attention(bc, &a);
 
 		/* Then append this step's K/V (a sliding ring overwrites what left the window). */
-		for (int32_t t = 0; t < n; t++) {
-			size_t r = gs_kv_row(pool, seqs[f->tok_seq[t]].kv, l, f->pos[t]) - slab_off / KD;
-			memcpy(kc + r * KD, f->k + (size_t)t * KD, KD * sizeof(float));
-			memcpy(vc + r * KD, f->v + (size_t)t * KD, KD * sizeof(float));
-		}
+		be->scatter_rows(bc, kc, f->k, f->kv_rows + (sliding ? C : 0), n, KD);
+		be->scatter_rows(bc, vc, f->v, f->kv_rows + (sliding ? C : 0), n, KD);
 
 		/* o_proj is ROW-split: each rank holds a partial sum over its heads. */
 		be->matmul(bc, f->o, f->att, &lw->o, n);
@@ -182,19 +272,22 @@ enum gs_status gs_forward_batch(struct gs_forward *f, struct gs_kv_pool *pool, c
 		return GS_OK;
 	/* Final norm and the tied LM head over this rank's vocabulary rows, only for the rows
 	 * that want logits; logits stay sharded. */
-	for (int32_t i = 0; i < n_out; i++)
-		memcpy(f->o + (size_t)i * H, f->x + (size_t)f->out_rows[i] * H, (size_t)H * sizeof(float));
+	float *lg = be->host_memory ? logits : f->logits;
+	be->gather_rows(bc, f->o, f->x, f->out_rows, n_out, (size_t)H);
 	be->rmsnorm(bc, f->xn, f->o, m->final_norm, n_out, H, eps);
-	be->matmul(bc, logits, f->xn, &m->lm_head, n_out);
+	be->matmul(bc, lg, f->xn, &m->lm_head, n_out);
 	if (cfg->final_softcap > 0)
-		be->softcap(bc, logits, (size_t)n_out * m->shard.n_vocab, (float)cfg->final_softcap);
+		be->softcap(bc, lg, (size_t)n_out * m->shard.n_vocab, (float)cfg->final_softcap);
+	if (lg != logits)
+		be->download(bc, logits, lg, sizeof(float) * (size_t)n_out * (size_t)m->shard.n_vocab);
 	return GS_OK;
 }
 
 /* ---- single sequence ------------------------------------------------------------------ */
 
-enum gs_status gs_seq_create(const struct gs_model *m, int32_t max_ctx, struct gs_seq **out)
+enum gs_status gs_seq_create(const struct gs_forward *f, int32_t max_ctx, struct gs_seq **out)
 {
+	const struct gs_model *m = f->m;
 	const struct gs_config *cfg = &m->cfg;
 	int32_t ng, nl;
 	struct gs_seq *s;
@@ -208,7 +301,7 @@ enum gs_status gs_seq_create(const struct gs_model *m, int32_t max_ctx, struct g
 	if (!s)
 		return gs_errorf(GS_ERR_NOMEM, "out of memory");
 	gs_kv_pool_size_for(cfg, 1, max_ctx, &ng, &nl);
-	st = gs_kv_pool_init(&s->pool, cfg, m->shard.n_kv_heads, ng, nl);
+	st = gs_kv_pool_init(&s->pool, cfg, m->shard.n_kv_heads, ng, nl, &f->be);
 	if (st == GS_OK)
 		st = gs_kv_seq_admit(&s->pool, &s->kv, max_ctx);
 	if (st != GS_OK) {

@@ -19,11 +19,14 @@ struct gs_batch_seq {
 	bool              all_logits;   /* logits of every row (parity checks) */
 };
 
-/* Activation arena for batches of up to max_tokens rows. */
+/* Activation arena for batches of up to max_tokens rows. Everything an op reads or writes lives
+ * in the backend's memory (device memory on a GPU): the activations, and per step the ids,
+ * positions, row maps, attention sequences and their block tables, uploaded from host copies.
+ * Host arrays are prefixed h_. */
 struct gs_forward {
 	const struct gs_model *m;
 	struct gs_backend      be;
-	const struct gs_comm  *comm;     /* TP group (host buffers); NULL when T = 1 */
+	const struct gs_comm  *comm;     /* TP group (buffers of be's memory); NULL when T = 1 */
 	int32_t                max_tokens;
 	float *x;      /* [C, H] residual stream */
 	float *xn;     /* [C, H] normed input of a block */
@@ -34,11 +37,22 @@ struct gs_forward {
 	float *o;      /* [C, H] block output */
 	float *gate;   /* [C, F] (this rank's columns) */
 	float *up;     /* [C, F] */
-	int32_t *pos;      /* [C] position of each row */
-	int32_t *tok_seq;  /* [C] sequence index of each row */
-	int32_t *out_rows; /* [C] rows whose logits are wanted */
-	struct gs_attn_seq *aseq; /* [C] */
-	float *slab;
+	float *slab;   /* behind all of the above */
+	/* per step, backend memory */
+	int32_t *ids;       /* [C] */
+	int32_t *pos;       /* [C] position of each row */
+	int32_t *tok_seq;   /* [C] sequence index of each row */
+	int32_t *out_rows;  /* [C] rows whose logits are wanted */
+	int64_t *kv_rows;   /* [2][C] slab row of each row's K/V: global layers, sliding layers */
+	struct gs_attn_seq *aseq; /* [2][C] global layers, sliding layers (tables point into tables) */
+	int32_t *tables;    /* block tables of the step's sequences */
+	size_t   tables_cap;
+	float   *logits;    /* [logits_cap rows, shard vocab] when the backend's memory is not the host's */
+	int32_t  logits_cap;
+	/* host copies */
+	int32_t *h_pos, *h_tok_seq, *h_out_rows, *h_tables; /* h_tables: tables_cap entries */
+	int64_t *h_kv_rows;
+	struct gs_attn_seq *h_aseq;
 };
 
 enum gs_status gs_forward_create(const struct gs_model *m, struct gs_backend be, int32_t max_tokens,
@@ -66,8 +80,9 @@ struct gs_seq {
 	int32_t           max_ctx;
 };
 
-/* KV for one sequence of up to max_ctx positions (<= max_position_embeddings). */
-enum gs_status gs_seq_create(const struct gs_model *m, int32_t max_ctx, struct gs_seq **out);
+/* KV for one sequence of up to max_ctx positions (<= max_position_embeddings), in the memory of
+ * f's backend. */
+enum gs_status gs_seq_create(const struct gs_forward *f, int32_t max_ctx, struct gs_seq **out);
 void gs_seq_free(struct gs_seq *s);
 void gs_seq_reset(struct gs_seq *s);
 

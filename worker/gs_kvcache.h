@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "gs_config.h"
+#include "gs_kernels.h"
 #include "gs_status.h"
 
 #define GS_KV_BLOCK 16
@@ -37,7 +38,8 @@ struct gs_kv_pool {
 	size_t   elem_bytes;          /* 4: fp32 on CPU */
 	/* Storage: [type layers][blocks][GS_KV_BLOCK][kd], K and V separately. */
 	int32_t  n_global_blocks, n_local_blocks;
-	float   *gk, *gv, *lk, *lv;
+	float   *gk, *gv, *lk, *lv;     /* in the backend's memory (device memory on a GPU) */
+	struct gs_backend be;          /* whose memory; iface NULL: the heap */
 	/* Free lists (stacks of block ids) and reservations. */
 	int32_t *gfree, *lfree;
 	int32_t  n_gfree, n_lfree;
@@ -56,9 +58,10 @@ struct gs_kv_seq {
 };
 
 /* Sizes: n_global_blocks for all sequences' global layers, n_local_blocks for their rings
- * (ring_blocks per sequence). n_kv_heads is this rank's (after the TP split). */
+ * (ring_blocks per sequence). n_kv_heads is this rank's (after the TP split). K/V live in be's
+ * memory (be NULL: the heap, for bookkeeping tests); the tables and free lists on the host. */
 enum gs_status gs_kv_pool_init(struct gs_kv_pool *p, const struct gs_config *cfg, int32_t n_kv_heads,
-			       int32_t n_global_blocks, int32_t n_local_blocks);
+			       int32_t n_global_blocks, int32_t n_local_blocks, const struct gs_backend *be);
 void gs_kv_pool_free(struct gs_kv_pool *p);
 
 /* Pool sizes that hold `n_seqs` sequences of `max_positions` each. */

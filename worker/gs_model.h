@@ -59,6 +59,8 @@ struct gs_model {
 	int32_t                  n_vocab;    /* V of the whole model = embed_tokens rows */
 	float                    embed_scale;/* bf16(sqrt(H)), as HF computes it in a bf16 model */
 	size_t                   weight_bytes;  /* bytes this rank holds (views + copies) */
+	struct gs_backend        dev;        /* after gs_model_to_backend: whose memory holds it */
+	void                    *dev_slab;   /* every weight and gain there (NULL: host memory) */
 	char                     path[512];
 };
 
@@ -85,6 +87,11 @@ enum gs_status gs_model_synthetic_tp(const char *shape, uint64_t seed, int rank,
 const char *gs_model_preset_json(const char *shape);
 
 void gs_model_free(struct gs_model *m);
+
+/* Move every weight and norm gain into be's memory when it is not host memory (a GPU): one
+ * allocation, tensors 256-byte aligned, then the host copies (mmap, owned slab) are dropped.
+ * No-op for host-memory backends. Call after loading, before gs_forward_create. */
+enum gs_status gs_model_to_backend(struct gs_model *m, struct gs_backend be);
 
 /* Bytes of K+V per token per layer type, for TP degree tp (KV heads split, replicated when
  * tp > Nkv). fp32 on CPU: elem_bytes = 4; bf16 on GPU: 2. */

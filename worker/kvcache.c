@@ -44,12 +44,27 @@ void gs_kv_pool_size_for(const struct gs_config *cfg, int32_t n_seqs, int32_t ma
 	*n_local_blocks = n_seqs * ring;
 }
 
+static float *kv_alloc(const struct gs_kv_pool *p, size_t bytes)
+{
+	return p->be.iface ? p->be.iface->alloc(p->be.ctx, bytes) : malloc(bytes ? bytes : 1);
+}
+
+static void kv_release(const struct gs_kv_pool *p, float *ptr)
+{
+	if (p->be.iface)
+		p->be.iface->release(p->be.ctx, ptr);
+	else
+		free(ptr);
+}
+
 enum gs_status gs_kv_pool_init(struct gs_kv_pool *p, const struct gs_config *cfg, int32_t n_kv_heads,
-			       int32_t n_global_blocks, int32_t n_local_blocks)
+			       int32_t n_global_blocks, int32_t n_local_blocks, const struct gs_backend *be)
 {
 	size_t per_block;
 
 	memset(p, 0, sizeof(*p));
+	if (be)
+		p->be = *be;
 	p->n_layers = cfg->n_layers;
 	p->layer_slot = calloc((size_t)cfg->n_layers, sizeof(*p->layer_slot));
 	p->layer_sliding = calloc((size_t)cfg->n_layers, sizeof(*p->layer_sliding));
@@ -72,10 +87,10 @@ enum gs_status gs_kv_pool_init(struct gs_kv_pool *p, const struct gs_config *cfg
 	p->n_global_blocks = n_global_blocks;
 	p->n_local_blocks = n_local_blocks;
 	per_block = (size_t)GS_KV_BLOCK * p->kd;
-	p->gk = malloc(sizeof(float) * per_block * (size_t)n_global_blocks * (size_t)p->n_global_layers + 1);
-	p->gv = malloc(sizeof(float) * per_block * (size_t)n_global_blocks * (size_t)p->n_global_layers + 1);
-	p->lk = malloc(sizeof(float) * per_block * (size_t)n_local_blocks * (size_t)p->n_local_layers + 1);
-	p->lv = malloc(sizeof(float) * per_block * (size_t)n_local_blocks * (size_t)p->n_local_layers + 1);
+	p->gk = kv_alloc(p, sizeof(float) * per_block * (size_t)n_global_blocks * (size_t)p->n_global_layers);
+	p->gv = kv_alloc(p, sizeof(float) * per_block * (size_t)n_global_blocks * (size_t)p->n_global_layers);
+	p->lk = kv_alloc(p, sizeof(float) * per_block * (size_t)n_local_blocks * (size_t)p->n_local_layers);
+	p->lv = kv_alloc(p, sizeof(float) * per_block * (size_t)n_local_blocks * (size_t)p->n_local_layers);
 	p->gfree = malloc(sizeof(int32_t) * ((size_t)n_global_blocks + 1));
 	p->lfree = malloc(sizeof(int32_t) * ((size_t)n_local_blocks + 1));
 	if (!p->gk || !p->gv || !p->lk || !p->lv || !p->gfree || !p->lfree)
@@ -101,10 +116,10 @@ void gs_kv_pool_free(struct gs_kv_pool *p)
 {
 	free(p->layer_slot);
 	free(p->layer_sliding);
-	free(p->gk);
-	free(p->gv);
-	free(p->lk);
-	free(p->lv);
+	kv_release(p, p->gk);
+	kv_release(p, p->gv);
+	kv_release(p, p->lk);
+	kv_release(p, p->lv);
 	free(p->gfree);
 	free(p->lfree);
 	memset(p, 0, sizeof(*p));

@@ -549,7 +549,7 @@ int main(int argc, char **argv)
 			ctx = m->cfg.max_position;
 		st = gs_forward_create(m, be, chunk, &f);
 		if (st == GS_OK)
-			st = gs_seq_create(m, ctx, &s);
+			st = gs_seq_create(f, ctx, &s);
 	}
 	if (st == GS_OK) {
 		size_t rows = o.dump ? (size_t)n : 1, stride = (size_t)m->shard.vocab_stride;

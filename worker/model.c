@@ -337,10 +337,76 @@ enum gs_status gs_model_load(const char *dir, bool touch_pages, struct gs_model 
 	return gs_model_load_tp(dir, 0, 1, touch_pages, out);
 }
 
+enum gs_status gs_model_to_backend(struct gs_model *m, struct gs_backend be)
+{
+	const size_t align = 256;
+	size_t L = (size_t)m->cfg.n_layers, H = (size_t)m->cfg.hidden, D = (size_t)m->cfg.head_dim;
+	size_t gains_bytes = sizeof(float) * (L * (4 * H + 2 * D) + H), total, off;
+	bool tied = m->lm_head.data == m->embed.data;
+	char *dev;
+
+	if (be.iface->host_memory || m->dev_slab)
+		return GS_OK;
+	/* every weight the forward pass reads, in one list */
+	size_t n_t = 2 + 7 * L, k = 0;
+	struct gs_tensor **ts = malloc(n_t * sizeof(*ts));
+	if (!ts)
+		return gs_errorf(GS_ERR_NOMEM, "out of memory");
+	ts[k++] = &m->embed;
+	if (!tied)
+		ts[k++] = &m->lm_head;
+	for (size_t l = 0; l < L; l++) {
+		struct gs_layer_weights *lw = &m->layers[l];
+		struct gs_tensor *w[] = { &lw->q, &lw->k, &lw->v, &lw->o, &lw->gate, &lw->up, &lw->down };
+		for (size_t i = 0; i < 7; i++)
+			ts[k++] = w[i];
+	}
+	total = (gains_bytes + align - 1) / align * align;
+	for (size_t i = 0; i < k; i++)
+		total += ((size_t)ts[i]->rows * (size_t)ts[i]->cols * gs_dtype_size(ts[i]->dtype) + align - 1) / align * align;
+	dev = be.iface->alloc(be.ctx, total);
+	if (!dev) {
+		free(ts);
+		return gs_errorf(GS_ERR_NOMEM, "%s: cannot allocate %.2f GiB for the weights of this rank", be.iface->name,
+				 (double)total / (1 << 30));
+	}
+	/* gains first: every norm pointer keeps its offset into the slab */
+	be.iface->upload(be.ctx, dev, m->gains, gains_bytes);
+	for (size_t l = 0; l < L; l++) {
+		struct gs_layer_weights *lw = &m->layers[l];
+		float **g[] = { &lw->attn_norm, &lw->post_attn_norm, &lw->pre_ffn_norm, &lw->post_ffn_norm, &lw->q_norm, &lw->k_norm };
+		for (size_t i = 0; i < 6; i++)
+			*g[i] = (float *)dev + (*g[i] - m->gains);
+	}
+	m->final_norm = (float *)dev + (m->final_norm - m->gains);
+	off = (gains_bytes + align - 1) / align * align;
+	for (size_t i = 0; i < k; i++) {
+		size_t bytes = (size_t)ts[i]->rows * (size_t)ts[i]->cols * gs_dtype_size(ts[i]->dtype);
+		be.iface->upload(be.ctx, dev + off, ts[i]->data, bytes);
+		ts[i]->data = dev + off;
+		off += (bytes + align - 1) / align * align;
+	}
+	if (tied)
+		m->lm_head.data = m->embed.data;
+	free(ts);
+	/* the host copies are no longer read */
+	gs_st_close(m->st);
+	m->st = NULL;
+	free(m->slab);
+	m->slab = NULL;
+	free(m->gains);
+	m->gains = NULL;
+	m->dev = be;
+	m->dev_slab = dev;
+	return GS_OK;
+}
+
 void gs_model_free(struct gs_model *m)
 {
 	if (!m)
 		return;
+	if (m->dev_slab)
+		m->dev.iface->release(m->dev.ctx, m->dev_slab);
 	gs_st_close(m->st);
 	free(m->slab);
 	free(m->gains);

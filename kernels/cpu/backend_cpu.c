@@ -320,18 +320,69 @@ static int cpu_n_threads(void *vctx)
 	return ((struct cpu_ctx *)vctx)->n_threads;
 }
 
-static const struct gs_backend_i gs_backend_cpu_i = {
-	.name = "cpu",
-	.matmul = cpu_matmul,
-	.rmsnorm = cpu_rmsnorm,
-	.rope = cpu_rope,
-	.attention = cpu_attention,
-	.geglu = cpu_geglu,
-	.embed = cpu_embed,
-	.add = cpu_add,
-	.softcap = cpu_softcap,
-	.n_threads = cpu_n_threads,
-};
+/* ---- memory: the heap ------------------------------------------------------------ */
+
+static void *cpu_alloc(void *vctx, size_t bytes)
+{
+	/* 64-byte aligned for the vector loads; at least one line so 0 bytes is a valid pointer */
+	size_t sz = bytes ? (bytes + 63) / 64 * 64 : 64;
+	return aligned_alloc(64, sz);
+}
+
+static void cpu_release(void *vctx, void *p)
+{
+	free(p);
+}
+
+static void cpu_copy(void *vctx, void *dst, const void *src, size_t bytes)
+{
+	if (bytes)
+		memcpy(dst, src, bytes);
+}
+
+static void cpu_scatter_rows(void *vctx, float *dst, const float *src, const int64_t *rows, int n, size_t width)
+{
+	for (int i = 0; i < n; i++)
+		memcpy(dst + (size_t)rows[i] * width, src + (size_t)i * width, width * sizeof(float));
+}
+
+static void cpu_gather_rows(void *vctx, float *dst, const float *src, const int32_t *rows, int n, size_t width)
+{
+	for (int i = 0; i < n; i++)
+		memcpy(dst + (size_t)i * width, src + (size_t)rows[i] * width, width * sizeof(float));
+}
+
+#define GS_CPU_OPS                                   \
+	.matmul = cpu_matmul,                        \
+	.rmsnorm = cpu_rmsnorm,                      \
+	.rope = cpu_rope,                            \
+	.attention = cpu_attention,                  \
+	.geglu = cpu_geglu,                          \
+	.embed = cpu_embed,                          \
+	.add = cpu_add,                              \
+	.softcap = cpu_softcap,                      \
+	.n_threads = cpu_n_threads,                  \
+	.alloc = cpu_alloc,                          \
+	.release = cpu_release,                      \
+	.upload = cpu_copy,                          \
+	.download = cpu_copy,                        \
+	.scatter_rows = cpu_scatter_rows,            \
+	.gather_rows = cpu_gather_rows
+
+static const struct gs_backend_i gs_backend_cpu_i = { .name = "cpu", .host_memory = true, GS_CPU_OPS };
+
+/* The same ops, but declaring its memory separate from the host's, as a GPU's is: callers then
+ * take every path a device backend needs (weights moved into backend memory, logits downloaded),
+ * which the tests check against the plain CPU backend without a GPU. */
+static const struct gs_backend_i gs_backend_cpu_staged_i = { .name = "cpu-staged", .host_memory = false,
+							     GS_CPU_OPS };
+
+enum gs_status gs_backend_cpu_create_staged(int n_threads, struct gs_backend *out)
+{
+	GS_TRY(gs_backend_cpu_create(n_threads, out));
+	out->iface = &gs_backend_cpu_staged_i;
+	return GS_OK;
+}
 
 enum gs_status gs_backend_cpu_create(int n_threads, struct gs_backend *out)
 {

@@ -76,6 +76,47 @@ static void cuda_softcap(void *ctx, float *x, size_t n, float cap)
 		gs_cu_softcap(ctx, x, n, cap);
 }
 
+/* Memory ops of the vtable: device memory; a failed copy is a broken invariant (abort with
+ * the CUDA reason), like a failed op. */
+static void *cuda_alloc(void *ctx, size_t bytes)
+{
+	void *p = NULL;
+	return gs_cu_malloc(ctx, &p, bytes ? bytes : 64) == GS_OK ? p : NULL;
+}
+
+static void cuda_release(void *ctx, void *p)
+{
+	gs_cu_free(ctx, p);
+}
+
+static void cuda_upload(void *ctx, void *dst, const void *src, size_t bytes)
+{
+	if (bytes && gs_cu_upload(ctx, dst, src, bytes) != GS_OK) {
+		gs_log(GS_LOG_ERROR, "cuda upload of %zu bytes: %s", bytes, gs_last_error());
+		GS_ASSERT(!"cuda upload failed");
+	}
+}
+
+static void cuda_download(void *ctx, void *dst, const void *src, size_t bytes)
+{
+	if (bytes && gs_cu_download(ctx, dst, src, bytes) != GS_OK) {
+		gs_log(GS_LOG_ERROR, "cuda download of %zu bytes: %s", bytes, gs_last_error());
+		GS_ASSERT(!"cuda download failed");
+	}
+}
+
+static void cuda_scatter_rows(void *ctx, float *dst, const float *src, const int64_t *rows, int n, size_t width)
+{
+	if (n > 0 && width > 0)
+		gs_cu_scatter_rows(ctx, dst, src, rows, n, width);
+}
+
+static void cuda_gather_rows(void *ctx, float *dst, const float *src, const int32_t *rows, int n, size_t width)
+{
+	if (n > 0 && width > 0)
+		gs_cu_gather_rows(ctx, dst, src, rows, n, width);
+}
+
 static const struct gs_backend_i gs_backend_cuda_i = {
 	.name = "cuda",
 	.matmul = cuda_matmul,
@@ -87,6 +128,13 @@ static const struct gs_backend_i gs_backend_cuda_i = {
 	.add = cuda_add,
 	.softcap = cuda_softcap,
 	.n_threads = NULL,
+	.host_memory = false,
+	.alloc = cuda_alloc,
+	.release = cuda_release,
+	.upload = cuda_upload,
+	.download = cuda_download,
+	.scatter_rows = cuda_scatter_rows,
+	.gather_rows = cuda_gather_rows,
 };
 
 static struct gs_cuda_ctx *ctx_of(const struct gs_backend *be)

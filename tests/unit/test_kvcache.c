@@ -36,7 +36,7 @@ int main(int argc, char **argv)
 		struct gs_kv_seq s;
 		int32_t g, l;
 		gs_kv_pool_size_for(&c, 1, 4096, &g, &l);
-		CHECK(gs_kv_pool_init(&p, &c, 2, g, l) == GS_OK);
+		CHECK(gs_kv_pool_init(&p, &c, 2, g, l, NULL) == GS_OK);
 		CHECK(p.bytes == gs_kv_seq_bytes(&c, 2, 4096, 4));
 		CHECK(p.ring_blocks == 65);
 		CHECK(gs_kv_seq_admit(&p, &s, 4096) == GS_OK);
