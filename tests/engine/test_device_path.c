@@ -136,7 +136,7 @@ int main(void)
 		CHECK_MSG(ra[r].n == N_GEN && rb[r].n == N_GEN, "request %d: %d and %d tokens", r + 1, ra[r].n, rb[r].n);
 		CHECK_MSG(memcmp(ra[r].tok, rb[r].tok, sizeof(ra[r].tok)) == 0, "request %d: tokens differ", r + 1);
 	}
-	printf("device path (cpu-staged) equals the CPU backend: %d logit rows, %d requests x %d tokens\n",
+	printf("device path (cpu-staged) against the CPU backend: %d logit rows, %d requests x %d tokens compared\n",
 	       N_PROMPT + N_DECODE, N_REQ, N_GEN);
 	gs_model_free(m_host);
 	gs_model_free(m_dev);
