@@ -21,7 +21,7 @@ mkdir -p "$dir"
 echo "== configure ($dir, GS_CUDA=ON, CMAKE_CUDA_ARCHITECTURES=$arch)"
 if cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGS_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" \
 	>"$dir/gpu-configure.log" 2>&1; then
-	targets="test_cuda_ops bench_cuda test_comm_nccl"
+	targets="test_cuda_ops test_device_path bench_cuda test_comm_nccl"
 	bench="$dir/tests/gpu/bench_cuda"
 else
 	echo "full configure failed (log: $dir/gpu-configure.log):"
