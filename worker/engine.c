@@ -83,6 +83,11 @@ static int32_t max_candidates(const struct gs_engine *e)
 	return k;
 }
 
+void gs_engine_set_device_comm(struct gs_engine *e, const struct gs_comm *c)
+{
+	gs_forward_set_comm(e->f, c);
+}
+
 enum gs_status gs_engine_create(const struct gs_model *m, struct gs_backend be, const struct gs_comm *comm,
 				const struct gs_engine_config *cfg_in, struct gs_engine **out)
 {

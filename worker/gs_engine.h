@@ -84,6 +84,9 @@ struct gs_engine;
 enum gs_status gs_engine_create(const struct gs_model *m, struct gs_backend be, const struct gs_comm *comm,
 				const struct gs_engine_config *cfg, struct gs_engine **out);
 void gs_engine_free(struct gs_engine *e);
+/* Device backends (T > 1): the forward pass all-reduces its device buffers over c (NCCL), while
+ * step plans and sampling candidates stay on the engine's comm (host buffers, MPI). */
+void gs_engine_set_device_comm(struct gs_engine *e, const struct gs_comm *c);
 
 /* Leader only. Queue a request. GS_ERR_RANGE ("can never fit") when prompt + max_tokens
  * exceeds the context or the whole KV pool; GS_ERR_INVALID_ARG for bad params or ids. */

@@ -19,6 +19,7 @@
 #include "gs_comm.h"
 #include "gs_config.h"
 #include "gs_cpu.h"
+#include "gs_cuda.h"
 #include "gs_forward.h"
 #include "gs_link.h"
 #include "gs_safetensors.h"
@@ -29,7 +30,7 @@
 
 struct worker_opts {
 	const char *model, *synthetic, *tokens, *dump, *batch, *out;
-	const char *coordinator, *engine_id, *served_name;
+	const char *coordinator, *engine_id, *served_name, *device;
 	int generate, chunk, threads, decode_steps, prompt_tokens, max_batch_tokens, max_seqs, ctx;
 	bool bench;
 	struct gs_sampling_params sp;
@@ -56,6 +57,8 @@ static void usage(FILE *f)
 		   "  --temperature X --top-k N --top-p X --min-p X --repetition-penalty X --seed N\n"
 		   "  --chunk N            feed the prompt in chunks of N tokens (1 = decode only)\n"
 		   "  --threads N          CPU threads per rank (default: all cores / ranks on this host)\n"
+		   "  --device cpu|cuda    where each rank computes (default cpu); cuda: the GPU of the rank's\n"
+		   "                       node-local index, weights moved there, all-reduces over NCCL\n"
 		   "  --bench              time prefill (--prompt-tokens, 512) and decode (--decode-steps, 32)\n"
 		   "  --batch IN.jsonl --out OUT.jsonl   offline batch through the serving engine (resumable)\n"
 		   "  --coordinator HOST:PORT   engine mode: rank 0 registers with the coordinator and serves it\n"
@@ -98,6 +101,8 @@ static int parse_args(int argc, char **argv, struct worker_opts *o, int rank)
 			o->engine_id = v;
 		} else if (!strcmp(a, "--served-name")) {
 			o->served_name = v;
+		} else if (!strcmp(a, "--device")) {
+			o->device = v;
 		} else if (!strcmp(a, "--max-batch-tokens")) {
 			o->max_batch_tokens = atoi(v);
 		} else if (!strcmp(a, "--max-seqs")) {
@@ -139,6 +144,10 @@ bad:
 	}
 	if (!o->batch != !o->out) {
 		gs_errorf(GS_ERR_INVALID_ARG, "--batch and --out go together");
+		return 2;
+	}
+	if (o->device && strcmp(o->device, "cpu") != 0 && strcmp(o->device, "cuda") != 0) {
+		gs_errorf(GS_ERR_INVALID_ARG, "--device must be cpu or cuda, got \"%s\"", o->device);
 		return 2;
 	}
 	if (o->batch && !o->model) {
@@ -352,20 +361,87 @@ static int run_bench(const struct gs_comm *w, struct gs_forward *f, struct gs_se
 }
 
 /* Offline batch: the leader reads, tokenizes and schedules; every rank executes the plans. */
-static int run_batch(const struct gs_comm *w, const struct gs_model *m, const struct worker_opts *o)
+/* Where this rank computes: the CPU backend, or a GPU with the model's weights moved into its
+ * memory and, for T > 1, an NCCL communicator for the forward pass's all-reduces (plans and
+ * sampling candidates stay on the MPI world). */
+struct rank_backend {
+	struct gs_backend be;
+	bool              cuda;
+	struct gs_comm    nccl;
+	bool              have_nccl;
+};
+
+/* Collective: every rank calls it; all succeed or all fail with one message. */
+static bool rank_backend_open(const struct gs_comm *w, struct gs_model *m, const struct worker_opts *o,
+			      struct rank_backend *rb)
+{
+	enum gs_status st = GS_OK;
+	int dev = 0;
+
+	memset(rb, 0, sizeof(*rb));
+	if (!o->device || !strcmp(o->device, "cpu")) {
+		st = gs_backend_cpu_create(o->threads, &rb->be);
+		return all_ok(w, st, "creating the CPU backend");
+	}
+	{
+		int n = gs_cuda_device_count();
+		const char *lr = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+		dev = (lr ? atoi(lr) : gs_comm_rank(w)) % (n > 0 ? n : 1);
+		if (n < 1)
+			st = gs_errorf(GS_ERR_UNSUPPORTED, "--device cuda: %s",
+				       gs_cuda_built() ? "no CUDA device on this host" : "this build has no CUDA backend");
+		else if ((st = gs_backend_cuda_create(dev, &rb->be)) == GS_OK) {
+			rb->cuda = true;
+			st = gs_model_to_backend(m, rb->be);
+		}
+	}
+	if (!all_ok(w, st, "setting up the device"))
+		return false;
+	if (gs_comm_size(w) > 1) {
+		st = gs_comm_nccl_create(w, dev, &rb->nccl);
+		if (st == GS_OK) {
+			rb->have_nccl = true;
+			st = gs_comm_nccl_set_compute_stream(&rb->nccl, gs_backend_cuda_stream(&rb->be));
+		}
+		if (!all_ok(w, st, "creating the NCCL communicator"))
+			return false;
+	}
+	return true;
+}
+
+/* After the model (whose device weights the backend owns) is freed. */
+static void rank_backend_close(struct rank_backend *rb)
+{
+	if (rb->have_nccl)
+		gs_comm_free(&rb->nccl);
+	if (rb->be.ctx && rb->cuda)
+		gs_backend_cuda_free(&rb->be);
+	else if (rb->be.ctx)
+		gs_backend_cpu_free(&rb->be);
+}
+
+/* The engine of this rank on rb's backend; its forward pass all-reduces over NCCL on a GPU. */
+static enum gs_status rank_engine(const struct gs_comm *w, const struct gs_model *m, struct rank_backend *rb,
+				  const struct gs_engine_config *ec, struct gs_engine **e)
+{
+	GS_TRY(gs_engine_create(m, rb->be, gs_comm_size(w) > 1 ? w : NULL, ec, e));
+	if (rb->have_nccl)
+		gs_engine_set_device_comm(*e, &rb->nccl);
+	return GS_OK;
+}
+
+static int run_batch(const struct gs_comm *w, const struct gs_model *m, struct rank_backend *rb,
+		     const struct worker_opts *o)
 {
 	struct gs_engine_config ec = { .max_batch_tokens = o->max_batch_tokens, .max_seqs = o->max_seqs,
 				       .max_context = o->ctx, .candidates = 64 };
-	struct gs_backend be = { 0 };
 	struct gs_engine *e = NULL;
 	struct gs_tokenizer *tok = NULL;
 	char path[1024];
 	enum gs_status st;
 	int rc = 1;
 
-	st = gs_backend_cpu_create(o->threads, &be);
-	if (st == GS_OK)
-		st = gs_engine_create(m, be, gs_comm_size(w) > 1 ? w : NULL, &ec, &e);
+	st = rank_engine(w, m, rb, &ec, &e);
 	if (st == GS_OK && gs_comm_rank(w) == 0) {
 		snprintf(path, sizeof(path), "%s/tokenizer.json", o->model);
 		st = gs_tokenizer_load(path, &tok);
@@ -380,8 +456,6 @@ static int run_batch(const struct gs_comm *w, const struct gs_model *m, const st
 out_free:
 	gs_tokenizer_free(tok);
 	gs_engine_free(e);
-	if (be.ctx)
-		gs_backend_cpu_free(&be);
 	return rc;
 }
 
@@ -417,20 +491,18 @@ static void default_model_id(const struct worker_opts *o, char *buf, size_t cap)
 /* Engine mode: the leader serves the coordinator (gs_link_serve), the other ranks execute
  * its plans. SIGTERM/SIGINT on any rank: the leader shuts the engine down, everyone exits 0.
  * An engine failure ends the whole job (the launcher restarts it; it registers again). */
-static int run_engine(const struct gs_comm *w, const struct gs_model *m, const struct worker_opts *o)
+static int run_engine(const struct gs_comm *w, const struct gs_model *m, struct rank_backend *rb,
+		      const struct worker_opts *o)
 {
 	struct gs_engine_config ec = { .max_batch_tokens = o->max_batch_tokens, .max_seqs = o->max_seqs,
 				       .max_context = o->ctx, .candidates = 64 };
 	struct sigaction sa = { .sa_handler = on_stop_signal }; /* no SA_RESTART: waits see EINTR */
-	struct gs_backend be = { 0 };
 	struct gs_engine *e = NULL;
 	char model_id[256];
 	enum gs_status st;
 	int rc = 1;
 
-	st = gs_backend_cpu_create(o->threads, &be);
-	if (st == GS_OK)
-		st = gs_engine_create(m, be, gs_comm_size(w) > 1 ? w : NULL, &ec, &e);
+	st = rank_engine(w, m, rb, &ec, &e);
 	if (!all_ok(w, st, "setting up the engine"))
 		goto out_free;
 	sigemptyset(&sa.sa_mask);
@@ -457,8 +529,6 @@ static int run_engine(const struct gs_comm *w, const struct gs_model *m, const s
 	rc = 0;
 out_free:
 	gs_engine_free(e);
-	if (be.ctx)
-		gs_backend_cpu_free(&be);
 	return rc;
 }
 
@@ -467,7 +537,7 @@ int main(int argc, char **argv)
 	struct gs_comm world;
 	struct worker_opts o;
 	struct gs_model *m = NULL;
-	struct gs_backend be = { 0 };
+	struct rank_backend rb = { 0 };
 	struct gs_forward *f = NULL;
 	struct gs_seq *s = NULL;
 	struct dsample ds = { 0 };
@@ -524,13 +594,15 @@ int main(int argc, char **argv)
 		}
 		free(all);
 	}
+	if (!rank_backend_open(&world, m, &o, &rb))
+		goto out_free;
 
 	if (o.batch) {
-		rc = run_batch(&world, m, &o);
+		rc = run_batch(&world, m, &rb, &o);
 		goto out_free;
 	}
 	if (o.coordinator) {
-		rc = run_engine(&world, m, &o);
+		rc = run_engine(&world, m, &rb, &o);
 		goto out_free;
 	}
 
@@ -540,14 +612,12 @@ int main(int argc, char **argv)
 	if (st == GS_OK && o.tokens && (int64_t)n + o.generate > m->cfg.max_position)
 		st = gs_errorf(GS_ERR_RANGE, "%d prompt + %d generated tokens exceed max_position_embeddings (%d)", n,
 			       o.generate, m->cfg.max_position);
-	if (st == GS_OK)
-		st = gs_backend_cpu_create(o.threads, &be);
 	if (st == GS_OK) {
 		int32_t ctx = o.bench ? o.prompt_tokens + o.decode_steps + 1 : n + o.generate + 1;
 		int32_t chunk = o.bench ? (o.prompt_tokens < 512 ? o.prompt_tokens : 512) : (n < 256 ? n : 256);
 		if (ctx > m->cfg.max_position)
 			ctx = m->cfg.max_position;
-		st = gs_forward_create(m, be, chunk, &f);
+		st = gs_forward_create(m, rb.be, chunk, &f);
 		if (st == GS_OK)
 			st = gs_seq_create(f, ctx, &s);
 	}
@@ -577,7 +647,7 @@ int main(int argc, char **argv)
 	if (!all_ok(&world, st, "setting up"))
 		goto out_free;
 	if (T > 1)
-		gs_forward_set_comm(f, &world);
+		gs_forward_set_comm(f, rb.have_nccl ? &rb.nccl : &world);
 
 	if (o.bench) {
 		rc = run_bench(&world, f, s, m, &o, logits);
@@ -640,9 +710,8 @@ out_free:
 	free(logits), free(full), free(pad_s), free(pad_r), free(ids);
 	gs_seq_free(s);
 	gs_forward_free(f);
-	if (be.ctx)
-		gs_backend_cpu_free(&be);
 	gs_model_free(m);
+	rank_backend_close(&rb);
 out_finalize:
 	gs_comm_free(&world);
 	gs_comm_mpi_finalize();

@@ -45,6 +45,13 @@ def main():
     expect("unknown option on one rank only",
            mpirun(MPIRUN, 0, None, mpmd=[(1, [*w, "--model", a]), (1, [*w, "--model", a, "--bogus", "1"])]),
            "--bogus")
+    expect("unknown device", mpirun(MPIRUN, 2, [*w, "--model", a, "--device", "tpu"]),
+           "--device must be cpu or cuda", "tpu")
+    if not os.path.exists("/dev/nvidia0"):
+        expect("--device cuda on a host without a GPU", mpirun(MPIRUN, 2, [*w, "--model", a, "--device", "cuda"]),
+               "setting up the device", "--device cuda: ")
+    else:
+        print("(a GPU is present: the no-GPU --device cuda case is not applicable here)")
     # Control: the same job with good input works on 2 ranks.
     rc, out, err, secs = mpirun(MPIRUN, 2, [*w, "--model", a])
     if rc != 0 or len(out.split()) != 2:
