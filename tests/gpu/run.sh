@@ -57,6 +57,22 @@ echo "== benchmark"
 timeout 300 "$bench" 2>&1 | tee "$dir/gpu-bench.log"
 bench_rc=${PIPESTATUS[0]}
 
+# The whole model on the GPU through the worker (full build only): the 27B shape with seeded
+# random weights (generated on the host, moved to the device: ~54 GB of host memory and about a
+# minute), prefill of a 2K prompt and batch-1 decode. Skipped with GS_GPU_SKIP_27B=1.
+worker_rc=0
+if [ "$mode" = full ] && [ "${GS_GPU_SKIP_27B:-0}" != 1 ]; then
+	echo "== worker: synthetic 27b on cuda"
+	if cmake --build "$dir" -j"$jobs" --target gemmashard-worker >>"$dir/gpu-build.log" 2>&1; then
+		OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 420 \
+			mpirun --allow-run-as-root -np 1 "$dir/worker/gemmashard-worker" --synthetic 27b --device cuda \
+			--bench --prompt-tokens 2048 --decode-steps 32 2>&1 | tee "$dir/gpu-worker.log"
+		worker_rc=${PIPESTATUS[0]}
+	else
+		echo "FAIL: building gemmashard-worker"; worker_rc=1
+	fi
+fi
+
 echo
 echo "================ gemmashard GPU summary ================"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | sed 's/^/device: /'
@@ -66,10 +82,11 @@ grep -E "^ *[0-9]+/[0-9]+ Test +#" "$dir/gpu-ctest.log" | sed -E 's/^ *[0-9]+\/[
 [ "$mode" = kernels-only ] && echo "test:   mpi_comm_nccl_*: NOT RUN (kernels-only build)"
 grep -E "^device-to-device|^one layer|^cuBLAS" "$dir/gpu-bench.log" | sed 's/^/bench:  /'
 sed -n '/^matmul, bf16 weights/,/^one layer/p' "$dir/gpu-bench.log" | grep -vE "^one layer"
-echo "ctest exit $ctest_rc, bench exit $bench_rc"
+[ -f "$dir/gpu-worker.log" ] && grep -E "^bench " "$dir/gpu-worker.log" | sed 's/^/worker: /'
+echo "ctest exit $ctest_rc, bench exit $bench_rc, worker exit $worker_rc"
 # On a GPU machine the CUDA ops test must run: a skip here means the device was not usable.
 if grep -qE "gpu_cuda_ops .*Skipped" "$dir/gpu-ctest.log"; then
 	echo "FAIL: gpu_cuda_ops was skipped on a machine that should have a GPU"
 	exit 1
 fi
-[ "$ctest_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+[ "$ctest_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$worker_rc" -eq 0 ]
