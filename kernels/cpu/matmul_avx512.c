@@ -137,50 +137,13 @@ GS_INLINE void gs_tile_store(float *y, size_t n, __m512 s, int mr, int nr, int a
  * alone, ~40-55% with T0 or NTA. */
 #define GS_DEC_D 2
 
-GS_INLINE void gs_dec_range(const struct gs_mm_args *a, int j0, int j1, const int M,
-			    enum gs_mm_wtype wt)
-{
-	const int n = a->n, k = a->k;
-	const size_t es = gs_wsize(wt);
-	const char *w = a->w;
-	for (int j = j0; j < j1; j += GS_DEC_R) {
-		int nr = j1 - j < GS_DEC_R ? j1 - j : GS_DEC_R;
-		/* rows past nr repeat the last one (computed, not stored): one kernel for all */
-		const char *wr0[GS_DEC_R], *pf0[GS_DEC_R];
-		for (int r = 0; r < GS_DEC_R; r++) {
-			int jr = j + (r < nr ? r : nr - 1);
-			int jp = j + GS_DEC_D * GS_DEC_R + r;
-			wr0[r] = w + (size_t)jr * k * es;
-			pf0[r] = w + (size_t)(jp < n ? jp : n - 1) * k * es;
-
-		}
-		__m512 s = _mm512_setzero_ps();
-		for (int k0 = 0; k0 < k; k0 += GS_MM_KB) {
-			int kc = k - k0 < GS_MM_KB ? k - k0 : GS_MM_KB;
-			const float *xr[4];
-			const void *wr[GS_DEC_R], *pf[GS_DEC_R];
-			for (int i = 0; i < 4; i++)
-				xr[i] = a->x + (size_t)(i < M ? i : 0) * k + k0;
-			for (int r = 0; r < GS_DEC_R; r++) {
-				wr[r] = wr0[r] + (size_t)k0 * es;
-				pf[r] = pf0[r] + (size_t)k0 * es;
-			}
-						__m512 t = gs_tile(xr, wr, pf, kc, M, GS_DEC_R, wt);
-			s = k0 == 0 ? t : _mm512_add_ps(s, t);
-		}
-		gs_tile_store(a->y + j, (size_t)n, s, M, nr, 0);
-	}
-}
-
-/* Small batches (serving decode, 4 < m ≤ GS_STREAM_MAX_M): like decode, 4 weight rows at a time
- * streamed from memory once (with the prefetch), each dotted with every group of 4 x rows while
- * the rows are still in L1. Converting the rows once per group costs less than packing a panel
- * whose strided rows stall the loads: m = 8 ran at ~30% of the FMA peak packed. Same canonical
- * order as every other path. */
-#define GS_STREAM_MAX_M 32
-#define GS_STREAM_MAX_X (512 << 10) /* bytes of x (m × k fp32) swept per 4 weight rows: in L2 */
-
-GS_INLINE void gs_stream_range(const struct gs_mm_args *a, int j0, int j1, enum gs_mm_wtype wt)
+/* Weight rows j0..j1, GS_DEC_R at a time, each streamed from memory once (prefetched GS_DEC_D
+ * tiles ahead) and dotted with every group of MT x rows while it is still in L1: MT = m for
+ * decode (m ≤ 4, one group), MT = 4 for small serving batches (4 < m ≤ GS_STREAM_MAX_M), where
+ * converting the rows once per group costs less than packing a panel whose strided rows stall
+ * the loads (m = 8 ran at ~30% of the FMA peak packed). Rows past the last of a group repeat
+ * it (computed, not stored), so one kernel serves every shape. */
+GS_INLINE void gs_rows_range(const struct gs_mm_args *a, int j0, int j1, const int MT, enum gs_mm_wtype wt)
 {
 	const int m = a->m, n = a->n, k = a->k;
 	const size_t es = gs_wsize(wt);
@@ -194,21 +157,21 @@ GS_INLINE void gs_stream_range(const struct gs_mm_args *a, int j0, int j1, enum 
 			wr0[r] = w + (size_t)jr * k * es;
 			pf0[r] = w + (size_t)(jp < n ? jp : n - 1) * k * es;
 		}
-		for (int i = 0; i < m; i += 4) {
-			int mr = m - i < 4 ? m - i : 4;
+		for (int i = 0; i < m; i += MT) {
+			int mr = m - i < MT ? m - i : MT;
 			__m512 s = _mm512_setzero_ps();
 			for (int k0 = 0; k0 < k; k0 += GS_MM_KB) {
 				int kc = k - k0 < GS_MM_KB ? k - k0 : GS_MM_KB;
 				const float *xr[4];
 				const void *wr[GS_DEC_R], *pf[GS_DEC_R];
-				for (int ii = 0; ii < 4; ii++) /* rows past mr repeat the last one */
+				for (int ii = 0; ii < 4; ii++)
 					xr[ii] = a->x + (size_t)(i + (ii < mr ? ii : mr - 1)) * k + k0;
 				for (int r = 0; r < GS_DEC_R; r++) {
 					wr[r] = wr0[r] + (size_t)k0 * es;
 					pf[r] = pf0[r] + (size_t)k0 * es;
 				}
 				/* the first group brings the rows in and prefetches the next ones */
-				__m512 t = gs_tile(xr, wr, i == 0 ? pf : NULL, kc, 4, GS_DEC_R, wt);
+				__m512 t = gs_tile(xr, wr, i == 0 ? pf : NULL, kc, MT, GS_DEC_R, wt);
 				s = k0 == 0 ? t : _mm512_add_ps(s, t);
 			}
 			gs_tile_store(a->y + (size_t)i * n + j, (size_t)n, s, mr, nr, 0);
@@ -216,14 +179,17 @@ GS_INLINE void gs_stream_range(const struct gs_mm_args *a, int j0, int j1, enum 
 	}
 }
 
+#define GS_STREAM_MAX_M 32
+#define GS_STREAM_MAX_X (512 << 10) /* bytes of x (m × k fp32) swept per weight rows: in L2 */
+
 static void gs_dec_dispatch(const struct gs_mm_args *a, int j0, int j1, enum gs_mm_wtype wt)
 {
-	_Static_assert(GS_MM_DECODE_MAX_M == 4, "instantiate gs_dec_range for every M");
+	_Static_assert(GS_MM_DECODE_MAX_M == 4, "instantiate gs_rows_range for every M");
 	switch (a->m) {
-	case 1: gs_dec_range(a, j0, j1, 1, wt); break;
-	case 2: gs_dec_range(a, j0, j1, 2, wt); break;
-	case 3: gs_dec_range(a, j0, j1, 3, wt); break;
-	case 4: gs_dec_range(a, j0, j1, 4, wt); break;
+	case 1: gs_rows_range(a, j0, j1, 1, wt); break;
+	case 2: gs_rows_range(a, j0, j1, 2, wt); break;
+	case 3: gs_rows_range(a, j0, j1, 3, wt); break;
+	case 4: gs_rows_range(a, j0, j1, 4, wt); break;
 	}
 }
 
@@ -323,7 +289,7 @@ static void gs_range(const struct gs_mm_args *a, int j0, int j1, enum gs_mm_wtyp
 	if (a->m <= GS_MM_DECODE_MAX_M)
 		gs_dec_dispatch(a, j0, j1, wt);
 	else if (a->m <= GS_STREAM_MAX_M && (size_t)a->m * a->k * sizeof(float) <= GS_STREAM_MAX_X)
-		gs_stream_range(a, j0, j1, wt);
+		gs_rows_range(a, j0, j1, 4, wt);
 	else
 		gs_gemm_range(a, j0, j1, wt);
 }
