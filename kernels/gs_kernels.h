@@ -62,6 +62,9 @@ struct gs_backend_i {
 	void (*matmul)(void *ctx, float *y, const float *x, const struct gs_tensor *w, int m);
 	/* y[r] = x[r] * rsqrt(mean(x[r]²) + eps) * gain, gain = 1 + w already in fp32. y may be x. */
 	void (*rmsnorm)(void *ctx, float *y, const float *x, const float *gain, int rows, int dim, float eps);
+	/* y[r] += x[r] * rsqrt(mean(x[r]²) + eps) * gain: a branch's post-norm and the residual add
+	 * in one pass (Gemma 3's sandwich norms). y and x are distinct; x is not modified. */
+	void (*rmsnorm_add)(void *ctx, float *y, const float *x, const float *gain, int rows, int dim, float eps);
 	/* NeoX half-rotation on [n_tokens, n_heads, head_dim] in place; angle = pos[t]·pos_scale·base^(-2j/D). */
 	void (*rope)(void *ctx, float *x, int n_tokens, int n_heads, int head_dim, const int32_t *pos,
 		     double base, double pos_scale);

@@ -252,8 +252,7 @@ enum gs_status gs_forward_batch(struct gs_forward *f, struct gs_kv_pool *pool, c
 		GS_TRY(reduce(f, f->o, (size_t)n * H));
 
 		/* Sandwich norm: the post-norm applies to the branch before the residual add. */
-		be->rmsnorm(bc, f->o, f->o, lw->post_attn_norm, n, H, eps);
-		be->add(bc, f->x, f->o, (size_t)n * H);
+		be->rmsnorm_add(bc, f->x, f->o, lw->post_attn_norm, n, H, eps);
 
 		/* MLP block: GeGLU with tanh GELU; down_proj is ROW-split like o_proj. */
 		be->rmsnorm(bc, f->xn, f->x, lw->pre_ffn_norm, n, H, eps);
@@ -262,8 +261,7 @@ enum gs_status gs_forward_batch(struct gs_forward *f, struct gs_kv_pool *pool, c
 		be->geglu(bc, f->gate, f->gate, f->up, (size_t)n * F);
 		be->matmul(bc, f->o, f->gate, &lw->down, n);
 		GS_TRY(reduce(f, f->o, (size_t)n * H));
-		be->rmsnorm(bc, f->o, f->o, lw->post_ffn_norm, n, H, eps);
-		be->add(bc, f->x, f->o, (size_t)n * H);
+		be->rmsnorm_add(bc, f->x, f->o, lw->post_ffn_norm, n, H, eps);
 	}
 	for (int32_t i = 0; i < n_seqs; i++)
 		seqs[i].kv->n_past += seqs[i].n_tokens;

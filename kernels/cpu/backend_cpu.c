@@ -89,10 +89,12 @@ struct rmsnorm_job {
 	const float *x, *gain;
 	int rows, dim;
 	float eps;
+	bool add;   /* y += the normed row (rmsnorm_add) */
 };
 
+/* y = x · r · gain, or y += that (add): r = 1/sqrt(mean(x²) + eps). */
 GS_SIMD_CLONES
-static void rmsnorm_row(float *y, const float *x, const float *gain, int dim, float eps)
+static void rmsnorm_row(float *y, const float *x, const float *gain, int dim, float eps, bool add)
 {
 	/* Sum of squares in double: rows are short and this keeps the fp32 path closer to
 	 * the float64 reference at no measurable cost. */
@@ -100,8 +102,15 @@ static void rmsnorm_row(float *y, const float *x, const float *gain, int dim, fl
 	for (int i = 0; i < dim; i++)
 		ss += (double)x[i] * (double)x[i];
 	float r = (float)(1.0 / sqrt(ss / dim + (double)eps));
-	for (int i = 0; i < dim; i++)
-		y[i] = x[i] * r * gain[i];
+	if (add) {
+		for (int i = 0; i < dim; i++) {
+			float v = x[i] * r * gain[i];
+			y[i] += v;
+		}
+	} else {
+		for (int i = 0; i < dim; i++)
+			y[i] = x[i] * r * gain[i];
+	}
 }
 
 static void rmsnorm_task(void *p, int tid, int nth)
@@ -111,18 +120,27 @@ static void rmsnorm_task(void *p, int tid, int nth)
 
 	thread_range((size_t)j->rows, tid, nth, &lo, &hi);
 	for (size_t r = lo; r < hi; r++)
-		rmsnorm_row(j->y + r * (size_t)j->dim, j->x + r * (size_t)j->dim, j->gain, j->dim, j->eps);
+		rmsnorm_row(j->y + r * (size_t)j->dim, j->x + r * (size_t)j->dim, j->gain, j->dim, j->eps, j->add);
+}
+
+static void rmsnorm_run(struct cpu_ctx *ctx, struct rmsnorm_job *j)
+{
+	if ((size_t)j->rows * (size_t)j->dim < 16384) /* per-head q/k norms of one token: not worth a dispatch */
+		rmsnorm_task(j, 0, 1);
+	else
+		gs_threadpool_run(ctx->tp, rmsnorm_task, j);
 }
 
 static void cpu_rmsnorm(void *vctx, float *y, const float *x, const float *gain, int rows, int dim, float eps)
 {
-	struct cpu_ctx *ctx = vctx;
-	struct rmsnorm_job j = { y, x, gain, rows, dim, eps };
+	struct rmsnorm_job j = { y, x, gain, rows, dim, eps, false };
+	rmsnorm_run(vctx, &j);
+}
 
-	if ((size_t)rows * (size_t)dim < 16384) /* per-head q/k norms of one token: not worth a dispatch */
-		rmsnorm_task(&j, 0, 1);
-	else
-		gs_threadpool_run(ctx->tp, rmsnorm_task, &j);
+static void cpu_rmsnorm_add(void *vctx, float *y, const float *x, const float *gain, int rows, int dim, float eps)
+{
+	struct rmsnorm_job j = { y, x, gain, rows, dim, eps, true };
+	rmsnorm_run(vctx, &j);
 }
 
 /* ---- rope --------------------------------------------------------------------- */
@@ -355,6 +373,7 @@ static void cpu_gather_rows(void *vctx, float *dst, const float *src, const int3
 #define GS_CPU_OPS                                   \
 	.matmul = cpu_matmul,                        \
 	.rmsnorm = cpu_rmsnorm,                      \
+	.rmsnorm_add = cpu_rmsnorm_add,              \
 	.rope = cpu_rope,                            \
 	.attention = cpu_attention,                  \
 	.geglu = cpu_geglu,                          \

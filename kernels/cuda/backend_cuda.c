@@ -29,6 +29,14 @@ static void cuda_rmsnorm(void *ctx, float *y, const float *x, const float *gain,
 	gs_cu_rmsnorm(ctx, y, x, gain, rows, dim, eps);
 }
 
+static void cuda_rmsnorm_add(void *ctx, float *y, const float *x, const float *gain, int rows, int dim, float eps)
+{
+	GS_ASSERT(rows >= 0 && dim >= 0);
+	if (rows == 0 || dim == 0)
+		return;
+	gs_cu_rmsnorm_add(ctx, y, x, gain, rows, dim, eps);
+}
+
 static void cuda_rope(void *ctx, float *x, int n_tokens, int n_heads, int head_dim, const int32_t *pos, double base,
 		      double pos_scale)
 {
@@ -121,6 +129,7 @@ static const struct gs_backend_i gs_backend_cuda_i = {
 	.name = "cuda",
 	.matmul = cuda_matmul,
 	.rmsnorm = cuda_rmsnorm,
+	.rmsnorm_add = cuda_rmsnorm_add,
 	.rope = cuda_rope,
 	.attention = cuda_attention,
 	.geglu = cuda_geglu,

@@ -33,6 +33,8 @@ enum gs_status gs_cu_synchronize(struct gs_cuda_ctx *c);
 void gs_cu_matmul(struct gs_cuda_ctx *c, float *y, const float *x, const struct gs_tensor *w, int m);
 void gs_cu_rmsnorm(struct gs_cuda_ctx *c, float *y, const float *x, const float *gain, int rows, int dim,
 		   float eps);
+void gs_cu_rmsnorm_add(struct gs_cuda_ctx *c, float *y, const float *x, const float *gain, int rows, int dim,
+		       float eps);
 void gs_cu_rope(struct gs_cuda_ctx *c, float *x, int n_tokens, int n_heads, int head_dim, const int32_t *pos,
 		double base, double pos_scale);
 void gs_cu_attention(struct gs_cuda_ctx *c, const struct gs_attn_args *a);

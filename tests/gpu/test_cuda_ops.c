@@ -292,6 +292,35 @@ static void test_rmsnorm_case(int rows, int dim, int in_place)
 	free(got);
 }
 
+/* y += rmsnorm(x) · gain, against the CPU backend's fused op */
+static void test_rmsnorm_add_case(int rows, int dim)
+{
+	size_t n = (size_t)rows * dim;
+	float *x = frand_array(n, 3.0f), *y0 = frand_array(n, 2.0f), *gain = xmalloc(dim * sizeof(float));
+	float *ref = xmalloc(n * sizeof(float)), *got = xmalloc(n * sizeof(float)), *dx, *dy, *dg;
+	char what[128];
+
+	for (int i = 0; i < dim; i++)
+		gain[i] = 1.0f + 0.5f * frand();
+	memcpy(ref, y0, n * sizeof(float));
+	cpu.iface->rmsnorm_add(cpu.ctx, ref, x, gain, rows, dim, 1e-6f);
+	dx = dup_to_dev(x, n * sizeof(float));
+	dy = dup_to_dev(y0, n * sizeof(float));
+	dg = dup_to_dev(gain, dim * sizeof(float));
+	gpu.iface->rmsnorm_add(gpu.ctx, dy, dx, dg, rows, dim, 1e-6f);
+	down(got, dy, n * sizeof(float));
+	snprintf(what, sizeof(what), "rmsnorm_add rows=%d dim=%d", rows, dim);
+	compare(what, got, ref, n, TOL_NORM_L2, TOL_NORM_MAX);
+	dfree(dx);
+	dfree(dy);
+	dfree(dg);
+	free(x);
+	free(y0);
+	free(gain);
+	free(ref);
+	free(got);
+}
+
 static void test_rope_case(int n_tokens, int n_heads, int hd, double base, double pos_scale, int max_pos)
 {
 	size_t n = (size_t)n_tokens * n_heads * hd;
@@ -664,6 +693,8 @@ int main(void)
 	test_rmsnorm_case(3, 1000, 1);
 	test_rmsnorm_case(5, 33, 0);
 	test_rmsnorm_case(2, 1, 0);
+	test_rmsnorm_add_case(7, 5376);
+	test_rmsnorm_add_case(3, 33);
 	test_rope_case(1, 8, 128, 10000.0, 1.0, 100);
 	test_rope_case(5, 4, 256, 1000000.0, 0.125, 131072);
 	test_rope_case(3, 2, 6, 10000.0, 1.0, 50);

@@ -1,4 +1,5 @@
-/* gs_fmath.h (our own exp and GELU) and the CPU backend's GeGLU against float64 math. */
+/* gs_fmath.h (our own exp and GELU), the CPU backend's GeGLU and its fused post-norm + residual
+ * add against float64 math. */
 #include "gs_fmath.h"
 #include "gs_kernels.h"
 #include "gs_status.h"
@@ -77,10 +78,54 @@ static void test_backend_geglu(void)
 	gs_backend_cpu_free(&be);
 }
 
+/* y += x · rsqrt(mean(x²) + eps) · gain, row by row, threaded above 16384 elements. */
+static void test_backend_rmsnorm_add(void)
+{
+	struct gs_backend be;
+	const int shapes[][2] = { { 1, 1 }, { 3, 33 }, { 7, 1152 }, { 20, 5376 } };
+	CHECK(gs_backend_cpu_create(3, &be) == GS_OK);
+	for (size_t c = 0; c < sizeof(shapes) / sizeof(shapes[0]); c++) {
+		int rows = shapes[c][0], dim = shapes[c][1];
+		size_t n = (size_t)rows * dim;
+		float *x = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float)), *g = malloc(dim * sizeof(float));
+		double *ref = malloc(n * sizeof(double)), *scale = malloc(n * sizeof(double));
+		GS_ASSERT(x && y && g && ref && scale);
+		for (int i = 0; i < dim; i++)
+			g[i] = 1.0f + (float)((i * 37) % 100) / 100.0f;
+		for (size_t i = 0; i < n; i++) {
+			x[i] = (float)(((double)((i * 2654435761u) % 2001) - 1000.0) / 300.0);
+			y[i] = (float)(((double)((i * 40503u) % 2001) - 1000.0) / 500.0);
+		}
+		for (int r = 0; r < rows; r++) {
+			double ss = 0;
+			for (int i = 0; i < dim; i++)
+				ss += (double)x[(size_t)r * dim + i] * x[(size_t)r * dim + i];
+			double inv = 1.0 / sqrt(ss / dim + 1e-6);
+			for (int i = 0; i < dim; i++) {
+				size_t k = (size_t)r * dim + i;
+				ref[k] = (double)y[k] + (double)x[k] * inv * g[i];
+				/* the sum's own scale: two fp32 terms that may cancel */
+				scale[k] = fabs((double)y[k]) + fabs((double)x[k] * inv * g[i]) + 1e-30;
+			}
+		}
+		be.iface->rmsnorm_add(be.ctx, y, x, g, rows, dim, 1e-6f);
+		double worst = 0;
+		for (size_t i = 0; i < n; i++) {
+			double e = fabs((double)y[i] - ref[i]) / scale[i];
+			if (!(e <= worst))
+				worst = e;
+		}
+		CHECK_MSG(worst <= 4e-7, "rmsnorm_add %dx%d: worst error / scale %.3g", rows, dim, worst);
+		free(x), free(y), free(g), free(ref), free(scale);
+	}
+	gs_backend_cpu_free(&be);
+}
+
 int main(void)
 {
 	test_expf();
 	test_gelu();
 	test_backend_geglu();
+	test_backend_rmsnorm_add();
 	TEST_DONE();
 }
