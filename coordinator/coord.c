@@ -30,6 +30,7 @@
 #include "engine.pb-c.h"
 #include "gs_chat.h"
 #include "gs_config.h"
+#include "gs_sbuf.h"
 #include "gs_coord.h"
 #include "gs_frame.h"
 #include "gs_tokenizer.h"
@@ -1446,64 +1447,27 @@ const struct gs_coord_limits *gs_coord_get_limits(const struct gs_coord *c)
 
 /* ---- metrics ----------------------------------------------------------------------------- */
 
-struct sbuf {
-	char  *p;
-	size_t len, cap;
-	bool   oom;
-};
-
-static void sb_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(struct sbuf *b, const char *fmt, ...)
-{
-	va_list ap;
-	for (;;) {
-		if (b->oom)
-			return;
-		va_start(ap, fmt);
-		int n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
-		va_end(ap);
-		if (n < 0) {
-			b->oom = true;
-			return;
-		}
-		if (b->p && b->len + (size_t)n < b->cap) {
-			b->len += (size_t)n;
-			return;
-		}
-		size_t nc = b->cap ? b->cap * 2 : 4096;
-		while (nc < b->len + (size_t)n + 1)
-			nc *= 2;
-		char *np = realloc(b->p, nc);
-		if (!np) {
-			b->oom = true;
-			return;
-		}
-		b->p = np;
-		b->cap = nc;
-	}
-}
-
-static void sb_hist(struct sbuf *b, const char *name, const char *help, const struct hist *h, const double *bounds,
+static void sb_hist(struct gs_sbuf *b, const char *name, const char *help, const struct hist *h, const double *bounds,
 		    int nb)
 {
-	sb_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+	gs_sbuf_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
 	for (int i = 0; i < nb; i++)
-		sb_printf(b, "%s_bucket{le=\"%g\"} %" PRIu64 "\n", name, bounds[i], h->b[i]);
-	sb_printf(b, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n%s_sum %.9g\n%s_count %" PRIu64 "\n", name, h->count, name,
+		gs_sbuf_printf(b, "%s_bucket{le=\"%g\"} %" PRIu64 "\n", name, bounds[i], h->b[i]);
+	gs_sbuf_printf(b, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n%s_sum %.9g\n%s_count %" PRIu64 "\n", name, h->count, name,
 		  h->sum, name, h->count);
 }
 
 char *gs_coord_metrics(struct gs_coord *c)
 {
 	static const char *const api_name[GS_API_COUNT] = { "grpc", "http" };
-	struct sbuf b = { 0 };
+	struct gs_sbuf b = { 0 };
 	const char *m = c->served_name;
 
 	pthread_mutex_lock(&c->mu);
-	sb_printf(&b, "# HELP gemmashard_requests_total Client requests finished, by API and status.\n"
+	gs_sbuf_printf(&b, "# HELP gemmashard_requests_total Client requests finished, by API and status.\n"
 		      "# TYPE gemmashard_requests_total counter\n");
 	for (int i = 0; i < c->n_counts; i++)
-		sb_printf(&b, "gemmashard_requests_total{api=\"%s\",status=\"%s\"} %" PRIu64 "\n",
+		gs_sbuf_printf(&b, "gemmashard_requests_total{api=\"%s\",status=\"%s\"} %" PRIu64 "\n",
 			  api_name[c->counts[i].api], c->counts[i].status, c->counts[i].n);
 	sb_hist(&b, "gemmashard_time_to_first_token_seconds", "Time from request to its first token.", &c->ttft,
 		ttft_buckets, GS_N_TTFT_BUCKETS);
@@ -1517,22 +1481,22 @@ char *gs_coord_metrics(struct gs_coord *c)
 		waiting += e->hb_waiting;
 		running += e->hb_running;
 	}
-	sb_printf(&b, "# HELP gemmashard_queue_depth Requests waiting for admission in the engines.\n"
+	gs_sbuf_printf(&b, "# HELP gemmashard_queue_depth Requests waiting for admission in the engines.\n"
 		      "# TYPE gemmashard_queue_depth gauge\ngemmashard_queue_depth{model=\"%s\"} %d\n", m, waiting);
-	sb_printf(&b, "# HELP gemmashard_requests_running Requests running in the engines.\n"
+	gs_sbuf_printf(&b, "# HELP gemmashard_requests_running Requests running in the engines.\n"
 		      "# TYPE gemmashard_requests_running gauge\ngemmashard_requests_running{model=\"%s\"} %d\n", m,
 		  running);
-	sb_printf(&b, "# HELP gemmashard_requests_in_flight Client requests accepted and not yet finished.\n"
+	gs_sbuf_printf(&b, "# HELP gemmashard_requests_in_flight Client requests accepted and not yet finished.\n"
 		      "# TYPE gemmashard_requests_in_flight gauge\ngemmashard_requests_in_flight %d\n", c->running);
-	sb_printf(&b, "# HELP gemmashard_engines_healthy Engines registered and healthy.\n"
+	gs_sbuf_printf(&b, "# HELP gemmashard_engines_healthy Engines registered and healthy.\n"
 		      "# TYPE gemmashard_engines_healthy gauge\ngemmashard_engines_healthy{model=\"%s\"} %d\n", m, up);
-	sb_printf(&b, "# HELP gemmashard_engines_lost_total Engines marked down (link lost or heartbeats stopped).\n"
+	gs_sbuf_printf(&b, "# HELP gemmashard_engines_lost_total Engines marked down (link lost or heartbeats stopped).\n"
 		      "# TYPE gemmashard_engines_lost_total counter\ngemmashard_engines_lost_total %" PRIu64 "\n",
 		  c->engines_lost);
-	sb_printf(&b, "# HELP gemmashard_requests_moved_total Requests resubmitted to another engine.\n"
+	gs_sbuf_printf(&b, "# HELP gemmashard_requests_moved_total Requests resubmitted to another engine.\n"
 		      "# TYPE gemmashard_requests_moved_total counter\ngemmashard_requests_moved_total %" PRIu64 "\n",
 		  c->moved);
-	sb_printf(&b, "# HELP gemmashard_generated_tokens_total Tokens generated for clients.\n"
+	gs_sbuf_printf(&b, "# HELP gemmashard_generated_tokens_total Tokens generated for clients.\n"
 		      "# TYPE gemmashard_generated_tokens_total counter\ngemmashard_generated_tokens_total %" PRIu64 "\n",
 		  c->generated_tokens);
 	static const struct {
@@ -1545,18 +1509,18 @@ char *gs_coord_metrics(struct gs_coord *c)
 		{ "gemmashard_engine_tokens_total", "counter", "Tokens the engine sampled." },
 	};
 	for (size_t k = 0; k < sizeof(per_engine) / sizeof(per_engine[0]); k++) {
-		sb_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", per_engine[k].name, per_engine[k].help, per_engine[k].name,
+		gs_sbuf_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", per_engine[k].name, per_engine[k].help, per_engine[k].name,
 			  per_engine[k].type);
 		for (struct engine *e = c->engines; e; e = e->next) {
 			if (!e->up)
 				continue;
-			sb_printf(&b, "%s{engine=\"%s\"} ", per_engine[k].name, e->id);
+			gs_sbuf_printf(&b, "%s{engine=\"%s\"} ", per_engine[k].name, e->id);
 			switch (k) {
-			case 0: sb_printf(&b, "%d\n", e->kv_blocks_total - e->hb_kv_free); break;
-			case 1: sb_printf(&b, "%d\n", e->hb_kv_free); break;
-			case 2: sb_printf(&b, "%" PRIu64 "\n", e->hb_steps); break;
-			case 3: sb_printf(&b, "%.9g\n", e->hb_step_s); break;
-			default: sb_printf(&b, "%" PRIu64 "\n", e->hb_tokens); break;
+			case 0: gs_sbuf_printf(&b, "%d\n", e->kv_blocks_total - e->hb_kv_free); break;
+			case 1: gs_sbuf_printf(&b, "%d\n", e->hb_kv_free); break;
+			case 2: gs_sbuf_printf(&b, "%" PRIu64 "\n", e->hb_steps); break;
+			case 3: gs_sbuf_printf(&b, "%.9g\n", e->hb_step_s); break;
+			default: gs_sbuf_printf(&b, "%" PRIu64 "\n", e->hb_tokens); break;
 			}
 		}
 	}

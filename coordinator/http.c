@@ -32,6 +32,7 @@
 #include "gs_coord.h"
 #include "gs_http.h"
 #include "gs_json.h"
+#include "gs_sbuf.h"
 #include "gs_util.h"
 
 #define GS_HTTP_MAX_CONNECTIONS  1024
@@ -98,12 +99,6 @@ struct gs_http_timing {
 	bool   ttft_seen;
 };
 
-/* Growable byte buffer. */
-struct gs_http_buf {
-	char  *p;
-	size_t len, cap;
-};
-
 /* Logprobs being gathered, in the shape of the API (chat or completions). */
 struct gs_http_lps {
 	cJSON *obj;        /* chat: {"content": [...]}; completions: {"tokens", ...} */
@@ -124,7 +119,7 @@ struct gs_http_stream {
 	char                     id[48];
 	char                     model[256];
 	long long                created;
-	struct gs_http_buf       out;         /* SSE bytes not yet handed to MHD, from sent */
+	struct gs_sbuf       out;         /* SSE bytes not yet handed to MHD, from sent */
 	size_t                   sent;
 	bool                     role_sent;   /* chat: the delta.role chunk went out */
 	bool                     settled;     /* r finished or was cancelled */
@@ -135,26 +130,6 @@ struct gs_http_stream {
 };
 
 /* ---- small helpers ------------------------------------------------------------------------ */
-
-static bool gs_http_buf_add(struct gs_http_buf *b, const char *s, size_t n)
-{
-	if (b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 1024;
-		char *p;
-
-		while (cap < b->len + n + 1)
-			cap *= 2;
-		p = realloc(b->p, cap);
-		if (!p)
-			return false;
-		b->p = p;
-		b->cap = cap;
-	}
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-	return true;
-}
 
 /* RFC 8259: a JSON text is UTF-8. Refusing anything else here keeps broken bytes out of the
  * tokenizer and out of the answers we echo back. */
@@ -456,13 +431,13 @@ static bool gs_http_get_bool(struct gs_http_gen *g, const cJSON *obj, const char
  * template's `item['text'] | trim` does. Other part types (images, audio) are refused. */
 static bool gs_http_join_parts(struct gs_http_gen *g, int mi, const cJSON *parts, char **out)
 {
-	struct gs_http_buf b = { 0 };
+	struct gs_sbuf b = { 0 };
 	const cJSON *part;
 	char param[64];
 	int pi = 0;
 
 	snprintf(param, sizeof(param), "messages[%d].content", mi);
-	if (!gs_http_buf_add(&b, "", 0))
+	if (!gs_sbuf_put(&b, "", 0))
 		goto out_nomem;
 	cJSON_ArrayForEach(part, parts) {
 		const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
@@ -496,7 +471,7 @@ static bool gs_http_join_parts(struct gs_http_gen *g, int mi, const cJSON *parts
 			s++;
 		while (e > s && strchr(" \t\n\r\f\v", e[-1]))
 			e--;
-		if (!gs_http_buf_add(&b, s, (size_t)(e - s)))
+		if (!gs_sbuf_put(&b, s, (size_t)(e - s)))
 			goto out_nomem;
 		pi++;
 	}
@@ -887,7 +862,7 @@ static enum MHD_Result gs_http_complete(struct gs_http *h, struct MHD_Connection
 					long long created)
 {
 	struct gs_http_timing tm = { .t_submit = gs_now_s() };
-	struct gs_http_buf text = { 0 };
+	struct gs_sbuf text = { 0 };
 	struct gs_http_lps lps = { 0 };
 	struct gs_creq_out o = { 0 };
 	enum gs_cfinish finish = GS_CFIN_NONE;
@@ -895,7 +870,7 @@ static enum MHD_Result gs_http_complete(struct gs_http *h, struct MHD_Connection
 	int32_t prompt_tokens = 0, completion_tokens = 0;
 	cJSON *root, *choices;
 	char id[48], err_msg[512] = "";
-	bool ok = gs_http_buf_add(&text, "", 0);
+	bool ok = gs_sbuf_put(&text, "", 0);
 
 	snprintf(id, sizeof(id), "%s-%" PRIu64, g->chat ? "chatcmpl" : "cmpl", gs_creq_id(r));
 	if (ok && g->spec.logprobs)
@@ -905,7 +880,7 @@ static enum MHD_Result gs_http_complete(struct gs_http *h, struct MHD_Connection
 			goto out_client_gone;
 		gs_http_observe(h->coord, &tm, &o);
 		if (ok && o.text_len)
-			ok = gs_http_buf_add(&text, o.text, o.text_len);
+			ok = gs_sbuf_put(&text, o.text, o.text_len);
 		if (lps.obj)
 			gs_http_lps_add(&lps, h->coord, &o);
 		prompt_tokens = o.prompt_tokens;
@@ -944,8 +919,8 @@ out_client_gone:
 static bool gs_http_sse(struct gs_http_stream *s, cJSON *root)
 {
 	char *json = cJSON_PrintUnformatted(root);
-	bool ok = json && gs_http_buf_add(&s->out, "data: ", 6) && gs_http_buf_add(&s->out, json, strlen(json)) &&
-		  gs_http_buf_add(&s->out, "\n\n", 2);
+	bool ok = json && gs_sbuf_put(&s->out, "data: ", 6) && gs_sbuf_put(&s->out, json, strlen(json)) &&
+		  gs_sbuf_put(&s->out, "\n\n", 2);
 
 	free(json);
 	cJSON_Delete(root);
@@ -998,8 +973,8 @@ static bool gs_http_stream_out(struct gs_http_stream *s, const struct gs_creq_ou
 							       "the request was cancelled";
 		char *json = gs_http_error_json(gs_cerr_openai_type(e), NULL, gs_http_cerr_code(e), msg);
 
-		ok = json && gs_http_buf_add(&s->out, "data: ", 6) && gs_http_buf_add(&s->out, json, strlen(json)) &&
-		     gs_http_buf_add(&s->out, "\n\n", 2);
+		ok = json && gs_sbuf_put(&s->out, "data: ", 6) && gs_sbuf_put(&s->out, json, strlen(json)) &&
+		     gs_sbuf_put(&s->out, "\n\n", 2);
 		free(json);
 	} else {
 		ok = gs_http_sse(s, gs_http_chunk(s, gs_http_choice(s->chat, true, false, s->chat ? NULL : "", NULL,
@@ -1012,7 +987,7 @@ static bool gs_http_stream_out(struct gs_http_stream *s, const struct gs_creq_ou
 		}
 	}
 	s->done = true;
-	return ok && gs_http_buf_add(&s->out, "data: [DONE]\n\n", 14);
+	return ok && gs_sbuf_put(&s->out, "data: [DONE]\n\n", 14);
 }
 
 /* MHD content reader: hands out buffered events, else blocks (in slices) for the next output. */
@@ -1028,7 +1003,7 @@ static ssize_t gs_http_stream_read(void *cls, uint64_t pos, char *buf, size_t ma
 			memcpy(buf, s->out.p + s->sent, n);
 			s->sent += n;
 			if (s->sent == s->out.len)
-				s->sent = s->out.len = 0;
+				s->sent = 0, gs_sbuf_reset(&s->out);
 			return (ssize_t)n;
 		}
 		if (s->done)
@@ -1039,7 +1014,7 @@ static ssize_t gs_http_stream_read(void *cls, uint64_t pos, char *buf, size_t ma
 			return MHD_CONTENT_READER_END_WITH_ERROR;
 		case GS_HTTP_IDLE:
 			/* An SSE comment: clients skip it; MHD sees traffic and keeps the connection. */
-			if (!gs_http_buf_add(&s->out, ": keep-alive\n\n", 14))
+			if (!gs_sbuf_put(&s->out, ": keep-alive\n\n", 14))
 				return MHD_CONTENT_READER_END_WITH_ERROR;
 			continue;
 		case GS_HTTP_GOT:
@@ -1061,7 +1036,7 @@ static void gs_http_stream_free(void *cls)
 	if (!s->settled)
 		gs_creq_cancel(s->r);
 	gs_creq_release(s->r);
-	free(s->out.p);
+	gs_sbuf_free(&s->out);
 	free(s);
 }
 

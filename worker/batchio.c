@@ -3,6 +3,7 @@
 #include "gs_batchio.h"
 #include "gs_chat.h"
 #include "gs_json.h"
+#include "gs_sbuf.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -20,64 +21,29 @@
 
 #define GS_BIO_MAX_EXACT_INT 9007199254740992.0 /* 2^53: doubles hold every integer up to it */
 
-/* ---- growable byte buffer -------------------------------------------------------------- */
+/* ---- output text: gs_sbuf (core/gs_sbuf.h) ------------------------------------------------ */
 
-struct gs_bio_buf {
-	char  *p;
-	size_t n, cap;
-};
-
-static bool gs_bio_reserve(struct gs_bio_buf *b, size_t extra)
-{
-	if (b->n + extra + 1 <= b->cap)
-		return true;
-	size_t cap = b->cap ? b->cap : 256;
-	while (cap < b->n + extra + 1)
-		cap *= 2;
-	char *p = realloc(b->p, cap);
-	if (!p)
-		return false;
-	b->p = p;
-	b->cap = cap;
-	return true;
-}
-
-static bool gs_bio_put(struct gs_bio_buf *b, const char *s, size_t n)
-{
-	if (!gs_bio_reserve(b, n))
-		return false;
-	memcpy(b->p + b->n, s, n);
-	b->n += n;
-	b->p[b->n] = '\0';
-	return true;
-}
-
-static bool gs_bio_puts(struct gs_bio_buf *b, const char *s)
-{
-	return gs_bio_put(b, s, strlen(s));
-}
-
-static bool gs_bio_put_i64(struct gs_bio_buf *b, int64_t v)
+static bool gs_bio_put_i64(struct gs_sbuf *b, int64_t v)
 {
 	char tmp[24];
 	int n = snprintf(tmp, sizeof(tmp), "%" PRId64, v);
-	return gs_bio_put(b, tmp, (size_t)n);
+	return gs_sbuf_put(b, tmp, (size_t)n);
 }
 
 /* Shortest "%.{1..9}g" that strtof() reads back as x: stable bytes, no float noise digits. */
-static bool gs_bio_put_float(struct gs_bio_buf *b, float x)
+static bool gs_bio_put_float(struct gs_sbuf *b, float x)
 {
 	char tmp[32];
 	int n = 0;
 
 	if (!isfinite(x))
-		return gs_bio_puts(b, "null");
+		return gs_sbuf_puts(b, "null");
 	for (int prec = 1; prec <= 9; prec++) {
 		n = snprintf(tmp, sizeof(tmp), "%.*g", prec, (double)x);
 		if (strtof(tmp, NULL) == x)
 			break;
 	}
-	return gs_bio_put(b, tmp, (size_t)n);
+	return gs_sbuf_put(b, tmp, (size_t)n);
 }
 
 /* Length of the well-formed UTF-8 sequence at s (RFC 3629: no overlongs, no surrogates,
@@ -131,11 +97,11 @@ static bool gs_bio_utf8_valid(const char *s)
 }
 
 /* s as a JSON string; malformed UTF-8 bytes become \ufffd so the line stays valid JSON. */
-static bool gs_bio_put_str(struct gs_bio_buf *b, const char *s)
+static bool gs_bio_put_str(struct gs_sbuf *b, const char *s)
 {
 	const unsigned char *u = (const unsigned char *)(s ? s : "");
 	size_t len = strlen((const char *)u), i = 0, run = 0;
-	bool ok = gs_bio_put(b, "\"", 1);
+	bool ok = gs_sbuf_put(b, "\"", 1);
 
 	while (ok && i < len) {
 		unsigned char c = u[i];
@@ -169,14 +135,14 @@ static bool gs_bio_put_str(struct gs_bio_buf *b, const char *s)
 		}
 		if (esc) {
 			/* flush the plain run before the escape */
-			ok = gs_bio_put(b, (const char *)u + i - run, run) && gs_bio_puts(b, esc);
+			ok = gs_sbuf_put(b, (const char *)u + i - run, run) && gs_sbuf_puts(b, esc);
 			run = 0;
 		} else {
 			run += n;
 		}
 		i += n;
 	}
-	return ok && gs_bio_put(b, (const char *)u + i - run, run) && gs_bio_put(b, "\"", 1);
+	return ok && gs_sbuf_put(b, (const char *)u + i - run, run) && gs_sbuf_put(b, "\"", 1);
 }
 
 /* ---- string -> line map (open addressing) ------------------------------------------------ */
@@ -757,7 +723,7 @@ struct gs_batch_out {
 	int               fd;
 	char             *path;
 	struct gs_bio_set done;     /* ids with a line in the file                      */
-	struct gs_bio_buf line;     /* reused line buffer                               */
+	struct gs_sbuf line;     /* reused line buffer                               */
 	off_t             end;      /* file size: where the next line starts            */
 	size_t            line_max; /* output line cap, '\n' included                    */
 	bool              fsync;    /* GS_BATCH_FSYNC=1                                 */
@@ -770,75 +736,75 @@ static const char *const gs_bio_finish_name[GS_BATCH_FINISH_COUNT] = {
 };
 _Static_assert(GS_BATCH_FINISH_COUNT == 2, "finish_reason names");
 
-static bool gs_bio_put_error(struct gs_bio_buf *b, const char *id, const char *msg, const char *type)
+static bool gs_bio_put_error(struct gs_sbuf *b, const char *id, const char *msg, const char *type)
 {
-	return gs_bio_puts(b, "{\"id\":") && gs_bio_put_str(b, id) &&
-	       gs_bio_puts(b, ",\"finish_reason\":\"error\",\"error\":{\"message\":") && gs_bio_put_str(b, msg) &&
-	       gs_bio_puts(b, ",\"type\":") && gs_bio_put_str(b, type ? type : "invalid_request_error") &&
-	       gs_bio_puts(b, "}}");
+	return gs_sbuf_puts(b, "{\"id\":") && gs_bio_put_str(b, id) &&
+	       gs_sbuf_puts(b, ",\"finish_reason\":\"error\",\"error\":{\"message\":") && gs_bio_put_str(b, msg) &&
+	       gs_sbuf_puts(b, ",\"type\":") && gs_bio_put_str(b, type ? type : "invalid_request_error") &&
+	       gs_sbuf_puts(b, "}}");
 }
 
-static bool gs_bio_put_logprobs(struct gs_bio_buf *b, const struct gs_batch_result *r)
+static bool gs_bio_put_logprobs(struct gs_sbuf *b, const struct gs_batch_result *r)
 {
-	bool ok = gs_bio_puts(b, ",\"logprobs\":{\"tokens\":[");
+	bool ok = gs_sbuf_puts(b, ",\"logprobs\":{\"tokens\":[");
 
 	for (size_t i = 0; ok && i < r->n_tokens; i++)
-		ok = (i == 0 || gs_bio_put(b, ",", 1)) && gs_bio_put_str(b, r->tokens[i]);
-	ok = ok && gs_bio_puts(b, "],\"token_logprobs\":[");
+		ok = (i == 0 || gs_sbuf_put(b, ",", 1)) && gs_bio_put_str(b, r->tokens[i]);
+	ok = ok && gs_sbuf_puts(b, "],\"token_logprobs\":[");
 	for (size_t i = 0; ok && i < r->n_tokens; i++)
-		ok = (i == 0 || gs_bio_put(b, ",", 1)) && gs_bio_put_float(b, r->token_logprobs[i]);
-	ok = ok && gs_bio_put(b, "]", 1);
+		ok = (i == 0 || gs_sbuf_put(b, ",", 1)) && gs_bio_put_float(b, r->token_logprobs[i]);
+	ok = ok && gs_sbuf_put(b, "]", 1);
 	if (ok && r->top_n > 0) {
-		ok = gs_bio_puts(b, ",\"top_logprobs\":[");
+		ok = gs_sbuf_puts(b, ",\"top_logprobs\":[");
 		for (size_t i = 0; ok && i < r->n_tokens; i++) {
 			bool first = true;
-			ok = (i == 0 || gs_bio_put(b, ",", 1)) && gs_bio_put(b, "{", 1);
+			ok = (i == 0 || gs_sbuf_put(b, ",", 1)) && gs_sbuf_put(b, "{", 1);
 			for (size_t j = 0; ok && j < r->top_n; j++) {
 				size_t k = i * r->top_n + j;
 				if (!r->top_tokens[k])
 					continue;
-				ok = (first || gs_bio_put(b, ",", 1)) && gs_bio_put_str(b, r->top_tokens[k]) &&
-				     gs_bio_put(b, ":", 1) && gs_bio_put_float(b, r->top_logprobs[k]);
+				ok = (first || gs_sbuf_put(b, ",", 1)) && gs_bio_put_str(b, r->top_tokens[k]) &&
+				     gs_sbuf_put(b, ":", 1) && gs_bio_put_float(b, r->top_logprobs[k]);
 				first = false;
 			}
-			ok = ok && gs_bio_put(b, "}", 1);
+			ok = ok && gs_sbuf_put(b, "}", 1);
 		}
-		ok = ok && gs_bio_put(b, "]", 1);
+		ok = ok && gs_sbuf_put(b, "]", 1);
 	}
-	return ok && gs_bio_put(b, "}", 1);
+	return ok && gs_sbuf_put(b, "}", 1);
 }
 
 /* Appends the record (no '\n') to b. Fixed key order: that is what makes resumed and
  * uninterrupted runs byte-identical. */
-static bool gs_bio_put_result(struct gs_bio_buf *b, const struct gs_batch_result *r)
+static bool gs_bio_put_result(struct gs_sbuf *b, const struct gs_batch_result *r)
 {
 	if (r->error)
 		return gs_bio_put_error(b, r->id, r->error, r->error_type);
 	GS_ASSERT(r->finish >= 0 && r->finish < GS_BATCH_FINISH_COUNT);
-	return gs_bio_puts(b, "{\"id\":") && gs_bio_put_str(b, r->id) && gs_bio_puts(b, ",\"text\":") &&
-	       gs_bio_put_str(b, r->text) && gs_bio_puts(b, ",\"finish_reason\":\"") &&
-	       gs_bio_puts(b, gs_bio_finish_name[r->finish]) &&
-	       gs_bio_puts(b, "\",\"usage\":{\"prompt_tokens\":") && gs_bio_put_i64(b, r->prompt_tokens) &&
-	       gs_bio_puts(b, ",\"completion_tokens\":") && gs_bio_put_i64(b, r->completion_tokens) &&
-	       gs_bio_puts(b, ",\"total_tokens\":") &&
-	       gs_bio_put_i64(b, r->prompt_tokens + r->completion_tokens) && gs_bio_put(b, "}", 1) &&
-	       (!r->has_logprobs || gs_bio_put_logprobs(b, r)) && gs_bio_put(b, "}", 1);
+	return gs_sbuf_puts(b, "{\"id\":") && gs_bio_put_str(b, r->id) && gs_sbuf_puts(b, ",\"text\":") &&
+	       gs_bio_put_str(b, r->text) && gs_sbuf_puts(b, ",\"finish_reason\":\"") &&
+	       gs_sbuf_puts(b, gs_bio_finish_name[r->finish]) &&
+	       gs_sbuf_puts(b, "\",\"usage\":{\"prompt_tokens\":") && gs_bio_put_i64(b, r->prompt_tokens) &&
+	       gs_sbuf_puts(b, ",\"completion_tokens\":") && gs_bio_put_i64(b, r->completion_tokens) &&
+	       gs_sbuf_puts(b, ",\"total_tokens\":") &&
+	       gs_bio_put_i64(b, r->prompt_tokens + r->completion_tokens) && gs_sbuf_put(b, "}", 1) &&
+	       (!r->has_logprobs || gs_bio_put_logprobs(b, r)) && gs_sbuf_put(b, "}", 1);
 }
 
 enum gs_status gs_batch_result_json(const struct gs_batch_result *r, char **line, size_t *len)
 {
-	struct gs_bio_buf b = { 0 };
+	struct gs_sbuf b = { 0 };
 
 	*line = NULL;
 	if (len)
 		*len = 0;
-	if (!gs_bio_put_result(&b, r) || !gs_bio_reserve(&b, 0)) {
-		free(b.p);
+	if (!gs_bio_put_result(&b, r) || !gs_sbuf_reserve(&b, 0)) {
+		gs_sbuf_free(&b);
 		return gs_errorf(GS_ERR_NOMEM, "batch: out of memory rendering a result");
 	}
 	*line = b.p;
 	if (len)
-		*len = b.n;
+		*len = b.len;
 	return GS_OK;
 }
 
@@ -888,7 +854,7 @@ static enum gs_bio_line_kind gs_bio_classify(const char *p, size_t n, struct gs_
  * keeping; cuts the torn tail off. */
 static enum gs_status gs_bio_scan(struct gs_batch_out *o)
 {
-	struct gs_bio_buf cur = { 0 };
+	struct gs_sbuf cur = { 0 };
 	char *chunk;
 	const size_t chunk_cap = 1u << 20;
 	off_t off = 0, line_start = 0, keep_end = 0, size;
@@ -917,10 +883,10 @@ static enum gs_status gs_bio_scan(struct gs_batch_out *o)
 			const char *nl = memchr(chunk + i, '\n', (size_t)(got - i));
 			size_t take = nl ? (size_t)(nl - (chunk + i)) : (size_t)(got - i);
 
-			if (cur.n + take > GS_BATCH_MAX_LINE_OUT) {
+			if (cur.len + take > GS_BATCH_MAX_LINE_OUT) {
 				/* Longer than we ever write: junk; keep counting bytes only. */
-				cur.n = GS_BATCH_MAX_LINE_OUT + 1;
-			} else if (!gs_bio_put(&cur, chunk + i, take)) {
+				cur.len = GS_BATCH_MAX_LINE_OUT + 1;
+			} else if (!gs_sbuf_put(&cur, chunk + i, take)) {
 				st = gs_errorf(GS_ERR_NOMEM, "batch output %s: out of memory", o->path);
 				goto out_free_chunk;
 			}
@@ -930,9 +896,9 @@ static enum gs_status gs_bio_scan(struct gs_batch_out *o)
 			i++; /* the '\n' */
 			line_no++;
 			enum gs_bio_line_kind kind =
-				cur.n > GS_BATCH_MAX_LINE_OUT
+				cur.len > GS_BATCH_MAX_LINE_OUT
 					? GS_BIO_LINE_TORN
-					: gs_bio_classify(cur.p, cur.n, &o->done, line_no, &nomem);
+					: gs_bio_classify(cur.p, cur.len, &o->done, line_no, &nomem);
 			off_t line_end = off + i;
 
 			if (nomem) {
@@ -957,15 +923,15 @@ static enum gs_status gs_bio_scan(struct gs_batch_out *o)
 			if (!torn_line)
 				keep_end = line_end;
 			line_start = line_end;
-			cur.n = 0;
+			gs_sbuf_reset(&cur);
 		}
 		off += got;
 	}
 	/* An unterminated tail is always torn: every record we write ends in '\n'. A foreign
 	 * JSON object there still means "wrong file", so it is not cut. */
-	if (off > line_start && cur.n <= GS_BATCH_MAX_LINE_OUT) {
+	if (off > line_start && cur.len <= GS_BATCH_MAX_LINE_OUT) {
 		struct gs_bio_set scratch = { 0 };
-		enum gs_bio_line_kind kind = gs_bio_classify(cur.p, cur.n, &scratch, line_no + 1, &nomem);
+		enum gs_bio_line_kind kind = gs_bio_classify(cur.p, cur.len, &scratch, line_no + 1, &nomem);
 		gs_bio_set_free(&scratch);
 		if (kind == GS_BIO_LINE_FOREIGN) {
 			st = gs_errorf(GS_ERR_FORMAT,
@@ -986,7 +952,7 @@ static enum gs_status gs_bio_scan(struct gs_batch_out *o)
 	}
 	o->end = keep_end;
 out_free_chunk:
-	free(cur.p);
+	gs_sbuf_free(&cur);
 	free(chunk);
 	return st;
 }
@@ -1051,7 +1017,7 @@ void gs_batch_out_set_line_max(struct gs_batch_out *o, size_t max_bytes)
 
 enum gs_status gs_batch_out_write(struct gs_batch_out *o, const struct gs_batch_result *r)
 {
-	struct gs_bio_buf *b = &o->line;
+	struct gs_sbuf *b = &o->line;
 	ssize_t w;
 
 	if (o->broken)
@@ -1062,40 +1028,40 @@ enum gs_status gs_batch_out_write(struct gs_batch_out *o, const struct gs_batch_
 	if (gs_batch_out_done(o, r->id))
 		return gs_errorf(GS_ERR_INVALID_ARG, "batch output %s: id \"%s\" was written already",
 				 o->path, r->id);
-	b->n = 0;
-	if (!gs_bio_put_result(b, r) || !gs_bio_put(b, "\n", 1))
+	gs_sbuf_reset(b);
+	if (!gs_bio_put_result(b, r) || !gs_sbuf_put(b, "\n", 1))
 		return gs_errorf(GS_ERR_NOMEM, "batch output %s: out of memory for the result of %s",
 				 o->path, r->id);
-	if (b->n > o->line_max) {
+	if (b->len > o->line_max) {
 		char msg[160];
-		size_t big = b->n;
+		size_t big = b->len;
 
 		snprintf(msg, sizeof(msg), "result too large: %zu bytes exceeds the %zu-byte line limit "
 			 "(lower max_tokens or top_logprobs)", big, o->line_max);
 		gs_log(GS_LOG_WARN, "batch output %s: id %s: %s", o->path, r->id, msg);
-		b->n = 0;
-		if (!gs_bio_put_error(b, r->id, msg, "server_error") || !gs_bio_put(b, "\n", 1))
+		gs_sbuf_reset(b);
+		if (!gs_bio_put_error(b, r->id, msg, "server_error") || !gs_sbuf_put(b, "\n", 1))
 			return gs_errorf(GS_ERR_NOMEM, "batch output %s: out of memory", o->path);
 	}
 
 	/* One write(2) per line. Continuing a short write would make a second, separate append
 	 * that a kill in between could tear; instead the partial bytes are removed below. */
 	do
-		w = write(o->fd, b->p, b->n);
+		w = write(o->fd, b->p, b->len);
 	while (w < 0 && errno == EINTR);
 	if (w < 0)
 		return gs_errorf(GS_ERR_IO, "batch output %s: write: %s", o->path, strerror(errno));
-	if ((size_t)w != b->n) {
+	if ((size_t)w != b->len) {
 		if (ftruncate(o->fd, o->end) != 0) {
 			o->broken = true;
 			return gs_errorf(GS_ERR_IO, "batch output %s: short write (%zd of %zu bytes) and the "
 					 "partial line could not be removed (%s); a rerun will cut it off",
-					 o->path, w, b->n, strerror(errno));
+					 o->path, w, b->len, strerror(errno));
 		}
 		return gs_errorf(GS_ERR_IO, "batch output %s: short write (%zd of %zu bytes: disk full or "
-				 "file size limit?); the partial line was removed", o->path, w, b->n);
+				 "file size limit?); the partial line was removed", o->path, w, b->len);
 	}
-	o->end += (off_t)b->n;
+	o->end += (off_t)b->len;
 	if (!gs_bio_set_add(&o->done, r->id, 0))
 		return gs_errorf(GS_ERR_NOMEM, "batch output %s: out of memory", o->path);
 	if (o->fsync && fdatasync(o->fd) != 0)
@@ -1113,7 +1079,7 @@ void gs_batch_out_close(struct gs_batch_out *o)
 		close(o->fd); /* drops the flock */
 	}
 	gs_bio_set_free(&o->done);
-	free(o->line.p);
+	gs_sbuf_free(&o->line);
 	free(o->path);
 	free(o);
 }

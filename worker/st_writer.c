@@ -3,6 +3,7 @@
  * Each file is written under a temporary name and renamed, so a crash never leaves a
  * half-written checkpoint that looks complete. */
 #include "gs_safetensors.h"
+#include "gs_sbuf.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -33,63 +34,22 @@ struct gs_st_writer {
 	uint64_t              total;
 };
 
-/* Growable text buffer for headers and the index. */
-struct gs_stw_buf {
-	char  *p;
-	size_t len;
-	size_t cap;
-	bool   oom;
-};
-
-static void gs_stw_buf_put(struct gs_stw_buf *b, const char *s, size_t n)
-{
-	if (b->oom)
-		return;
-	if (b->len + n + 1 > b->cap) {
-		size_t nc = b->cap ? b->cap : 4096;
-		while (b->len + n + 1 > nc)
-			nc *= 2;
-		char *np = realloc(b->p, nc);
-		if (!np) {
-			b->oom = true;
-			return;
-		}
-		b->p = np;
-		b->cap = nc;
-	}
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-}
-
-static void gs_stw_buf_printf(struct gs_stw_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void gs_stw_buf_printf(struct gs_stw_buf *b, const char *fmt, ...)
-{
-	char tmp[128];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-	va_end(ap);
-	GS_ASSERT(n >= 0 && (size_t)n < sizeof(tmp)); /* only used for numbers and short keys */
-	gs_stw_buf_put(b, tmp, (size_t)n);
-}
-
 /* A JSON string literal: tensor names are caller data and may hold quotes or controls. */
-static void gs_stw_buf_json_str(struct gs_stw_buf *b, const char *s)
+static void gs_stw_json_str(struct gs_sbuf *b, const char *s)
 {
-	gs_stw_buf_put(b, "\"", 1);
+	gs_sbuf_put(b, "\"", 1);
 	for (; *s; s++) {
 		unsigned char c = (unsigned char)*s;
 		if (c == '"' || c == '\\') {
 			char esc[2] = { '\\', (char)c };
-			gs_stw_buf_put(b, esc, 2);
+			gs_sbuf_put(b, esc, 2);
 		} else if (c < 0x20) {
-			gs_stw_buf_printf(b, "\\u%04x", c);
+			gs_sbuf_printf(b, "\\u%04x", c);
 		} else {
-			gs_stw_buf_put(b, (const char *)&c, 1);
+			gs_sbuf_put(b, (const char *)&c, 1);
 		}
 	}
-	gs_stw_buf_put(b, "\"", 1);
+	gs_sbuf_put(b, "\"", 1);
 }
 
 enum gs_status gs_st_writer_new(struct gs_st_writer **out)
@@ -238,28 +198,28 @@ static enum gs_status gs_stw_write_data(FILE *f, const char *path, const struct 
 static enum gs_status gs_stw_write_file(struct gs_st_writer *w, size_t lo, size_t hi, const char *path,
 				       void *chunk)
 {
-	struct gs_stw_buf h = { 0 };
+	struct gs_sbuf h = { 0 };
 	enum gs_status rc = GS_OK;
 	char tmp[4096];
 	FILE *f = NULL;
 
 	static const char meta[] = "{\"__metadata__\":{\"format\":\"pt\"}";
-	gs_stw_buf_put(&h, meta, sizeof(meta) - 1);
+	gs_sbuf_put(&h, meta, sizeof(meta) - 1);
 	uint64_t off = 0;
 	for (size_t i = lo; i < hi; i++) {
 		const struct gs_stw_tensor *t = &w->t[i];
-		gs_stw_buf_put(&h, ",", 1);
-		gs_stw_buf_json_str(&h, t->name);
-		gs_stw_buf_printf(&h, ":{\"dtype\":\"%s\",\"shape\":[", gs_stw_dtype_str(t->dtype));
+		gs_sbuf_put(&h, ",", 1);
+		gs_stw_json_str(&h, t->name);
+		gs_sbuf_printf(&h, ":{\"dtype\":\"%s\",\"shape\":[", gs_stw_dtype_str(t->dtype));
 		for (int d = 0; d < t->ndim; d++)
-			gs_stw_buf_printf(&h, d ? ",%" PRId64 : "%" PRId64, t->shape[d]);
-		gs_stw_buf_printf(&h, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", off, off + t->nbytes);
+			gs_sbuf_printf(&h, d ? ",%" PRId64 : "%" PRId64, t->shape[d]);
+		gs_sbuf_printf(&h, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", off, off + t->nbytes);
 		off += t->nbytes;
 	}
-	gs_stw_buf_put(&h, "}", 1);
+	gs_sbuf_put(&h, "}", 1);
 	/* Pad so the data section starts 8-byte aligned (8 + len is a multiple of 8). */
 	while (!h.oom && h.len % 8 != 0)
-		gs_stw_buf_put(&h, " ", 1);
+		gs_sbuf_put(&h, " ", 1);
 	if (h.oom) {
 		rc = gs_errorf(GS_ERR_NOMEM, "%s: out of memory for the header", path);
 		goto out_free_header;
@@ -304,26 +264,26 @@ out_close_file:
 out_unlink_tmp:
 	unlink(tmp);
 out_free_header:
-	free(h.p);
+	gs_sbuf_free(&h);
 	return rc;
 }
 
 static enum gs_status gs_stw_write_index(struct gs_st_writer *w, const char *dir, int nshards)
 {
-	struct gs_stw_buf b = { 0 };
+	struct gs_sbuf b = { 0 };
 	enum gs_status rc = GS_OK;
 	char path[4096], shard[64];
 
-	gs_stw_buf_printf(&b, "{\n  \"metadata\": {\n    \"total_size\": %" PRIu64 "\n  },\n  \"weight_map\": {",
+	gs_sbuf_printf(&b, "{\n  \"metadata\": {\n    \"total_size\": %" PRIu64 "\n  },\n  \"weight_map\": {",
 			  w->total);
 	for (size_t i = 0; i < w->n; i++) {
 		snprintf(shard, sizeof(shard), "model-%05d-of-%05d.safetensors", w->t[i].shard + 1, nshards);
-		gs_stw_buf_put(&b, i ? ",\n    " : "\n    ", i ? 6 : 5);
-		gs_stw_buf_json_str(&b, w->t[i].name);
-		gs_stw_buf_put(&b, ": ", 2);
-		gs_stw_buf_json_str(&b, shard);
+		gs_sbuf_put(&b, i ? ",\n    " : "\n    ", i ? 6 : 5);
+		gs_stw_json_str(&b, w->t[i].name);
+		gs_sbuf_put(&b, ": ", 2);
+		gs_stw_json_str(&b, shard);
 	}
-	gs_stw_buf_put(&b, "\n  }\n}\n", 7);
+	gs_sbuf_put(&b, "\n  }\n}\n", 7);
 	if (b.oom) {
 		rc = gs_errorf(GS_ERR_NOMEM, "%s: out of memory for the index", dir);
 		goto out_free_buf;
@@ -338,7 +298,7 @@ static enum gs_status gs_stw_write_index(struct gs_st_writer *w, const char *dir
 	if (fclose(f) != 0 || wn != b.len)
 		rc = gs_errorf(GS_ERR_IO, "%s: write failed: %s", path, strerror(errno));
 out_free_buf:
-	free(b.p);
+	gs_sbuf_free(&b);
 	return rc;
 }
 
