@@ -36,6 +36,19 @@ static inline uint16_t gs_f32_to_bf16(float f)
 	return (uint16_t)(u >> 16);
 }
 
+/* Element i of a synthetic weight: bf16(u · a), u uniform in [-1, 1) from splitmix64 of
+ * seed + (i + 1)·γ (a counter-based stream: any element can be drawn on its own, so every
+ * backend, and every thread of one, fills the same bits). */
+static inline uint16_t gs_synth_bf16(uint64_t seed, uint64_t i, float a)
+{
+	uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ull;
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	z ^= z >> 31;
+	float u = (float)((double)(z >> 40) / (double)(1ull << 24)) * 2.0f - 1.0f;
+	return gs_f32_to_bf16(u * a);
+}
+
 static inline float gs_round_bf16(float f)
 {
 	return gs_bf16_to_f32(gs_f32_to_bf16(f));

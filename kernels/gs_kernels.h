@@ -99,6 +99,9 @@ struct gs_backend_i {
 	 * a row is `width` floats. */
 	void (*scatter_rows)(void *ctx, float *dst, const float *src, const int64_t *rows, int n, size_t width);
 	void (*gather_rows)(void *ctx, float *dst, const float *src, const int32_t *rows, int n, size_t width);
+	/* dst[i] = gs_synth_bf16(seed, i, a) for i < n (gs_dtype.h): synthetic weights drawn where
+	 * they live, the same bits on every backend. */
+	void (*fill_synth_bf16)(void *ctx, uint16_t *dst, size_t n, float a, uint64_t seed);
 };
 
 struct gs_backend {

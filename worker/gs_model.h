@@ -60,7 +60,8 @@ struct gs_model {
 	float                    embed_scale;/* bf16(sqrt(H)), as HF computes it in a bf16 model */
 	size_t                   weight_bytes;  /* bytes this rank holds (views + copies) */
 	struct gs_backend        dev;        /* after gs_model_to_backend: whose memory holds it */
-	void                    *dev_slab;   /* every weight and gain there (NULL: host memory) */
+	void                    *dev_slab;   /* every weight there (NULL: host memory) */
+	void                    *dev_gains;  /* every norm gain there (NULL: host memory) */
 	char                     path[512];
 };
 
@@ -82,6 +83,11 @@ enum gs_status gs_model_load_tp(const char *dir, int rank, int size, bool touch_
  * values therefore depend on T: for speed measurements, not for comparisons). */
 enum gs_status gs_model_synthetic(const char *shape, uint64_t seed, struct gs_model **out);
 enum gs_status gs_model_synthetic_tp(const char *shape, uint64_t seed, int rank, int size, struct gs_model **out);
+/* The same weights drawn directly in be's memory when it is a device's (a 27B shape needs no host
+ * copy): the values equal gs_model_synthetic_tp's bit for bit. The gains stay on the host until
+ * gs_model_to_backend. be NULL or host memory: as _tp. */
+enum gs_status gs_model_synthetic_on(const char *shape, uint64_t seed, int rank, int size, const struct gs_backend *be,
+				     struct gs_model **out);
 
 /* config.json text of a shape preset, or NULL if unknown. */
 const char *gs_model_preset_json(const char *shape);
@@ -89,8 +95,10 @@ const char *gs_model_preset_json(const char *shape);
 void gs_model_free(struct gs_model *m);
 
 /* Move every weight and norm gain into be's memory when it is not host memory (a GPU): one
- * allocation, tensors 256-byte aligned, then the host copies (mmap, owned slab) are dropped.
- * No-op for host-memory backends. Call after loading, before gs_forward_create. */
+ * allocation for the weights (tensors 256-byte aligned; skipped when gs_model_synthetic_on drew
+ * them there), one for the gains; the host copies (mmap, owned slab) are dropped. No-op for
+ * host-memory backends. Call after loading (and the ranks' checkpoint comparison, which reads the
+ * gains on the host), before gs_forward_create. */
 enum gs_status gs_model_to_backend(struct gs_model *m, struct gs_backend be);
 
 /* Bytes of K+V per token per layer type, for TP degree tp (KV heads split, replicated when

@@ -371,9 +371,9 @@ struct rank_backend {
 	bool              have_nccl;
 };
 
-/* Collective: every rank calls it; all succeed or all fail with one message. */
-static bool rank_backend_open(const struct gs_comm *w, struct gs_model *m, const struct worker_opts *o,
-			      struct rank_backend *rb)
+/* Collective: every rank calls it; all succeed or all fail with one message. Before the model is
+ * loaded: synthetic weights are drawn where they will be used. */
+static bool rank_backend_open(const struct gs_comm *w, const struct worker_opts *o, struct rank_backend *rb)
 {
 	enum gs_status st = GS_OK;
 	int dev = 0;
@@ -390,10 +390,8 @@ static bool rank_backend_open(const struct gs_comm *w, struct gs_model *m, const
 		if (n < 1)
 			st = gs_errorf(GS_ERR_UNSUPPORTED, "--device cuda: %s",
 				       gs_cuda_built() ? "no CUDA device on this host" : "this build has no CUDA backend");
-		else if ((st = gs_backend_cuda_create(dev, &rb->be)) == GS_OK) {
+		else if ((st = gs_backend_cuda_create(dev, &rb->be)) == GS_OK)
 			rb->cuda = true;
-			st = gs_model_to_backend(m, rb->be);
-		}
 	}
 	if (!all_ok(w, st, "setting up the device"))
 		return false;
@@ -572,12 +570,17 @@ int main(int argc, char **argv)
 			o.threads = 1;
 	}
 
-	/* Load this rank's shard; agree on success. */
+	if (!rank_backend_open(&world, &o, &rb))
+		goto out_free;
+	/* Load this rank's shard; agree on success; then into the device's memory (a no-op on the
+	 * CPU) once the ranks agree they hold the same checkpoint. */
 	st = o.model ? gs_model_load_tp(o.model, rank, T, true, &m)
-		     : gs_model_synthetic_tp(o.synthetic, 1234, rank, T, &m);
+		     : gs_model_synthetic_on(o.synthetic, 1234, rank, T, &rb.be, &m);
 	if (!all_ok(&world, st, "loading the model"))
 		goto out_free;
 	if (!same_checkpoint(&world, m, o.model ? o.model : o.synthetic))
+		goto out_free;
+	if (!all_ok(&world, gs_model_to_backend(m, rb.be), "moving the model to the device"))
 		goto out_free;
 	{
 		long kb = rss_kb();
@@ -594,8 +597,6 @@ int main(int argc, char **argv)
 		}
 		free(all);
 	}
-	if (!rank_backend_open(&world, m, &o, &rb))
-		goto out_free;
 
 	if (o.batch) {
 		rc = run_batch(&world, m, &rb, &o);

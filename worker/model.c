@@ -337,16 +337,37 @@ enum gs_status gs_model_load(const char *dir, bool touch_pages, struct gs_model 
 	return gs_model_load_tp(dir, 0, 1, touch_pages, out);
 }
 
-enum gs_status gs_model_to_backend(struct gs_model *m, struct gs_backend be)
+static size_t gains_bytes(const struct gs_model *m)
+{
+	size_t L = (size_t)m->cfg.n_layers, H = (size_t)m->cfg.hidden, D = (size_t)m->cfg.head_dim;
+	return sizeof(float) * (L * (4 * H + 2 * D) + H);
+}
+
+/* Upload the norm gains to dst in m->dev's memory and point every gain there (each keeps its
+ * offset in the slab); the host slab is freed. */
+static void move_gains(struct gs_model *m, void *dst)
+{
+	float *dev = dst;
+	m->dev.iface->upload(m->dev.ctx, dev, m->gains, gains_bytes(m));
+	for (int l = 0; l < m->cfg.n_layers; l++) {
+		struct gs_layer_weights *lw = &m->layers[l];
+		float **g[] = { &lw->attn_norm, &lw->post_attn_norm, &lw->pre_ffn_norm, &lw->post_ffn_norm, &lw->q_norm, &lw->k_norm };
+		for (size_t i = 0; i < 6; i++)
+			*g[i] = dev + (*g[i] - m->gains);
+	}
+	m->final_norm = dev + (m->final_norm - m->gains);
+	free(m->gains);
+	m->gains = NULL;
+}
+
+/* The weights of m, on the host, into one allocation of be's memory. */
+static enum gs_status move_weights(struct gs_model *m, struct gs_backend be)
 {
 	const size_t align = 256;
-	size_t L = (size_t)m->cfg.n_layers, H = (size_t)m->cfg.hidden, D = (size_t)m->cfg.head_dim;
-	size_t gains_bytes = sizeof(float) * (L * (4 * H + 2 * D) + H), total, off;
+	size_t L = (size_t)m->cfg.n_layers, total = 0, off = 0;
 	bool tied = m->lm_head.data == m->embed.data;
 	char *dev;
 
-	if (be.iface->host_memory || m->dev_slab)
-		return GS_OK;
 	/* every weight the forward pass reads, in one list */
 	size_t n_t = 2 + 7 * L, k = 0;
 	struct gs_tensor **ts = malloc(n_t * sizeof(*ts));
@@ -361,7 +382,6 @@ enum gs_status gs_model_to_backend(struct gs_model *m, struct gs_backend be)
 		for (size_t i = 0; i < 7; i++)
 			ts[k++] = w[i];
 	}
-	total = (gains_bytes + align - 1) / align * align;
 	for (size_t i = 0; i < k; i++)
 		total += ((size_t)ts[i]->rows * (size_t)ts[i]->cols * gs_dtype_size(ts[i]->dtype) + align - 1) / align * align;
 	dev = be.iface->alloc(be.ctx, total);
@@ -370,16 +390,6 @@ enum gs_status gs_model_to_backend(struct gs_model *m, struct gs_backend be)
 		return gs_errorf(GS_ERR_NOMEM, "%s: cannot allocate %.2f GiB for the weights of this rank", be.iface->name,
 				 (double)total / (1 << 30));
 	}
-	/* gains first: every norm pointer keeps its offset into the slab */
-	be.iface->upload(be.ctx, dev, m->gains, gains_bytes);
-	for (size_t l = 0; l < L; l++) {
-		struct gs_layer_weights *lw = &m->layers[l];
-		float **g[] = { &lw->attn_norm, &lw->post_attn_norm, &lw->pre_ffn_norm, &lw->post_ffn_norm, &lw->q_norm, &lw->k_norm };
-		for (size_t i = 0; i < 6; i++)
-			*g[i] = (float *)dev + (*g[i] - m->gains);
-	}
-	m->final_norm = (float *)dev + (m->final_norm - m->gains);
-	off = (gains_bytes + align - 1) / align * align;
 	for (size_t i = 0; i < k; i++) {
 		size_t bytes = (size_t)ts[i]->rows * (size_t)ts[i]->cols * gs_dtype_size(ts[i]->dtype);
 		be.iface->upload(be.ctx, dev + off, ts[i]->data, bytes);
@@ -394,10 +404,25 @@ enum gs_status gs_model_to_backend(struct gs_model *m, struct gs_backend be)
 	m->st = NULL;
 	free(m->slab);
 	m->slab = NULL;
-	free(m->gains);
-	m->gains = NULL;
-	m->dev = be;
 	m->dev_slab = dev;
+	return GS_OK;
+}
+
+enum gs_status gs_model_to_backend(struct gs_model *m, struct gs_backend be)
+{
+	if (be.iface->host_memory)
+		return GS_OK;
+	if ((m->dev_slab || m->dev_gains) && m->dev.iface != be.iface)
+		return gs_errorf(GS_ERR_INVALID_ARG, "model already lives in %s memory", m->dev.iface->name);
+	m->dev = be;
+	if (!m->dev_slab) /* drawn on the device already: only the gains are left */
+		GS_TRY(move_weights(m, be));
+	if (m->gains) {
+		m->dev_gains = be.iface->alloc(be.ctx, gains_bytes(m));
+		if (!m->dev_gains)
+			return gs_errorf(GS_ERR_NOMEM, "%s: cannot allocate the norm gains", be.iface->name);
+		move_gains(m, m->dev_gains);
+	}
 	return GS_OK;
 }
 
@@ -407,6 +432,8 @@ void gs_model_free(struct gs_model *m)
 		return;
 	if (m->dev_slab)
 		m->dev.iface->release(m->dev.ctx, m->dev_slab);
+	if (m->dev_gains)
+		m->dev.iface->release(m->dev.ctx, m->dev_gains);
 	gs_st_close(m->st);
 	free(m->slab);
 	free(m->gains);
@@ -453,36 +480,30 @@ const char *gs_model_preset_json(const char *shape)
 	return NULL;
 }
 
-static uint64_t splitmix64(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-/* Uniform bf16 values in [-a, a]: cheap and enough to exercise every byte path. */
-static void fill_bf16(uint16_t *p, size_t n, float a, uint64_t seed)
-{
-	uint64_t s = seed;
-	for (size_t i = 0; i < n; i++) {
-		uint64_t r = splitmix64(&s);
-		float u = (float)((double)(r >> 40) / (double)(1ull << 24)) * 2.0f - 1.0f;
-		p[i] = gs_f32_to_bf16(u * a);
-	}
-}
-
-/* A [rows, cols] bf16 matrix carved from *w and filled uniformly in [-a, a]. */
-static struct gs_tensor synth_matrix(uint16_t **w, size_t rows, size_t cols, float a, uint64_t seed)
+/* A [rows, cols] bf16 matrix carved from *w and filled uniformly in [-a, a] (gs_synth_bf16), by
+ * the backend that owns the memory when there is one. */
+static struct gs_tensor synth_matrix(const struct gs_backend *be, uint16_t **w, size_t rows, size_t cols, float a,
+				     uint64_t seed)
 {
 	struct gs_tensor t = { GS_DTYPE_BF16, (int64_t)rows, (int64_t)cols, *w };
-	fill_bf16(*w, rows * cols, a, seed);
+	if (be)
+		be->iface->fill_synth_bf16(be->ctx, *w, rows * cols, a, seed);
+	else
+		for (size_t i = 0; i < rows * cols; i++)
+			(*w)[i] = gs_synth_bf16(seed, i, a);
 	*w += rows * cols;
 	return t;
 }
 
 enum gs_status gs_model_synthetic_tp(const char *shape, uint64_t seed, int rank, int size, struct gs_model **out)
 {
+	return gs_model_synthetic_on(shape, seed, rank, size, NULL, out);
+}
+
+enum gs_status gs_model_synthetic_on(const char *shape, uint64_t seed, int rank, int size, const struct gs_backend *be,
+				     struct gs_model **out)
+{
+	bool dev = be && !be->iface->host_memory;
 	const char *json = gs_model_preset_json(shape);
 	const struct gs_shard *sh;
 	struct gs_model *m;
@@ -513,28 +534,33 @@ enum gs_status gs_model_synthetic_tp(const char *shape, uint64_t seed, int rank,
 	V = (size_t)sh->n_vocab;
 	per_layer = 2 * QD * H + 2 * KD * H + 3 * F * H;
 	total = V * H + L * per_layer;
-	m->slab = malloc(total * sizeof(uint16_t));
-	if (!m->slab) {
-		st = gs_errorf(GS_ERR_NOMEM, "synthetic %s: cannot allocate %.2f GB of weights", shape,
-			       (double)total * 2 / 1e9);
+	if (dev) { /* weights drawn in device memory; the gains follow in gs_model_to_backend */
+		m->dev_slab = be->iface->alloc(be->ctx, total * sizeof(uint16_t));
+		m->dev = *be;
+	} else {
+		m->slab = malloc(total * sizeof(uint16_t));
+	}
+	if (!m->slab && !m->dev_slab) {
+		st = gs_errorf(GS_ERR_NOMEM, "synthetic %s: cannot allocate %.2f GB of weights%s", shape,
+			       (double)total * 2 / 1e9, dev ? " on the device" : "");
 		goto out_free_model;
 	}
-	w = m->slab;
+	w = dev ? m->dev_slab : m->slab;
 	seed = seed * 1000003u + (uint64_t)rank;
-	m->embed = synth_matrix(&w, V, H, 0.05f, seed);
+	m->embed = synth_matrix(be, &w, V, H, 0.05f, seed);
 	m->lm_head = m->embed;
 	for (size_t l = 0; l < L; l++) {
 		struct gs_layer_weights *lw = &m->layers[l];
 		size_t FF = (size_t)m->cfg.intermediate, QQ = (size_t)m->cfg.n_heads * D;
 		float a = 1.0f / sqrtf((float)H), b = 1.0f / sqrtf((float)FF), c = 1.0f / sqrtf((float)QQ);
 		uint64_t sd = seed + 10 * l;
-		lw->q = synth_matrix(&w, QD, H, a, sd + 1);
-		lw->k = synth_matrix(&w, KD, H, a, sd + 2);
-		lw->v = synth_matrix(&w, KD, H, a, sd + 3);
-		lw->o = synth_matrix(&w, H, QD, c, sd + 4);
-		lw->gate = synth_matrix(&w, F, H, a, sd + 5);
-		lw->up = synth_matrix(&w, F, H, a, sd + 6);
-		lw->down = synth_matrix(&w, H, F, b, sd + 7);
+		lw->q = synth_matrix(be, &w, QD, H, a, sd + 1);
+		lw->k = synth_matrix(be, &w, KD, H, a, sd + 2);
+		lw->v = synth_matrix(be, &w, KD, H, a, sd + 3);
+		lw->o = synth_matrix(be, &w, H, QD, c, sd + 4);
+		lw->gate = synth_matrix(be, &w, F, H, a, sd + 5);
+		lw->up = synth_matrix(be, &w, F, H, a, sd + 6);
+		lw->down = synth_matrix(be, &w, H, F, b, sd + 7);
 	}
 	for (size_t i = 0; i < L * (4 * H + 2 * D) + H; i++)
 		m->gains[i] = 1.0f;

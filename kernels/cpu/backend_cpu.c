@@ -386,7 +386,31 @@ static void cpu_gather_rows(void *vctx, float *dst, const float *src, const int3
 	.upload = cpu_copy,                          \
 	.download = cpu_copy,                        \
 	.scatter_rows = cpu_scatter_rows,            \
-	.gather_rows = cpu_gather_rows
+	.gather_rows = cpu_gather_rows,              \
+	.fill_synth_bf16 = cpu_fill_synth_bf16
+
+struct fill_job {
+	uint16_t *dst;
+	size_t    n;
+	float     a;
+	uint64_t  seed;
+};
+
+static void fill_task(void *p, int tid, int nth)
+{
+	struct fill_job *j = p;
+	size_t lo, hi;
+
+	thread_range(j->n, tid, nth, &lo, &hi);
+	for (size_t i = lo; i < hi; i++)
+		j->dst[i] = gs_synth_bf16(j->seed, i, j->a);
+}
+
+static void cpu_fill_synth_bf16(void *vctx, uint16_t *dst, size_t n, float a, uint64_t seed)
+{
+	struct fill_job j = { dst, n, a, seed };
+	gs_threadpool_run(((struct cpu_ctx *)vctx)->tp, fill_task, &j);
+}
 
 static const struct gs_backend_i gs_backend_cpu_i = { .name = "cpu", .host_memory = true, GS_CPU_OPS };
 

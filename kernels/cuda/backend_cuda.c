@@ -125,6 +125,12 @@ static void cuda_gather_rows(void *ctx, float *dst, const float *src, const int3
 		gs_cu_gather_rows(ctx, dst, src, rows, n, width);
 }
 
+static void cuda_fill_synth_bf16(void *ctx, uint16_t *dst, size_t n, float a, uint64_t seed)
+{
+	if (n)
+		gs_cu_fill_synth_bf16(ctx, dst, n, a, seed);
+}
+
 static const struct gs_backend_i gs_backend_cuda_i = {
 	.name = "cuda",
 	.matmul = cuda_matmul,
@@ -144,6 +150,7 @@ static const struct gs_backend_i gs_backend_cuda_i = {
 	.download = cuda_download,
 	.scatter_rows = cuda_scatter_rows,
 	.gather_rows = cuda_gather_rows,
+	.fill_synth_bf16 = cuda_fill_synth_bf16,
 };
 
 static struct gs_cuda_ctx *ctx_of(const struct gs_backend *be)

@@ -43,6 +43,7 @@ void gs_cu_add(struct gs_cuda_ctx *c, float *y, const float *x, size_t n);
 void gs_cu_softcap(struct gs_cuda_ctx *c, float *x, size_t n, float cap);
 void gs_cu_embed(struct gs_cuda_ctx *c, float *out, const struct gs_tensor *emb, const int32_t *ids, int n,
 		 float scale, int64_t row0);
+void gs_cu_fill_synth_bf16(struct gs_cuda_ctx *c, uint16_t *dst, size_t n, float a, uint64_t seed);
 void gs_cu_scatter_rows(struct gs_cuda_ctx *c, float *dst, const float *src, const int64_t *rows, int n,
 			size_t width);
 void gs_cu_gather_rows(struct gs_cuda_ctx *c, float *dst, const float *src, const int32_t *rows, int n,

@@ -7,6 +7,7 @@
  * host, any table packed wrong, any stale upload shows as a difference.
  *   - forward: all-position logits of a 70-token prompt (past the window of 8, several KV
  *     blocks, chunks of 16 rows) then 8 decode steps, on the "tiny" shape;
+ *   - the same weights drawn directly in backend memory (gs_model_synthetic_on): equal bits;
  *   - engine: 12 requests of different lengths, greedy, 32 tokens each, batched together.
  * With the argument "cuda" the device backend is the GPU's (ctest gpu_device_path; exit 77,
  * skipped, without a device): the logits must then match per row within GS_CUDA_ROW_TOL relative
@@ -63,6 +64,34 @@ static float *run_forward(const struct gs_model *m, struct gs_backend be, const 
 	gs_seq_free(s);
 	gs_forward_free(f);
 	return lg;
+}
+
+/* Bit for bit on the staged CPU backend; per-row relative L2 on a GPU. */
+static void compare_logits(const char *what, const float *a, const float *b, size_t V, bool cuda)
+{
+	size_t rows = N_PROMPT + N_DECODE;
+	if (!cuda) {
+		size_t bad = 0, first = 0;
+		for (size_t i = 0; i < V * rows; i++)
+			if (memcmp(&a[i], &b[i], sizeof(float)) != 0 && bad++ == 0)
+				first = i;
+		CHECK_MSG(bad == 0, "forward (%s): %zu of %zu logits differ, first at row %zu (%.9g vs %.9g)", what, bad,
+			  V * rows, first / V, a[first], b[first]);
+		return;
+	}
+	double worst = 0;
+	for (size_t r = 0; r < rows; r++) {
+		double num = 0, den = 0;
+		for (size_t j = 0; j < V; j++) {
+			double d = (double)b[r * V + j] - a[r * V + j];
+			num += d * d, den += (double)a[r * V + j] * a[r * V + j];
+		}
+		double e = sqrt(num / (den > 0 ? den : 1));
+		if (!(e <= worst))
+			worst = e; /* NaN too */
+	}
+	CHECK_MSG(worst <= GS_CUDA_ROW_TOL, "forward (%s): worst row relative L2 %.3g", what, worst);
+	printf("forward on CUDA (%s): worst row relative L2 against the CPU %.3g over %zu rows\n", what, worst, rows);
 }
 
 struct req_out {
@@ -133,32 +162,31 @@ int main(int argc, char **argv)
 
 	for (int t = 0; t < N_PROMPT; t++)
 		prompt[t] = 2 + (t * 7919) % 262000;
-	float *a = run_forward(m_host, cpu, prompt), *b = run_forward(m_dev, dev, prompt);
-	size_t V = (size_t)m_host->shard.n_vocab, rows = N_PROMPT + N_DECODE;
-	if (!cuda) {
-		size_t bad = 0, first = 0;
-		for (size_t i = 0; i < V * rows; i++)
-			if (memcmp(&a[i], &b[i], sizeof(float)) != 0 && bad++ == 0)
-				first = i;
-		CHECK_MSG(bad == 0, "forward: %zu of %zu logits differ, first at row %zu (%.9g vs %.9g)", bad, V * rows,
-			  first / V, a[first], b[first]);
-	} else {
-		double worst = 0;
-		for (size_t r = 0; r < rows; r++) {
-			double num = 0, den = 0;
-			for (size_t j = 0; j < V; j++) {
-				double d = (double)b[r * V + j] - a[r * V + j];
-				num += d * d, den += (double)a[r * V + j] * a[r * V + j];
-			}
-			double e = sqrt(num / (den > 0 ? den : 1));
-			if (!(e <= worst))
-				worst = e; /* NaN too */
-		}
-		CHECK_MSG(worst <= GS_CUDA_ROW_TOL, "forward: worst row relative L2 %.3g", worst);
-		printf("forward on CUDA: worst row relative L2 against the CPU %.3g over %zu rows\n", worst, rows);
+	/* a third copy drawn directly in the device's memory (gs_model_synthetic_on): the same bits */
+	struct gs_model *m_drawn;
+	if (gs_model_synthetic_on("tiny", 11, 0, 1, &dev, &m_drawn) != GS_OK)
+		die("synthetic_on");
+	CHECK(m_drawn->dev_slab != NULL && m_drawn->slab == NULL && m_drawn->gains != NULL);
+	if (gs_model_to_backend(m_drawn, dev) != GS_OK)
+		die("to_backend (gains)");
+	CHECK(m_drawn->gains == NULL && m_drawn->dev_gains != NULL);
+	{
+		size_t nq = (size_t)m_host->layers[1].down.rows * (size_t)m_host->layers[1].down.cols;
+		uint16_t *h = malloc(nq * sizeof(uint16_t));
+		GS_ASSERT(h);
+		dev.iface->download(dev.ctx, h, m_drawn->layers[1].down.data, nq * sizeof(uint16_t));
+		CHECK_MSG(memcmp(h, m_host->layers[1].down.data, nq * sizeof(uint16_t)) == 0,
+			  "weights drawn on the device differ from the host's");
+		free(h);
 	}
+
+	float *a = run_forward(m_host, cpu, prompt), *b = run_forward(m_dev, dev, prompt);
+	float *c = run_forward(m_drawn, dev, prompt);
+	compare_logits("moved weights", a, b, (size_t)m_host->shard.n_vocab, cuda);
+	compare_logits("weights drawn on the device", a, c, (size_t)m_host->shard.n_vocab, cuda);
 	CHECK(a[0] == a[0]); /* written (not the NaN poison) */
-	free(a), free(b);
+	free(a), free(b), free(c);
+	gs_model_free(m_drawn);
 
 	static struct req_out ra[N_REQ], rb[N_REQ];
 	run_engine(m_host, cpu, ra);
@@ -172,8 +200,8 @@ int main(int argc, char **argv)
 		CHECK_MSG(at < 0, "request %d: tokens differ from step %d (%d vs %d)", r + 1, at, at < 0 ? 0 : ra[r].tok[at],
 			  at < 0 ? 0 : rb[r].tok[at]);
 	}
-	printf("device path (%s) against the CPU backend: %zu logit rows, %d requests x %d tokens compared\n",
-	       dev.iface->name, rows, N_REQ, N_GEN);
+	printf("device path (%s) against the CPU backend: %d logit rows x 2 models, %d requests x %d tokens compared\n",
+	       dev.iface->name, N_PROMPT + N_DECODE, N_REQ, N_GEN);
 	gs_model_free(m_host);
 	gs_model_free(m_dev);
 	gs_backend_cpu_free(&cpu);
