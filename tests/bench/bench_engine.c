@@ -1,10 +1,12 @@
 /* Serving-engine throughput on a synthetic shape (default 1b):
- *   mpirun -np T build/tests/bench/bench_engine [shape] [decode_steps]
+ *   mpirun -np T build/tests/bench/bench_engine [shape] [decode_steps] [cpu|cuda] [prompt_tokens]
+ * (cuda: T = 1, weights drawn on the GPU; prompt_tokens default 16, e.g. 1024 for a 1K context)
  * For batch B in 1, 8, 32, 64: B requests with 16-token prompts decode `decode_steps` tokens
  * each; generated tokens/s over the decode phase (timed once every prompt is prefilled), and
  * the scheduler's share of step time
  * (planning + plan broadcast + candidate merge/draw). Then a mix: 8 decoding requests while
  * 4 prompts of 1024 tokens are chunk-prefilled. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +14,7 @@
 #include <unistd.h>
 
 #include "gs_cpu.h"
+#include "gs_cuda.h"
 #include "gs_engine.h"
 #include "gs_model.h"
 
@@ -29,6 +32,8 @@ int main(int argc, char **argv)
 	struct gs_backend be;
 	const char *shape = argc > 1 ? argv[1] : "1b";
 	int steps = argc > 2 ? atoi(argv[2]) : 16, T, rank;
+	bool cuda = argc > 3 && strcmp(argv[3], "cuda") == 0;
+	int P = argc > 4 ? atoi(argv[4]) : 16;
 	static const int batches[] = { 1, 8, 32, 64 };
 	static struct gs_token_event ev[512];
 	double base_tps = 0;
@@ -36,15 +41,21 @@ int main(int argc, char **argv)
 	if (gs_comm_mpi_init(&argc, &argv, &w) != GS_OK)
 		return 1;
 	T = gs_comm_size(&w), rank = gs_comm_rank(&w);
-	if (gs_model_synthetic_tp(shape, 1, rank, T, &m) != GS_OK ||
-	    gs_backend_cpu_create((int)(sysconf(_SC_NPROCESSORS_ONLN) / T > 0 ? sysconf(_SC_NPROCESSORS_ONLN) / T : 1), &be) != GS_OK) {
+	if (P < 1 || steps < 1 || (cuda && T != 1)) {
+		fprintf(stderr, "usage: bench_engine [shape] [decode_steps >= 1] [cpu|cuda (T = 1)] [prompt_tokens >= 1]\n");
+		return 2;
+	}
+	if ((cuda ? gs_backend_cuda_create(0, &be)
+		  : gs_backend_cpu_create((int)(sysconf(_SC_NPROCESSORS_ONLN) / T > 0 ? sysconf(_SC_NPROCESSORS_ONLN) / T : 1),
+					  &be)) != GS_OK ||
+	    gs_model_synthetic_on(shape, 1, rank, T, &be, &m) != GS_OK || gs_model_to_backend(m, be) != GS_OK) {
 		fprintf(stderr, "%s\n", gs_last_error());
 		return 1;
 	}
 	/* This rank's matmul FLOPs per decoded token (its slices: heads, MLP columns, vocabulary
 	 * range) and the FMA peak of its threads: a batch of B cannot step faster than B times
 	 * that over the peak, which bounds the batch-B / batch-1 throughput ratio on a CPU. */
-	double tok_flops = 0, peak = gs_cpu_measure_fma_peak(gs_backend_cpu_pool(&be));
+	double tok_flops = 0, peak = cuda ? 0 : gs_cpu_measure_fma_peak(gs_backend_cpu_pool(&be));
 	for (int l = 0; l < m->cfg.n_layers; l++) {
 		const struct gs_layer_weights *L = &m->layers[l];
 		const struct gs_tensor *ws[] = { &L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down };
@@ -55,8 +66,8 @@ int main(int argc, char **argv)
 	for (size_t bi = 0; bi <= sizeof(batches) / sizeof(batches[0]); bi++) {
 		bool mix = bi == sizeof(batches) / sizeof(batches[0]);
 		int B = mix ? 8 : batches[bi];
-		struct gs_engine_config c = { .max_batch_tokens = mix ? 512 : 256, .max_seqs = 64, .max_context = 1200,
-					      .candidates = 64 };
+		struct gs_engine_config c = { .max_batch_tokens = mix ? 512 : 256, .max_seqs = 64,
+					      .max_context = P + steps + 2 > 1200 ? P + steps + 2 : 1200, .candidates = 64 };
 		struct gs_engine *e;
 		struct gs_engine_stats s0, s1;
 		double t0 = 0;
@@ -72,13 +83,15 @@ int main(int argc, char **argv)
 			continue;
 		}
 		for (int i = 0; i < B; i++) {
-			int32_t prompt[16];
+			int32_t *prompt = malloc(sizeof(int32_t) * (size_t)P);
 			struct gs_req_params p = { .max_tokens = steps + 1, .ignore_eos = true };
 			p.sp = gs_sampling_params_default();
 			p.sp.temperature = 0;
-			for (int t = 0; t < 16; t++)
+			GS_ASSERT(prompt);
+			for (int t = 0; t < P; t++)
 				prompt[t] = 2 + (i * 131 + t * 7) % 200000;
-			gs_engine_submit(e, (uint64_t)i + 1, prompt, 16, &p);
+			gs_engine_submit(e, (uint64_t)i + 1, prompt, P, &p);
+			free(prompt);
 		}
 		/* Prefill every prompt (B x 16 tokens take several steps under the budget), then time
 		 * the decode steps: the batch figures are decode-only. */
@@ -88,7 +101,7 @@ int main(int argc, char **argv)
 			do {
 				gs_engine_step(e, ev, 512, &n_ev);
 				gs_engine_get_stats(e, &sp);
-			} while (sp.tokens_prefill < (uint64_t)B * 16);
+			} while (sp.tokens_prefill < (uint64_t)B * (uint64_t)P);
 			if (mix) {
 				static int32_t lp[1024];
 				struct gs_req_params p = { .max_tokens = 1, .ignore_eos = true };
@@ -121,18 +134,25 @@ int main(int argc, char **argv)
 			else
 			{
 				double step_ms = stept / (double)(s1.steps - s0.steps) * 1e3;
-				double floor_ms = B * tok_flops / peak * 1e3;
-				printf("TP=%d batch %2d: %8.2f generated tok/s (x%.2f vs batch 1), step %.1f ms, scheduler+plan+sampling "
-				       "%.2f%% of step time; FMA floor of the step %.1f ms (step at %.2f of it)\n", T, B, tps,
-				       tps / base_tps, step_ms, 100.0 * sched / stept, floor_ms, floor_ms / step_ms);
+				printf("TP=%d %s batch %2d, context %d: %8.2f generated tok/s (x%.2f vs batch 1), step %.2f ms, "
+				       "scheduler+plan+sampling %.2f%% of step time; ", T, be.iface->name, B, P + steps, tps,
+				       tps / base_tps, step_ms, 100.0 * sched / stept);
+				if (cuda) /* weights read once per step: compare with bench_cuda's copy bandwidth */
+					printf("weights streamed at %.0f GB/s\n", m->weight_bytes / (step_ms * 1e-3) / 1e9);
+				else
+					printf("FMA floor of the step %.1f ms (step at %.2f of it)\n", B * tok_flops / peak * 1e3,
+					       B * tok_flops / peak * 1e3 / step_ms);
 			}
 			fflush(stdout);
 		}
 		gs_engine_shutdown(e);
 		gs_engine_free(e);
 	}
-	gs_backend_cpu_free(&be);
-	gs_model_free(m);
+	gs_model_free(m); /* before its backend: a GPU holds its weights */
+	if (cuda)
+		gs_backend_cuda_free(&be);
+	else
+		gs_backend_cpu_free(&be);
 	gs_comm_free(&w);
 	gs_comm_mpi_finalize();
 	return 0;

@@ -71,6 +71,13 @@ if [ "$mode" = full ] && [ "${GS_GPU_SKIP_27B:-0}" != 1 ]; then
 	else
 		echo "FAIL: building gemmashard-worker"; worker_rc=1
 	fi
+	echo "== serving engine: synthetic 27b on cuda, batch 1/8/32/64 at a 1K context"
+	if [ "$worker_rc" -eq 0 ] && cmake --build "$dir" -j"$jobs" --target bench_engine >>"$dir/gpu-build.log" 2>&1; then
+		OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 420 \
+			mpirun --allow-run-as-root -np 1 "$dir/tests/bench/bench_engine" 27b 16 cuda 1024 2>&1 |
+			tee "$dir/gpu-engine.log"
+		[ "${PIPESTATUS[0]}" -eq 0 ] || worker_rc=1
+	fi
 fi
 
 echo
@@ -83,6 +90,7 @@ grep -E "^ *[0-9]+/[0-9]+ Test +#" "$dir/gpu-ctest.log" | sed -E 's/^ *[0-9]+\/[
 grep -E "^device-to-device|^one layer|^cuBLAS" "$dir/gpu-bench.log" | sed 's/^/bench:  /'
 sed -n '/^matmul, bf16 weights/,/^one layer/p' "$dir/gpu-bench.log" | grep -vE "^one layer"
 [ -f "$dir/gpu-worker.log" ] && grep -E "^bench " "$dir/gpu-worker.log" | sed 's/^/worker: /'
+[ -f "$dir/gpu-engine.log" ] && grep -E "^TP=|^mix" "$dir/gpu-engine.log" | sed 's/^/engine: /'
 echo "ctest exit $ctest_rc, bench exit $bench_rc, worker exit $worker_rc"
 # On a GPU machine the CUDA ops test must run: a skip here means the device was not usable.
 if grep -qE "gpu_cuda_ops .*Skipped" "$dir/gpu-ctest.log"; then
