@@ -360,10 +360,9 @@ static int run_bench(const struct gs_comm *w, struct gs_forward *f, struct gs_se
 	return 0;
 }
 
-/* Offline batch: the leader reads, tokenizes and schedules; every rank executes the plans. */
-/* Where this rank computes: the CPU backend, or a GPU with the model's weights moved into its
- * memory and, for T > 1, an NCCL communicator for the forward pass's all-reduces (plans and
- * sampling candidates stay on the MPI world). */
+/* Where this rank computes: the CPU backend, or a GPU (which then holds the model's weights,
+ * moved or drawn there) and, for T > 1, an NCCL communicator for the forward pass's all-reduces
+ * (plans and sampling candidates stay on the MPI world). */
 struct rank_backend {
 	struct gs_backend be;
 	bool              cuda;
@@ -428,6 +427,7 @@ static enum gs_status rank_engine(const struct gs_comm *w, const struct gs_model
 	return GS_OK;
 }
 
+/* Offline batch: the leader reads, tokenizes and schedules; every rank executes the plans. */
 static int run_batch(const struct gs_comm *w, const struct gs_model *m, struct rank_backend *rb,
 		     const struct worker_opts *o)
 {
