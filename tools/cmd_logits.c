@@ -2,20 +2,25 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <string.h>
+
 #include "gs_args.h"
 #include "gs_cmds.h"
+#include "gs_cuda.h"
 #include "gs_forward.h"
 
 int gs_cmd_logits(int argc, char **argv)
 {
-	const char *model_dir = NULL, *tokens = NULL, *out_path = NULL;
+	const char *model_dir = NULL, *tokens = NULL, *out_path = NULL, *device = "cpu";
 	int chunk = 0, threads = 0, rc = 1;
+	bool cuda = false;
 	struct gs_arg args[] = {
 		{ "model", GS_ARG_STR, &model_dir, "checkpoint directory (config.json + safetensors)" },
 		{ "tokens", GS_ARG_STR, &tokens, "comma-separated token ids, e.g. 2,105,2364" },
 		{ "out", GS_ARG_STR, &out_path, "output file: float32 [n_tokens x vocab], row-major" },
 		{ "chunk", GS_ARG_INT, &chunk, "feed the tokens through the KV cache in chunks of N (1 = decode)" },
 		{ "threads", GS_ARG_INT, &threads, "CPU threads (default: all)" },
+		{ "device", GS_ARG_STR, &device, "cpu (default) or cuda (GPU 0: weights, KV and activations there)" },
 	};
 	const int n_args = sizeof(args) / sizeof(args[0]);
 	struct gs_model *m = NULL;
@@ -27,12 +32,17 @@ int gs_cmd_logits(int argc, char **argv)
 	FILE *fo;
 	int r;
 
-	r = gs_args_parse("usage: gemmashard logits --model DIR --tokens 2,105,2364 --out FILE [--chunk N]",
+	r = gs_args_parse("usage: gemmashard logits --model DIR --tokens 2,105,2364 --out FILE [--chunk N] [--device cpu|cuda]",
 			  args, n_args, argc, argv);
 	if (r)
 		return r == 1 ? 0 : 2;
 	if (!model_dir || !tokens || !out_path) {
 		fprintf(stderr, "gemmashard logits: --model, --tokens and --out are required\n");
+		return 2;
+	}
+	cuda = strcmp(device, "cuda") == 0;
+	if (!cuda && strcmp(device, "cpu") != 0) {
+		fprintf(stderr, "gemmashard logits: --device must be cpu or cuda, got \"%s\"\n", device);
 		return 2;
 	}
 	if (chunk < 0) {
@@ -48,7 +58,8 @@ int gs_cmd_logits(int argc, char **argv)
 			  m->cfg.max_position, model_dir);
 		goto out_fail;
 	}
-	if (gs_backend_cpu_create(threads, &be) != GS_OK)
+	if ((cuda ? gs_backend_cuda_create(0, &be) : gs_backend_cpu_create(threads, &be)) != GS_OK ||
+	    gs_model_to_backend(m, be) != GS_OK)
 		goto out_fail;
 	{
 		int32_t max_chunk = n < 256 ? n : 256;
@@ -87,8 +98,11 @@ out_free:
 	free(logits);
 	gs_seq_free(s);
 	gs_forward_free(f);
-	gs_backend_cpu_free(&be);
-	gs_model_free(m);
+	gs_model_free(m); /* before its backend: a GPU holds its weights */
+	if (cuda)
+		gs_backend_cuda_free(&be);
+	else
+		gs_backend_cpu_free(&be);
 	free(ids);
 	return rc;
 }

@@ -305,7 +305,12 @@ def main():
                     help="per-position relative L2 bound (default 1e-3; measured CPU fp32 errors are ~2e-6, "
                          "and erf-GELU would show as ~4e-4, so 1e-4 is a stricter option)")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--needs-gpu", action="store_true",
+                    help="exit 77 (ctest: skipped) when this machine has no NVIDIA GPU (for --engine-args '--device cuda')")
     a = ap.parse_args()
+    if a.needs_gpu and not any(os.path.exists("/dev/nvidia%d" % i) for i in range(16)):
+        print("SKIP: no NVIDIA GPU on this machine (/dev/nvidia*)")
+        return 77
     REL_L2_MAX = a.rel_l2_max
     ENGINE_ARGS.extend(a.engine_args.split())
     if a.list:
