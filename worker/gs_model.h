@@ -94,6 +94,13 @@ const char *gs_model_preset_json(const char *shape);
 
 void gs_model_free(struct gs_model *m);
 
+/* Floats of norm gains a model holds (one slab, mirrored on every rank): per layer 4 of hidden
+ * (input, post-attention, pre- and post-feed-forward) and 2 of head_dim (q, k), plus the final. */
+static inline size_t gs_model_gains_count(const struct gs_config *cfg)
+{
+	return (size_t)cfg->n_layers * (4 * (size_t)cfg->hidden + 2 * (size_t)cfg->head_dim) + (size_t)cfg->hidden;
+}
+
 /* Move every weight and norm gain into be's memory when it is not host memory (a GPU): one
  * allocation for the weights (tensors 256-byte aligned; skipped when gs_model_synthetic_on drew
  * them there), one for the gains; the host copies (mmap, owned slab) are dropped. No-op for

@@ -238,8 +238,7 @@ static bool same_checkpoint(const struct gs_comm *w, const struct gs_model *m, c
 	me.cfg = fnv1a(&c->rope_scale_factor, sizeof(double), me.cfg);
 	/* Headers only describe names, shapes and offsets; the norm gains are mirrored on every
 	 * rank, so hashing them also tells apart checkpoints with different weights. */
-	me.cfg = fnv1a(m->gains, sizeof(float) * ((size_t)c->n_layers * (4 * (size_t)c->hidden + 2 * (size_t)c->head_dim) +
-						  (size_t)c->hidden), me.cfg);
+	me.cfg = fnv1a(m->gains, sizeof(float) * gs_model_gains_count(c), me.cfg);
 	me.headers = m->st ? gs_st_header_checksum(m->st) : 0;
 	snprintf(me.path, sizeof(me.path), "%s", path);
 	all = calloc((size_t)n, sizeof(*all));

@@ -160,7 +160,7 @@ static enum gs_status alloc_gains(struct gs_model *m)
 	float *g;
 
 	m->layers = calloc(L, sizeof(*m->layers));
-	m->gains = malloc(sizeof(float) * (L * (4 * H + 2 * D) + H));
+	m->gains = malloc(sizeof(float) * gs_model_gains_count(cfg));
 	if (!m->layers || !m->gains)
 		return gs_errorf(GS_ERR_NOMEM, "out of memory for %zu layers", L);
 	g = m->gains;
@@ -339,8 +339,7 @@ enum gs_status gs_model_load(const char *dir, bool touch_pages, struct gs_model 
 
 static size_t gains_bytes(const struct gs_model *m)
 {
-	size_t L = (size_t)m->cfg.n_layers, H = (size_t)m->cfg.hidden, D = (size_t)m->cfg.head_dim;
-	return sizeof(float) * (L * (4 * H + 2 * D) + H);
+	return sizeof(float) * gs_model_gains_count(&m->cfg);
 }
 
 /* Upload the norm gains to dst in m->dev's memory and point every gain there (each keeps its
@@ -562,7 +561,7 @@ enum gs_status gs_model_synthetic_on(const char *shape, uint64_t seed, int rank,
 		lw->up = synth_matrix(be, &w, F, H, a, sd + 6);
 		lw->down = synth_matrix(be, &w, H, F, b, sd + 7);
 	}
-	for (size_t i = 0; i < L * (4 * H + 2 * D) + H; i++)
+	for (size_t i = 0; i < gs_model_gains_count(&m->cfg); i++)
 		m->gains[i] = 1.0f;
 	m->weight_bytes = total * sizeof(uint16_t);
 	m->embed_scale = embed_scale_of(m->cfg.hidden);
