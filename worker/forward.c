@@ -166,10 +166,8 @@ static enum gs_status plan_rows(struct gs_forward *f, struct gs_kv_pool *pool, c
 			l->table = NULL, l->ring = 0;
 		}
 		for (int32_t t = 0; t < seqs[i].n_tokens; t++) {
-			int32_t pos = kv->n_past + t, lb = pos / GS_KV_BLOCK, in = pos % GS_KV_BLOCK;
-			f->h_kv_rows[row + t] = (int64_t)kv->gtable[lb] * GS_KV_BLOCK + in;
-			f->h_kv_rows[C + row + t] =
-				kv->ring ? (int64_t)kv->ring[lb % pool->ring_blocks] * GS_KV_BLOCK + in : 0;
+			f->h_kv_rows[row + t] = gs_kv_slab_row(pool, kv, false, kv->n_past + t);
+			f->h_kv_rows[C + row + t] = kv->ring ? gs_kv_slab_row(pool, kv, true, kv->n_past + t) : 0;
 		}
 		row += seqs[i].n_tokens;
 	}
@@ -202,11 +200,10 @@ enum gs_status gs_forward_batch(struct gs_forward *f, struct gs_kv_pool *pool, c
 	/* Logits of the rows that want them: straight into the caller's buffer when the backend
 	 * works in host memory, else into a backend buffer downloaded at the end. */
 	if (logits && !be->host_memory) {
-		size_t want = 0, cap = (size_t)f->logits_cap;
+		size_t want = 0;
 		for (int32_t i = 0; i < n_seqs; i++)
 			want += seqs[i].all_logits ? (size_t)seqs[i].n_tokens : seqs[i].want_logits ? 1 : 0;
-		GS_TRY(grow(f, (void **)&f->logits, NULL, &cap, want, sizeof(float) * (size_t)m->shard.n_vocab));
-		f->logits_cap = (int32_t)cap;
+		GS_TRY(grow(f, (void **)&f->logits, NULL, &f->logits_cap, want, sizeof(float) * (size_t)m->shard.n_vocab));
 	}
 	GS_TRY(plan_rows(f, pool, ids, seqs, n_seqs, &n, &n_out));
 

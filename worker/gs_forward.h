@@ -48,7 +48,7 @@ struct gs_forward {
 	int32_t *tables;    /* block tables of the step's sequences */
 	size_t   tables_cap;
 	float   *logits;    /* [logits_cap rows, shard vocab] when the backend's memory is not the host's */
-	int32_t  logits_cap;
+	size_t   logits_cap;  /* rows */
 	/* host copies */
 	int32_t *h_pos, *h_tok_seq, *h_out_rows, *h_tables; /* h_tables: tables_cap entries */
 	int64_t *h_kv_rows;

@@ -94,18 +94,13 @@ void gs_kv_seq_release(struct gs_kv_pool *p, struct gs_kv_seq *s);
 int32_t gs_kv_global_free(const struct gs_kv_pool *p);
 int32_t gs_kv_local_free(const struct gs_kv_pool *p);
 
-/* Where position pos of a sequence lives in a layer's K/V slab (row of kd floats). */
-static inline size_t gs_kv_row(const struct gs_kv_pool *p, const struct gs_kv_seq *s, int layer, int32_t pos)
+/* Where position pos of a sequence lives in one layer's K/V slab (row of kd floats), the same for
+ * every layer of a type: sliding layers index the ring, global layers the table. */
+static inline int64_t gs_kv_slab_row(const struct gs_kv_pool *p, const struct gs_kv_seq *s, bool sliding, int32_t pos)
 {
-	int32_t lb = pos / GS_KV_BLOCK, blk, nblocks;
-	if (p->layer_sliding[layer]) {
-		blk = s->ring[lb % p->ring_blocks];
-		nblocks = p->n_local_blocks;
-	} else {
-		blk = s->gtable[lb];
-		nblocks = p->n_global_blocks;
-	}
-	return ((size_t)p->layer_slot[layer] * (size_t)nblocks + (size_t)blk) * GS_KV_BLOCK + (size_t)(pos % GS_KV_BLOCK);
+	int32_t lb = pos / GS_KV_BLOCK;
+	int32_t blk = sliding ? s->ring[lb % p->ring_blocks] : s->gtable[lb];
+	return (int64_t)blk * GS_KV_BLOCK + pos % GS_KV_BLOCK;
 }
 
 static inline float *gs_kv_k(const struct gs_kv_pool *p, int layer)
