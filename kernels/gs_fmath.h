@@ -4,7 +4,29 @@
 #ifndef GS_FMATH_H
 #define GS_FMATH_H
 
+#include <float.h>
+#include <math.h>
+#include <stddef.h>
 #include <stdint.h>
+
+/* Lanes and block length of our fixed-order sums (the sampler's and gs_logsumexp's). */
+#define GS_SUM_LANES 8
+#define GS_SUM_BLOCK 256
+
+/* A logit as the sampler sees it: NaN from a broken model must not poison comparisons
+ * (-> -inf), and +inf would make logit - max NaN (-> FLT_MAX). */
+static inline float gs_sanitize(float v)
+{
+	if (v != v)
+		return -INFINITY;
+	return v > FLT_MAX ? FLT_MAX : v;
+}
+
+/* log(sum(exp(x[i]))) over n raw logits (logprobs), values sanitised as above: the max, then
+ * gs_expf in GS_SUM_LANES float lanes per block of GS_SUM_BLOCK, block sums in double, all in
+ * a fixed order, so every machine gets the same bits (kernels/cpu/pick.c, built without FMA
+ * contraction). n == 0 or all -inf gives -inf. */
+float gs_logsumexp(const float *x, size_t n);
 
 /* Cephes-style e^x = 2^n * e^r, |r| <= ln2/2, relative error about 2 ulp, for x <= 0 only;
  * below -87 the result is 0. No upper clamp, so callers must keep x <= 0. */

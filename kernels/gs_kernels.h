@@ -56,6 +56,43 @@ struct gs_attn_args {
 	float                     softcap;    /* 0: none; else cap * tanh(s / cap) */
 };
 
+/* Sampling candidates (DESIGN.md §1 step 4), reduced where the logits are so that only k
+ * entries per row cross to the host, never a 262K-wide row. One entry, as the engine gathers
+ * it on the leader: */
+struct gs_cand {
+	int32_t id;    /* global token id; -1: padding (the slice has fewer than k columns);
+			* -2: the row's trailer */
+	float   proc;  /* processed logit (repetition penalty, then temperature); trailer: 0 */
+	float   raw;   /* the model's logit, as it was; trailer: log-sum-exp of the row's raw
+			* logits when wanted, else -inf */
+};
+
+/* Per row of a candidates call (backend memory). */
+struct gs_cand_row {
+	float   penalty;      /* repetition penalty r; 1: none */
+	float   temperature;  /* divisor; 1: none (greedy rows pass 1) */
+	int32_t hist0;        /* this row's history: hist[hist0 .. hist0 + n_hist), global ids, */
+	int32_t n_hist;       /* repeats and ids outside the slice allowed (penalised once)      */
+	int32_t want_lse;     /* nonzero: the trailer carries the log-sum-exp */
+};
+
+/* The rank side of gs_sampler_local_candidates (worker/gs_sampler.h), for many rows at once.
+ * For column c of row r (token vocab0 + c), with v = raw[c] sanitised (NaN -> -inf, +inf ->
+ * FLT_MAX): if the token is in the row's history and penalty != 1, v = v > 0 ? v / r : v * r,
+ * clamped to FLT_MAX; then if temperature != 1, v = v / t, clamped to FLT_MAX. out[r] gets
+ * the top min(k, cols) columns by v (larger first, equal values by smaller id; -0.0 equals
+ * +0.0) as {id, v, raw[c]}, then padding up to k, then the trailer: k + 1 entries per row.
+ * The same rules and bits as the sampler, so the engine's draws do not depend on where the
+ * candidates were made (the log-sum-exp may differ in the last bits between backends). */
+struct gs_cand_args {
+	struct gs_cand           *out;     /* [rows][k + 1] */
+	const float              *logits;  /* [rows, cols] */
+	const struct gs_cand_row *row;     /* [rows] */
+	const int32_t            *hist;
+	int32_t                   rows, cols, k;
+	int32_t                   vocab0;  /* global id of column 0 */
+};
+
 struct gs_backend_i {
 	const char *name;
 	/* y[m, w->rows] = x[m, w->cols] · wᵀ, fp32 accumulation. */
@@ -102,6 +139,11 @@ struct gs_backend_i {
 	/* dst[i] = gs_synth_bf16(seed, i, a) for i < n (gs_dtype.h): synthetic weights drawn where
 	 * they live, the same bits on every backend. */
 	void (*fill_synth_bf16)(void *ctx, uint16_t *dst, size_t n, float a, uint64_t seed);
+
+	/* Sampling candidates (struct gs_cand_args, every pointer in backend memory). Optional
+	 * (NULL: the caller downloads the logits); 1 <= k <= cand_max_k when cand_max_k > 0. */
+	void (*candidates)(void *ctx, const struct gs_cand_args *a);
+	int32_t cand_max_k;
 };
 
 struct gs_backend {

@@ -32,12 +32,11 @@ struct waiting_req {
 	struct gs_req_params p;
 };
 
-/* One candidate of a rank's vocabulary slice, as gathered on the leader. */
-struct cand {
-	int32_t id;      /* -1: padding; -2: row trailer carrying the slice's log-sum-exp */
-	float   proc;    /* after repetition penalty and temperature */
-	float   raw;     /* the model's logit (logprobs are log-softmax of raw logits) */
-};
+/* One candidate of a rank's vocabulary slice, as gathered on the leader: struct gs_cand
+ * (gs_kernels.h): id (-1 padding, -2 the row's trailer carrying the slice's log-sum-exp in
+ * raw), proc (after repetition penalty and temperature), raw (the model's logit; logprobs are
+ * log-softmax of raw logits). */
+#define cand gs_cand
 
 struct gs_engine {
 	const struct gs_model   *m;
@@ -64,6 +63,15 @@ struct gs_engine {
 	uint8_t                 *plan_buf;
 	size_t                   plan_buf_cap;
 	int32_t                  n_decode;    /* decode tokens in this step's plan */
+	/* candidates made by the backend (e->dev_cands): per-row parameters and histories
+	 * uploaded each step, the rows' candidates downloaded */
+	bool                     dev_cands;
+	struct gs_cand_row      *h_crow;      /* [max_seqs] */
+	int32_t                 *h_hist;
+	size_t                   hist_cap;    /* entries of h_hist and d_hist */
+	struct gs_cand          *d_cands;     /* backend memory: [max_seqs][K + 1] */
+	struct gs_cand_row      *d_crow;      /* backend memory: [max_seqs] */
+	int32_t                 *d_hist;      /* backend memory */
 	struct gs_engine_stats   st;
 };
 
@@ -81,6 +89,15 @@ static int32_t max_candidates(const struct gs_engine *e)
 	if (k > e->m->shard.vocab_stride)
 		k = e->m->shard.vocab_stride;
 	return k;
+}
+
+/* Candidates per rank this step: enough for every request's top_k and top_logprobs. */
+static int32_t step_k(const struct gs_engine *e)
+{
+	int32_t K = max_candidates(e);
+	if (K < GS_MAX_TOP_LOGPROBS)
+		K = GS_MAX_TOP_LOGPROBS < e->m->shard.vocab_stride ? GS_MAX_TOP_LOGPROBS : e->m->shard.vocab_stride;
+	return K;
 }
 
 void gs_engine_set_device_comm(struct gs_engine *e, const struct gs_comm *c)
@@ -142,16 +159,28 @@ enum gs_status gs_engine_create(const struct gs_model *m, struct gs_backend be, 
 	e->seqs = calloc((size_t)S, sizeof(*e->seqs));
 	e->bseqs = calloc((size_t)S, sizeof(*e->bseqs));
 	e->row_slot = calloc((size_t)S, sizeof(*e->row_slot));
-	e->logits = malloc(sizeof(float) * (size_t)S * (size_t)m->shard.n_vocab);
+	e->dev_cands = !be.iface->host_memory && be.iface->candidates && !cfg.host_candidates &&
+		       (be.iface->cand_max_k <= 0 || step_k(e) <= be.iface->cand_max_k);
+	/* host logits rows only when the candidates are taken on the host */
+	e->logits = e->dev_cands ? NULL : malloc(sizeof(float) * (size_t)S * (size_t)m->shard.n_vocab);
 	e->cands = malloc(sizeof(struct cand) * (size_t)S * (size_t)(K + 1));
 	e->all_cands = malloc(sizeof(struct cand) * (size_t)S * (size_t)(K + 1) * (size_t)T);
 	e->m_ids = malloc(sizeof(int32_t) * (size_t)K * (size_t)T);
 	e->m_proc = malloc(sizeof(float) * (size_t)K * (size_t)T);
+	if (e->dev_cands) {
+		e->h_crow = malloc(sizeof(*e->h_crow) * (size_t)S);
+		e->d_cands = be.iface->alloc(be.ctx, sizeof(struct gs_cand) * (size_t)S * (size_t)(K + 1));
+		e->d_crow = be.iface->alloc(be.ctx, sizeof(struct gs_cand_row) * (size_t)S);
+		if (!e->h_crow || !e->d_cands || !e->d_crow) {
+			st = gs_errorf(GS_ERR_NOMEM, "engine: out of memory for the candidates of %d sequences", S);
+			goto out_free_engine;
+		}
+	}
 	e->waiting_cap = 64;
 	e->waiting = calloc((size_t)e->waiting_cap, sizeof(*e->waiting));
 	e->cancels_cap = 64;
 	e->cancels = calloc((size_t)e->cancels_cap, sizeof(*e->cancels));
-	if (!e->seqs || !e->bseqs || !e->row_slot || !e->logits || !e->cands || !e->all_cands || !e->m_ids ||
+	if (!e->seqs || !e->bseqs || !e->row_slot || (!e->logits && !e->dev_cands) || !e->cands || !e->all_cands || !e->m_ids ||
 	    !e->m_proc || !e->waiting || !e->cancels) {
 		st = gs_errorf(GS_ERR_NOMEM, "engine: out of memory for %d sequences", S);
 		goto out_free_engine;
@@ -187,10 +216,17 @@ void gs_engine_free(struct gs_engine *e)
 	for (int32_t i = 0; i < e->n_waiting; i++)
 		free(e->waiting[(e->waiting_head + i) % e->waiting_cap].prompt);
 	gs_kv_pool_free(&e->pool);
-	gs_forward_free(e->f);
 	gs_plan_free(&e->plan);
 	free(e->seqs), free(e->bseqs), free(e->row_slot), free(e->logits), free(e->cands), free(e->all_cands);
 	free(e->m_ids), free(e->m_proc), free(e->waiting), free(e->cancels), free(e->plan_buf);
+	free(e->h_crow), free(e->h_hist);
+	if (e->f && e->f->be.iface->release) {
+		void *dev[] = { e->d_cands, e->d_crow, e->d_hist };
+		for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
+			if (dev[i])
+				e->f->be.iface->release(e->f->be.ctx, dev[i]);
+	}
+	gs_forward_free(e->f);
 	free(e);
 }
 
@@ -316,6 +352,59 @@ static bool wants_logprobs(const struct eng_seq *s)
 	return s->p.logprobs || s->p.top_logprobs > 0;
 }
 
+/* The batch with the logits left in backend memory, then the candidates op over its rows:
+ * e->cands gets what gs_sampler_local_candidates() would give, row by row (gs_kernels.h). */
+static enum gs_status device_candidates(struct gs_engine *e, const struct gs_plan *p, int32_t rows, int32_t K)
+{
+	const struct gs_backend be = e->f->be;
+	const struct gs_shard *sh = &e->m->shard;
+	const float *lg;
+	size_t n_hist = 0;
+
+	GS_TRY(gs_forward_batch_dev(e->f, &e->pool, p->ids, e->bseqs, p->n_seqs, &lg));
+	if (!rows)
+		return GS_OK;
+	for (int32_t r = 0; r < rows; r++) {
+		const struct eng_seq *s = &e->seqs[e->row_slot[r]];
+		if (s->p.sp.repetition_penalty != 1.0f)
+			n_hist += (size_t)s->n_hist;
+	}
+	if (n_hist > e->hist_cap) {
+		size_t cap = n_hist > 2 * e->hist_cap ? n_hist : 2 * e->hist_cap;
+		int32_t *h = malloc(sizeof(int32_t) * cap), *d = be.iface->alloc(be.ctx, sizeof(int32_t) * cap);
+		if (!h || !d) {
+			free(h);
+			if (d)
+				be.iface->release(be.ctx, d);
+			return gs_errorf(GS_ERR_NOMEM, "engine: out of memory for %zu history ids", cap);
+		}
+		free(e->h_hist);
+		if (e->d_hist)
+			be.iface->release(be.ctx, e->d_hist);
+		e->h_hist = h, e->d_hist = d, e->hist_cap = cap;
+	}
+	n_hist = 0;
+	for (int32_t r = 0; r < rows; r++) {
+		const struct eng_seq *s = &e->seqs[e->row_slot[r]];
+		struct gs_cand_row *cr = &e->h_crow[r];
+		*cr = (struct gs_cand_row){ .hist0 = (int32_t)n_hist, .want_lse = sh->n_vocab && wants_logprobs(s) };
+		gs_sampler_rank_stages(s->smp, &cr->penalty, &cr->temperature);
+		if (cr->penalty != 1.0f) {
+			memcpy(e->h_hist + n_hist, s->hist, sizeof(int32_t) * (size_t)s->n_hist);
+			cr->n_hist = s->n_hist;
+			n_hist += (size_t)s->n_hist;
+		}
+	}
+	be.iface->upload(be.ctx, e->d_crow, e->h_crow, sizeof(struct gs_cand_row) * (size_t)rows);
+	if (n_hist)
+		be.iface->upload(be.ctx, e->d_hist, e->h_hist, sizeof(int32_t) * n_hist);
+	struct gs_cand_args a = { .out = e->d_cands, .logits = lg, .row = e->d_crow, .hist = e->d_hist,
+				  .rows = rows, .cols = sh->n_vocab, .k = K, .vocab0 = sh->vocab0 };
+	be.iface->candidates(be.ctx, &a);
+	be.iface->download(be.ctx, e->cands, e->d_cands, sizeof(struct gs_cand) * (size_t)rows * (size_t)(K + 1));
+	return GS_OK;
+}
+
 /* Run the plan's batch; then reduce each logits row to candidates and gather them on the
  * leader. Returns the number of logits rows in *n_rows. */
 static enum gs_status exec_plan(struct gs_engine *e, const struct gs_plan *p, int32_t *n_rows, int32_t K)
@@ -340,11 +429,15 @@ static enum gs_status exec_plan(struct gs_engine *e, const struct gs_plan *p, in
 		if (ps->want_logits)
 			e->row_slot[rows++] = ps->slot;
 	}
-	if (p->n_seqs)
+	if (e->dev_cands) {
+		if (p->n_seqs)
+			GS_TRY(device_candidates(e, p, rows, K));
+	} else if (p->n_seqs) {
 		GS_TRY(gs_forward_batch(e->f, &e->pool, p->ids, e->bseqs, p->n_seqs, rows ? e->logits : NULL));
+	}
 
 	/* Distributed sampling, rank side: K candidates + the slice's log-sum-exp per row. */
-	for (int32_t r = 0; r < rows; r++) {
+	for (int32_t r = 0; r < rows && !e->dev_cands; r++) {
 		struct eng_seq *s = &e->seqs[e->row_slot[r]];
 		const float *lg = e->logits + (size_t)r * sh->n_vocab;
 		struct cand *c = e->cands + (size_t)r * (K + 1);
@@ -365,15 +458,6 @@ static enum gs_status exec_plan(struct gs_engine *e, const struct gs_plan *p, in
 					      sizeof(struct cand) * (size_t)rows * (size_t)(K + 1), 0));
 	*n_rows = rows;
 	return GS_OK;
-}
-
-/* Candidates per rank this step: enough for every request's top_k and top_logprobs. */
-static int32_t step_k(const struct gs_engine *e)
-{
-	int32_t K = max_candidates(e);
-	if (K < GS_MAX_TOP_LOGPROBS)
-		K = GS_MAX_TOP_LOGPROBS < e->m->shard.vocab_stride ? GS_MAX_TOP_LOGPROBS : e->m->shard.vocab_stride;
-	return K;
 }
 
 static enum gs_status broadcast_plan(struct gs_engine *e)
@@ -673,6 +757,7 @@ void gs_engine_get_stats(const struct gs_engine *e, struct gs_engine_stats *s)
 		s->running += e->seqs[i].used;
 	s->waiting = e->n_waiting;
 	s->max_seqs = e->cfg.max_seqs;
+	s->device_candidates = e->dev_cands;
 	s->max_context = e->cfg.max_context;
 	s->kv_global_total = e->pool.n_global_blocks;
 	s->kv_global_used = e->pool.n_global_blocks - e->pool.n_gfree;

@@ -185,8 +185,10 @@ static enum gs_status plan_rows(struct gs_forward *f, struct gs_kv_pool *pool, c
 	return GS_OK;
 }
 
-enum gs_status gs_forward_batch(struct gs_forward *f, struct gs_kv_pool *pool, const int32_t *ids,
-				const struct gs_batch_seq *seqs, int32_t n_seqs, float *logits)
+/* logits: the caller's host buffer, or NULL; dev_logits (may be NULL): the rows stay in backend
+ * memory (f->logits) and *dev_logits points at them. */
+static enum gs_status forward(struct gs_forward *f, struct gs_kv_pool *pool, const int32_t *ids,
+			      const struct gs_batch_seq *seqs, int32_t n_seqs, float *logits, const float **dev_logits)
 {
 	const struct gs_model *m = f->m;
 	const struct gs_config *cfg = &m->cfg;
@@ -199,7 +201,7 @@ enum gs_status gs_forward_batch(struct gs_forward *f, struct gs_kv_pool *pool, c
 
 	/* Logits of the rows that want them: straight into the caller's buffer when the backend
 	 * works in host memory, else into a backend buffer downloaded at the end. */
-	if (logits && !be->host_memory) {
+	if ((logits && !be->host_memory) || dev_logits) {
 		size_t want = 0;
 		for (int32_t i = 0; i < n_seqs; i++)
 			want += seqs[i].all_logits ? (size_t)seqs[i].n_tokens : seqs[i].want_logits ? 1 : 0;
@@ -263,19 +265,34 @@ enum gs_status gs_forward_batch(struct gs_forward *f, struct gs_kv_pool *pool, c
 	for (int32_t i = 0; i < n_seqs; i++)
 		seqs[i].kv->n_past += seqs[i].n_tokens;
 
-	if (!logits || n_out == 0)
+	if ((!logits && !dev_logits) || n_out == 0)
 		return GS_OK;
 	/* Final norm and the tied LM head over this rank's vocabulary rows, only for the rows
 	 * that want logits; logits stay sharded. */
-	float *lg = be->host_memory ? logits : f->logits;
+	float *lg = be->host_memory && !dev_logits ? logits : f->logits;
 	be->gather_rows(bc, f->o, f->x, f->out_rows, n_out, (size_t)H);
 	be->rmsnorm(bc, f->xn, f->o, m->final_norm, n_out, H, eps);
 	be->matmul(bc, lg, f->xn, &m->lm_head, n_out);
 	if (cfg->final_softcap > 0)
 		be->softcap(bc, lg, (size_t)n_out * m->shard.n_vocab, (float)cfg->final_softcap);
-	if (lg != logits)
+	if (dev_logits)
+		*dev_logits = lg;
+	else if (lg != logits)
 		be->download(bc, logits, lg, sizeof(float) * (size_t)n_out * (size_t)m->shard.n_vocab);
 	return GS_OK;
+}
+
+enum gs_status gs_forward_batch(struct gs_forward *f, struct gs_kv_pool *pool, const int32_t *ids,
+				const struct gs_batch_seq *seqs, int32_t n_seqs, float *logits)
+{
+	return forward(f, pool, ids, seqs, n_seqs, logits, NULL);
+}
+
+enum gs_status gs_forward_batch_dev(struct gs_forward *f, struct gs_kv_pool *pool, const int32_t *ids,
+				    const struct gs_batch_seq *seqs, int32_t n_seqs, const float **logits)
+{
+	*logits = NULL;
+	return forward(f, pool, ids, seqs, n_seqs, NULL, logits);
 }
 
 /* ---- single sequence ------------------------------------------------------------------ */

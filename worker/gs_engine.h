@@ -63,6 +63,10 @@ struct gs_engine_config {
 	int32_t kv_global_blocks;   /* pool sizes (0: enough for max_seqs × max_context) */
 	int32_t kv_local_blocks;
 	int32_t candidates;         /* K per rank for distributed sampling (>= top_k for exactness) */
+	/* Backends whose memory is not the host's make each rank's K candidates where the logits
+	 * are (the candidates op) when they can, so only K entries per row cross to the host;
+	 * true: download the logits rows and take the candidates on the host instead (tests). */
+	bool    host_candidates;
 };
 
 struct gs_engine_stats {
@@ -70,6 +74,7 @@ struct gs_engine_stats {
 	uint64_t tokens_generated;  /* sampled tokens (every request, cancelled ones included) */
 	int32_t  last_batch_seqs, last_batch_tokens, last_decode_tokens;
 	double   last_step_s, step_s_total, plan_s_total, sample_s_total;
+	bool     device_candidates; /* candidates made by the backend (no logits download) */
 	int32_t  running, waiting, max_seqs;
 	int32_t  max_context;       /* as configured, capped at the model's max_position */
 	int32_t  kv_global_used, kv_global_reserved, kv_global_free, kv_global_total;

@@ -73,6 +73,12 @@ static inline void gs_forward_set_comm(struct gs_forward *f, const struct gs_com
 enum gs_status gs_forward_batch(struct gs_forward *f, struct gs_kv_pool *pool, const int32_t *ids,
 				const struct gs_batch_seq *seqs, int32_t n_seqs, float *logits);
 
+/* The same, but the logits rows stay in backend memory (for the candidates op, so a 262K-wide
+ * row never crosses to the host): *logits points at them (rows as above) until the next call
+ * on f; NULL when no sequence wants logits. */
+enum gs_status gs_forward_batch_dev(struct gs_forward *f, struct gs_kv_pool *pool, const int32_t *ids,
+				    const struct gs_batch_seq *seqs, int32_t n_seqs, const float **logits);
+
 /* Single-sequence convenience for the CLI tools: a private pool for one sequence. */
 struct gs_seq {
 	struct gs_kv_pool pool;

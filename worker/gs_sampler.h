@@ -48,13 +48,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gs_fmath.h"
 #include "gs_params.h"
 #include "gs_status.h"
 
-/* log(sum(exp(x[i]))) over n raw logits (logprobs): max, then our own exp in float lanes
- * summed in a fixed order, so every machine gets the same bits. NaN entries count as -inf;
- * n == 0 or all -inf gives -inf. */
-float gs_logsumexp(const float *x, size_t n);
+/* gs_logsumexp (logprobs) is in gs_fmath.h. */
 
 /* A candidate set: plain arrays over buffers the owner (sampler) preallocated. */
 struct gs_candidates {
@@ -120,6 +118,11 @@ size_t gs_sampler_local_candidates(struct gs_sampler *s, const float *logits_sli
 				   int32_t vocab_offset, int32_t n_slice,
 				   const int32_t *history, size_t n_history, size_t max_out,
 				   int32_t *ids_out, float *logits_out);
+
+/* The rank-side stages as numbers, for the candidates op of a device backend (gs_kernels.h,
+ * struct gs_cand_row), which applies them with the same rules and bits: the repetition
+ * penalty (1: none) and the temperature divisor (1: none, also when greedy). */
+void gs_sampler_rank_stages(const struct gs_sampler *s, float *penalty, float *temperature);
 
 /* What the ranks left out, for the exactness check: start from GS_CANDIDATE_TAIL_NONE and
  * add each rank's result with gs_candidate_tail_add(). */

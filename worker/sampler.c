@@ -27,19 +27,10 @@
 #define GS_TOPP_BUCKETS       2048
 #define GS_TOPP_BUCKET_SCALE  64.0f  /* buckets per nat below the max: 32 nats resolved    */
 #define GS_TOPP_FIRST_TRY     1024   /* top_p first looks for the nucleus among this many  */
-#define GS_SUM_LANES          8
 
 /* ---- numerics shared by every path (same function, same order, same bits) ---- */
 
 /* gs_expf (gs_fmath.h): our own e^x, the same bits on every machine, for x <= 0. */
-
-/* NaN from a broken model must not poison comparisons; +inf would make logit - max NaN. */
-static inline float gs_sanitize(float v)
-{
-	if (v != v)
-		return -INFINITY;
-	return v > FLT_MAX ? FLT_MAX : v;
-}
 
 static float gs_max(const float *x, size_t n)
 {
@@ -62,7 +53,6 @@ static float gs_max(const float *x, size_t n)
  * loop vectorises and each lane adds only 32 terms), block sums in double, everything in a
  * fixed order: the sum is identical on every machine. blocks (may be NULL) receives each
  * block's sum, so a draw can skip to its block. All -inf counts as uniform. */
-#define GS_SUM_BLOCK 256
 static double gs_exp_sum(const float *l, float *e, size_t n, float lmax, double *blocks)
 {
 	double total = 0.0;
@@ -669,30 +659,6 @@ struct gs_sampler {
 	float                    *p;        /* [n_vocab] /                          */
 };
 
-float gs_logsumexp(const float *x, size_t n)
-{
-	float mx = -INFINITY;
-	double total = 0.0;
-
-	for (size_t i = 0; i < n; i++) {
-		float v = gs_sanitize(x[i]);
-		mx = v > mx ? v : mx;
-	}
-	if (!(mx > -INFINITY))
-		return -INFINITY;
-	for (size_t b = 0; b < n; b += GS_SUM_BLOCK) {
-		size_t end = b + GS_SUM_BLOCK < n ? b + GS_SUM_BLOCK : n, i = b;
-		float acc[GS_SUM_LANES] = { 0 };
-		for (; i + GS_SUM_LANES <= end; i += GS_SUM_LANES)
-			for (size_t j = 0; j < GS_SUM_LANES; j++)
-				acc[j] += gs_expf(gs_sanitize(x[i + j]) - mx);
-		for (; i < end; i++)
-			acc[0] += gs_expf(gs_sanitize(x[i]) - mx);
-		total += (double)(((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])));
-	}
-	return mx + (float)log(total);
-}
-
 static void gs_sampler_add(struct gs_sampler *s, const struct gs_sampler_stage_i *iface, void *ctx)
 {
 	GS_ASSERT(s->n_stage < GS_SAMPLER_MAX_STAGES);
@@ -752,6 +718,12 @@ enum gs_status gs_sampler_create(const struct gs_sampling_params *p, int32_t n_v
 	gs_rng_seed(s->rng, p->seed);
 	*out = s;
 	return GS_OK;
+}
+
+void gs_sampler_rank_stages(const struct gs_sampler *s, float *penalty, float *temperature)
+{
+	*penalty = s->params.repetition_penalty;
+	*temperature = s->greedy ? 1.0f : s->params.temperature;
 }
 
 void gs_sampler_free(struct gs_sampler *s)

@@ -18,6 +18,8 @@ struct cpu_ctx {
 	 * once the longest context has been seen). */
 	float *scores[GS_CPU_MAX_THREADS];
 	size_t scores_cap[GS_CPU_MAX_THREADS];
+	float *pick;       /* the candidates op's processed row, grown on demand */
+	size_t pick_cap;
 };
 
 #define GS_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -387,7 +389,9 @@ static void cpu_gather_rows(void *vctx, float *dst, const float *src, const int3
 	.download = cpu_copy,                        \
 	.scatter_rows = cpu_scatter_rows,            \
 	.gather_rows = cpu_gather_rows,              \
-	.fill_synth_bf16 = cpu_fill_synth_bf16
+	.fill_synth_bf16 = cpu_fill_synth_bf16,      \
+	.candidates = cpu_candidates,                \
+	.cand_max_k = 0
 
 struct fill_job {
 	uint16_t *dst;
@@ -410,6 +414,14 @@ static void cpu_fill_synth_bf16(void *vctx, uint16_t *dst, size_t n, float a, ui
 {
 	struct fill_job j = { dst, n, a, seed };
 	gs_threadpool_run(((struct cpu_ctx *)vctx)->tp, fill_task, &j);
+}
+
+static void cpu_candidates(void *vctx, const struct gs_cand_args *a)
+{
+	struct cpu_ctx *ctx = vctx;
+
+	GS_ASSERT(a->rows >= 0 && a->cols >= 0 && a->k >= 1);
+	gs_cpu_candidates(&ctx->pick, &ctx->pick_cap, a);
 }
 
 static const struct gs_backend_i gs_backend_cpu_i = { .name = "cpu", .host_memory = true, GS_CPU_OPS };
@@ -453,6 +465,7 @@ void gs_backend_cpu_free(struct gs_backend *be)
 		return;
 	for (int i = 0; i < GS_CPU_MAX_THREADS; i++)
 		free(ctx->scores[i]);
+	free(ctx->pick);
 	gs_threadpool_free(ctx->tp);
 	free(ctx);
 	be->ctx = NULL;

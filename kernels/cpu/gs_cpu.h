@@ -66,6 +66,13 @@ void gs_cpu_matmul_f16(struct gs_threadpool *tp, float *y, const float *x, const
 void gs_cpu_matmul_f32(struct gs_threadpool *tp, float *y, const float *x, const float *w,
 		       int m, int n, int k);
 
+/* ---- sampling (pick.c) ------------------------------------------------------------------ */
+
+struct gs_cand_args;
+/* The candidates op of gs_kernels.h on host memory, one row after another; *scratch (cols
+ * floats) is grown with realloc as needed and owned by the caller. */
+void gs_cpu_candidates(float **scratch, size_t *scratch_cap, const struct gs_cand_args *a);
+
 /* ---- system measurements (benchmarks, start-up diagnostics; they allocate) -------------- */
 
 /* STREAM-like read (sum) of a `bytes` buffer split over all pool threads; the buffer should be

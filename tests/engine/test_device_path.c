@@ -8,11 +8,15 @@
  *   - forward: all-position logits of a 70-token prompt (past the window of 8, several KV
  *     blocks, chunks of 16 rows) then 8 decode steps, on the "tiny" shape;
  *   - the same weights drawn directly in backend memory (gs_model_synthetic_on): equal bits;
- *   - engine: 12 requests of different lengths, greedy, 32 tokens each, batched together.
+ *   - engine: 12 requests of different lengths, 32 tokens each, batched together, greedy and
+ *     sampled (top_k, top_p, min_p, repetition penalties, logprobs): the plain CPU engine, the
+ *     device path making its candidates with the backend's op (no logits download), and the
+ *     device path downloading the logits: the same tokens and logprobs, bit for bit.
  * With the argument "cuda" the device backend is the GPU's (ctest gpu_device_path; exit 77,
  * skipped, without a device): the logits must then match per row within GS_CUDA_ROW_TOL relative
- * L2 (cuBLAS rounds activations to bf16 for chunks of 16 rows and more) and the greedy tokens of
- * the engines must be the same. */
+ * L2 (cuBLAS rounds activations to bf16 for chunks of 16 rows and more), the greedy requests
+ * must give the CPU's tokens, and the GPU's candidates op must draw exactly what the sampler
+ * draws from the downloaded GPU logits (logprobs within 1e-5). */
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -96,27 +100,61 @@ static void compare_logits(const char *what, const float *a, const float *b, siz
 
 struct req_out {
 	int32_t tok[N_GEN];
+	float   lp[N_GEN];                      /* logprob of each token */
+	int32_t top[N_GEN][5];                  /* top-5 alternatives */
+	float   top_lp[N_GEN][5];
 	int     n;
 };
 
-static void run_engine(const struct gs_model *m, struct gs_backend be, struct req_out *out)
+/* Request r's sampling: every third greedy (some with a repetition penalty and logprobs), the
+ * rest drawn with a seed through top_k, top_p, min_p, penalties above and below 1. */
+static struct gs_req_params req_params(int r)
 {
-	struct gs_engine_config c = { .max_batch_tokens = 48, .max_seqs = 8, .max_context = 128, .candidates = 64 };
+	struct gs_req_params p = { .max_tokens = N_GEN, .ignore_eos = true };
+	p.sp = gs_sampling_params_default();
+	p.sp.seed = 1000 + (uint64_t)r;
+	switch (r % 6) {
+	case 0: p.sp.temperature = 0; break;
+	case 1: p.sp.temperature = 0.8f, p.sp.top_k = 40, p.logprobs = true; break;
+	case 2: p.sp.temperature = 1.3f, p.sp.top_p = 0.9f, p.sp.repetition_penalty = 1.3f; break;
+	case 3: p.sp.temperature = 0, p.sp.repetition_penalty = 1.5f, p.logprobs = true, p.top_logprobs = 5; break;
+	case 4: p.sp.temperature = 0.7f, p.sp.min_p = 0.05f, p.sp.repetition_penalty = 0.8f, p.top_logprobs = 3; break;
+	default: p.sp.temperature = 1.0f, p.sp.top_k = 8; break;
+	}
+	return p;
+}
+
+static bool req_greedy(int r)
+{
+	return r % 6 == 0 || r % 6 == 3;
+}
+
+/* N_REQ requests of 3 .. 58 tokens (decodes next to chunked prefills), batched together.
+ * host_cands: the engine downloads the logits rows and takes the candidates on the host. */
+static void run_engine(const struct gs_model *m, struct gs_backend be, bool host_cands, struct req_out *out)
+{
+	struct gs_engine_config c = { .max_batch_tokens = 48, .max_seqs = 8, .max_context = 128, .candidates = 64,
+				      .host_candidates = host_cands };
 	struct gs_engine *e;
+	struct gs_engine_stats st;
 	static struct gs_token_event ev[256];
 	if (gs_engine_create(m, be, NULL, &c, &e) != GS_OK)
 		die("engine");
+	gs_engine_get_stats(e, &st);
+	/* the device path makes its candidates on the backend unless told not to */
+	CHECK_MSG(st.device_candidates == (!be.iface->host_memory && !host_cands),
+		  "candidates on the device: %d with %s, host_candidates %d", st.device_candidates, be.iface->name,
+		  host_cands);
 	for (int r = 0; r < N_REQ; r++) {
 		int32_t prompt[64];
-		int n = 3 + r * 5; /* 3 .. 58 tokens: decodes next to chunked prefills */
-		struct gs_req_params p = { .max_tokens = N_GEN, .ignore_eos = true };
-		p.sp = gs_sampling_params_default();
-		p.sp.temperature = 0;
+		int n = 3 + r * 5;
+		struct gs_req_params p = req_params(r);
 		for (int t = 0; t < n; t++)
 			prompt[t] = 2 + (r * 977 + t * 131) % 262000;
+		prompt[n - 1] = prompt[0]; /* a repeat in the history */
 		if (gs_engine_submit(e, (uint64_t)r + 1, prompt, n, &p) != GS_OK)
 			die("submit");
-		out[r].n = 0;
+		memset(&out[r], 0, sizeof(out[r]));
 	}
 	for (int steps = 0; !gs_engine_idle(e) && steps < 1000; steps++) {
 		int32_t n_ev;
@@ -125,13 +163,51 @@ static void run_engine(const struct gs_model *m, struct gs_backend be, struct re
 		CHECK(gs_engine_kv_consistent(e));
 		for (int32_t i = 0; i < n_ev; i++) {
 			struct req_out *o = &out[ev[i].id - 1];
-			if (ev[i].token >= 0 && o->n < N_GEN)
-				o->tok[o->n++] = ev[i].token;
+			if (ev[i].token < 0 || o->n >= N_GEN)
+				continue;
+			o->tok[o->n] = ev[i].token;
+			o->lp[o->n] = ev[i].logprob;
+			for (int j = 0; j < ev[i].n_top && j < 5; j++)
+				o->top[o->n][j] = ev[i].top_ids[j], o->top_lp[o->n][j] = ev[i].top_logprobs[j];
+			o->n++;
 		}
 	}
 	CHECK(gs_engine_idle(e));
 	gs_engine_shutdown(e);
 	gs_engine_free(e);
+}
+
+/* Tokens and top ids equal; logprobs equal within lp_tol (0: the same bits). only_greedy: compare
+ * the greedy requests only (a GPU's logits differ from the CPU's, so draws may part). */
+static void compare_requests(const char *what, const struct req_out *a, const struct req_out *b, double lp_tol,
+			     bool only_greedy)
+{
+	for (int r = 0; r < N_REQ; r++) {
+		if (only_greedy && !req_greedy(r))
+			continue;
+		int at = -1;
+		double worst = 0;
+		for (int t = 0; t < N_GEN && at < 0; t++) {
+			if (a[r].tok[t] != b[r].tok[t] || memcmp(a[r].top[t], b[r].top[t], sizeof(a[r].top[t])) != 0)
+				at = t;
+			double d = fabs((double)a[r].lp[t] - b[r].lp[t]);
+			for (int j = 0; j < 5; j++) {
+				double dj = fabs((double)a[r].top_lp[t][j] - b[r].top_lp[t][j]);
+				d = dj > d || dj != dj ? dj : d;
+			}
+			worst = d > worst || d != d ? d : worst;
+		}
+		CHECK_MSG(a[r].n == N_GEN && b[r].n == N_GEN, "%s, request %d: %d and %d tokens", what, r + 1, a[r].n,
+			  b[r].n);
+		CHECK_MSG(at < 0, "%s, request %d: tokens differ from step %d (%d vs %d)", what, r + 1, at,
+			  at < 0 ? 0 : a[r].tok[at], at < 0 ? 0 : b[r].tok[at]);
+		if (lp_tol == 0)
+			CHECK_MSG(memcmp(a[r].lp, b[r].lp, sizeof(a[r].lp)) == 0 &&
+				  memcmp(a[r].top_lp, b[r].top_lp, sizeof(a[r].top_lp)) == 0,
+				  "%s, request %d: logprobs differ (worst %.3g)", what, r + 1, worst);
+		else
+			CHECK_MSG(worst <= lp_tol, "%s, request %d: logprobs differ by %.3g", what, r + 1, worst);
+	}
 }
 
 int main(int argc, char **argv)
@@ -188,19 +264,21 @@ int main(int argc, char **argv)
 	free(a), free(b), free(c);
 	gs_model_free(m_drawn);
 
-	static struct req_out ra[N_REQ], rb[N_REQ];
-	run_engine(m_host, cpu, ra);
-	run_engine(m_dev, dev, rb);
-	for (int r = 0; r < N_REQ; r++) {
-		int at = -1;
-		for (int t = 0; t < N_GEN && at < 0; t++)
-			if (ra[r].tok[t] != rb[r].tok[t])
-				at = t;
-		CHECK_MSG(ra[r].n == N_GEN && rb[r].n == N_GEN, "request %d: %d and %d tokens", r + 1, ra[r].n, rb[r].n);
-		CHECK_MSG(at < 0, "request %d: tokens differ from step %d (%d vs %d)", r + 1, at, at < 0 ? 0 : ra[r].tok[at],
-			  at < 0 ? 0 : rb[r].tok[at]);
+	/* The engine: the plain CPU backend (candidates by the sampler on the host) against the
+	 * device path with the backend's candidates op, and with the logits downloaded instead. */
+	static struct req_out ra[N_REQ], rb[N_REQ], rc[N_REQ];
+	run_engine(m_host, cpu, false, ra);
+	run_engine(m_dev, dev, false, rb);
+	run_engine(m_dev, dev, true, rc);
+	if (!cuda) {
+		compare_requests("device candidates vs CPU", ra, rb, 0, false);
+		compare_requests("downloaded logits vs CPU", ra, rc, 0, false);
+	} else {
+		/* the same GPU logits either way: the same draws; the log-sum-exp in the last bits */
+		compare_requests("GPU candidates vs downloaded GPU logits", rc, rb, 1e-5, false);
+		compare_requests("GPU vs CPU, greedy requests", ra, rb, 5e-2, true);
 	}
-	printf("device path (%s) against the CPU backend: %d logit rows x 2 models, %d requests x %d tokens compared\n",
+	printf("device path (%s) against the CPU backend: %d logit rows x 2 models, %d requests x %d tokens (greedy and sampled) x 3 engines compared\n",
 	       dev.iface->name, N_PROMPT + N_DECODE, N_REQ, N_GEN);
 	gs_model_free(m_host);
 	gs_model_free(m_dev);

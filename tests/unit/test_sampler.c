@@ -1,7 +1,10 @@
 /* Sampler: HF generate() semantics checked against hand computations and an independent
  * float64 reference; determinism; distributed (candidate) path against the full path. */
+#include "gs_kernels.h"
 #include "gs_sampler.h"
 #include "gs_test.h"
+
+#include <string.h>
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -705,6 +708,83 @@ static void test_candidates(void)
 	gs_sampler_free(s);
 }
 
+
+/* The backend candidates op (gs_kernels.h; the CPU backend's, which the CUDA one is tested
+ * against) against gs_sampler_local_candidates + gs_logsumexp, row by row, bit for bit: rows
+ * with ties across the cut, NaN, +-inf, -0.0 next to +0.0, a vocabulary offset, histories with
+ * repeats and ids outside the slice, penalties above and below 1, and a slice shorter than k. */
+static void test_candidates_op(void)
+{
+	enum { ROWS = 7, COLS = 3000, K = 64, HMAX = 400 };
+	static float lg[ROWS * COLS];
+	static int32_t hist[ROWS * HMAX];
+	static struct gs_cand out[ROWS * (K + 1)];
+	struct gs_cand_row rows[ROWS];
+	const int32_t vocab0 = 5000;
+	struct gs_backend be;
+	GS_ASSERT(gs_backend_cpu_create(1, &be) == GS_OK);
+	CHECK(be.iface->candidates != NULL);
+
+	int32_t nh = 0;
+	for (int r = 0; r < ROWS; r++) {
+		float *x = lg + (size_t)r * COLS;
+		fill_normal(x, COLS, 2.0);
+		for (int i = 0; i < COLS; i++)   /* coarse values: many exact ties */
+			x[i] = roundf(x[i] * 4.0f) / 4.0f;
+		x[10] = NAN, x[11] = INFINITY, x[12] = -INFINITY, x[13] = -0.0f, x[14] = 0.0f, x[15] = -0.0f;
+		struct gs_sampling_params sp = gs_sampling_params_default();
+		sp.temperature = r == 0 ? 0.0f : 0.5f + 0.25f * (float)r;
+		sp.repetition_penalty = r % 3 == 0 ? 1.0f : r % 3 == 1 ? 1.4f : 0.7f;
+		struct gs_sampler *s;
+		GS_ASSERT(gs_sampler_create(&sp, 262144, &s) == GS_OK);
+		rows[r] = (struct gs_cand_row){ .hist0 = nh, .n_hist = r * 60, .want_lse = r != 2 };
+		gs_sampler_rank_stages(s, &rows[r].penalty, &rows[r].temperature);
+		for (int h = 0; h < rows[r].n_hist; h++) /* repeats, ids below and above the slice */
+			hist[nh + h] = vocab0 - 50 + (int32_t)(t_next() % (COLS + 100));
+		hist[nh] = vocab0 + 13, hist[nh + 1] = vocab0 + 10; /* -0.0 and NaN penalised */
+		nh += rows[r].n_hist;
+		gs_sampler_free(s);
+	}
+	for (int pass = 0; pass < 2; pass++) {
+		/* pass 1: the last rows' slice is shorter than k (the last rank of a vocabulary split) */
+		int32_t cols = pass == 0 ? COLS : 40;
+		for (size_t i = 0; i < sizeof(out) / sizeof(out[0]); i++)
+			out[i] = (struct gs_cand){ 12345, NAN, NAN }; /* poison */
+		struct gs_cand_args a = { .out = out, .logits = lg, .row = rows, .hist = hist, .rows = ROWS,
+					  .cols = cols, .k = K, .vocab0 = vocab0 };
+		if (pass == 1) /* rows are COLS apart in lg: copy each row's first 40 together */
+			for (int r = 1; r < ROWS; r++)
+				memmove(lg + (size_t)r * cols, lg + (size_t)r * COLS, sizeof(float) * (size_t)cols);
+		be.iface->candidates(be.ctx, &a);
+		for (int r = 0; r < ROWS; r++) {
+			const float *x = lg + (size_t)r * cols;
+			const struct gs_cand *o = out + (size_t)r * (K + 1);
+			struct gs_sampling_params sp = gs_sampling_params_default();
+			sp.temperature = r == 0 ? 0.0f : 0.5f + 0.25f * (float)r;
+			sp.repetition_penalty = r % 3 == 0 ? 1.0f : r % 3 == 1 ? 1.4f : 0.7f;
+			struct gs_sampler *s;
+			GS_ASSERT(gs_sampler_create(&sp, 262144, &s) == GS_OK);
+			int32_t ids[K];
+			float pl[K];
+			size_t n = gs_sampler_local_candidates(s, x, vocab0, cols, hist + rows[r].hist0,
+							       (size_t)rows[r].n_hist, K, ids, pl);
+			int bad = 0;
+			for (size_t i = 0; i < n; i++)
+				bad += o[i].id != ids[i] || memcmp(&o[i].proc, &pl[i], sizeof(float)) != 0 ||
+				       memcmp(&o[i].raw, &x[ids[i] - vocab0], sizeof(float)) != 0;
+			for (size_t i = n; i < K; i++)
+				bad += o[i].id != -1 || o[i].proc != -INFINITY || o[i].raw != -INFINITY;
+			float lse = rows[r].want_lse ? gs_logsumexp(x, (size_t)cols) : -INFINITY;
+			bad += o[K].id != -2 || o[K].proc != 0.0f || memcmp(&o[K].raw, &lse, sizeof(float)) != 0;
+			CHECK_MSG(bad == 0 && n == (size_t)(cols < K ? cols : K),
+				  "candidates op, %d columns, row %d: %d entries differ from the sampler's (%zu)", cols, r,
+				  bad, n);
+			gs_sampler_free(s);
+		}
+	}
+	gs_backend_cpu_free(&be);
+}
+
 static double now_s(void)
 {
 	struct timespec ts;
@@ -833,6 +913,7 @@ int main(int argc, char **argv)
 	test_min_p_and_combined();
 	test_repetition_penalty();
 	test_candidates();
+	test_candidates_op();
 	if (!getenv("GS_TEST_NO_TIMING"))
 		test_timing();
 	TEST_DONE();
