@@ -131,6 +131,13 @@ static void cuda_fill_synth_bf16(void *ctx, uint16_t *dst, size_t n, float a, ui
 		gs_cu_fill_synth_bf16(ctx, dst, n, a, seed);
 }
 
+static void cuda_candidates(void *ctx, const struct gs_cand_args *a)
+{
+	GS_ASSERT(a->rows >= 0 && a->rows <= 65535 && a->cols >= 0 && a->k >= 1 && a->k <= GS_CUDA_TOPK_MAX);
+	if (a->rows > 0)
+		gs_cu_candidates(ctx, a);
+}
+
 static const struct gs_backend_i gs_backend_cuda_i = {
 	.name = "cuda",
 	.matmul = cuda_matmul,
@@ -151,6 +158,8 @@ static const struct gs_backend_i gs_backend_cuda_i = {
 	.scatter_rows = cuda_scatter_rows,
 	.gather_rows = cuda_gather_rows,
 	.fill_synth_bf16 = cuda_fill_synth_bf16,
+	.candidates = cuda_candidates,
+	.cand_max_k = GS_CUDA_TOPK_MAX,
 };
 
 static struct gs_cuda_ctx *ctx_of(const struct gs_backend *be)

@@ -164,6 +164,7 @@ void gs_cu_ctx_free(struct gs_cuda_ctx *c)
 	cudaFree(c->blas_ws);
 	cudaFree(c->act_bf16);
 	cudaFree(c->pick);
+	cudaFree(c->cand);
 	if (c->stream)
 		cudaStreamDestroy(c->stream);
 	(void)cudaGetLastError();

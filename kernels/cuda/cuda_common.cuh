@@ -35,6 +35,8 @@ struct gs_cuda_ctx {
 	size_t         act_bf16_bytes;
 	void          *pick;            /* argmax / top-k results before the copy to the host */
 	size_t         pick_bytes;
+	void          *cand;            /* candidates op: processed rows, top-k, log-sum-exp */
+	size_t         cand_bytes;
 	int            sync_each_op;    /* env GS_CUDA_SYNC=1 */
 };
 

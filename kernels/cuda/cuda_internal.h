@@ -50,6 +50,7 @@ void gs_cu_gather_rows(struct gs_cuda_ctx *c, float *dst, const float *src, cons
 		       size_t width);
 enum gs_status gs_cu_argmax_rows(struct gs_cuda_ctx *c, const float *logits, int rows, int cols, int32_t *ids,
 				 float *vals);
+void gs_cu_candidates(struct gs_cuda_ctx *c, const struct gs_cand_args *a);
 enum gs_status gs_cu_topk_rows(struct gs_cuda_ctx *c, const float *logits, int rows, int cols, int k,
 			       int32_t *ids, float *vals);
 

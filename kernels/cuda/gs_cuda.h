@@ -44,7 +44,7 @@
 extern "C" {
 #endif
 
-#define GS_CUDA_TOPK_MAX 256 /* largest k of gs_cuda_topk_rows */
+#define GS_CUDA_TOPK_MAX 256 /* largest k of gs_cuda_topk_rows and of the candidates op */
 
 /* 1 if this build has the CUDA backend (not whether a GPU is present). */
 int gs_cuda_built(void);
@@ -80,7 +80,7 @@ enum gs_status gs_cuda_synchronize(const struct gs_backend *be);
 
 /* Sampling without moving logits to the host (logits: device [rows, cols] fp32, row-major).
  * Order: by value, larger first, ties broken by the smaller column index; NaN ranks below
- * every number, and -0.0 just below +0.0. Both wait for the result (host arrays filled).
+ * every number, and -0.0 equals +0.0 (float comparison, as the sampler's). Both wait for the result (host arrays filled).
  *   argmax: ids_host[r], vals_host[r] = the first best column of row r and its value.
  *   top-k:  ids_host[r*k + i], vals_host[r*k + i] for i < k, best first; 1 <= k <=
  *           GS_CUDA_TOPK_MAX and k <= cols (GS_ERR_INVALID_ARG otherwise: clamp k first).

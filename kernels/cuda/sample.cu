@@ -2,8 +2,17 @@
  * crosses to the host: only k (id, value) pairs per row do.
  *
  * Order: every value maps to an order-preserving 32-bit key (sign-flip trick; NaN -> 0, the
- * lowest), and candidates compare as the 64-bit composite (key << 32) | ~column, so larger
- * values come first and equal values by smaller column. -0.0 ranks just below +0.0.
+ * lowest; -0.0 -> the key of +0.0, as the sampler compares floats), and candidates compare as
+ * the 64-bit composite (key << 32) | ~column, so larger values come first and equal values by
+ * smaller column.
+ *
+ * The backend's candidates op (gs_kernels.h, the rank side of distributed sampling) is built
+ * from the same top-k: the row's processed logits into scratch (sanitised, temperature; then
+ * the penalised history ids rewritten from their raw values), top-k over them, and one kernel
+ * that writes the k + 1 struct gs_cand entries per row with the raw logits and the row's
+ * log-sum-exp. Division and multiplication are IEEE round-to-nearest as on the CPU, so the
+ * candidates are the sampler's to the bit; the log-sum-exp (device expf, another summation
+ * order) agrees to ~1e-6 relative.
  *
  * argmax: one block per row, max of composites (thread, warp shuffle, shared memory).
  * top-k:  one block of 1024 threads per row, radix select (as PyTorch's topk): four passes of
@@ -11,6 +20,8 @@
  *         how many elements equal to K belong in the top k; one more pass collects every key
  *         > K (any order) and the first elements == K in column order (block-wide ballot
  *         scan); a bitonic sort of the <= 256 candidates in shared memory orders them. */
+#include <float.h>
+
 #include "cuda_common.cuh"
 
 #define PICK_THREADS 1024
@@ -22,6 +33,8 @@ static __device__ __forceinline__ uint32_t order_key(float f)
 
 	if (isnan(f))
 		return 0u;
+	if (f == 0.0f)
+		return 0x80000000u; /* -0.0 == +0.0 */
 	return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
@@ -215,4 +228,159 @@ enum gs_status gs_cu_topk_rows(struct gs_cuda_ctx *c, const float *logits, int r
 								     (float *)((char *)c->pick + n * sizeof(int32_t)));
 	GS_CU_TRY(cudaGetLastError());
 	return pick_download(c, n, ids, vals);
+}
+
+/* ---- the candidates op ------------------------------------------------------------------ */
+
+#define CAND_THREADS 256
+#define CAND_HIST_BLOCKS 32
+
+static __device__ __forceinline__ float sanitize(float v)
+{
+	if (isnan(v))
+		return -INFINITY;
+	return v > FLT_MAX ? FLT_MAX : v;
+}
+
+static __device__ __forceinline__ float clamp_max(float v)
+{
+	return v > FLT_MAX ? FLT_MAX : v;
+}
+
+/* proc[r][c] = the sanitised logit divided by the row's temperature (every column). */
+__global__ void cand_proc_kernel(float *__restrict__ proc, const float *__restrict__ raw,
+				 const struct gs_cand_row *__restrict__ row, int cols)
+{
+	const int r = blockIdx.y;
+	const float t = row[r].temperature;
+	const float *x = raw + (size_t)r * (size_t)cols;
+	float *y = proc + (size_t)r * (size_t)cols;
+
+	for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < cols; i += gridDim.x * blockDim.x) {
+		float v = sanitize(x[i]);
+		if (t != 1.0f)
+			v = clamp_max(__fdiv_rn(v, t));
+		y[i] = v;
+	}
+}
+
+/* Then the penalised history ids, from their raw values (a repeat writes the same value). */
+__global__ void cand_penalty_kernel(float *__restrict__ proc, const float *__restrict__ raw,
+				    const struct gs_cand_row *__restrict__ row, const int32_t *__restrict__ hist, int cols,
+				    int vocab0)
+{
+	const int r = blockIdx.y;
+	const struct gs_cand_row rp = row[r];
+
+	if (rp.penalty == 1.0f)
+		return;
+	for (int h = blockIdx.x * blockDim.x + threadIdx.x; h < rp.n_hist; h += gridDim.x * blockDim.x) {
+		const long long col = (long long)hist[rp.hist0 + h] - vocab0;
+		if (col < 0 || col >= cols)
+			continue;
+		const float x = sanitize(raw[(size_t)r * (size_t)cols + (size_t)col]);
+		float v = clamp_max(x > 0.0f ? __fdiv_rn(x, rp.penalty) : __fmul_rn(x, rp.penalty));
+		if (rp.temperature != 1.0f)
+			v = clamp_max(__fdiv_rn(v, rp.temperature));
+		proc[(size_t)r * (size_t)cols + (size_t)col] = v;
+	}
+}
+
+/* lse[r]: log-sum-exp of the row's sanitised raw logits when wanted, else -inf. One block per
+ * row; the max, then fp32 partial sums per thread (<= 256 terms each at 262K columns), the
+ * block's sum in double. */
+__global__ void __launch_bounds__(PICK_THREADS)
+cand_lse_kernel(float *__restrict__ lse, const float *__restrict__ raw, const struct gs_cand_row *__restrict__ row,
+		int cols)
+{
+	__shared__ float part[PICK_WARPS];
+	const int r = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const float *x = raw + (size_t)r * (size_t)cols;
+	float mx = -INFINITY;
+
+	if (!row[r].want_lse || cols == 0) { /* uniform over the block */
+		if (tid == 0)
+			lse[r] = -INFINITY;
+		return;
+	}
+	for (int i = tid; i < cols; i += PICK_THREADS)
+		mx = fmaxf(mx, sanitize(x[i]));
+#pragma unroll
+	for (int o = 16; o > 0; o >>= 1)
+		mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+	if (lane == 0)
+		part[warp] = mx;
+	__syncthreads();
+	mx = part[0];
+	for (int w = 1; w < PICK_WARPS; w++)
+		mx = fmaxf(mx, part[w]);
+	if (!(mx > -INFINITY)) { /* every logit -inf or NaN: uniform */
+		if (tid == 0)
+			lse[r] = -INFINITY;
+		return;
+	}
+	float acc = 0.0f;
+	for (int i = tid; i < cols; i += PICK_THREADS)
+		acc += expf(sanitize(x[i]) - mx);
+	const double total = gs_cu_block_sum<double>((double)acc);
+	if (tid == 0)
+		lse[r] = mx + (float)log(total);
+}
+
+/* out[r] = the kk best {id, proc, raw}, padding to k, the trailer: k + 1 entries a row. */
+__global__ void cand_finish_kernel(struct gs_cand *__restrict__ out, const int32_t *__restrict__ top_col,
+				   const float *__restrict__ top_val, const float *__restrict__ raw,
+				   const float *__restrict__ lse, int cols, int k, int kk, int vocab0)
+{
+	const int r = blockIdx.x;
+
+	for (int i = threadIdx.x; i <= k; i += blockDim.x) {
+		struct gs_cand e;
+		if (i < kk) {
+			const int col = top_col[(size_t)r * kk + i];
+			e.id = vocab0 + col;
+			e.proc = top_val[(size_t)r * kk + i];
+			e.raw = raw[(size_t)r * (size_t)cols + (size_t)col];
+		} else if (i < k) {
+			e.id = -1;
+			e.proc = -INFINITY;
+			e.raw = -INFINITY;
+		} else {
+			e.id = -2;
+			e.proc = 0.0f;
+			e.raw = lse[r];
+		}
+		out[(size_t)r * (size_t)(k + 1) + i] = e;
+	}
+}
+
+void gs_cu_candidates(struct gs_cuda_ctx *c, const struct gs_cand_args *a)
+{
+	const int rows = a->rows, cols = a->cols, k = a->k, kk = cols < k ? cols : k;
+	const size_t n_proc = (size_t)rows * (size_t)cols, n_top = (size_t)rows * (size_t)kk;
+	const size_t bytes = sizeof(float) * n_proc + (sizeof(int32_t) + sizeof(float)) * n_top + sizeof(float) * rows;
+
+	if (gs_cu_scratch(c, &c->cand, &c->cand_bytes, bytes) != GS_OK)
+		gs_cu_fatal(__FILE__, __LINE__, "candidates scratch", gs_last_error());
+	float *proc = (float *)c->cand;
+	int32_t *top_col = (int32_t *)(proc + n_proc);
+	float *top_val = (float *)(top_col + n_top);
+	float *lse = top_val + n_top;
+
+	if (kk > 0) {
+		const unsigned gx = (unsigned)((cols + CAND_THREADS - 1) / CAND_THREADS);
+		cand_proc_kernel<<<dim3(gx < 64 ? gx : 64, (unsigned)rows), CAND_THREADS, 0, c->stream>>>(proc, a->logits,
+													 a->row, cols);
+		GS_CU_LAUNCHED(c, "candidates (processed logits)");
+		cand_penalty_kernel<<<dim3(CAND_HIST_BLOCKS, (unsigned)rows), CAND_THREADS, 0, c->stream>>>(
+			proc, a->logits, a->row, a->hist, cols, a->vocab0);
+		GS_CU_LAUNCHED(c, "candidates (repetition penalty)");
+		topk_kernel<<<(unsigned)rows, PICK_THREADS, 0, c->stream>>>(proc, cols, kk, top_col, top_val);
+		GS_CU_LAUNCHED(c, "candidates (top-k)");
+	}
+	cand_lse_kernel<<<(unsigned)rows, PICK_THREADS, 0, c->stream>>>(lse, a->logits, a->row, cols);
+	GS_CU_LAUNCHED(c, "candidates (log-sum-exp)");
+	cand_finish_kernel<<<(unsigned)rows, CAND_THREADS, 0, c->stream>>>(a->out, top_col, top_val, a->logits, lse, cols,
+									     k, kk, a->vocab0);
+	GS_CU_LAUNCHED(c, "candidates (entries)");
 }

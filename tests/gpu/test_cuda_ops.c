@@ -1,7 +1,8 @@
 /* Every op of the CUDA backend against the CPU backend (STYLE.md 10), on random inputs of
  * several shapes: odd sizes, k not a multiple of 8, a misaligned weight view, m = 1, 3, 15
  * (decode GEMV), 16, 64 (cuBLAS), GQA 8:1 and 2:1, windows shorter than the sequence, ragged
- * sequences over shuffled block tables and rings. Then argmax / top-k against a host sort.
+ * sequences over shuffled block tables and rings. Then argmax / top-k against a host sort, and
+ * the candidates op (sampling on the device) against the CPU backend's.
  *
  * Out-of-place outputs are poisoned first (memset 0xFF = NaN) so an element the kernel never
  * writes fails; in-place ops (rope, add, softcap, in-place rmsnorm) start from the input.
@@ -563,11 +564,13 @@ static void test_embed_case(enum gs_dtype dt, int rows, int cols)
 
 /* ---- argmax / top-k ---------------------------------------------------------------------- */
 
-static uint32_t order_key(float f) /* as sample.cu: NaN lowest, -0.0 below +0.0 */
+static uint32_t order_key(float f) /* as sample.cu: NaN lowest, -0.0 == +0.0 */
 {
 	uint32_t u;
 	if (isnan(f))
 		return 0;
+	if (f == 0.0f)
+		f = 0.0f;
 	memcpy(&u, &f, sizeof(u));
 	return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
@@ -596,7 +599,7 @@ static void test_pick_cols(int cols)
 		x[c] = frand() * 20.0f;                               /* distinct values */
 		x[cols + c] = floorf((frand() + 1.0f) * 2.0f) * 0.25f; /* 4 levels: ties everywhere */
 		x[2 * cols + c] = c % 3 == 0 ? -INFINITY : frand();   /* -inf, and the max repeated below */
-		x[3 * cols + c] = c % 5 == 0 ? -0.0f : (c % 5 == 1 ? 0.0f : -1.0f - frand()); /* ±0 are the best */
+		x[3 * cols + c] = c % 5 == 0 ? -0.0f : (c % 5 == 1 ? 0.0f : -1.0f - frand()); /* ±0 tie for the best */
 	}
 	if (cols > 10) {
 		x[2 * cols + 7] = 5.0f;
@@ -664,6 +667,88 @@ static void test_pick(void)
 	dfree(d);
 }
 
+/* ---- the candidates op (sampling on the device) ------------------------------------------- */
+
+/* Against the CPU backend's op (itself checked bit for bit against the sampler in test_sampler):
+ * ids, processed and raw logits must be the same bits; the log-sum-exp within 2e-6 relative.
+ * Rows: coarse values (ties across the cut), NaN, +-inf, -0.0 beside +0.0, greedy and tempered
+ * rows, penalties above and below 1 over histories with repeats and ids outside the slice. */
+static void test_candidates_case(int rows, int cols, int k)
+{
+	const int32_t vocab0 = 777, hmax = 300;
+	size_t n = (size_t)rows * cols, no = (size_t)rows * (k + 1);
+	float *x = xmalloc(n * sizeof(float));
+	int32_t *hist = xmalloc((size_t)rows * hmax * sizeof(int32_t));
+	struct gs_cand_row *rp = xmalloc((size_t)rows * sizeof(*rp));
+	struct gs_cand *want = xmalloc(no * sizeof(*want)), *got = xmalloc(no * sizeof(*got));
+	int32_t nh = 0;
+
+	for (int r = 0; r < rows; r++) {
+		for (int c = 0; c < cols; c++)
+			x[(size_t)r * cols + c] = r % 2 ? roundf(frand() * 16.0f) / 4.0f : frand() * 12.0f;
+		if (cols > 8) {
+			float *xr = x + (size_t)r * cols;
+			xr[1] = NAN, xr[2] = INFINITY, xr[3] = -INFINITY, xr[4] = -0.0f, xr[5] = 0.0f, xr[6] = -0.0f;
+		}
+		rp[r] = (struct gs_cand_row){ .penalty = r % 3 == 0 ? 1.0f : r % 3 == 1 ? 1.3f : 0.6f,
+					      .temperature = r % 4 == 0 ? 1.0f : 0.3f + 0.2f * (float)r,
+					      .hist0 = nh, .n_hist = (r * 97) % hmax, .want_lse = r % 5 != 2 };
+		for (int h = 0; h < rp[r].n_hist; h++)
+			hist[nh + h] = vocab0 - 20 + (int32_t)(rng_next() % (uint64_t)(cols + 40));
+		if (rp[r].n_hist > 2)
+			hist[nh] = vocab0 + 4, hist[nh + 1] = vocab0 + 1, hist[nh + 2] = vocab0 + 4; /* -0.0, NaN, a repeat */
+		nh += rp[r].n_hist;
+	}
+	struct gs_cand_args a = { .out = want, .logits = x, .row = rp, .hist = hist, .rows = rows, .cols = cols, .k = k,
+				  .vocab0 = vocab0 };
+	cpu.iface->candidates(cpu.ctx, &a);
+
+	float *dx = dup_to_dev(x, n * sizeof(float));
+	void *dh = dup_to_dev(hist, (size_t)(nh ? nh : 1) * sizeof(int32_t));
+	void *drp = dup_to_dev(rp, (size_t)rows * sizeof(*rp));
+	void *dout = dalloc(no * sizeof(*got));
+	poison(dout, no * sizeof(*got));
+	a = (struct gs_cand_args){ .out = dout, .logits = dx, .row = drp, .hist = dh, .rows = rows, .cols = cols, .k = k,
+				   .vocab0 = vocab0 };
+	gpu.iface->candidates(gpu.ctx, &a);
+	down(got, dout, no * sizeof(*got));
+
+	int bad = 0;
+	double worst_lse = 0;
+	for (int r = 0; r < rows; r++)
+		for (int i = 0; i <= k; i++) {
+			const struct gs_cand *w = &want[(size_t)r * (k + 1) + i], *g = &got[(size_t)r * (k + 1) + i];
+			int wrong;
+			if (i < k) {
+				wrong = memcmp(w, g, sizeof(*w)) != 0;
+			} else {
+				double d = fabs((double)g->raw - w->raw) / (fabs(w->raw) > 1 ? fabs(w->raw) : 1);
+				if (w->raw == -INFINITY)
+					d = g->raw == -INFINITY ? 0 : INFINITY;
+				wrong = g->id != -2 || g->proc != 0.0f || !(d <= 2e-6);
+				worst_lse = d > worst_lse || d != d ? d : worst_lse;
+			}
+			if (wrong && bad++ < 3)
+				fprintf(stderr, "  candidates rows=%d cols=%d k=%d: row %d entry %d: got {%d, %.9g, %.9g}, want "
+					"{%d, %.9g, %.9g}\n", rows, cols, k, r, i, g->id, g->proc, g->raw, w->id, w->proc, w->raw);
+		}
+	printf("%-4s candidates rows=%d cols=%d k=%d (log-sum-exp within %.2g)\n", bad ? "FAIL" : "ok", rows, cols, k,
+	       worst_lse);
+	CHECK_MSG(bad == 0, "candidates rows=%d cols=%d k=%d: %d entries wrong", rows, cols, k, bad);
+	dfree(dx), dfree(dh), dfree(drp), dfree(dout);
+	free(x), free(hist), free(rp), free(want), free(got);
+}
+
+static void test_candidates(void)
+{
+	CHECK(gpu.iface->candidates != NULL && gpu.iface->cand_max_k == GS_CUDA_TOPK_MAX);
+	test_candidates_case(1, 262144, 64);
+	test_candidates_case(9, 262208, 256);
+	test_candidates_case(6, 1000, 20);
+	test_candidates_case(5, 40, 64);  /* a slice shorter than k: padding */
+	test_candidates_case(3, 1, 5);
+}
+
 int main(void)
 {
 	int ndev = gs_cuda_device_count();
@@ -708,6 +793,7 @@ int main(void)
 	test_embed_case(GS_DTYPE_F16, 50, 40);
 	test_embed_case(GS_DTYPE_F32, 50, 17);
 	test_pick();
+	test_candidates();
 	CHECK(gs_cuda_synchronize(&gpu) == GS_OK);
 
 	gs_backend_cuda_free(&gpu);
