@@ -134,6 +134,9 @@ enum gs_status gs_cu_ctx_create(int device, struct gs_cuda_ctx **out)
 	}
 	env = getenv("GS_CUDA_SYNC");
 	c->sync_each_op = env && *env && strcmp(env, "0") != 0;
+	env = getenv("GS_CUDA_ATTN");
+	c->attn_simple = env && strcmp(env, "simple") == 0;
+	c->smem_optin = prop.sharedMemPerBlockOptin;
 	gs_log(GS_LOG_DEBUG, "CUDA backend: device %d %s (sm_%d%d, %d SMs, %.1f GiB)%s", device, prop.name, prop.major,
 	       prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1u << 30),
 	       c->sync_each_op ? ", synchronising after every op (GS_CUDA_SYNC)" : "");

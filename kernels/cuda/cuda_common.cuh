@@ -38,6 +38,8 @@ struct gs_cuda_ctx {
 	void          *cand;            /* candidates op: processed rows, top-k, log-sum-exp */
 	size_t         cand_bytes;
 	int            sync_each_op;    /* env GS_CUDA_SYNC=1 */
+	int            attn_simple;     /* env GS_CUDA_ATTN=simple: the warp kernel for every row */
+	size_t         smem_optin;      /* shared memory a block may opt in to (bytes) */
 };
 
 /* Broken invariant inside an op: log where and why, then abort (GS_ASSERT tier). */

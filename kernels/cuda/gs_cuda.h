@@ -20,7 +20,9 @@
  *                   whether its batch has fewer than 16 rows.
  *   rmsnorm         sum of squares in double (as the CPU), one block per row;
  *   rope            angle, cos and sin in double (as the CPU), then fp32;
- *   attention       one warp per (token, head), online softmax in fp32;
+ *   attention       online softmax in fp32; decode rows: one warp per (token, head), fp32
+ *                   FMA; sequences with >= 16 rows in the batch: tiled (FlashAttention-2
+ *                   style) on tensor cores in 3xTF32, ~fp32 accuracy (attention.cu);
  *   geglu, softcap  tanhf (accurate, no fast-math); add, embed: exact.
  *
  * Errors: ops return void (the vtable's contract); a CUDA/cuBLAS failure inside an op is a

@@ -42,7 +42,8 @@
  *   CPU; only a last-ulp difference of r / cos / sin is possible: 1e-6 / 2e-6. */
 #define TOL_NORM_L2 1e-6
 #define TOL_NORM_MAX 2e-6
-/* - attention: online vs two-pass softmax, dot products summed in another order: 2e-5 / 5e-5. */
+/* - attention: online vs two-pass softmax, dot products summed in another order: 2e-5 / 5e-5;
+ *   the tiled kernel's 3xTF32 products carry ~2^-21 relative error each, well inside. */
 #define TOL_ATTN_L2 2e-5
 #define TOL_ATTN_MAX 5e-5
 /* - geglu, softcap: same fp32 expression, device tanhf within 2 ulp of glibc's: 2e-6 / 4e-6. */
@@ -480,6 +481,17 @@ static void test_attention(void)
 		{ "GQA 8:1 D=256 window 64 (ring 5), chunked prefill", 8, 1, 256, 64, 16, 0.0625f, 0, 2,
 		  { { 16, 700, 5 }, { 1, 64, 5 } } },
 		{ "GQA 2:1 D=96 window longer than context", 4, 2, 96, 4096, 16, 0.102f, 0, 1, { { 9, 18, 0 } } },
+		/* sequences with >= 16 rows take the tiled (tensor-core, 3xTF32) kernel, the others the
+		 * warp kernel, in the same call */
+		{ "tiled: 27B-like 32q/16kv D=128, 200-row chunk + decode + 20-row chunk", 32, 16, 128, INT32_MAX, 16,
+		  0.0771517f, 0, 3, { { 200, 300, 0 }, { 1, 77, 0 }, { 20, 5, 0 } } },
+		{ "tiled: D=256 window 40 (ring 4), 100 rows + 16 rows + 15 rows", 8, 2, 256, 40, 16, 0.0625f, 0, 3,
+		  { { 100, 80, 4 }, { 16, 0, 0 }, { 15, 33, 4 } } },
+		{ "tiled only: MHA D=40 softcap 50 window 10, 70 rows from 0", 2, 2, 40, 10, 8, 0.158f, 50.0f, 1,
+		  { { 70, 0, 0 } } },
+		{ "tiled only: GQA 2:1 D=96, 33 rows after 18 cached", 4, 2, 96, 4096, 16, 0.102f, 0, 1, { { 33, 18, 0 } } },
+		{ "tiled: MQA D=64 window 1024, 129 rows + 2 decodes", 4, 1, 64, 1024, 16, 0.125f, 0, 3,
+		  { { 129, 2000, 0 }, { 1, 10, 0 }, { 1, 3000, 0 } } },
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
