@@ -112,4 +112,9 @@ enum gs_status gs_model_to_backend(struct gs_model *m, struct gs_backend be);
  * tp > Nkv). fp32 on CPU: elem_bytes = 4; bf16 on GPU: 2. */
 size_t gs_model_kv_bytes_per_token(const struct gs_config *cfg, int tp, size_t elem_bytes);
 
+/* FLOPs of this rank's decoder-layer matmuls per token (2 · rows · cols of q, k, v, o, gate,
+ * up, down over every layer; its slices when T > 1): what benchmarks divide by. The LM head
+ * adds 2 · lm_head.rows · lm_head.cols per row that wants logits. */
+double gs_model_layer_flops(const struct gs_model *m);
+
 #endif

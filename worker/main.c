@@ -351,10 +351,14 @@ static int run_bench(const struct gs_comm *w, struct gs_forward *f, struct gs_se
 		if ((gs_now_s() - t0) / o->decode_steps < t_dec)
 			t_dec = (gs_now_s() - t0) / o->decode_steps;
 	}
+	/* Per rank: prefill as matmul FLOP/s (the layers' matmuls over every prompt token, the LM
+	 * head once), decode as weight bytes streamed per second. */
+	double pre_flops = np * gs_model_layer_flops(m) + 2.0 * (double)m->lm_head.rows * (double)m->lm_head.cols;
 	if (rank == 0)
-		printf("bench %s TP=%d threads/rank=%d: prefill %d tokens %.3f s (%.2f tok/s); decode %.2f ms/token "
-		       "(%.2f tok/s)\n", m->path, gs_comm_size(w), o->threads, np, t_pre, np / t_pre, t_dec * 1e3,
-		       1.0 / t_dec);
+		printf("bench %s TP=%d threads/rank=%d: prefill %d tokens %.3f s (%.2f tok/s, %.2f TFLOP/s of matmuls); "
+		       "decode %.2f ms/token (%.2f tok/s, weights streamed at %.1f GB/s)\n", m->path, gs_comm_size(w),
+		       o->threads, np, t_pre, np / t_pre, pre_flops / t_pre / 1e12, t_dec * 1e3, 1.0 / t_dec,
+		       (double)m->weight_bytes / t_dec / 1e9);
 	free(ids);
 	return 0;
 }

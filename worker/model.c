@@ -441,6 +441,19 @@ void gs_model_free(struct gs_model *m)
 	free(m);
 }
 
+double gs_model_layer_flops(const struct gs_model *m)
+{
+	double f = 0;
+
+	for (int l = 0; l < m->cfg.n_layers; l++) {
+		const struct gs_layer_weights *L = &m->layers[l];
+		const struct gs_tensor *ws[] = { &L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down };
+		for (size_t i = 0; i < sizeof(ws) / sizeof(ws[0]); i++)
+			f += 2.0 * (double)ws[i]->rows * (double)ws[i]->cols;
+	}
+	return f;
+}
+
 size_t gs_model_kv_bytes_per_token(const struct gs_config *cfg, int tp, size_t elem_bytes)
 {
 	int kv_local = cfg->n_kv_heads >= tp ? cfg->n_kv_heads / tp : 1;

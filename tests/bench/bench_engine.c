@@ -55,14 +55,8 @@ int main(int argc, char **argv)
 	/* This rank's matmul FLOPs per decoded token (its slices: heads, MLP columns, vocabulary
 	 * range) and the FMA peak of its threads: a batch of B cannot step faster than B times
 	 * that over the peak, which bounds the batch-B / batch-1 throughput ratio on a CPU. */
-	double tok_flops = 0, peak = cuda ? 0 : gs_cpu_measure_fma_peak(gs_backend_cpu_pool(&be));
-	for (int l = 0; l < m->cfg.n_layers; l++) {
-		const struct gs_layer_weights *L = &m->layers[l];
-		const struct gs_tensor *ws[] = { &L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down };
-		for (size_t i = 0; i < sizeof(ws) / sizeof(ws[0]); i++)
-			tok_flops += 2.0 * (double)ws[i]->rows * (double)ws[i]->cols;
-	}
-	tok_flops += 2.0 * (double)m->lm_head.rows * (double)m->lm_head.cols;
+	double tok_flops = gs_model_layer_flops(m) + 2.0 * (double)m->lm_head.rows * (double)m->lm_head.cols;
+	double peak = cuda ? 0 : gs_cpu_measure_fma_peak(gs_backend_cpu_pool(&be));
 	for (size_t bi = 0; bi <= sizeof(batches) / sizeof(batches[0]); bi++) {
 		bool mix = bi == sizeof(batches) / sizeof(batches[0]);
 		int B = mix ? 8 : batches[bi];

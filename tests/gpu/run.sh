@@ -98,6 +98,19 @@ grep -E "^device-to-device|^one layer|^cuBLAS" "$dir/gpu-bench.log" | sed 's/^/b
 sed -n '/^matmul, bf16 weights/,/^one layer/p' "$dir/gpu-bench.log" | grep -vE "^one layer"
 [ -f "$dir/gpu-worker.log" ] && grep -E "^bench " "$dir/gpu-worker.log" | sed 's/^/worker: /'
 [ -f "$dir/gpu-engine.log" ] && grep -E "^TP=|^mix" "$dir/gpu-engine.log" | sed 's/^/engine: /'
+# The issue's two ratios, against baselines measured in this run: batch-1 decode (weight bytes
+# per token / time) over the device-to-device copy bandwidth (target >= 0.80), and prefill
+# matmul FLOP/s over the raw cuBLAS bf16 GEMM rate (target >= 0.60).
+copy=$(sed -nE 's/^device-to-device copy.*: ([0-9.]+) GB\/s.*/\1/p' "$dir/gpu-bench.log" | head -1)
+gemm=$(sed -nE 's/^cuBLAS bf16 GEMM.* ([0-9.]+) TFLOP\/s raw.*/\1/p' "$dir/gpu-bench.log" | head -1)
+if [ -f "$dir/gpu-worker.log" ] && [ -n "$copy" ] && [ -n "$gemm" ]; then
+	wbw=$(sed -nE 's/^bench .*weights streamed at ([0-9.]+) GB\/s.*/\1/p' "$dir/gpu-worker.log" | head -1)
+	ptf=$(sed -nE 's/^bench .*, ([0-9.]+) TFLOP\/s of matmuls.*/\1/p' "$dir/gpu-worker.log" | head -1)
+	[ -n "$wbw" ] && awk -v a="$wbw" -v b="$copy" \
+		'BEGIN { printf "ratio:  27B decode batch 1: %.0f GB/s of weights / %.0f GB/s copy = %.2f of roofline (target 0.80)\n", a, b, a / b }'
+	[ -n "$ptf" ] && awk -v a="$ptf" -v b="$gemm" \
+		'BEGIN { printf "ratio:  27B prefill 2K: %.1f TFLOP/s / %.0f TFLOP/s cuBLAS GEMM = %.2f (target 0.60)\n", a, b, a / b }'
+fi
 echo "ctest exit $ctest_rc, bench exit $bench_rc, worker exit $worker_rc"
 # On a GPU machine the CUDA ops test must run: a skip here means the device was not usable.
 if grep -qE "gpu_cuda_ops .*Skipped" "$dir/gpu-ctest.log"; then
