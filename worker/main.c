@@ -57,8 +57,9 @@ static void usage(FILE *f)
 		   "  --temperature X --top-k N --top-p X --min-p X --repetition-penalty X --seed N\n"
 		   "  --chunk N            feed the prompt in chunks of N tokens (1 = decode only)\n"
 		   "  --threads N          CPU threads per rank (default: all cores / ranks on this host)\n"
-		   "  --device cpu|cuda    where each rank computes (default cpu); cuda: the GPU of the rank's\n"
-		   "                       node-local index, weights moved there, all-reduces over NCCL\n"
+		   "  --device cpu|cuda|cpu-staged  where each rank computes (default cpu); cuda: the GPU of the rank's\n"
+		   "                       node-local index, weights moved there, all-reduces over NCCL;\n"
+		   "                       cpu-staged: the CPU kernels on the device path (tests without a GPU)\n"
 		   "  --bench              time prefill (--prompt-tokens, 512) and decode (--decode-steps, 32)\n"
 		   "  --batch IN.jsonl --out OUT.jsonl   offline batch through the serving engine (resumable)\n"
 		   "  --coordinator HOST:PORT   engine mode: rank 0 registers with the coordinator and serves it\n"
@@ -146,8 +147,9 @@ bad:
 		gs_errorf(GS_ERR_INVALID_ARG, "--batch and --out go together");
 		return 2;
 	}
-	if (o->device && strcmp(o->device, "cpu") != 0 && strcmp(o->device, "cuda") != 0) {
-		gs_errorf(GS_ERR_INVALID_ARG, "--device must be cpu or cuda, got \"%s\"", o->device);
+	if (o->device && strcmp(o->device, "cpu") != 0 && strcmp(o->device, "cuda") != 0 &&
+	    strcmp(o->device, "cpu-staged") != 0) {
+		gs_errorf(GS_ERR_INVALID_ARG, "--device must be cpu or cuda (or cpu-staged), got \"%s\"", o->device);
 		return 2;
 	}
 	if (o->batch && !o->model) {
@@ -384,6 +386,12 @@ static bool rank_backend_open(const struct gs_comm *w, const struct worker_opts 
 	if (!o->device || !strcmp(o->device, "cpu")) {
 		st = gs_backend_cpu_create(o->threads, &rb->be);
 		return all_ok(w, st, "creating the CPU backend");
+	}
+	if (!strcmp(o->device, "cpu-staged")) {
+		/* weights, KV, index arrays and sampling candidates on the device path; the forward
+		 * pass's all-reduces over the MPI world (its "device" memory is host memory) */
+		st = gs_backend_cpu_create_staged(o->threads, &rb->be);
+		return all_ok(w, st, "creating the staged CPU backend");
 	}
 	{
 		int n = gs_cuda_device_count();

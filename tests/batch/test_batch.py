@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Offline batch mode through the serving engine, with real processes:
   1. batch invariance: every request's output is identical whether requests run one at a time
-     (--max-seqs 1, small prefill chunks) or 64 at a time, at T = 1 and at T = 2 (mpirun);
+     (--max-seqs 1, small prefill chunks) or 64 at a time, at T = 1 and at T = 2 (mpirun); and
+     identical on the device path without a GPU (--device cpu-staged) at T = 1 and 2;
   2. resume: SIGKILL a run midway, rerun with the same --out: every id exactly once, same
      content as the uninterrupted run, no torn line;
   3. malformed lines become error records and the rest continue.
@@ -100,6 +101,16 @@ def main():
             outs[(np_, mode)] = read_out(path) if os.path.exists(path) else {}
             print(f"np={np_} {mode}: {len(outs[(np_, mode)])} records in {secs:.1f} s")
 
+    # The device path without a GPU (--device cpu-staged: weights, KV and index arrays in
+    # "device" memory, sampling candidates made by the backend's op, not the host sampler): the
+    # same records as the CPU backend at the same T, logprobs included.
+    for np_ in (1, 2):
+        path = os.path.join(SCRATCH, f"out.np{np_}.staged.jsonl")
+        secs = run_batch(np_, model, inp, path, ["--max-seqs", "64", "--max-batch-tokens", "96", "--threads", "1",
+                                                  "--device", "cpu-staged"])
+        outs[(np_, "staged")] = read_out(path) if os.path.exists(path) else {}
+        print(f"np={np_} staged: {len(outs[(np_, 'staged')])} records in {secs:.1f} s")
+
     ref = outs[(1, "together")]
     check(len(ref) == len(ids), f"T=1: one record per input line ({len(ref)} of {len(ids)})")
     for i in good:
@@ -120,6 +131,13 @@ def main():
         diff = [i for i in good if a.get(i) != b.get(i)]
         check(not diff and len(a) == len(b) == len(ids),
               f"T={np_}: every request identical alone and among 64 others ({len(good) - len(diff)}/{len(good)})")
+
+    for np_ in (1, 2):
+        a, b = outs[(np_, "together")], outs[(np_, "staged")]
+        diff = [i for i in good if a.get(i) != b.get(i)]
+        check(not diff and len(a) == len(b) == len(ids),
+              f"T={np_}: the device path (cpu-staged, candidates on the backend) gives every record of the CPU "
+              f"backend ({len(good) - len(diff)}/{len(good)}{', first ' + diff[0] if diff else ''})")
 
     # Resume after SIGKILL (T=1, one request at a time so the kill lands mid-run).
     out = os.path.join(SCRATCH, "out.resume.jsonl")

@@ -25,18 +25,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import signal  # noqa: E402
 
+from checks import check, exit_status  # noqa: E402
 from cluster import Cluster, signal_session  # noqa: E402
 from test_grpc import compile_protos, reference  # noqa: E402
 
 import grpc  # noqa: E402
-
-failures = []
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what, flush=True)
-    if not ok:
-        failures.append(what)
 
 
 PROMPTS = ["The patient presented with", "Differential diagnosis of chest pain:", "Ibuprofen 400 mg",
@@ -196,11 +189,7 @@ def main():
         check(all(outs), f"both engines serve after it came back ({sum(outs)}/8)")
         ch.close()
     check(cl.coord_rc == 0, f"coordinator exits 0 on SIGTERM (rc {cl.coord_rc})")
-    if failures:
-        print(cl.log("coordinator")[-4000:])
-    for f in failures:
-        print("FAIL", f)
-    return 1 if failures else 0
+    return exit_status(lambda: cl.log("coordinator"))
 
 
 if __name__ == "__main__":

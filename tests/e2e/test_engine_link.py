@@ -27,21 +27,15 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tp"))
 from tp_common import children, kill_session, mpi_env  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checks import check, failures  # noqa: E402
+
 GS, WORKER, MPIRUN, TOK, SCRATCH = sys.argv[1:6]
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROTO_DIR = os.path.join(HERE, "..", "..", "proto")
-failures = []
-
 N_GEN = 12
 CTX = 256
 MAX_SEQS = 4
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what, flush=True)
-    if not ok:
-        failures.append(what)
-    return ok
 
 
 def load_proto(tmp):

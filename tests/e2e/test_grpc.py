@@ -19,17 +19,10 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checks import check, exit_status  # noqa: E402
 from cluster import Cluster  # noqa: E402
 
 import grpc  # noqa: E402
-
-failures = []
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what, flush=True)
-    if not ok:
-        failures.append(what)
 
 
 def compile_protos(repo, out):
@@ -332,11 +325,7 @@ def main():
         check(m.get("gemmashard_time_to_first_token_seconds_count", 0) > 0, "TTFT histogram filled")
         ch.close()
     check(cl.coord_rc == 0, f"coordinator exits 0 on SIGTERM (rc {cl.coord_rc})")
-    if failures:
-        print(cl.log("coordinator")[-4000:])
-    for f in failures:
-        print("FAIL", f)
-    return 1 if failures else 0
+    return exit_status(lambda: cl.log("coordinator"))
 
 
 if __name__ == "__main__":

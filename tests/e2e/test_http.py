@@ -21,18 +21,12 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checks import check, exit_status  # noqa: E402
 from cluster import Cluster  # noqa: E402
 from test_grpc import reference  # noqa: E402
 
-failures = []
 KEY = "http-s3cret"
 MODEL = "tiny-medgemma"
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what, flush=True)
-    if not ok:
-        failures.append(what)
 
 
 def render_chat(messages):
@@ -490,11 +484,7 @@ def main():
         check(st == 200 and c["choices"][0]["text"] == good_text[:len(c["choices"][0]["text"])],
               "  then (engine back) a good request succeeds")
     check(cl.coord_rc == 0, f"coordinator exits 0 on SIGTERM (rc {cl.coord_rc})")
-    if failures:
-        print(cl.log("coordinator")[-4000:])
-    for f in failures:
-        print("FAIL", f)
-    return 1 if failures else 0
+    return exit_status(lambda: cl.log("coordinator"))
 
 
 if __name__ == "__main__":
