@@ -383,9 +383,10 @@ static void launch(struct gs_cuda_ctx *c, const struct gs_attn_args *a, int skip
 void gs_cu_attention(struct gs_cuda_ctx *c, const struct gs_attn_args *a)
 {
 	const int D = a->head_dim;
-	/* The tiled kernel when some sequence may have FA_MIN_ROWS rows; the warp kernel unless one
-	 * sequence holds every row (then the tiled kernel has them all). */
-	const bool tiled = !c->attn_simple && D <= 256 && a->n_tokens >= FA_MIN_ROWS;
+	/* The tiled kernel when some sequence may have FA_MIN_ROWS rows (not in a pure decode step:
+	 * as many rows as sequences means one row each); the warp kernel unless one sequence holds
+	 * every row (then the tiled kernel has them all). */
+	const bool tiled = !c->attn_simple && D <= 256 && a->n_tokens >= FA_MIN_ROWS && a->n_tokens > a->n_seqs;
 	const int skip_from = tiled ? FA_MIN_ROWS : INT32_MAX;
 
 	if (!tiled || a->n_seqs > 1) {
