@@ -8,9 +8,10 @@
 # Carry it with the tokenizer to the device: carry [".gpu-deps", ".cache/tokenizer/tokenizer.json"],
 # then `bash tests/gpu/run.sh` there builds the worker, the engine benchmark, the device-path
 # test and `gemmashard logits` (T = 1, no MPI) besides the kernels.
+#   bash tests/gpu/pack-deps.sh [OUT_DIR]     (default .gpu-deps in the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-out=.gpu-deps
+out=${1:-.gpu-deps}
 lib=/usr/lib/x86_64-linux-gnu
 for f in /usr/include/cjson/cJSON.h /usr/include/protobuf-c/protobuf-c.h "$lib/libcjson.so.1" \
 	"$lib/libprotobuf-c.so.1"; do
@@ -30,4 +31,3 @@ for p in engine.proto gemmashard/v1/inference.proto grpc/health/v1/health.proto;
 	protoc-c -Iproto --c_out="$out/gen" "proto/$p"
 done
 du -sh "$out"
-find "$out" -type f | sort
