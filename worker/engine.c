@@ -32,11 +32,10 @@ struct waiting_req {
 	struct gs_req_params p;
 };
 
-/* One candidate of a rank's vocabulary slice, as gathered on the leader: struct gs_cand
+/* Candidates of a rank's vocabulary slice are gathered on the leader as struct gs_cand
  * (gs_kernels.h): id (-1 padding, -2 the row's trailer carrying the slice's log-sum-exp in
  * raw), proc (after repetition penalty and temperature), raw (the model's logit; logprobs are
  * log-softmax of raw logits). */
-#define cand gs_cand
 
 struct gs_engine {
 	const struct gs_model   *m;
@@ -57,7 +56,7 @@ struct gs_engine {
 	struct gs_batch_seq     *bseqs;
 	int32_t                 *row_slot;    /* slot of each logits row */
 	float                   *logits;      /* [max_seqs, shard.n_vocab] */
-	struct cand             *cands, *all_cands;
+	struct gs_cand          *cands, *all_cands;
 	int32_t                 *m_ids;
 	float                   *m_proc;
 	uint8_t                 *plan_buf;
@@ -163,8 +162,8 @@ enum gs_status gs_engine_create(const struct gs_model *m, struct gs_backend be, 
 		       (be.iface->cand_max_k <= 0 || step_k(e) <= be.iface->cand_max_k);
 	/* host logits rows only when the candidates are taken on the host */
 	e->logits = e->dev_cands ? NULL : malloc(sizeof(float) * (size_t)S * (size_t)m->shard.n_vocab);
-	e->cands = malloc(sizeof(struct cand) * (size_t)S * (size_t)(K + 1));
-	e->all_cands = malloc(sizeof(struct cand) * (size_t)S * (size_t)(K + 1) * (size_t)T);
+	e->cands = malloc(sizeof(struct gs_cand) * (size_t)S * (size_t)(K + 1));
+	e->all_cands = malloc(sizeof(struct gs_cand) * (size_t)S * (size_t)(K + 1) * (size_t)T);
 	e->m_ids = malloc(sizeof(int32_t) * (size_t)K * (size_t)T);
 	e->m_proc = malloc(sizeof(float) * (size_t)K * (size_t)T);
 	if (e->dev_cands) {
@@ -180,8 +179,8 @@ enum gs_status gs_engine_create(const struct gs_model *m, struct gs_backend be, 
 	e->waiting = calloc((size_t)e->waiting_cap, sizeof(*e->waiting));
 	e->cancels_cap = 64;
 	e->cancels = calloc((size_t)e->cancels_cap, sizeof(*e->cancels));
-	if (!e->seqs || !e->bseqs || !e->row_slot || (!e->logits && !e->dev_cands) || !e->cands || !e->all_cands || !e->m_ids ||
-	    !e->m_proc || !e->waiting || !e->cancels) {
+	if (!e->seqs || !e->bseqs || !e->row_slot || (!e->logits && !e->dev_cands) || !e->cands || !e->all_cands ||
+	    !e->m_ids || !e->m_proc || !e->waiting || !e->cancels) {
 		st = gs_errorf(GS_ERR_NOMEM, "engine: out of memory for %d sequences", S);
 		goto out_free_engine;
 	}
@@ -440,22 +439,22 @@ static enum gs_status exec_plan(struct gs_engine *e, const struct gs_plan *p, in
 	for (int32_t r = 0; r < rows && !e->dev_cands; r++) {
 		struct eng_seq *s = &e->seqs[e->row_slot[r]];
 		const float *lg = e->logits + (size_t)r * sh->n_vocab;
-		struct cand *c = e->cands + (size_t)r * (K + 1);
+		struct gs_cand *c = e->cands + (size_t)r * (K + 1);
 		size_t got = gs_sampler_local_candidates(s->smp, lg, sh->vocab0, sh->n_vocab, s->hist, (size_t)s->n_hist,
 							 (size_t)K, e->m_ids, e->m_proc);
 		for (int32_t k = 0; k < K; k++) {
 			if ((size_t)k < got)
-				c[k] = (struct cand){ e->m_ids[k], e->m_proc[k], lg[e->m_ids[k] - sh->vocab0] };
+				c[k] = (struct gs_cand){ e->m_ids[k], e->m_proc[k], lg[e->m_ids[k] - sh->vocab0] };
 			else
-				c[k] = (struct cand){ -1, -INFINITY, -INFINITY };
+				c[k] = (struct gs_cand){ -1, -INFINITY, -INFINITY };
 		}
 		/* the slice's log-sum-exp, only for requests that report logprobs (a pass over V/T) */
-		c[K] = (struct cand){ -2, 0, sh->n_vocab && wants_logprobs(s) ? gs_logsumexp(lg, (size_t)sh->n_vocab)
-									 : -INFINITY };
+		float lse = sh->n_vocab && wants_logprobs(s) ? gs_logsumexp(lg, (size_t)sh->n_vocab) : -INFINITY;
+		c[K] = (struct gs_cand){ -2, 0, lse };
 	}
 	if (rows)
 		GS_TRY(e->comm->iface->gather(e->comm->ctx, e->cands, e->all_cands,
-					      sizeof(struct cand) * (size_t)rows * (size_t)(K + 1), 0));
+					      sizeof(struct gs_cand) * (size_t)rows * (size_t)(K + 1), 0));
 	*n_rows = rows;
 	return GS_OK;
 }
@@ -652,7 +651,7 @@ static void sample_rows(struct gs_engine *e, int32_t rows, int32_t K, struct gs_
 		float lp;
 
 		for (int32_t t = 0; t < T; t++) {
-			const struct cand *c = e->all_cands + ((size_t)t * rows + r) * (K + 1);
+			const struct gs_cand *c = e->all_cands + ((size_t)t * rows + r) * (K + 1);
 			for (int32_t k = 0; k < K; k++)
 				if (c[k].id >= 0)
 					e->m_ids[n] = c[k].id, e->m_proc[n] = c[k].proc, n++;
@@ -670,10 +669,10 @@ static void sample_rows(struct gs_engine *e, int32_t rows, int32_t K, struct gs_
 		/* logprobs: log-softmax of the model's raw logits (what vLLM reports by default). */
 		if (wants_logprobs(s)) {
 			double lse = lse_max + log(lse_sum);
-			struct cand best[GS_MAX_TOP_LOGPROBS];
+			struct gs_cand best[GS_MAX_TOP_LOGPROBS];
 			int32_t nb = 0;
 			for (int32_t t = 0; t < T; t++) {
-				const struct cand *c = e->all_cands + ((size_t)t * rows + r) * (K + 1);
+				const struct gs_cand *c = e->all_cands + ((size_t)t * rows + r) * (K + 1);
 				for (int32_t k = 0; k < K; k++) {
 					if (c[k].id < 0)
 						continue;
