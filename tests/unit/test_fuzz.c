@@ -1,0 +1,385 @@
+/* Mutation fuzzing of every reader of untrusted bytes, deterministic (fixed seeds, so a failure
+ * reproduces): start from a valid input, apply a few random edits (bit flips, bytes set to
+ * boundary values, digits and JSON punctuation, deletions, insertions, duplicated spans,
+ * truncation), and hand the result to the reader. Each outcome must be GS_OK or an error with
+ * a message; a crash, a hang or (in the sanitizer CI pass) any memory error fails the test.
+ * The readers:
+ *   - a whole model directory: config.json and model.safetensors (header, length prefix,
+ *     tensor table, truncated data) through gs_model_load, which checks every shape;
+ *   - config.json alone (gs_config_parse);
+ *   - a batch input line (gs_batch_parse_line);
+ *   - a step plan as followers receive it (gs_plan_unpack);
+ *   - an engine-link frame as the coordinator and the engine receive it (gs_engine_msg_recv).
+ * Each target must also see both outcomes (some mutants accepted, some refused), or the
+ * mutations are not reaching it.
+ *   test_fuzz [tokenizer.json] SCRATCH_DIR      (env GS_FUZZ_ITERS, default 4000 a target;
+ *                                                 GS_FUZZ_SEED for another sequence) */
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "engine.pb-c.h"
+#include "gs_batchio.h"
+#include "gs_config.h"
+#include "gs_frame.h"
+#include "gs_model.h"
+#include "gs_plan.h"
+#include "gs_safetensors.h"
+#include "gs_test.h"
+
+static uint64_t rng = 0x243f6a8885a308d3ull;
+
+static uint64_t next(void)
+{
+	uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static size_t below(size_t n)
+{
+	return n ? (size_t)(next() % n) : 0;
+}
+
+/* A mutant of src[0..n) into dst (capacity cap >= 2n + 64); returns its length. Edits land in
+ * [0, focus) with probability 3/4 (the header of a binary format), anywhere otherwise. */
+static size_t mutate(uint8_t *dst, size_t cap, const uint8_t *src, size_t n, size_t focus)
+{
+	static const uint8_t interesting[] = { 0, 1, 0x7f, 0x80, 0xff, '"', '{', '}', '[', ']', ':', ',', '-',
+					       '0', '1', '9', 'e', '.', '\\', ' ', '\n' };
+	size_t len = n, edits = 1 + below(4);
+
+	memcpy(dst, src, n);
+	for (size_t e = 0; e < edits && len > 0; e++) {
+		size_t span = focus && focus < len && below(4) ? focus : len;
+		size_t at = below(span);
+		switch (below(7)) {
+		case 0: /* flip a bit */
+			dst[at] ^= (uint8_t)(1u << below(8));
+			break;
+		case 1: /* a boundary value or JSON punctuation */
+			dst[at] = interesting[below(sizeof(interesting))];
+			break;
+		case 2: /* a random byte */
+			dst[at] = (uint8_t)next();
+			break;
+		case 3: { /* delete a span */
+			size_t k = 1 + below(len - at < 16 ? len - at : 16);
+			memmove(dst + at, dst + at + k, len - at - k);
+			len -= k;
+			break;
+		}
+		case 4: { /* insert random bytes */
+			size_t k = 1 + below(8);
+			if (len + k > cap)
+				break;
+			memmove(dst + at + k, dst + at, len - at);
+			for (size_t i = 0; i < k; i++)
+				dst[at + i] = interesting[below(sizeof(interesting))];
+			len += k;
+			break;
+		}
+		case 5: { /* duplicate a span */
+			size_t k = 1 + below(len - at < 32 ? len - at : 32);
+			if (len + k > cap)
+				break;
+			memmove(dst + at + k, dst + at, len - at);
+			len += k;
+			break;
+		}
+		default: /* truncate */
+			len = at;
+			break;
+		}
+	}
+	return len;
+}
+
+struct tally {
+	const char *name;
+	int ok, refused, silent; /* silent: refused without a message */
+};
+
+static void outcome(struct tally *t, enum gs_status st)
+{
+	if (st == GS_OK) {
+		t->ok++;
+	} else {
+		t->refused++;
+		if (!gs_last_error()[0])
+			t->silent++;
+	}
+}
+
+static void report(const struct tally *t, int iters)
+{
+	printf("fuzz %-22s %5d mutants: %5d accepted, %5d refused\n", t->name, iters, t->ok, t->refused);
+	CHECK_MSG(t->ok + t->refused == iters, "%s: %d outcomes for %d mutants", t->name, t->ok + t->refused, iters);
+	CHECK_MSG(t->silent == 0, "%s: %d refusals without a message", t->name, t->silent);
+	CHECK_MSG(t->ok > 0 && t->refused > 0, "%s: the mutations never %s", t->name, t->ok ? "broke it" : "kept it valid");
+}
+
+static void write_file(const char *path, const void *p, size_t n)
+{
+	FILE *f = fopen(path, "wb");
+	GS_ASSERT(f && fwrite(p, 1, n, f) == n);
+	fclose(f);
+}
+
+static uint8_t *read_all(const char *path, size_t *n)
+{
+	char *buf;
+	GS_ASSERT(gs_read_file(path, &buf, n) == GS_OK);
+	return (uint8_t *)buf;
+}
+
+/* ---- a valid two-layer model directory, written with the safetensors writer ---- */
+
+static const char config_json[] =
+	"{\"architectures\": [\"Gemma3ForCausalLM\"], \"model_type\": \"gemma3_text\", \"hidden_size\": 16, "
+	"\"intermediate_size\": 32, \"num_hidden_layers\": 2, \"num_attention_heads\": 2, "
+	"\"num_key_value_heads\": 1, \"head_dim\": 8, \"vocab_size\": 128, \"max_position_embeddings\": 128, "
+	"\"rms_norm_eps\": 1e-06, \"rope_theta\": 1000000.0, \"rope_local_base_freq\": 10000.0, "
+	"\"query_pre_attn_scalar\": 8, \"sliding_window\": 4, \"sliding_window_pattern\": 2, "
+	"\"final_logit_softcapping\": null, \"attn_logit_softcapping\": null, \"rope_scaling\": null, "
+	"\"hidden_activation\": \"gelu_pytorch_tanh\", \"bos_token_id\": 2, \"eos_token_id\": [1, 106], "
+	"\"pad_token_id\": 0, \"tie_word_embeddings\": true, \"torch_dtype\": \"bfloat16\"}";
+
+static void fill_gen(void *ctx, const char *name, size_t first, size_t count, void *dst)
+{
+	uint16_t *d = dst;
+	(void)ctx;
+	for (size_t i = 0; i < count; i++)
+		d[i] = gs_synth_bf16((uint64_t)strlen(name), first + i, 0.05f);
+}
+
+static void write_model(const char *dir)
+{
+	struct gs_st_writer *w;
+	char name[128];
+	const int64_t emb[2] = { 128, 16 }, q[2] = { 16, 16 }, kv[2] = { 8, 16 }, o[2] = { 16, 16 };
+	const int64_t up[2] = { 32, 16 }, down[2] = { 16, 32 }, h[1] = { 16 }, d[1] = { 8 };
+
+	mkdir(dir, 0755);
+	write_file(strcat(strcpy(name, dir), "/config.json"), config_json, strlen(config_json));
+	GS_ASSERT(gs_st_writer_new(&w) == GS_OK);
+	GS_ASSERT(gs_st_writer_add_gen(w, "model.embed_tokens.weight", GS_DTYPE_BF16, 2, emb, fill_gen, NULL) == GS_OK);
+	GS_ASSERT(gs_st_writer_add_gen(w, "model.norm.weight", GS_DTYPE_BF16, 1, h, fill_gen, NULL) == GS_OK);
+	for (int l = 0; l < 2; l++) {
+		static const char *const lin[] = { "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+						   "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj" };
+		const int64_t *shape[] = { q, kv, kv, o, up, up, down };
+		static const char *const norms[] = { "input_layernorm", "post_attention_layernorm",
+						     "pre_feedforward_layernorm", "post_feedforward_layernorm" };
+		for (int i = 0; i < 7; i++) {
+			snprintf(name, sizeof(name), "model.layers.%d.%s.weight", l, lin[i]);
+			GS_ASSERT(gs_st_writer_add_gen(w, name, GS_DTYPE_BF16, 2, shape[i], fill_gen, NULL) == GS_OK);
+		}
+		for (int i = 0; i < 4; i++) {
+			snprintf(name, sizeof(name), "model.layers.%d.%s.weight", l, norms[i]);
+			GS_ASSERT(gs_st_writer_add_gen(w, name, GS_DTYPE_BF16, 1, h, fill_gen, NULL) == GS_OK);
+		}
+		snprintf(name, sizeof(name), "model.layers.%d.self_attn.q_norm.weight", l);
+		GS_ASSERT(gs_st_writer_add_gen(w, name, GS_DTYPE_BF16, 1, d, fill_gen, NULL) == GS_OK);
+		snprintf(name, sizeof(name), "model.layers.%d.self_attn.k_norm.weight", l);
+		GS_ASSERT(gs_st_writer_add_gen(w, name, GS_DTYPE_BF16, 1, d, fill_gen, NULL) == GS_OK);
+	}
+	GS_ASSERT(gs_st_writer_write(w, dir, 1) == GS_OK);
+	gs_st_writer_free(w);
+}
+
+static void fuzz_model(const char *scratch, int iters)
+{
+	char valid[4096], dir[4096], path[4200];
+	struct tally ts = { "model.safetensors" }, tc = { "config.json (model)" };
+	size_t n_st, n_cfg;
+	struct gs_model *m;
+
+	snprintf(valid, sizeof(valid), "%s/valid", scratch);
+	snprintf(dir, sizeof(dir), "%s/mutant", scratch);
+	write_model(valid);
+	mkdir(dir, 0755);
+	CHECK_MSG(gs_model_load(valid, false, &m) == GS_OK, "the valid model does not load: %s", gs_last_error());
+	gs_model_free(m);
+	snprintf(path, sizeof(path), "%s/model.safetensors", valid);
+	uint8_t *st = read_all(path, &n_st), *buf = malloc(2 * n_st + 64);
+	uint64_t hdr;
+	memcpy(&hdr, st, 8); /* little-endian header length: edits focus on 8 + header */
+	snprintf(path, sizeof(path), "%s/config.json", dir);
+	write_file(path, config_json, strlen(config_json));
+	for (int i = 0; i < iters; i++) {
+		size_t n = mutate(buf, 2 * n_st + 64, st, n_st, (size_t)(8 + hdr));
+		snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+		write_file(path, buf, n);
+		gs_clear_error();
+		enum gs_status s = gs_model_load(dir, i % 2 == 0, &m);
+		outcome(&ts, s);
+		if (s == GS_OK)
+			gs_model_free(m);
+	}
+	/* then the config, over the valid weights */
+	snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+	write_file(path, st, n_st);
+	n_cfg = strlen(config_json);
+	uint8_t *cb = malloc(2 * n_cfg + 64);
+	for (int i = 0; i < iters; i++) {
+		size_t n = mutate(cb, 2 * n_cfg + 64, (const uint8_t *)config_json, n_cfg, 0);
+		snprintf(path, sizeof(path), "%s/config.json", dir);
+		write_file(path, cb, n);
+		gs_clear_error();
+		enum gs_status s = gs_model_load(dir, false, &m);
+		outcome(&tc, s);
+		if (s == GS_OK)
+			gs_model_free(m);
+	}
+	report(&ts, iters);
+	report(&tc, iters);
+	free(st), free(buf), free(cb);
+}
+
+static void fuzz_config(int iters)
+{
+	struct tally t = { "config.json" };
+	size_t n0 = strlen(config_json);
+	uint8_t *buf = malloc(2 * n0 + 64);
+
+	for (int i = 0; i < iters; i++) {
+		size_t n = mutate(buf, 2 * n0 + 64, (const uint8_t *)config_json, n0, 0);
+		struct gs_config cfg;
+		gs_clear_error();
+		enum gs_status s = gs_config_parse((const char *)buf, n, "config.json", &cfg);
+		outcome(&t, s);
+		if (s == GS_OK)
+			gs_config_free(&cfg);
+	}
+	report(&t, iters);
+	free(buf);
+}
+
+static void fuzz_batch_line(int iters)
+{
+	static const char line[] =
+		"{\"id\": \"req-7\", \"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": "
+		"\"user\", \"content\": \"Explain sepsis \\u00e9\"}], \"max_tokens\": 12, \"temperature\": 0.7, "
+		"\"top_k\": 40, \"top_p\": 0.9, \"min_p\": 0.05, \"repetition_penalty\": 1.1, \"seed\": 42, "
+		"\"stop\": [\"\\n\\n\", \"END\"], \"logprobs\": true, \"top_logprobs\": 3}";
+	struct tally t = { "batch input line" };
+	size_t n0 = strlen(line);
+	uint8_t *buf = malloc(2 * n0 + 64);
+
+	for (int i = 0; i < iters; i++) {
+		size_t n = mutate(buf, 2 * n0 + 64, (const uint8_t *)line, n0, 0);
+		struct gs_batch_req req;
+		gs_clear_error();
+		enum gs_status s = gs_batch_parse_line((const char *)buf, n, i + 1, &req);
+		/* GS_OK with req.error set is the reader refusing the request (with a message) */
+		if (s == GS_OK && req.error) {
+			t.refused++;
+			if (!req.error[0])
+				t.silent++;
+		} else {
+			outcome(&t, s);
+		}
+		if (s == GS_OK)
+			gs_batch_req_clear(&req);
+	}
+	report(&t, iters);
+	free(buf);
+}
+
+static void fuzz_plan(int iters)
+{
+	struct gs_plan p, q;
+	struct tally t = { "step plan" };
+	uint8_t *packed = NULL;
+	size_t cap = 0;
+	uint64_t len = 0;
+
+	GS_ASSERT(gs_plan_init(&p, 8, 64) == GS_OK && gs_plan_init(&q, 8, 64) == GS_OK);
+	p.n_release = 2, p.release[0] = 3, p.release[1] = 5;
+	for (int i = 0; i < 4; i++) {
+		struct gs_plan_seq *s = &p.seqs[p.n_seqs++];
+		*s = (struct gs_plan_seq){ .slot = i, .tok0 = p.n_ids, .n_tokens = 1 + i * 3, .want_logits = i != 1,
+					   .admit = i % 2 == 0, .id = 1000 + (uint64_t)i, .max_positions = 40 };
+		s->params.max_tokens = 8;
+		s->params.sp = gs_sampling_params_default();
+		for (int k = 0; k < s->n_tokens; k++)
+			p.ids[p.n_ids++] = 2 + 7 * k + i;
+	}
+	GS_ASSERT(gs_plan_pack(&p, &packed, &cap, &len) == GS_OK);
+	uint8_t *buf = malloc(2 * len + 64);
+	for (int i = 0; i < iters; i++) {
+		size_t n = mutate(buf, 2 * len + 64, packed, len, 0);
+		gs_clear_error();
+		enum gs_status s = gs_plan_unpack(&q, buf, n);
+		outcome(&t, s);
+		if (s == GS_OK)
+			CHECK_MSG(q.n_seqs <= q.max_seqs && q.n_ids <= q.max_tokens && q.n_release <= q.max_seqs,
+				  "an accepted plan exceeds the capacity (%d seqs, %d ids, %d releases)", q.n_seqs, q.n_ids,
+				  q.n_release);
+	}
+	report(&t, iters);
+	free(buf), free(packed);
+	gs_plan_free(&p), gs_plan_free(&q);
+}
+
+/* A frame written into a pipe, read back by the receiver with a 4 KiB limit. */
+static void fuzz_frames(int iters)
+{
+	struct tally t = { "engine-link frame" };
+	Gemmashard__Engine__EngineMessage m = GEMMASHARD__ENGINE__ENGINE_MESSAGE__INIT;
+	Gemmashard__Engine__Submit sub = GEMMASHARD__ENGINE__SUBMIT__INIT;
+	int32_t toks[6] = { 2, 105, 2364, 107, 9, 106 };
+	int fds[2];
+
+	sub.request_id = 77;
+	sub.n_prompt = 6;
+	sub.prompt = toks;
+	m.body_case = GEMMASHARD__ENGINE__ENGINE_MESSAGE__BODY_SUBMIT;
+	m.submit = &sub;
+	GS_ASSERT(pipe(fds) == 0);
+	GS_ASSERT(gs_engine_msg_send(fds[1], &m) == GS_OK);
+	uint8_t frame[4096];
+	ssize_t len = read(fds[0], frame, sizeof(frame));
+	GS_ASSERT(len > 4);
+	close(fds[0]), close(fds[1]);
+	uint8_t buf[2 * 4096 + 64];
+	for (int i = 0; i < iters; i++) {
+		size_t n = mutate(buf, sizeof(buf), frame, (size_t)len, 4);
+		Gemmashard__Engine__EngineMessage *got = NULL;
+		GS_ASSERT(pipe(fds) == 0);
+		GS_ASSERT(write(fds[1], buf, n) == (ssize_t)n);
+		close(fds[1]); /* a short frame ends in EOF, not a wait */
+		gs_clear_error();
+		enum gs_status s = gs_engine_msg_recv(fds[0], 4096, 1000, &got);
+		close(fds[0]);
+		outcome(&t, s);
+		if (s == GS_OK)
+			gemmashard__engine__engine_message__free_unpacked(got, NULL);
+	}
+	report(&t, iters);
+}
+
+int main(int argc, char **argv)
+{
+	const char *scratch = argc > 2 ? argv[2] : "scratch_test_fuzz";
+	char cmd[4200];
+	int iters = getenv("GS_FUZZ_ITERS") ? atoi(getenv("GS_FUZZ_ITERS")) : 4000;
+
+	if (getenv("GS_FUZZ_SEED")) /* longer hunts: another seed, more iterations */
+		rng = strtoull(getenv("GS_FUZZ_SEED"), NULL, 0);
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s' && mkdir -p '%s'", scratch, scratch);
+	GS_ASSERT(system(cmd) == 0);
+	fuzz_config(iters);
+	fuzz_batch_line(iters);
+	fuzz_plan(iters);
+	fuzz_frames(iters);
+	fuzz_model(scratch, iters / 2);
+	TEST_DONE();
+}
