@@ -364,8 +364,13 @@ static void launch_flash(struct gs_cuda_ctx *c, const struct gs_attn_args *a)
 
 	GS_ASSERT(cfg::bytes <= c->smem_optin && "attention: tiled kernel needs more shared memory than the device has");
 	GS_ASSERT(tiles <= INT32_MAX && a->n_heads <= 65535);
-	GS_CU_CHECK(cudaFuncSetAttribute(flash_kernel<DT, BQ, BK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-					 (int)cfg::bytes));
+	static uint64_t opted_in; /* devices (bit per index) where the kernel may use cfg::bytes */
+	const uint64_t bit = c->device < 64 ? 1ull << c->device : 0;
+	if (!(opted_in & bit)) {
+		GS_CU_CHECK(cudaFuncSetAttribute(flash_kernel<DT, BQ, BK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+						 (int)cfg::bytes));
+		opted_in |= bit;
+	}
 	flash_kernel<DT, BQ, BK><<<dim3((unsigned)tiles, (unsigned)a->n_heads), FA_THREADS, cfg::bytes, c->stream>>>(*a);
 	GS_CU_LAUNCHED(c, "attention (tiled)");
 }
