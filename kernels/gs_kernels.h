@@ -112,8 +112,6 @@ struct gs_backend_i {
 	 * zeros: emb holds a vocabulary range (tensor parallel: the owner writes, then all-reduce). */
 	void (*embed)(void *ctx, float *out, const struct gs_tensor *emb, const int32_t *ids, int n, float scale,
 		      int64_t row0);
-	/* y[i] += x[i] */
-	void (*add)(void *ctx, float *y, const float *x, size_t n);
 	/* x[i] = cap * tanh(x[i] / cap) */
 	void (*softcap)(void *ctx, float *x, size_t n, float cap);
 	int (*n_threads)(void *ctx);   /* optional, may be NULL */

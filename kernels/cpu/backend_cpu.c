@@ -322,13 +322,6 @@ static void cpu_embed(void *vctx, float *out, const struct gs_tensor *emb, const
 	}
 }
 
-GS_SIMD_CLONES
-static void cpu_add(void *vctx, float *y, const float *x, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		y[i] += x[i];
-}
-
 static void cpu_softcap(void *vctx, float *x, size_t n, float cap)
 {
 	for (size_t i = 0; i < n; i++)
@@ -380,7 +373,6 @@ static void cpu_gather_rows(void *vctx, float *dst, const float *src, const int3
 	.attention = cpu_attention,                  \
 	.geglu = cpu_geglu,                          \
 	.embed = cpu_embed,                          \
-	.add = cpu_add,                              \
 	.softcap = cpu_softcap,                      \
 	.n_threads = cpu_n_threads,                  \
 	.alloc = cpu_alloc,                          \

@@ -72,12 +72,6 @@ static void cuda_embed(void *ctx, float *out, const struct gs_tensor *emb, const
 	gs_cu_embed(ctx, out, emb, ids, n, scale, row0);
 }
 
-static void cuda_add(void *ctx, float *y, const float *x, size_t n)
-{
-	if (n)
-		gs_cu_add(ctx, y, x, n);
-}
-
 static void cuda_softcap(void *ctx, float *x, size_t n, float cap)
 {
 	if (n)
@@ -147,7 +141,6 @@ static const struct gs_backend_i gs_backend_cuda_i = {
 	.attention = cuda_attention,
 	.geglu = cuda_geglu,
 	.embed = cuda_embed,
-	.add = cuda_add,
 	.softcap = cuda_softcap,
 	.n_threads = NULL,
 	.host_memory = false,

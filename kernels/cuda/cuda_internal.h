@@ -39,7 +39,6 @@ void gs_cu_rope(struct gs_cuda_ctx *c, float *x, int n_tokens, int n_heads, int 
 		double base, double pos_scale);
 void gs_cu_attention(struct gs_cuda_ctx *c, const struct gs_attn_args *a);
 void gs_cu_geglu(struct gs_cuda_ctx *c, float *out, const float *gate, const float *up, size_t n);
-void gs_cu_add(struct gs_cuda_ctx *c, float *y, const float *x, size_t n);
 void gs_cu_softcap(struct gs_cuda_ctx *c, float *x, size_t n, float cap);
 void gs_cu_embed(struct gs_cuda_ctx *c, float *out, const struct gs_tensor *emb, const int32_t *ids, int n,
 		 float scale, int64_t row0);

@@ -1,4 +1,4 @@
-/* Element-wise ops over n fp32 values (grid-stride loops): geglu, add, softcap. Written with
+/* Element-wise ops over n fp32 values (grid-stride loops): geglu, softcap. Written with
  * explicit roundings where the CPU's fp32 expression has several operations, so nvcc does not
  * contract them into FMAs the CPU does not use; tanhf is the accurate one (no fast-math). The CPU
  * computes GELU as u·σ(2z) with its own exp (gs_fmath.h): the two agree to a few ulp. */
@@ -22,13 +22,6 @@ __global__ void geglu_kernel(float *__restrict__ out, const float *__restrict__ 
 		out[i] = __fmul_rn(gelu_tanh(gate[i]), up[i]);
 }
 
-/* y and x may be the same buffer (y += y). */
-__global__ void add_kernel(float *y, const float *x, size_t n)
-{
-	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-		y[i] = __fadd_rn(y[i], x[i]);
-}
-
 __global__ void softcap_kernel(float *x, size_t n, float cap)
 {
 	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
@@ -39,12 +32,6 @@ void gs_cu_geglu(struct gs_cuda_ctx *c, float *out, const float *gate, const flo
 {
 	geglu_kernel<<<gs_cu_grid(c, n, EW_THREADS), EW_THREADS, 0, c->stream>>>(out, gate, up, n);
 	GS_CU_LAUNCHED(c, "geglu");
-}
-
-void gs_cu_add(struct gs_cuda_ctx *c, float *y, const float *x, size_t n)
-{
-	add_kernel<<<gs_cu_grid(c, n, EW_THREADS), EW_THREADS, 0, c->stream>>>(y, x, n);
-	GS_CU_LAUNCHED(c, "add");
 }
 
 void gs_cu_softcap(struct gs_cuda_ctx *c, float *x, size_t n, float cap)

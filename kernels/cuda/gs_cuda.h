@@ -23,7 +23,7 @@
  *   attention       online softmax in fp32; decode rows: one warp per (token, head), fp32
  *                   FMA; sequences with >= 16 rows in the batch: tiled (FlashAttention-2
  *                   style) on tensor cores in 3xTF32, ~fp32 accuracy (attention.cu);
- *   geglu, softcap  tanhf (accurate, no fast-math); add, embed: exact.
+ *   geglu, softcap  tanhf (accurate, no fast-math); embed: exact.
  *
  * Errors: ops return void (the vtable's contract); a CUDA/cuBLAS failure inside an op is a
  * broken invariant: logged with file, line and the CUDA error string, then abort (GS_ASSERT).
