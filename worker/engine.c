@@ -323,6 +323,17 @@ static enum gs_status apply_releases(struct gs_engine *e, const struct gs_plan *
 	return GS_OK;
 }
 
+/* Scratch a sequence's sampler needs: the leader's merge of K candidates from each of the T
+ * ranks, and on the host path this rank's vocabulary slice (gs_sampler_local_candidates). Not
+ * the whole vocabulary: 3 MiB a sequence at 262K, most of it never touched. */
+static int32_t sampler_capacity(const struct gs_engine *e)
+{
+	int32_t merged = step_k(e) * gs_comm_size(e->comm);
+	if (e->dev_cands || e->m->shard.n_vocab < merged)
+		return merged;
+	return e->m->shard.n_vocab;
+}
+
 static enum gs_status apply_admit(struct gs_engine *e, const struct gs_plan_seq *ps)
 {
 	struct eng_seq *s = &e->seqs[ps->slot];
@@ -340,7 +351,8 @@ static enum gs_status apply_admit(struct gs_engine *e, const struct gs_plan_seq 
 	s->max_positions = ps->max_positions;
 	s->next_token = -1;
 	s->hist = malloc(sizeof(int32_t) * ((size_t)ps->max_positions + 1));
-	st = s->hist ? gs_sampler_create(&s->p.sp, e->m->n_vocab, &s->smp) : gs_errorf(GS_ERR_NOMEM, "out of memory");
+	st = s->hist ? gs_sampler_create(&s->p.sp, sampler_capacity(e), &s->smp)
+		     : gs_errorf(GS_ERR_NOMEM, "out of memory");
 	if (st != GS_OK)
 		seq_release(e, ps->slot);
 	return st;
