@@ -25,7 +25,9 @@ struct gs_tensor {
  * at positions pos0 + t. Keys at positions < pos0 come from the paged cache: position j is
  * row table[b] * block + j % block of the layer's slab, with b = j / block, taken modulo
  * ring when ring > 0 (sliding layers keep a ring of blocks). Keys at positions >= pos0 are
- * the batch's fresh k/v rows of this sequence. */
+ * the batch's fresh k/v rows of this sequence. With a bf16 cache the fresh rows are read as
+ * they will be stored (rounded to bf16), so a key has one value whether it is fresh or cached
+ * and results do not depend on how a prompt was chunked. */
 struct gs_attn_seq {
 	int32_t        tok0;
 	int32_t        n_tokens;
@@ -41,8 +43,9 @@ struct gs_attn_args {
 	const float              *q;          /* [n_tokens, n_heads * head_dim], normed + rotated */
 	const float              *k_new;      /* [n_tokens, n_kv_heads * head_dim] this step's keys */
 	const float              *v_new;      /* [n_tokens, n_kv_heads * head_dim] */
-	const float              *k_cache;    /* this layer's slab [blocks * block, n_kv_heads * head_dim] */
-	const float              *v_cache;
+	const void               *k_cache;    /* this layer's slab [blocks * block, n_kv_heads * head_dim] */
+	const void               *v_cache;
+	enum gs_dtype             kv_dtype;   /* of the slabs: GS_DTYPE_F32, or GS_DTYPE_BF16 (kv_dtype op) */
 	int32_t                   block;      /* positions per block */
 	const struct gs_attn_seq *seqs;
 	int32_t                   n_seqs;
@@ -129,10 +132,12 @@ struct gs_backend_i {
 	void (*upload)(void *ctx, void *dst, const void *src, size_t bytes);
 	void (*download)(void *ctx, void *dst, const void *src, size_t bytes);
 	/* Row copies inside backend memory, rows[] in backend memory:
-	 *   scatter: dst row rows[i] = src row i      (appending K/V to the paged cache)
+	 *   scatter: dst row rows[i] = src row i      (appending K/V to the paged cache; dst of
+	 *            dst_dtype: GS_DTYPE_F32 copies, GS_DTYPE_BF16 rounds to nearest even)
 	 *   gather:  dst row i       = src row rows[i] (the rows that want logits)
-	 * a row is `width` floats. */
-	void (*scatter_rows)(void *ctx, float *dst, const float *src, const int64_t *rows, int n, size_t width);
+	 * a row is `width` elements. */
+	void (*scatter_rows)(void *ctx, void *dst, enum gs_dtype dst_dtype, const float *src, const int64_t *rows,
+			     int n, size_t width);
 	void (*gather_rows)(void *ctx, float *dst, const float *src, const int32_t *rows, int n, size_t width);
 	/* dst[i] = gs_synth_bf16(seed, i, a) for i < n (gs_dtype.h): synthetic weights drawn where
 	 * they live, the same bits on every backend. */
@@ -142,6 +147,9 @@ struct gs_backend_i {
 	 * (NULL: the caller downloads the logits); 1 <= k <= cand_max_k when cand_max_k > 0. */
 	void (*candidates)(void *ctx, const struct gs_cand_args *a);
 	int32_t cand_max_k;
+	/* The element type this backend keeps its KV cache in (attention and scatter_rows take
+	 * it). Optional: NULL means GS_DTYPE_F32. */
+	enum gs_dtype (*kv_dtype)(void *ctx);
 };
 
 struct gs_backend {
@@ -155,6 +163,9 @@ enum gs_status gs_backend_cpu_create(int n_threads, struct gs_backend *out);
  * device paths without a GPU. Freed with gs_backend_cpu_free. */
 enum gs_status gs_backend_cpu_create_staged(int n_threads, struct gs_backend *out);
 void gs_backend_cpu_free(struct gs_backend *be);
+/* The KV cache of pools made afterwards on this backend: GS_DTYPE_F32 (default) or GS_DTYPE_BF16,
+ * as a GPU keeps it (tests of that path without a GPU). */
+void gs_backend_cpu_set_kv_dtype(struct gs_backend *be, enum gs_dtype t);
 struct gs_threadpool *gs_backend_cpu_pool(const struct gs_backend *be);
 
 #endif

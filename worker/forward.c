@@ -217,9 +217,7 @@ static enum gs_status forward(struct gs_forward *f, struct gs_kv_pool *pool, con
 	for (int l = 0; l < cfg->n_layers; l++) {
 		const struct gs_layer_weights *lw = &m->layers[l];
 		bool sliding = pool->layer_sliding[l];
-		size_t slab_off = (size_t)pool->layer_slot[l] * (size_t)(sliding ? pool->n_local_blocks : pool->n_global_blocks) *
-				  GS_KV_BLOCK * KD;
-		float *kc = gs_kv_k(pool, l) + slab_off, *vc = gs_kv_v(pool, l) + slab_off;
+		void *kc = gs_kv_k(pool, l), *vc = gs_kv_v(pool, l); /* the backend's kv_dtype */
 
 		/* Attention block: pre-norm, projections, per-head QK-norm, RoPE with this layer's base. */
 		be->rmsnorm(bc, f->xn, f->x, lw->attn_norm, n, H, eps);
@@ -235,7 +233,7 @@ static enum gs_status forward(struct gs_forward *f, struct gs_kv_pool *pool, con
 		 * read their ring of blocks. */
 		struct gs_attn_args a = {
 			.out = f->att, .q = f->q, .k_new = f->k, .v_new = f->v, .k_cache = kc, .v_cache = vc,
-			.block = GS_KV_BLOCK, .seqs = f->aseq + (sliding ? C : 0), .n_seqs = n_seqs,
+			.kv_dtype = pool->dtype, .block = GS_KV_BLOCK, .seqs = f->aseq + (sliding ? C : 0), .n_seqs = n_seqs,
 			.tok_seq = f->tok_seq, .n_tokens = n, .n_heads = Nq, .n_kv_heads = Nkv, .head_dim = D,
 			.window = cfg->window[l], .scale = (float)(1.0 / sqrt(cfg->query_pre_attn_scalar)),
 			.softcap = (float)cfg->attn_softcap,
@@ -243,8 +241,8 @@ static enum gs_status forward(struct gs_forward *f, struct gs_kv_pool *pool, con
 		be->attention(bc, &a);
 
 		/* Then append this step's K/V (a sliding ring overwrites what left the window). */
-		be->scatter_rows(bc, kc, f->k, f->kv_rows + (sliding ? C : 0), n, KD);
-		be->scatter_rows(bc, vc, f->v, f->kv_rows + (sliding ? C : 0), n, KD);
+		be->scatter_rows(bc, kc, pool->dtype, f->k, f->kv_rows + (sliding ? C : 0), n, KD);
+		be->scatter_rows(bc, vc, pool->dtype, f->v, f->kv_rows + (sliding ? C : 0), n, KD);
 
 		/* o_proj is ROW-split: each rank holds a partial sum over its heads. */
 		be->matmul(bc, f->o, f->att, &lw->o, n);

@@ -34,11 +34,12 @@ struct gs_kv_pool {
 	bool    *layer_sliding;       /* [L] */
 	int32_t  window;              /* of the sliding layers (all equal in Gemma 3) */
 	int32_t  ring_blocks;         /* blocks per sequence on sliding layers */
-	size_t   kd;                  /* floats of K (or V) per position: local KV heads × head_dim */
-	size_t   elem_bytes;          /* 4: fp32 on CPU */
+	size_t   kd;                  /* values of K (or V) per position: local KV heads × head_dim */
+	enum gs_dtype dtype;          /* the backend's kv_dtype: fp32 on CPU, bf16 on GPU */
+	size_t   elem_bytes;          /* 4 or 2 */
 	/* Storage: [type layers][blocks][GS_KV_BLOCK][kd], K and V separately. */
 	int32_t  n_global_blocks, n_local_blocks;
-	float   *gk, *gv, *lk, *lv;     /* in the backend's memory (device memory on a GPU) */
+	void    *gk, *gv, *lk, *lv;     /* in the backend's memory (device memory on a GPU) */
 	struct gs_backend be;          /* whose memory; iface NULL: the heap */
 	/* Free lists (stacks of block ids) and reservations. */
 	int32_t *gfree, *lfree;
@@ -59,7 +60,8 @@ struct gs_kv_seq {
 
 /* Sizes: n_global_blocks for all sequences' global layers, n_local_blocks for their rings
  * (ring_blocks per sequence). n_kv_heads is this rank's (after the TP split). K/V live in be's
- * memory (be NULL: the heap, for bookkeeping tests); the tables and free lists on the host. */
+ * memory, as the backend's kv_dtype (be NULL: fp32 on the heap, for bookkeeping tests); the
+ * tables and free lists on the host. */
 enum gs_status gs_kv_pool_init(struct gs_kv_pool *p, const struct gs_config *cfg, int32_t n_kv_heads,
 			       int32_t n_global_blocks, int32_t n_local_blocks, const struct gs_backend *be);
 void gs_kv_pool_free(struct gs_kv_pool *p);
@@ -103,14 +105,21 @@ static inline int64_t gs_kv_slab_row(const struct gs_kv_pool *p, const struct gs
 	return (int64_t)blk * GS_KV_BLOCK + pos % GS_KV_BLOCK;
 }
 
-static inline float *gs_kv_k(const struct gs_kv_pool *p, int layer)
+/* Layer l's K (V) slab: rows of kd values of p->dtype. */
+static inline void *gs_kv_k(const struct gs_kv_pool *p, int layer)
 {
-	return p->layer_sliding[layer] ? p->lk : p->gk;
+	const size_t row = p->kd * p->elem_bytes;
+	const int32_t nb = p->layer_sliding[layer] ? p->n_local_blocks : p->n_global_blocks;
+	char *base = p->layer_sliding[layer] ? p->lk : p->gk;
+	return base + (size_t)p->layer_slot[layer] * (size_t)nb * GS_KV_BLOCK * row;
 }
 
-static inline float *gs_kv_v(const struct gs_kv_pool *p, int layer)
+static inline void *gs_kv_v(const struct gs_kv_pool *p, int layer)
 {
-	return p->layer_sliding[layer] ? p->lv : p->gv;
+	const size_t row = p->kd * p->elem_bytes;
+	const int32_t nb = p->layer_sliding[layer] ? p->n_local_blocks : p->n_global_blocks;
+	char *base = p->layer_sliding[layer] ? p->lv : p->gv;
+	return base + (size_t)p->layer_slot[layer] * (size_t)nb * GS_KV_BLOCK * row;
 }
 
 #endif

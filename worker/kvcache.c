@@ -44,12 +44,12 @@ void gs_kv_pool_size_for(const struct gs_config *cfg, int32_t n_seqs, int32_t ma
 	*n_local_blocks = n_seqs * ring;
 }
 
-static float *kv_alloc(const struct gs_kv_pool *p, size_t bytes)
+static void *kv_alloc(const struct gs_kv_pool *p, size_t bytes)
 {
 	return p->be.iface ? p->be.iface->alloc(p->be.ctx, bytes) : malloc(bytes ? bytes : 1);
 }
 
-static void kv_release(const struct gs_kv_pool *p, float *ptr)
+static void kv_release(const struct gs_kv_pool *p, void *ptr)
 {
 	if (p->be.iface)
 		p->be.iface->release(p->be.ctx, ptr);
@@ -83,14 +83,16 @@ enum gs_status gs_kv_pool_init(struct gs_kv_pool *p, const struct gs_config *cfg
 	if (!p->n_global_layers)
 		n_global_blocks = 0;
 	p->kd = (size_t)n_kv_heads * (size_t)cfg->head_dim;
-	p->elem_bytes = sizeof(float);
+	p->dtype = be && be->iface && be->iface->kv_dtype ? be->iface->kv_dtype(be->ctx) : GS_DTYPE_F32;
+	GS_ASSERT(p->dtype == GS_DTYPE_F32 || p->dtype == GS_DTYPE_BF16);
+	p->elem_bytes = gs_dtype_size(p->dtype);
 	p->n_global_blocks = n_global_blocks;
 	p->n_local_blocks = n_local_blocks;
-	per_block = (size_t)GS_KV_BLOCK * p->kd;
-	p->gk = kv_alloc(p, sizeof(float) * per_block * (size_t)n_global_blocks * (size_t)p->n_global_layers);
-	p->gv = kv_alloc(p, sizeof(float) * per_block * (size_t)n_global_blocks * (size_t)p->n_global_layers);
-	p->lk = kv_alloc(p, sizeof(float) * per_block * (size_t)n_local_blocks * (size_t)p->n_local_layers);
-	p->lv = kv_alloc(p, sizeof(float) * per_block * (size_t)n_local_blocks * (size_t)p->n_local_layers);
+	per_block = (size_t)GS_KV_BLOCK * p->kd * p->elem_bytes; /* bytes */
+	p->gk = kv_alloc(p, per_block * (size_t)n_global_blocks * (size_t)p->n_global_layers);
+	p->gv = kv_alloc(p, per_block * (size_t)n_global_blocks * (size_t)p->n_global_layers);
+	p->lk = kv_alloc(p, per_block * (size_t)n_local_blocks * (size_t)p->n_local_layers);
+	p->lv = kv_alloc(p, per_block * (size_t)n_local_blocks * (size_t)p->n_local_layers);
 	p->gfree = malloc(sizeof(int32_t) * ((size_t)n_global_blocks + 1));
 	p->lfree = malloc(sizeof(int32_t) * ((size_t)n_local_blocks + 1));
 	if (!p->gk || !p->gv || !p->lk || !p->lv || !p->gfree || !p->lfree)
@@ -102,7 +104,7 @@ enum gs_status gs_kv_pool_init(struct gs_kv_pool *p, const struct gs_config *cfg
 		p->lfree[i] = n_local_blocks - 1 - i;
 	p->n_gfree = n_global_blocks;
 	p->n_lfree = n_local_blocks;
-	p->bytes = 2 * sizeof(float) * per_block *
+	p->bytes = 2 * per_block *
 		   ((size_t)n_global_blocks * p->n_global_layers + (size_t)n_local_blocks * p->n_local_layers);
 	return GS_OK;
 

@@ -20,6 +20,7 @@ struct cpu_ctx {
 	size_t scores_cap[GS_CPU_MAX_THREADS];
 	float *pick;       /* the candidates op's processed row, grown on demand */
 	size_t pick_cap;
+	enum gs_dtype kv_dtype; /* F32 (0, the default) or BF16 (gs_backend_cpu_set_kv_dtype) */
 };
 
 #define GS_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -191,6 +192,31 @@ static inline const float *attn_key(const struct gs_attn_args *a, const struct g
 	return cache + ((size_t)sq->table[b] * a->block + (size_t)(j % a->block)) * kv_stride;
 }
 
+/* With a bf16 cache (tests of the device path; GPUs keep bf16 KV): position j's K or V values for
+ * kv head offset kvh as fp32 in buf: cache rows converted, fresh rows rounded as they will be
+ * stored, like the CUDA kernels. */
+static const float *attn_row_bf16(const struct gs_attn_args *a, const struct gs_attn_seq *sq, const float *fresh,
+				  const void *cache, int32_t j, size_t kv_stride, size_t kvh, float *buf)
+{
+	int32_t b;
+
+	if (j >= sq->pos0) {
+		const float *f = fresh + (size_t)(sq->tok0 + j - sq->pos0) * kv_stride + kvh;
+		for (int d = 0; d < a->head_dim; d++)
+			buf[d] = gs_round_bf16(f[d]);
+		return buf;
+	}
+	b = j / a->block;
+	if (sq->ring)
+		b %= sq->ring;
+	const uint16_t *c = (const uint16_t *)cache + ((size_t)sq->table[b] * a->block + (size_t)(j % a->block)) * kv_stride + kvh;
+	for (int d = 0; d < a->head_dim; d++)
+		buf[d] = gs_bf16_to_f32(c[d]);
+	return buf;
+}
+
+#define GS_CPU_ATTN_MAX_HEAD_DIM 512
+
 static void attn_task(void *p, int tid, int nth)
 {
 	struct attn_job *job = p;
@@ -199,6 +225,8 @@ static void attn_task(void *p, int tid, int nth)
 	int D = a->head_dim, rep = a->n_heads / a->n_kv_heads;
 	size_t kv_stride = (size_t)a->n_kv_heads * D, q_stride = (size_t)a->n_heads * D;
 	int tasks = a->n_tokens * a->n_heads;
+	const bool bf16 = a->kv_dtype == GS_DTYPE_BF16;
+	float kvbuf[GS_CPU_ATTN_MAX_HEAD_DIM];
 
 	for (int task = tid; task < tasks; task += nth) {
 		int row = task / a->n_heads, h = task % a->n_heads;
@@ -220,8 +248,9 @@ static void attn_task(void *p, int tid, int nth)
 		}
 		s = ctx->scores[tid];
 		for (int i = 0; i < n; i++) {
-			const float *k = attn_key(a, sq, a->k_new, a->k_cache, first + i, kv_stride);
-			float v = dot_f32(q, k + kvh, D) * a->scale;
+			const float *k = bf16 ? attn_row_bf16(a, sq, a->k_new, a->k_cache, first + i, kv_stride, kvh, kvbuf)
+					      : attn_key(a, sq, a->k_new, a->k_cache, first + i, kv_stride) + kvh;
+			float v = dot_f32(q, k, D) * a->scale;
 			if (a->softcap > 0)
 				v = a->softcap * tanhf(v / a->softcap);
 			s[i] = v;
@@ -235,8 +264,9 @@ static void attn_task(void *p, int tid, int nth)
 		memset(out, 0, (size_t)D * sizeof(float));
 		float inv = 1.0f / sum;
 		for (int i = 0; i < n; i++) {
-			const float *v = attn_key(a, sq, a->v_new, a->v_cache, first + i, kv_stride);
-			axpy_f32(out, s[i] * inv, v + kvh, D);
+			const float *v = bf16 ? attn_row_bf16(a, sq, a->v_new, a->v_cache, first + i, kv_stride, kvh, kvbuf)
+					      : attn_key(a, sq, a->v_new, a->v_cache, first + i, kv_stride) + kvh;
+			axpy_f32(out, s[i] * inv, v, D);
 		}
 	}
 }
@@ -246,6 +276,7 @@ static void cpu_attention(void *vctx, const struct gs_attn_args *a)
 	struct cpu_ctx *ctx = vctx;
 	struct attn_job job = { ctx, a };
 
+	GS_ASSERT((a->kv_dtype == GS_DTYPE_F32 || a->kv_dtype == GS_DTYPE_BF16) && a->head_dim <= GS_CPU_ATTN_MAX_HEAD_DIM);
 	gs_threadpool_run(ctx->tp, attn_task, &job);
 }
 
@@ -353,10 +384,20 @@ static void cpu_copy(void *vctx, void *dst, const void *src, size_t bytes)
 		memcpy(dst, src, bytes);
 }
 
-static void cpu_scatter_rows(void *vctx, float *dst, const float *src, const int64_t *rows, int n, size_t width)
+static void cpu_scatter_rows(void *vctx, void *dst, enum gs_dtype dst_dtype, const float *src, const int64_t *rows,
+			     int n, size_t width)
 {
-	for (int i = 0; i < n; i++)
-		memcpy(dst + (size_t)rows[i] * width, src + (size_t)i * width, width * sizeof(float));
+	GS_ASSERT((dst_dtype == GS_DTYPE_F32 || dst_dtype == GS_DTYPE_BF16) && "scatter_rows: fp32 or bf16 rows");
+	for (int i = 0; i < n; i++) {
+		const float *s = src + (size_t)i * width;
+		if (dst_dtype == GS_DTYPE_F32) {
+			memcpy((float *)dst + (size_t)rows[i] * width, s, width * sizeof(float));
+		} else {
+			uint16_t *d = (uint16_t *)dst + (size_t)rows[i] * width;
+			for (size_t j = 0; j < width; j++)
+				d[j] = gs_f32_to_bf16(s[j]);
+		}
+	}
 }
 
 static void cpu_gather_rows(void *vctx, float *dst, const float *src, const int32_t *rows, int n, size_t width)
@@ -383,7 +424,8 @@ static void cpu_gather_rows(void *vctx, float *dst, const float *src, const int3
 	.gather_rows = cpu_gather_rows,              \
 	.fill_synth_bf16 = cpu_fill_synth_bf16,      \
 	.candidates = cpu_candidates,                \
-	.cand_max_k = 0
+	.cand_max_k = 0,                             \
+	.kv_dtype = cpu_kv_dtype
 
 struct fill_job {
 	uint16_t *dst;
@@ -414,6 +456,17 @@ static void cpu_candidates(void *vctx, const struct gs_cand_args *a)
 
 	GS_ASSERT(a->rows >= 0 && a->cols >= 0 && a->k >= 1);
 	gs_cpu_candidates(&ctx->pick, &ctx->pick_cap, a);
+}
+
+static enum gs_dtype cpu_kv_dtype(void *vctx)
+{
+	return ((struct cpu_ctx *)vctx)->kv_dtype;
+}
+
+void gs_backend_cpu_set_kv_dtype(struct gs_backend *be, enum gs_dtype t)
+{
+	GS_ASSERT(t == GS_DTYPE_F32 || t == GS_DTYPE_BF16);
+	((struct cpu_ctx *)be->ctx)->kv_dtype = t;
 }
 
 static const struct gs_backend_i gs_backend_cpu_i = { .name = "cpu", .host_memory = true, GS_CPU_OPS };

@@ -21,6 +21,10 @@
  * a_hi·b_lo + a_lo·b_hi, fp32 accumulation: about fp32 accuracy (~1e-6 relative) at three
  * tensor-core products, against one fp32 FMA per element of the warp kernel.
  *
+ * The cache is fp32 or bf16 (gs_attn_args.kv_dtype; kernels templated on its type); with bf16
+ * this step's fresh K/V rows are rounded to bf16 as they are read, so every key has the value it
+ * will have once cached and a prompt gives the same results whatever its chunking.
+ *
  * Both differ from the CPU's two-pass softmax only in rounding order. Every pointer, seqs[] and
  * the tables included, is device memory: the tiled kernel finds its sequence by scanning
  * seqs[] on the device. Env GS_CUDA_ATTN=simple sends every row to the warp kernel. */
@@ -35,22 +39,57 @@
 #define FA_THREADS 128
 #define FA_WARPS (FA_THREADS / 32)
 
-static __device__ __forceinline__ const float *kv_row(const gs_attn_args &a, const gs_attn_seq &sq,
-						      const float *fresh, const float *cache, int32_t j,
-						      size_t stride)
+/* K/V values as fp32, for a cache of T: cached elements converted exactly, this step's fresh
+ * fp32 rows read as they will be stored (rounded to bf16 for a bf16 cache). */
+template <typename T>
+struct kv_elem;
+template <>
+struct kv_elem<float> {
+	static __device__ __forceinline__ float cached(const void *row, int d) { return ((const float *)row)[d]; }
+	static __device__ __forceinline__ float fresh(float x) { return x; }
+};
+template <>
+struct kv_elem<__nv_bfloat16> {
+	static __device__ __forceinline__ float cached(const void *row, int d)
+	{
+		return __bfloat162float(((const __nv_bfloat16 *)row)[d]);
+	}
+	static __device__ __forceinline__ float fresh(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+};
+
+/* Where the K (or V) values of position j start, head offset off included: a fresh fp32 row or
+ * a cache row of T (exactly one is set). */
+struct kv_ptr {
+	const float *fresh;
+	const void  *cached;
+};
+
+template <typename T>
+static __device__ __forceinline__ kv_ptr kv_row(const gs_attn_args &a, const gs_attn_seq &sq, const float *fresh,
+						const void *cache, int32_t j, size_t stride, size_t off)
 {
 	int32_t b;
+	kv_ptr p = { NULL, NULL };
 
-	if (j >= sq.pos0)
-		return fresh + (size_t)(sq.tok0 + j - sq.pos0) * stride;
+	if (j >= sq.pos0) {
+		p.fresh = fresh + (size_t)(sq.tok0 + j - sq.pos0) * stride + off;
+		return p;
+	}
 	b = j / a.block;
 	if (sq.ring)
 		b %= sq.ring;
-	return cache + ((size_t)sq.table[b] * (size_t)a.block + (size_t)(j % a.block)) * stride;
+	p.cached = (const T *)cache + ((size_t)sq.table[b] * (size_t)a.block + (size_t)(j % a.block)) * stride + off;
+	return p;
+}
+
+template <typename T>
+static __device__ __forceinline__ float kv_get(const kv_ptr &p, int d)
+{
+	return p.fresh ? kv_elem<T>::fresh(p.fresh[d]) : kv_elem<T>::cached(p.cached, d);
 }
 
 /* skip_from: rows of sequences with at least this many rows are the tiled kernel's. */
-template <int EPL>
+template <int EPL, typename T>
 __global__ void __launch_bounds__(ATTN_THREADS) attention_kernel(const gs_attn_args a, int skip_from)
 {
 	const int lane = threadIdx.x & 31;
@@ -86,12 +125,12 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_kernel(const gs_attn_a
 		for (int u = 0; u < ATTN_KEYS; u++) { /* j0 + u <= pos is the same on every lane */
 			float part = 0.0f;
 			if (j0 + u <= pos) {
-				const float *kr = kv_row(a, sq, a.k_new, a.k_cache, j0 + u, kv_stride) + kvh;
+				const kv_ptr kr = kv_row<T>(a, sq, a.k_new, a.k_cache, j0 + u, kv_stride, kvh);
 #pragma unroll
 				for (int e = 0; e < EPL; e++) {
 					const int d = lane + 32 * e;
 					if (d < D)
-						part = fmaf(qv[e], kr[d], part);
+						part = fmaf(qv[e], kv_get<T>(kr, d), part);
 				}
 			}
 			s[u] = part;
@@ -121,13 +160,13 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_kernel(const gs_attn_a
 		for (int u = 0; u < ATTN_KEYS; u++) {
 			if (j0 + u <= pos) {
 				const float p = expf(s[u] - m_new);
-				const float *vr = kv_row(a, sq, a.v_new, a.v_cache, j0 + u, kv_stride) + kvh;
+				const kv_ptr vr = kv_row<T>(a, sq, a.v_new, a.v_cache, j0 + u, kv_stride, kvh);
 				l += p;
 #pragma unroll
 				for (int e = 0; e < EPL; e++) {
 					const int d = lane + 32 * e;
 					if (d < D)
-						acc[e] = fmaf(p, vr[d], acc[e]);
+						acc[e] = fmaf(p, kv_get<T>(vr, d), acc[e]);
 				}
 			}
 		}
@@ -193,22 +232,27 @@ static __device__ __forceinline__ void mma_3xtf32(fa_frag_c &acc, fa_frag_a &a, 
 }
 
 /* Keys (or values) j0 .. j0 + BK - 1 of kv head kvh into dst [BK][DP]; zeros past jhi and past D. */
-template <int DT, int BK, int DP>
+template <int DT, int BK, int DP, typename T>
 static __device__ __forceinline__ void fa_load_kv(float *dst, const gs_attn_args &a, const gs_attn_seq &sq,
-						  const float *fresh, const float *cache, int32_t j0, int32_t jhi,
+						  const float *fresh, const void *cache, int32_t j0, int32_t jhi,
 						  size_t kv_stride, size_t kvh, int D)
 {
 	const int lane = threadIdx.x & 31;
 
 	for (int c = threadIdx.x >> 5; c < BK; c += FA_WARPS) { /* a warp per key row, lanes along d */
 		const int32_t j = j0 + c;
-		const float *src = j <= jhi ? kv_row(a, sq, fresh, cache, j, kv_stride) + kvh : NULL;
+		if (j > jhi) {
+			for (int d = lane; d < DT; d += 32)
+				dst[c * DP + d] = 0.0f;
+			continue;
+		}
+		const kv_ptr src = kv_row<T>(a, sq, fresh, cache, j, kv_stride, kvh);
 		for (int d = lane; d < DT; d += 32)
-			dst[c * DP + d] = src && d < D ? src[d] : 0.0f;
+			dst[c * DP + d] = d < D ? kv_get<T>(src, d) : 0.0f;
 	}
 }
 
-template <int DT, int BQ, int BK>
+template <int DT, int BQ, int BK, typename T>
 __global__ void __launch_bounds__(FA_THREADS) flash_kernel(const gs_attn_args a)
 {
 	typedef fa_cfg<DT, BQ, BK> cfg;
@@ -263,7 +307,7 @@ __global__ void __launch_bounds__(FA_THREADS) flash_kernel(const gs_attn_args a)
 
 	for (int32_t j0 = jlo; j0 <= pos_last; j0 += BK) {
 		__syncthreads(); /* the previous tile's P·V is done with KVs and Ss */
-		fa_load_kv<DT, BK, DP>(KVs, a, sq, a.k_new, a.k_cache, j0, pos_last, kv_stride, kvh, D);
+		fa_load_kv<DT, BK, DP, T>(KVs, a, sq, a.k_new, a.k_cache, j0, pos_last, kv_stride, kvh, D);
 		__syncthreads();
 
 		/* S = Q·Kᵀ: B = Kᵀ is K [key][d] read column-major */
@@ -328,7 +372,7 @@ __global__ void __launch_bounds__(FA_THREADS) flash_kernel(const gs_attn_args a)
 			}
 		}
 		/* V over K: every warp finished S = Q·Kᵀ before the barrier above */
-		fa_load_kv<DT, BK, DP>(KVs, a, sq, a.v_new, a.v_cache, j0, pos_last, kv_stride, kvh, D);
+		fa_load_kv<DT, BK, DP, T>(KVs, a, sq, a.v_new, a.v_cache, j0, pos_last, kv_stride, kvh, D);
 		__syncthreads();
 
 		/* O += P·V: B = V [key][d] row-major */
@@ -354,38 +398,39 @@ __global__ void __launch_bounds__(FA_THREADS) flash_kernel(const gs_attn_args a)
 	}
 }
 
-template <int DT, int BQ, int BK>
+template <int DT, int BQ, int BK, typename T>
 static void launch_flash(struct gs_cuda_ctx *c, const struct gs_attn_args *a)
 {
 	typedef fa_cfg<DT, BQ, BK> cfg;
 	/* upper bound on the tiles: each long sequence adds at most one partial tile */
 	const long long long_seqs = a->n_seqs < a->n_tokens / FA_MIN_ROWS ? a->n_seqs : a->n_tokens / FA_MIN_ROWS;
 	const long long tiles = a->n_tokens / BQ + long_seqs + 1;
+	static uint64_t opted_in; /* devices (bit per index) where the kernel may use cfg::bytes */
+	const uint64_t bit = c->device < 64 ? 1ull << c->device : 0;
 
 	GS_ASSERT(cfg::bytes <= c->smem_optin && "attention: tiled kernel needs more shared memory than the device has");
 	GS_ASSERT(tiles <= INT32_MAX && a->n_heads <= 65535);
-	static uint64_t opted_in; /* devices (bit per index) where the kernel may use cfg::bytes */
-	const uint64_t bit = c->device < 64 ? 1ull << c->device : 0;
 	if (!(opted_in & bit)) {
-		GS_CU_CHECK(cudaFuncSetAttribute(flash_kernel<DT, BQ, BK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+		GS_CU_CHECK(cudaFuncSetAttribute(flash_kernel<DT, BQ, BK, T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
 						 (int)cfg::bytes));
 		opted_in |= bit;
 	}
-	flash_kernel<DT, BQ, BK><<<dim3((unsigned)tiles, (unsigned)a->n_heads), FA_THREADS, cfg::bytes, c->stream>>>(*a);
+	flash_kernel<DT, BQ, BK, T><<<dim3((unsigned)tiles, (unsigned)a->n_heads), FA_THREADS, cfg::bytes, c->stream>>>(*a);
 	GS_CU_LAUNCHED(c, "attention (tiled)");
 }
 
-template <int EPL>
+template <int EPL, typename T>
 static void launch(struct gs_cuda_ctx *c, const struct gs_attn_args *a, int skip_from)
 {
 	const long long tasks = (long long)a->n_tokens * a->n_heads;
 	const unsigned blocks = (unsigned)((tasks + ATTN_WARPS - 1) / ATTN_WARPS);
 
-	attention_kernel<EPL><<<blocks, ATTN_THREADS, 0, c->stream>>>(*a, skip_from);
+	attention_kernel<EPL, T><<<blocks, ATTN_THREADS, 0, c->stream>>>(*a, skip_from);
 	GS_CU_LAUNCHED(c, "attention");
 }
 
-void gs_cu_attention(struct gs_cuda_ctx *c, const struct gs_attn_args *a)
+template <typename T>
+static void attention(struct gs_cuda_ctx *c, const struct gs_attn_args *a)
 {
 	const int D = a->head_dim;
 	/* The tiled kernel when some sequence may have FA_MIN_ROWS rows (not in a pure decode step:
@@ -396,26 +441,34 @@ void gs_cu_attention(struct gs_cuda_ctx *c, const struct gs_attn_args *a)
 
 	if (!tiled || a->n_seqs > 1) {
 		if (D <= 32)
-			launch<1>(c, a, skip_from);
+			launch<1, T>(c, a, skip_from);
 		else if (D <= 64)
-			launch<2>(c, a, skip_from);
+			launch<2, T>(c, a, skip_from);
 		else if (D <= 128)
-			launch<4>(c, a, skip_from);
+			launch<4, T>(c, a, skip_from);
 		else if (D <= 256)
-			launch<8>(c, a, skip_from);
+			launch<8, T>(c, a, skip_from);
 		else if (D <= GS_CU_ATTN_MAX_HEAD_DIM)
-			launch<16>(c, a, skip_from);
+			launch<16, T>(c, a, skip_from);
 		else
 			GS_ASSERT(!"attention: head_dim above GS_CU_ATTN_MAX_HEAD_DIM");
 	}
 	if (tiled) {
 		if (D <= 32)
-			launch_flash<32, 64, 64>(c, a);
+			launch_flash<32, 64, 64, T>(c, a);
 		else if (D <= 64)
-			launch_flash<64, 64, 64>(c, a);
+			launch_flash<64, 64, 64, T>(c, a);
 		else if (D <= 128)
-			launch_flash<128, 64, 64>(c, a);
+			launch_flash<128, 64, 64, T>(c, a);
 		else
-			launch_flash<256, 32, 32>(c, a);
+			launch_flash<256, 32, 32, T>(c, a);
 	}
+}
+
+void gs_cu_attention(struct gs_cuda_ctx *c, const struct gs_attn_args *a)
+{
+	if (a->kv_dtype == GS_DTYPE_BF16)
+		attention<__nv_bfloat16>(c, a);
+	else
+		attention<float>(c, a);
 }

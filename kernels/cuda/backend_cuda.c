@@ -51,6 +51,7 @@ static void cuda_attention(void *ctx, const struct gs_attn_args *a)
 	GS_ASSERT(a->n_tokens >= 0 && a->n_heads > 0 && a->n_kv_heads > 0 && a->n_heads % a->n_kv_heads == 0);
 	GS_ASSERT(a->head_dim > 0 && a->head_dim <= GS_CU_ATTN_MAX_HEAD_DIM);
 	GS_ASSERT(a->block > 0 && a->window > 0);
+	GS_ASSERT((a->kv_dtype == GS_DTYPE_F32 || a->kv_dtype == GS_DTYPE_BF16) && "attention: fp32 or bf16 KV");
 	if (a->n_tokens == 0)
 		return;
 	gs_cu_attention(ctx, a);
@@ -107,10 +108,17 @@ static void cuda_download(void *ctx, void *dst, const void *src, size_t bytes)
 	}
 }
 
-static void cuda_scatter_rows(void *ctx, float *dst, const float *src, const int64_t *rows, int n, size_t width)
+static void cuda_scatter_rows(void *ctx, void *dst, enum gs_dtype dst_dtype, const float *src, const int64_t *rows,
+			      int n, size_t width)
 {
+	GS_ASSERT((dst_dtype == GS_DTYPE_F32 || dst_dtype == GS_DTYPE_BF16) && "scatter_rows: fp32 or bf16 rows");
 	if (n > 0 && width > 0)
-		gs_cu_scatter_rows(ctx, dst, src, rows, n, width);
+		gs_cu_scatter_rows(ctx, dst, dst_dtype == GS_DTYPE_BF16, src, rows, n, width);
+}
+
+static enum gs_dtype cuda_kv_dtype(void *ctx)
+{
+	return gs_cu_kv_bf16(ctx) ? GS_DTYPE_BF16 : GS_DTYPE_F32;
 }
 
 static void cuda_gather_rows(void *ctx, float *dst, const float *src, const int32_t *rows, int n, size_t width)
@@ -153,6 +161,7 @@ static const struct gs_backend_i gs_backend_cuda_i = {
 	.fill_synth_bf16 = cuda_fill_synth_bf16,
 	.candidates = cuda_candidates,
 	.cand_max_k = GS_CUDA_TOPK_MAX,
+	.kv_dtype = cuda_kv_dtype,
 };
 
 static struct gs_cuda_ctx *ctx_of(const struct gs_backend *be)

@@ -136,6 +136,8 @@ enum gs_status gs_cu_ctx_create(int device, struct gs_cuda_ctx **out)
 	c->sync_each_op = env && *env && strcmp(env, "0") != 0;
 	env = getenv("GS_CUDA_ATTN");
 	c->attn_simple = env && strcmp(env, "simple") == 0;
+	env = getenv("GS_CUDA_KV");
+	c->kv_bf16 = env && strcmp(env, "bf16") == 0;
 	c->smem_optin = prop.sharedMemPerBlockOptin;
 	gs_log(GS_LOG_DEBUG, "CUDA backend: device %d %s (sm_%d%d, %d SMs, %.1f GiB)%s", device, prop.name, prop.major,
 	       prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1u << 30),
@@ -182,6 +184,11 @@ void *gs_cu_stream(struct gs_cuda_ctx *c)
 int gs_cu_device(struct gs_cuda_ctx *c)
 {
 	return c->device;
+}
+
+int gs_cu_kv_bf16(struct gs_cuda_ctx *c)
+{
+	return c->kv_bf16;
 }
 
 enum gs_status gs_cu_malloc(struct gs_cuda_ctx *c, void **dev, size_t bytes)

@@ -39,6 +39,7 @@ struct gs_cuda_ctx {
 	size_t         cand_bytes;
 	int            sync_each_op;    /* env GS_CUDA_SYNC=1 */
 	int            attn_simple;     /* env GS_CUDA_ATTN=simple: the warp kernel for every row */
+	int            kv_bf16;         /* env GS_CUDA_KV=bf16: KV cache in bf16 (DESIGN.md §5), else fp32 */
 	size_t         smem_optin;      /* shared memory a block may opt in to (bytes) */
 };
 

@@ -22,6 +22,7 @@ enum gs_status gs_cu_ctx_create(int device, struct gs_cuda_ctx **out);
 void           gs_cu_ctx_free(struct gs_cuda_ctx *c);
 void          *gs_cu_stream(struct gs_cuda_ctx *c);
 int            gs_cu_device(struct gs_cuda_ctx *c);
+int            gs_cu_kv_bf16(struct gs_cuda_ctx *c); /* the KV cache in bf16 (GS_CUDA_KV=bf16), else fp32 */
 enum gs_status gs_cu_malloc(struct gs_cuda_ctx *c, void **dev, size_t bytes);
 void           gs_cu_free(struct gs_cuda_ctx *c, void *dev);
 enum gs_status gs_cu_upload(struct gs_cuda_ctx *c, void *dst, const void *src, size_t bytes);
@@ -43,7 +44,7 @@ void gs_cu_softcap(struct gs_cuda_ctx *c, float *x, size_t n, float cap);
 void gs_cu_embed(struct gs_cuda_ctx *c, float *out, const struct gs_tensor *emb, const int32_t *ids, int n,
 		 float scale, int64_t row0);
 void gs_cu_fill_synth_bf16(struct gs_cuda_ctx *c, uint16_t *dst, size_t n, float a, uint64_t seed);
-void gs_cu_scatter_rows(struct gs_cuda_ctx *c, float *dst, const float *src, const int64_t *rows, int n,
+void gs_cu_scatter_rows(struct gs_cuda_ctx *c, void *dst, int dst_bf16, const float *src, const int64_t *rows, int n,
 			size_t width);
 void gs_cu_gather_rows(struct gs_cuda_ctx *c, float *dst, const float *src, const int32_t *rows, int n,
 		       size_t width);

@@ -4,13 +4,25 @@
 
 #define ROW_THREADS 256
 
-__global__ void scatter_rows_kernel(float *__restrict__ dst, const float *__restrict__ src,
+static __device__ __forceinline__ void store_elem(float *d, float v)
+{
+	*d = v;
+}
+
+static __device__ __forceinline__ void store_elem(__nv_bfloat16 *d, float v)
+{
+	*d = __float2bfloat16_rn(v);
+}
+
+/* dst rows of T (float: copy; bf16: round to nearest even, as gs_f32_to_bf16). */
+template <typename T>
+__global__ void scatter_rows_kernel(T *__restrict__ dst, const float *__restrict__ src,
 				    const int64_t *__restrict__ rows, size_t width)
 {
-	float *d = dst + (size_t)rows[blockIdx.x] * width;
+	T *d = dst + (size_t)rows[blockIdx.x] * width;
 	const float *s = src + (size_t)blockIdx.x * width;
 	for (size_t i = threadIdx.x; i < width; i += blockDim.x)
-		d[i] = s[i];
+		store_elem(d + i, s[i]);
 }
 
 __global__ void gather_rows_kernel(float *__restrict__ dst, const float *__restrict__ src,
@@ -47,10 +59,13 @@ void gs_cu_fill_synth_bf16(struct gs_cuda_ctx *c, uint16_t *dst, size_t n, float
 	GS_CU_LAUNCHED(c, "fill_synth_bf16");
 }
 
-void gs_cu_scatter_rows(struct gs_cuda_ctx *c, float *dst, const float *src, const int64_t *rows, int n,
+void gs_cu_scatter_rows(struct gs_cuda_ctx *c, void *dst, int dst_bf16, const float *src, const int64_t *rows, int n,
 			size_t width)
 {
-	scatter_rows_kernel<<<n, ROW_THREADS, 0, c->stream>>>(dst, src, rows, width);
+	if (dst_bf16)
+		scatter_rows_kernel<__nv_bfloat16><<<n, ROW_THREADS, 0, c->stream>>>((__nv_bfloat16 *)dst, src, rows, width);
+	else
+		scatter_rows_kernel<float><<<n, ROW_THREADS, 0, c->stream>>>((float *)dst, src, rows, width);
 	GS_CU_LAUNCHED(c, "scatter_rows");
 }
 

@@ -42,8 +42,9 @@ static void die(const char *what)
 	exit(1);
 }
 
-/* All-position logits of the prompt, then the logits of N_DECODE greedy steps. */
-static float *run_forward(const struct gs_model *m, struct gs_backend be, const int32_t *prompt)
+/* All-position logits of the prompt (in chunks of `chunk` rows), then the logits of N_DECODE
+ * greedy steps. */
+static float *run_forward_chunked(const struct gs_model *m, struct gs_backend be, const int32_t *prompt, int chunk)
 {
 	struct gs_forward *f;
 	struct gs_seq *s;
@@ -52,7 +53,7 @@ static float *run_forward(const struct gs_model *m, struct gs_backend be, const 
 	GS_ASSERT(lg);
 	for (size_t i = 0; i < V * (N_PROMPT + N_DECODE); i++)
 		lg[i] = NAN; /* poisoned: a row never written fails the comparison */
-	if (gs_forward_create(m, be, 16, &f) != GS_OK || gs_seq_create(f, N_PROMPT + N_DECODE, &s) != GS_OK)
+	if (gs_forward_create(m, be, chunk, &f) != GS_OK || gs_seq_create(f, N_PROMPT + N_DECODE, &s) != GS_OK)
 		die("forward");
 	if (gs_forward_run(f, s, prompt, N_PROMPT, lg, true) != GS_OK)
 		die("prefill");
@@ -70,6 +71,52 @@ static float *run_forward(const struct gs_model *m, struct gs_backend be, const 
 	return lg;
 }
 
+static float *run_forward(const struct gs_model *m, struct gs_backend be, const int32_t *prompt)
+{
+	return run_forward_chunked(m, be, prompt, 16);
+}
+
+/* Worst per-row relative L2 of b against a over the N_PROMPT + N_DECODE rows. */
+static double worst_row_l2(const float *a, const float *b, size_t V)
+{
+	double worst = 0;
+	for (size_t r = 0; r < N_PROMPT + N_DECODE; r++) {
+		double num = 0, den = 0;
+		for (size_t j = 0; j < V; j++) {
+			double d = (double)b[r * V + j] - a[r * V + j];
+			num += d * d, den += (double)a[r * V + j] * a[r * V + j];
+		}
+		double e = sqrt(num / (den > 0 ? den : 1));
+		if (!(e <= worst))
+			worst = e; /* NaN too */
+	}
+	return worst;
+}
+
+static void compare_logits(const char *what, const float *a, const float *b, size_t V, bool cuda);
+
+/* The KV cache in bf16, as a GPU keeps it, on the CPU kernels: the staged device path equals the
+ * plain backend bit for bit; a prompt fed in chunks of 16 equals one fed whole (fresh rows are
+ * read as they will be stored, so a key has one value fresh or cached); and the logits differ
+ * from the fp32 cache's by bf16 rounding only (more than 0, less than 1e-2). */
+static void test_bf16_kv(const struct gs_model *m_host, struct gs_backend cpu, const struct gs_model *m_dev,
+			 struct gs_backend dev, const int32_t *prompt, const float *f32_logits)
+{
+	size_t V = (size_t)m_host->shard.n_vocab;
+	gs_backend_cpu_set_kv_dtype(&cpu, GS_DTYPE_BF16);
+	gs_backend_cpu_set_kv_dtype(&dev, GS_DTYPE_BF16);
+	float *a = run_forward(m_host, cpu, prompt), *b = run_forward(m_dev, dev, prompt);
+	float *whole = run_forward_chunked(m_host, cpu, prompt, N_PROMPT);
+	compare_logits("bf16 KV, staged vs plain", a, b, V, false);
+	compare_logits("bf16 KV, chunks of 16 vs the prompt whole", a, whole, V, false);
+	double e = worst_row_l2(f32_logits, a, V);
+	CHECK_MSG(e > 0 && e < 1e-2, "bf16 KV against fp32 KV: worst row relative L2 %.3g (want in (0, 1e-2))", e);
+	printf("bf16 KV cache on the CPU kernels: worst row relative L2 against the fp32 cache %.3g\n", e);
+	gs_backend_cpu_set_kv_dtype(&cpu, GS_DTYPE_F32);
+	gs_backend_cpu_set_kv_dtype(&dev, GS_DTYPE_F32);
+	free(a), free(b), free(whole);
+}
+
 /* Bit for bit on the staged CPU backend; per-row relative L2 on a GPU. */
 static void compare_logits(const char *what, const float *a, const float *b, size_t V, bool cuda)
 {
@@ -83,17 +130,7 @@ static void compare_logits(const char *what, const float *a, const float *b, siz
 			  V * rows, first / V, a[first], b[first]);
 		return;
 	}
-	double worst = 0;
-	for (size_t r = 0; r < rows; r++) {
-		double num = 0, den = 0;
-		for (size_t j = 0; j < V; j++) {
-			double d = (double)b[r * V + j] - a[r * V + j];
-			num += d * d, den += (double)a[r * V + j] * a[r * V + j];
-		}
-		double e = sqrt(num / (den > 0 ? den : 1));
-		if (!(e <= worst))
-			worst = e; /* NaN too */
-	}
+	double worst = worst_row_l2(a, b, V);
 	CHECK_MSG(worst <= GS_CUDA_ROW_TOL, "forward (%s): worst row relative L2 %.3g", what, worst);
 	printf("forward on CUDA (%s): worst row relative L2 against the CPU %.3g over %zu rows\n", what, worst, rows);
 }
@@ -230,6 +267,9 @@ int main(int argc, char **argv)
 	    (cuda ? gs_backend_cuda_create(0, &dev) : gs_backend_cpu_create_staged(2, &dev)) != GS_OK)
 		die("backend");
 	CHECK(!dev.iface->host_memory && cpu.iface->host_memory);
+	/* The CPU reference keeps its KV cache as the device does (a GPU: bf16 unless GS_CUDA_KV=f32),
+	 * so the comparison measures the kernels, not the cache's precision. */
+	gs_backend_cpu_set_kv_dtype(&cpu, dev.iface->kv_dtype ? dev.iface->kv_dtype(dev.ctx) : GS_DTYPE_F32);
 	const void *host_q = m_dev->layers[0].q.data;
 	if (gs_model_to_backend(m_dev, dev) != GS_OK)
 		die("to_backend");
@@ -263,6 +303,8 @@ int main(int argc, char **argv)
 	compare_logits("moved weights", a, b, (size_t)m_host->shard.n_vocab, cuda);
 	compare_logits("weights drawn on the device", a, c, (size_t)m_host->shard.n_vocab, cuda);
 	CHECK(a[0] == a[0]); /* written (not the NaN poison) */
+	if (!cuda)
+		test_bf16_kv(m_host, cpu, m_dev, dev, prompt, a);
 	free(a), free(b), free(c);
 	gs_model_free(m_drawn);
 

@@ -362,7 +362,9 @@ struct attn_case {
 	struct seq_spec s[4];
 };
 
-static void test_attention_case(const struct attn_case *ac)
+/* bf16: the cache slabs are bf16 on the GPU and the fresh rows fp32 (the kernel rounds them as it
+ * reads), against the CPU on the same values rounded to bf16 everywhere. */
+static void test_attention_case(const struct attn_case *ac, int bf16)
 {
 	struct gs_attn_seq hs[4], ds[4];
 	int32_t *tables[4] = { 0 }, *dtables[4] = { 0 };
@@ -413,9 +415,22 @@ static void test_attention_case(const struct attn_case *ac)
 	vc = frand_array((size_t)slab_blocks * ac->block * kvs, 1.0f);
 	ref = xmalloc(T * qs * sizeof(float));
 	got = xmalloc(T * qs * sizeof(float));
+	size_t n_cache = (size_t)slab_blocks * ac->block * kvs;
+	float *rkn = xmalloc(T * kvs * sizeof(float)), *rvn = xmalloc(T * kvs * sizeof(float));
+	float *rkc = xmalloc(n_cache * sizeof(float)), *rvc = xmalloc(n_cache * sizeof(float));
+	uint16_t *hkc = xmalloc(n_cache * sizeof(uint16_t)), *hvc = xmalloc(n_cache * sizeof(uint16_t));
+	for (size_t i = 0; i < T * kvs; i++) {
+		rkn[i] = bf16 ? gs_round_bf16(kn[i]) : kn[i];
+		rvn[i] = bf16 ? gs_round_bf16(vn[i]) : vn[i];
+	}
+	for (size_t i = 0; i < n_cache; i++) {
+		hkc[i] = gs_f32_to_bf16(kc[i]), hvc[i] = gs_f32_to_bf16(vc[i]);
+		rkc[i] = bf16 ? gs_bf16_to_f32(hkc[i]) : kc[i];
+		rvc[i] = bf16 ? gs_bf16_to_f32(hvc[i]) : vc[i];
+	}
 
 	a = (struct gs_attn_args){
-		.out = ref, .q = q, .k_new = kn, .v_new = vn, .k_cache = kc, .v_cache = vc, .block = ac->block,
+		.out = ref, .q = q, .k_new = rkn, .v_new = rvn, .k_cache = rkc, .v_cache = rvc, .block = ac->block,
 		.seqs = hs, .n_seqs = ac->n_seqs, .tok_seq = tok_seq, .n_tokens = T, .n_heads = ac->n_heads,
 		.n_kv_heads = ac->n_kv, .head_dim = ac->hd, .window = ac->window, .scale = ac->scale,
 		.softcap = ac->softcap,
@@ -425,8 +440,8 @@ static void test_attention_case(const struct attn_case *ac)
 	dq = dup_to_dev(q, T * qs * sizeof(float));
 	dkn = dup_to_dev(kn, T * kvs * sizeof(float));
 	dvn = dup_to_dev(vn, T * kvs * sizeof(float));
-	dkc = dup_to_dev(kc, (size_t)slab_blocks * ac->block * kvs * sizeof(float));
-	dvc = dup_to_dev(vc, (size_t)slab_blocks * ac->block * kvs * sizeof(float));
+	dkc = bf16 ? dup_to_dev(hkc, n_cache * sizeof(uint16_t)) : dup_to_dev(kc, n_cache * sizeof(float));
+	dvc = bf16 ? dup_to_dev(hvc, n_cache * sizeof(uint16_t)) : dup_to_dev(vc, n_cache * sizeof(float));
 	dseqs = dup_to_dev(ds, ac->n_seqs * sizeof(ds[0]));
 	dtok = dup_to_dev(tok_seq, T * sizeof(int32_t));
 	dout = dalloc(T * qs * sizeof(float));
@@ -437,11 +452,12 @@ static void test_attention_case(const struct attn_case *ac)
 	a.v_new = dvn;
 	a.k_cache = dkc;
 	a.v_cache = dvc;
+	a.kv_dtype = bf16 ? GS_DTYPE_BF16 : GS_DTYPE_F32;
 	a.seqs = dseqs;
 	a.tok_seq = dtok;
 	gpu.iface->attention(gpu.ctx, &a);
 	down(got, dout, T * qs * sizeof(float));
-	snprintf(what, sizeof(what), "attention %s (%d rows)", ac->name, T);
+	snprintf(what, sizeof(what), "attention %s (%d rows, %s cache)", ac->name, T, bf16 ? "bf16" : "fp32");
 	compare(what, got, ref, T * qs, TOL_ATTN_L2, TOL_ATTN_MAX);
 
 	for (int i = 0; i < ac->n_seqs; i++) {
@@ -465,6 +481,7 @@ static void test_attention_case(const struct attn_case *ac)
 	free(vc);
 	free(ref);
 	free(got);
+	free(rkn), free(rvn), free(rkc), free(rvc), free(hkc), free(hvc);
 }
 
 static void test_attention(void)
@@ -495,7 +512,54 @@ static void test_attention(void)
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
-		test_attention_case(&cases[i]);
+		for (int bf16 = 0; bf16 < 2; bf16++)
+			test_attention_case(&cases[i], bf16);
+}
+
+/* scatter_rows into fp32 rows (a copy) and into bf16 rows (gs_f32_to_bf16's rounding, bit for bit),
+ * rows in shuffled order; the rows not named keep their poison. */
+static void test_scatter_rows(void)
+{
+	const int n = 5, slots = 9;
+	const size_t width = 1000;
+	int64_t rows[5] = { 7, 0, 3, 8, 4 };
+	float *src = frand_array((size_t)n * width, 50.0f);
+	float *got = xmalloc((size_t)slots * width * sizeof(float));
+	uint16_t *got16 = xmalloc((size_t)slots * width * sizeof(uint16_t));
+	void *dsrc = dup_to_dev(src, (size_t)n * width * sizeof(float)), *drows = dup_to_dev(rows, sizeof(rows));
+	void *d32 = dalloc((size_t)slots * width * sizeof(float)), *d16 = dalloc((size_t)slots * width * sizeof(uint16_t));
+	int bad = 0;
+
+	src[3] = 1.00390625f; /* a tie: rounds to even */
+	src[4] = -0.0f;
+	up(dsrc, src, (size_t)n * width * sizeof(float));
+	poison(d32, (size_t)slots * width * sizeof(float));
+	poison(d16, (size_t)slots * width * sizeof(uint16_t));
+	gpu.iface->scatter_rows(gpu.ctx, d32, GS_DTYPE_F32, dsrc, drows, n, width);
+	gpu.iface->scatter_rows(gpu.ctx, d16, GS_DTYPE_BF16, dsrc, drows, n, width);
+	down(got, d32, (size_t)slots * width * sizeof(float));
+	down(got16, d16, (size_t)slots * width * sizeof(uint16_t));
+	for (int s = 0; s < slots; s++) {
+		int i = -1;
+		for (int r = 0; r < n; r++)
+			if (rows[r] == s)
+				i = r;
+		for (size_t j = 0; j < width; j++) {
+			uint32_t w32, p32 = 0xffffffffu;
+			memcpy(&w32, &got[(size_t)s * width + j], 4);
+			if (i < 0) {
+				bad += w32 != p32 || got16[(size_t)s * width + j] != 0xffffu;
+				continue;
+			}
+			const float v = src[(size_t)i * width + j];
+			bad += memcmp(&got[(size_t)s * width + j], &v, 4) != 0 ||
+			       got16[(size_t)s * width + j] != gs_f32_to_bf16(v);
+		}
+	}
+	printf("%-4s scatter_rows fp32 and bf16 rows (%d rows of %zu)\n", bad ? "FAIL" : "ok", n, width);
+	CHECK_MSG(bad == 0, "scatter_rows: %d elements wrong", bad);
+	dfree(dsrc), dfree(drows), dfree(d32), dfree(d16);
+	free(src), free(got), free(got16);
 }
 
 /* ---- element-wise, embed ---------------------------------------------------------------- */
@@ -790,6 +854,7 @@ int main(void)
 	test_rope_case(3, 2, 6, 10000.0, 1.0, 50);
 	test_rope_case(2, 3, 7, 10000.0, 1.0, 4000);
 	test_attention();
+	test_scatter_rows();
 	test_elementwise(1);
 	test_elementwise(1000);
 	test_elementwise(21504 * 3 + 5);
