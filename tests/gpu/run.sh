@@ -95,6 +95,12 @@ if [ "$mode" != kernels-only ] && [ "${GS_GPU_SKIP_27B:-0}" != 1 ]; then
 		timeout 420 "${launch[@]}" "$dir/tests/bench/bench_engine" 27b 16 cuda 1024 2>&1 | tee "$dir/gpu-engine.log"
 		[ "${PIPESTATUS[0]}" -eq 0 ] || worker_rc=1
 	fi
+	# GS_GPU_KV_BF16=1: the same with the KV cache in bf16 (half the KV reads at batch 64)
+	if [ "$worker_rc" -eq 0 ] && [ "${GS_GPU_KV_BF16:-0}" = 1 ]; then
+		echo "== serving engine, KV cache in bf16 (GS_CUDA_KV=bf16)"
+		GS_CUDA_KV=bf16 timeout 420 "${launch[@]}" "$dir/tests/bench/bench_engine" 27b 16 cuda 1024 2>&1 |
+			tee "$dir/gpu-engine-bf16kv.log"
+	fi
 fi
 
 echo
