@@ -115,6 +115,7 @@ grep -E "^device-to-device|^one layer|^cuBLAS" "$dir/gpu-bench.log" | sed 's/^/b
 sed -n '/^matmul, bf16 weights/,/^one layer/p' "$dir/gpu-bench.log" | grep -vE "^one layer"
 [ -f "$dir/gpu-worker.log" ] && grep -E "^bench " "$dir/gpu-worker.log" | sed 's/^/worker: /'
 [ -f "$dir/gpu-engine.log" ] && grep -E "^TP=|^mix" "$dir/gpu-engine.log" | sed 's/^/engine: /'
+[ -f "$dir/gpu-engine-bf16kv.log" ] && grep -E "^TP=|^mix" "$dir/gpu-engine-bf16kv.log" | sed 's/^/engine, bf16 KV: /'
 # The issue's two ratios, against baselines measured in this run: batch-1 decode (weight bytes
 # per token / time) over the device-to-device copy bandwidth (target >= 0.80), and prefill
 # matmul FLOP/s over the raw cuBLAS bf16 GEMM rate (target >= 0.60).
