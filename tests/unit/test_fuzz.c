@@ -100,28 +100,35 @@ static size_t mutate(uint8_t *dst, size_t cap, const uint8_t *src, size_t n, siz
 	return len;
 }
 
-struct tally {
-	const char *name;
-	int ok, refused, silent; /* silent: refused without a message */
-};
+/* What a reader did with one mutant: ACCEPTED, REFUSED (with a message), or SILENT (refused
+ * without one, a failure). */
+enum outcome { SILENT = -1, REFUSED = 0, ACCEPTED = 1 };
 
-static void outcome(struct tally *t, enum gs_status st)
+static enum outcome status_outcome(enum gs_status st)
 {
-	if (st == GS_OK) {
-		t->ok++;
-	} else {
-		t->refused++;
-		if (!gs_last_error()[0])
-			t->silent++;
-	}
+	return st == GS_OK ? ACCEPTED : gs_last_error()[0] ? REFUSED : SILENT;
 }
 
-static void report(const struct tally *t, int iters)
+/* iters mutants of seed[0..n) (edits focused on [0, focus) when focus > 0), each handed to try;
+ * every outcome accepted or refused with a message, and both seen. */
+static void fuzz(const char *name, const uint8_t *seed, size_t n, size_t focus, int iters,
+		 enum outcome (*try)(void *ctx, const uint8_t *buf, size_t n), void *ctx)
 {
-	printf("fuzz %-22s %5d mutants: %5d accepted, %5d refused\n", t->name, iters, t->ok, t->refused);
-	CHECK_MSG(t->ok + t->refused == iters, "%s: %d outcomes for %d mutants", t->name, t->ok + t->refused, iters);
-	CHECK_MSG(t->silent == 0, "%s: %d refusals without a message", t->name, t->silent);
-	CHECK_MSG(t->ok > 0 && t->refused > 0, "%s: the mutations never %s", t->name, t->ok ? "broke it" : "kept it valid");
+	size_t cap = 2 * n + 64;
+	uint8_t *buf = malloc(cap);
+	int ok = 0, refused = 0, silent = 0;
+
+	GS_ASSERT(buf);
+	for (int i = 0; i < iters; i++) {
+		size_t m = mutate(buf, cap, seed, n, focus);
+		gs_clear_error();
+		enum outcome o = try(ctx, buf, m);
+		ok += o == ACCEPTED, refused += o != ACCEPTED, silent += o == SILENT;
+	}
+	printf("fuzz %-22s %6d mutants: %6d accepted, %6d refused\n", name, iters, ok, refused);
+	CHECK_MSG(silent == 0, "%s: %d refusals without a message", name, silent);
+	CHECK_MSG(ok > 0 && refused > 0, "%s: the mutations never %s", name, ok ? "broke it" : "kept it valid");
+	free(buf);
 }
 
 static void write_file(const char *path, const void *p, size_t n)
@@ -193,11 +200,30 @@ static void write_model(const char *dir)
 	gs_st_writer_free(w);
 }
 
+/* The mutant as one file of a model directory (the other file valid), then gs_model_load. */
+struct model_try {
+	const char *dir, *file;
+	int n;
+};
+
+static enum outcome try_model(void *vctx, const uint8_t *buf, size_t n)
+{
+	struct model_try *t = vctx;
+	char path[4200];
+	struct gs_model *m;
+
+	snprintf(path, sizeof(path), "%s/%s", t->dir, t->file);
+	write_file(path, buf, n);
+	enum gs_status st = gs_model_load(t->dir, t->n++ % 2 == 0, &m);
+	if (st == GS_OK)
+		gs_model_free(m);
+	return status_outcome(st);
+}
+
 static void fuzz_model(const char *scratch, int iters)
 {
 	char valid[4096], dir[4096], path[4200];
-	struct tally ts = { "model.safetensors" }, tc = { "config.json (model)" };
-	size_t n_st, n_cfg;
+	size_t n_st;
 	struct gs_model *m;
 
 	snprintf(valid, sizeof(valid), "%s/valid", scratch);
@@ -207,58 +233,76 @@ static void fuzz_model(const char *scratch, int iters)
 	CHECK_MSG(gs_model_load(valid, false, &m) == GS_OK, "the valid model does not load: %s", gs_last_error());
 	gs_model_free(m);
 	snprintf(path, sizeof(path), "%s/model.safetensors", valid);
-	uint8_t *st = read_all(path, &n_st), *buf = malloc(2 * n_st + 64);
+	uint8_t *st = read_all(path, &n_st);
 	uint64_t hdr;
 	memcpy(&hdr, st, 8); /* little-endian header length: edits focus on 8 + header */
+
 	snprintf(path, sizeof(path), "%s/config.json", dir);
 	write_file(path, config_json, strlen(config_json));
-	for (int i = 0; i < iters; i++) {
-		size_t n = mutate(buf, 2 * n_st + 64, st, n_st, (size_t)(8 + hdr));
-		snprintf(path, sizeof(path), "%s/model.safetensors", dir);
-		write_file(path, buf, n);
-		gs_clear_error();
-		enum gs_status s = gs_model_load(dir, i % 2 == 0, &m);
-		outcome(&ts, s);
-		if (s == GS_OK)
-			gs_model_free(m);
-	}
-	/* then the config, over the valid weights */
+	struct model_try ts = { dir, "model.safetensors", 0 };
+	fuzz("model.safetensors", st, n_st, (size_t)(8 + hdr), iters, try_model, &ts);
+
 	snprintf(path, sizeof(path), "%s/model.safetensors", dir);
 	write_file(path, st, n_st);
-	n_cfg = strlen(config_json);
-	uint8_t *cb = malloc(2 * n_cfg + 64);
-	for (int i = 0; i < iters; i++) {
-		size_t n = mutate(cb, 2 * n_cfg + 64, (const uint8_t *)config_json, n_cfg, 0);
-		snprintf(path, sizeof(path), "%s/config.json", dir);
-		write_file(path, cb, n);
-		gs_clear_error();
-		enum gs_status s = gs_model_load(dir, false, &m);
-		outcome(&tc, s);
-		if (s == GS_OK)
-			gs_model_free(m);
-	}
-	report(&ts, iters);
-	report(&tc, iters);
-	free(st), free(buf), free(cb);
+	struct model_try tc = { dir, "config.json", 0 };
+	fuzz("config.json (model)", (const uint8_t *)config_json, strlen(config_json), 0, iters, try_model, &tc);
+	free(st);
+}
+
+static enum outcome try_config(void *ctx, const uint8_t *buf, size_t n)
+{
+	struct gs_config cfg;
+	enum gs_status st = gs_config_parse((const char *)buf, n, "config.json", &cfg);
+	(void)ctx;
+	if (st == GS_OK)
+		gs_config_free(&cfg);
+	return status_outcome(st);
+}
+
+/* GS_OK with req.error set is the reader refusing the request (with that message). */
+static enum outcome try_batch_line(void *ctx, const uint8_t *buf, size_t n)
+{
+	struct gs_batch_req req;
+	int *line_no = ctx;
+	enum gs_status st = gs_batch_parse_line((const char *)buf, n, ++*line_no, &req);
+	if (st != GS_OK)
+		return status_outcome(st);
+	enum outcome o = !req.error ? ACCEPTED : req.error[0] ? REFUSED : SILENT;
+	gs_batch_req_clear(&req);
+	return o;
+}
+
+static enum outcome try_plan(void *ctx, const uint8_t *buf, size_t n)
+{
+	struct gs_plan *q = ctx;
+	enum gs_status st = gs_plan_unpack(q, buf, n);
+	if (st == GS_OK)
+		CHECK_MSG(q->n_seqs <= q->max_seqs && q->n_ids <= q->max_tokens && q->n_release <= q->max_seqs,
+			  "an accepted plan exceeds the capacity (%d seqs, %d ids, %d releases)", q->n_seqs, q->n_ids,
+			  q->n_release);
+	return status_outcome(st);
+}
+
+/* The mutant frame through a pipe to the receiver (4 KiB limit); a short one ends in EOF. */
+static enum outcome try_frame(void *ctx, const uint8_t *buf, size_t n)
+{
+	Gemmashard__Engine__EngineMessage *got = NULL;
+	int fds[2];
+	(void)ctx;
+
+	GS_ASSERT(pipe(fds) == 0);
+	GS_ASSERT(write(fds[1], buf, n) == (ssize_t)n);
+	close(fds[1]);
+	enum gs_status st = gs_engine_msg_recv(fds[0], 4096, 1000, &got);
+	close(fds[0]);
+	if (st == GS_OK)
+		gemmashard__engine__engine_message__free_unpacked(got, NULL);
+	return status_outcome(st);
 }
 
 static void fuzz_config(int iters)
 {
-	struct tally t = { "config.json" };
-	size_t n0 = strlen(config_json);
-	uint8_t *buf = malloc(2 * n0 + 64);
-
-	for (int i = 0; i < iters; i++) {
-		size_t n = mutate(buf, 2 * n0 + 64, (const uint8_t *)config_json, n0, 0);
-		struct gs_config cfg;
-		gs_clear_error();
-		enum gs_status s = gs_config_parse((const char *)buf, n, "config.json", &cfg);
-		outcome(&t, s);
-		if (s == GS_OK)
-			gs_config_free(&cfg);
-	}
-	report(&t, iters);
-	free(buf);
+	fuzz("config.json", (const uint8_t *)config_json, strlen(config_json), 0, iters, try_config, NULL);
 }
 
 static void fuzz_batch_line(int iters)
@@ -268,34 +312,13 @@ static void fuzz_batch_line(int iters)
 		"\"user\", \"content\": \"Explain sepsis \\u00e9\"}], \"max_tokens\": 12, \"temperature\": 0.7, "
 		"\"top_k\": 40, \"top_p\": 0.9, \"min_p\": 0.05, \"repetition_penalty\": 1.1, \"seed\": 42, "
 		"\"stop\": [\"\\n\\n\", \"END\"], \"logprobs\": true, \"top_logprobs\": 3}";
-	struct tally t = { "batch input line" };
-	size_t n0 = strlen(line);
-	uint8_t *buf = malloc(2 * n0 + 64);
-
-	for (int i = 0; i < iters; i++) {
-		size_t n = mutate(buf, 2 * n0 + 64, (const uint8_t *)line, n0, 0);
-		struct gs_batch_req req;
-		gs_clear_error();
-		enum gs_status s = gs_batch_parse_line((const char *)buf, n, i + 1, &req);
-		/* GS_OK with req.error set is the reader refusing the request (with a message) */
-		if (s == GS_OK && req.error) {
-			t.refused++;
-			if (!req.error[0])
-				t.silent++;
-		} else {
-			outcome(&t, s);
-		}
-		if (s == GS_OK)
-			gs_batch_req_clear(&req);
-	}
-	report(&t, iters);
-	free(buf);
+	int line_no = 0;
+	fuzz("batch input line", (const uint8_t *)line, strlen(line), 0, iters, try_batch_line, &line_no);
 }
 
 static void fuzz_plan(int iters)
 {
 	struct gs_plan p, q;
-	struct tally t = { "step plan" };
 	uint8_t *packed = NULL;
 	size_t cap = 0;
 	uint64_t len = 0;
@@ -312,29 +335,17 @@ static void fuzz_plan(int iters)
 			p.ids[p.n_ids++] = 2 + 7 * k + i;
 	}
 	GS_ASSERT(gs_plan_pack(&p, &packed, &cap, &len) == GS_OK);
-	uint8_t *buf = malloc(2 * len + 64);
-	for (int i = 0; i < iters; i++) {
-		size_t n = mutate(buf, 2 * len + 64, packed, len, 0);
-		gs_clear_error();
-		enum gs_status s = gs_plan_unpack(&q, buf, n);
-		outcome(&t, s);
-		if (s == GS_OK)
-			CHECK_MSG(q.n_seqs <= q.max_seqs && q.n_ids <= q.max_tokens && q.n_release <= q.max_seqs,
-				  "an accepted plan exceeds the capacity (%d seqs, %d ids, %d releases)", q.n_seqs, q.n_ids,
-				  q.n_release);
-	}
-	report(&t, iters);
-	free(buf), free(packed);
+	fuzz("step plan", packed, (size_t)len, 0, iters, try_plan, &q);
+	free(packed);
 	gs_plan_free(&p), gs_plan_free(&q);
 }
 
-/* A frame written into a pipe, read back by the receiver with a 4 KiB limit. */
 static void fuzz_frames(int iters)
 {
-	struct tally t = { "engine-link frame" };
 	Gemmashard__Engine__EngineMessage m = GEMMASHARD__ENGINE__ENGINE_MESSAGE__INIT;
 	Gemmashard__Engine__Submit sub = GEMMASHARD__ENGINE__SUBMIT__INIT;
 	int32_t toks[6] = { 2, 105, 2364, 107, 9, 106 };
+	uint8_t frame[4096];
 	int fds[2];
 
 	sub.request_id = 77;
@@ -344,25 +355,10 @@ static void fuzz_frames(int iters)
 	m.submit = &sub;
 	GS_ASSERT(pipe(fds) == 0);
 	GS_ASSERT(gs_engine_msg_send(fds[1], &m) == GS_OK);
-	uint8_t frame[4096];
 	ssize_t len = read(fds[0], frame, sizeof(frame));
 	GS_ASSERT(len > 4);
 	close(fds[0]), close(fds[1]);
-	uint8_t buf[2 * 4096 + 64];
-	for (int i = 0; i < iters; i++) {
-		size_t n = mutate(buf, sizeof(buf), frame, (size_t)len, 4);
-		Gemmashard__Engine__EngineMessage *got = NULL;
-		GS_ASSERT(pipe(fds) == 0);
-		GS_ASSERT(write(fds[1], buf, n) == (ssize_t)n);
-		close(fds[1]); /* a short frame ends in EOF, not a wait */
-		gs_clear_error();
-		enum gs_status s = gs_engine_msg_recv(fds[0], 4096, 1000, &got);
-		close(fds[0]);
-		outcome(&t, s);
-		if (s == GS_OK)
-			gemmashard__engine__engine_message__free_unpacked(got, NULL);
-	}
-	report(&t, iters);
+	fuzz("engine-link frame", frame, (size_t)len, 4, iters, try_frame, NULL);
 }
 
 int main(int argc, char **argv)
