@@ -233,7 +233,8 @@ static enum gs_status forward(struct gs_forward *f, struct gs_kv_pool *pool, con
 		 * read their ring of blocks. */
 		struct gs_attn_args a = {
 			.out = f->att, .q = f->q, .k_new = f->k, .v_new = f->v, .k_cache = kc, .v_cache = vc,
-			.kv_dtype = pool->dtype, .block = GS_KV_BLOCK, .seqs = f->aseq + (sliding ? C : 0), .n_seqs = n_seqs,
+			.kv_dtype = pool->dtype, .block = GS_KV_BLOCK, .seqs = f->aseq + (sliding ? C : 0),
+			.n_seqs = n_seqs,
 			.tok_seq = f->tok_seq, .n_tokens = n, .n_heads = Nq, .n_kv_heads = Nkv, .head_dim = D,
 			.window = cfg->window[l], .scale = (float)(1.0 / sqrt(cfg->query_pre_attn_scalar)),
 			.softcap = (float)cfg->attn_softcap,

@@ -35,7 +35,7 @@ struct gs_kv_pool {
 	int32_t  window;              /* of the sliding layers (all equal in Gemma 3) */
 	int32_t  ring_blocks;         /* blocks per sequence on sliding layers */
 	size_t   kd;                  /* values of K (or V) per position: local KV heads × head_dim */
-	enum gs_dtype dtype;          /* the backend's kv_dtype: fp32 on CPU, bf16 on GPU */
+	enum gs_dtype dtype;          /* the backend's kv_dtype: fp32, or bf16 (GS_CUDA_KV=bf16) */
 	size_t   elem_bytes;          /* 4 or 2 */
 	/* Storage: [type layers][blocks][GS_KV_BLOCK][kd], K and V separately. */
 	int32_t  n_global_blocks, n_local_blocks;
@@ -105,21 +105,16 @@ static inline int64_t gs_kv_slab_row(const struct gs_kv_pool *p, const struct gs
 	return (int64_t)blk * GS_KV_BLOCK + pos % GS_KV_BLOCK;
 }
 
-/* Layer l's K (V) slab: rows of kd values of p->dtype. */
-static inline void *gs_kv_k(const struct gs_kv_pool *p, int layer)
+/* Layer l's K (v false) or V slab: rows of kd values of p->dtype. */
+static inline void *gs_kv_slab(const struct gs_kv_pool *p, int layer, bool v)
 {
-	const size_t row = p->kd * p->elem_bytes;
-	const int32_t nb = p->layer_sliding[layer] ? p->n_local_blocks : p->n_global_blocks;
-	char *base = p->layer_sliding[layer] ? p->lk : p->gk;
-	return base + (size_t)p->layer_slot[layer] * (size_t)nb * GS_KV_BLOCK * row;
+	const bool sliding = p->layer_sliding[layer];
+	char *base = sliding ? (v ? p->lv : p->lk) : (v ? p->gv : p->gk);
+	const size_t blocks = (size_t)(sliding ? p->n_local_blocks : p->n_global_blocks);
+	return base + (size_t)p->layer_slot[layer] * blocks * GS_KV_BLOCK * p->kd * p->elem_bytes;
 }
 
-static inline void *gs_kv_v(const struct gs_kv_pool *p, int layer)
-{
-	const size_t row = p->kd * p->elem_bytes;
-	const int32_t nb = p->layer_sliding[layer] ? p->n_local_blocks : p->n_global_blocks;
-	char *base = p->layer_sliding[layer] ? p->lv : p->gv;
-	return base + (size_t)p->layer_slot[layer] * (size_t)nb * GS_KV_BLOCK * row;
-}
+static inline void *gs_kv_k(const struct gs_kv_pool *p, int layer) { return gs_kv_slab(p, layer, false); }
+static inline void *gs_kv_v(const struct gs_kv_pool *p, int layer) { return gs_kv_slab(p, layer, true); }
 
 #endif

@@ -178,18 +178,23 @@ struct attn_job {
 	const struct gs_attn_args *a;
 };
 
+/* Slab row of a cached position j < sq->pos0 (its block through the table, a ring's modulo). */
+static inline size_t attn_cache_row(const struct gs_attn_args *a, const struct gs_attn_seq *sq, int32_t j)
+{
+	int32_t b = j / a->block;
+
+	if (sq->ring)
+		b %= sq->ring;
+	return (size_t)sq->table[b] * a->block + (size_t)(j % a->block);
+}
+
 /* Key row of position j for sequence sq: the fresh rows of this step or the paged cache. */
 static inline const float *attn_key(const struct gs_attn_args *a, const struct gs_attn_seq *sq, const float *fresh,
 				    const float *cache, int32_t j, size_t kv_stride)
 {
-	int32_t b;
-
 	if (j >= sq->pos0)
 		return fresh + (size_t)(sq->tok0 + j - sq->pos0) * kv_stride;
-	b = j / a->block;
-	if (sq->ring)
-		b %= sq->ring;
-	return cache + ((size_t)sq->table[b] * a->block + (size_t)(j % a->block)) * kv_stride;
+	return cache + attn_cache_row(a, sq, j) * kv_stride;
 }
 
 /* With a bf16 cache (tests of the device path; GPUs keep bf16 KV): position j's K or V values for
@@ -198,18 +203,13 @@ static inline const float *attn_key(const struct gs_attn_args *a, const struct g
 static const float *attn_row_bf16(const struct gs_attn_args *a, const struct gs_attn_seq *sq, const float *fresh,
 				  const void *cache, int32_t j, size_t kv_stride, size_t kvh, float *buf)
 {
-	int32_t b;
-
 	if (j >= sq->pos0) {
 		const float *f = fresh + (size_t)(sq->tok0 + j - sq->pos0) * kv_stride + kvh;
 		for (int d = 0; d < a->head_dim; d++)
 			buf[d] = gs_round_bf16(f[d]);
 		return buf;
 	}
-	b = j / a->block;
-	if (sq->ring)
-		b %= sq->ring;
-	const uint16_t *c = (const uint16_t *)cache + ((size_t)sq->table[b] * a->block + (size_t)(j % a->block)) * kv_stride + kvh;
+	const uint16_t *c = (const uint16_t *)cache + attn_cache_row(a, sq, j) * kv_stride + kvh;
 	for (int d = 0; d < a->head_dim; d++)
 		buf[d] = gs_bf16_to_f32(c[d]);
 	return buf;
