@@ -56,10 +56,7 @@ static uint64_t rng = 0x9e3779b97f4a7c15ull;
 
 static uint64_t rng_next(void)
 {
-	uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
+	return gs_test_splitmix(&rng);
 }
 
 static float frand(void) /* [-1, 1) */

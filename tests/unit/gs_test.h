@@ -3,8 +3,19 @@
 #define GS_TEST_H
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+
+/* splitmix64, the tests' own random numbers: a state per file with a fixed seed, so a failure
+ * reproduces. */
+static inline uint64_t gs_test_splitmix(uint64_t *state)
+{
+	uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
 
 static int gs_test_failures;
 static int gs_test_checks;

@@ -16,10 +16,7 @@ static uint64_t t_state = 0x1234567887654321ull;
 
 static uint64_t t_next(void)
 {
-	uint64_t z = (t_state += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
+	return gs_test_splitmix(&t_state);
 }
 
 static double t_unif(void)
