@@ -375,10 +375,16 @@ static enum gs_status device_candidates(struct gs_engine *e, const struct gs_pla
 	GS_TRY(gs_forward_batch_dev(e->f, &e->pool, p->ids, e->bseqs, p->n_seqs, &lg));
 	if (!rows)
 		return GS_OK;
+	/* Each row's parameters, from the sampler, and where its history goes; then the histories. */
 	for (int32_t r = 0; r < rows; r++) {
 		const struct eng_seq *s = &e->seqs[e->row_slot[r]];
-		if (s->p.sp.repetition_penalty != 1.0f)
+		struct gs_cand_row *cr = &e->h_crow[r];
+		*cr = (struct gs_cand_row){ .hist0 = (int32_t)n_hist, .want_lse = sh->n_vocab && wants_logprobs(s) };
+		gs_sampler_rank_stages(s->smp, &cr->penalty, &cr->temperature);
+		if (cr->penalty != 1.0f) {
+			cr->n_hist = s->n_hist;
 			n_hist += (size_t)s->n_hist;
+		}
 	}
 	if (n_hist > e->hist_cap) {
 		size_t cap = n_hist > 2 * e->hist_cap ? n_hist : 2 * e->hist_cap;
@@ -394,18 +400,10 @@ static enum gs_status device_candidates(struct gs_engine *e, const struct gs_pla
 			be.iface->release(be.ctx, e->d_hist);
 		e->h_hist = h, e->d_hist = d, e->hist_cap = cap;
 	}
-	n_hist = 0;
-	for (int32_t r = 0; r < rows; r++) {
-		const struct eng_seq *s = &e->seqs[e->row_slot[r]];
-		struct gs_cand_row *cr = &e->h_crow[r];
-		*cr = (struct gs_cand_row){ .hist0 = (int32_t)n_hist, .want_lse = sh->n_vocab && wants_logprobs(s) };
-		gs_sampler_rank_stages(s->smp, &cr->penalty, &cr->temperature);
-		if (cr->penalty != 1.0f) {
-			memcpy(e->h_hist + n_hist, s->hist, sizeof(int32_t) * (size_t)s->n_hist);
-			cr->n_hist = s->n_hist;
-			n_hist += (size_t)s->n_hist;
-		}
-	}
+	for (int32_t r = 0; r < rows; r++)
+		if (e->h_crow[r].n_hist)
+			memcpy(e->h_hist + e->h_crow[r].hist0, e->seqs[e->row_slot[r]].hist,
+			       sizeof(int32_t) * (size_t)e->h_crow[r].n_hist);
 	be.iface->upload(be.ctx, e->d_crow, e->h_crow, sizeof(struct gs_cand_row) * (size_t)rows);
 	if (n_hist)
 		be.iface->upload(be.ctx, e->d_hist, e->h_hist, sizeof(int32_t) * n_hist);
