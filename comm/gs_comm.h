@@ -71,8 +71,8 @@ struct gs_comm {
 enum gs_status gs_comm_self_create(struct gs_comm *out);
 
 /* MPI world communicator (a duplicate of MPI_COMM_WORLD with MPI_ERRORS_RETURN); calls
- * MPI_Init_thread(MPI_THREAD_FUNNELED) if MPI is not initialised yet. Only comm/ and
- * worker/main.c see MPI headers. */
+ * MPI_Init_thread(MPI_THREAD_FUNNELED) if MPI is not initialised yet. Only comm/ sees MPI
+ * headers (tests/layout/check_layout.py). */
 enum gs_status gs_comm_mpi_init(int *argc, char ***argv, struct gs_comm *out);
 /* MPI_Finalize, after every MPI-based communicator is freed; no-op when not initialised. */
 void gs_comm_mpi_finalize(void);

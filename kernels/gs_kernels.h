@@ -59,7 +59,7 @@ struct gs_attn_args {
 	float                     softcap;    /* 0: none; else cap * tanh(s / cap) */
 };
 
-/* Sampling candidates (DESIGN.md §1 step 4), reduced where the logits are so that only k
+/* Sampling candidates (ARCHITECTURE.md §1 step 4), reduced where the logits are so that only k
  * entries per row cross to the host, never a 262K-wide row. One entry, as the engine gathers
  * it on the leader: */
 struct gs_cand {

@@ -8,6 +8,7 @@
 #include "gs_cmds.h"
 #include "gs_cuda.h"
 #include "gs_forward.h"
+#include "gs_seq.h"
 
 int gs_cmd_logits(int argc, char **argv)
 {

@@ -9,6 +9,7 @@
 #include "gs_chat.h"
 #include "gs_cmds.h"
 #include "gs_forward.h"
+#include "gs_seq.h"
 #include "gs_sampler.h"
 #include "gs_tokenizer.h"
 #include "gs_util.h"

@@ -1,4 +1,4 @@
-/* The engine leader's link to the coordinator (DESIGN.md §1, §6, §7): "engine mode" of
+/* The engine leader's link to the coordinator (ARCHITECTURE.md §1, §6, §7): "engine mode" of
  * gemmashard-worker.
  *
  * Rank 0 connects over TCP (length-prefixed EngineMessage frames, proto/gs_frame.h), says

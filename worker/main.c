@@ -21,6 +21,7 @@
 #include "gs_cpu.h"
 #include "gs_cuda.h"
 #include "gs_forward.h"
+#include "gs_seq.h"
 #include "gs_link.h"
 #include "gs_safetensors.h"
 #include "gs_sampler.h"

@@ -25,7 +25,7 @@
  *                   style) on tensor cores in 3xTF32, ~fp32 accuracy (attention.cu);
  *   geglu, softcap  tanhf (accurate, no fast-math); embed: exact.
  *   KV cache        fp32 by default; env GS_CUDA_KV=bf16 keeps it in bf16 (half the memory and
- *                   the decode reads, DESIGN.md §5's 80 KiB/token at 27B): this step's fresh
+ *                   the decode reads, ARCHITECTURE.md §5's 80 KiB/token at 27B): this step's fresh
  *                   K/V are then read rounded to bf16 too, so results stay independent of
  *                   chunking. On the tiny test model it moves logits by up to ~9e-3 relative
  *                   L2 (test_device_path measures the same on the CPU kernels).

@@ -26,6 +26,7 @@
 #include "gs_cuda.h"
 #include "gs_engine.h"
 #include "gs_forward.h"
+#include "gs_seq.h"
 #include "gs_kernels.h"
 #include "gs_model.h"
 #include "gs_test.h"

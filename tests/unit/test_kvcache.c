@@ -1,4 +1,4 @@
-/* Paged KV accounting against the formula of DESIGN.md §5, computed here by hand:
+/* Paged KV accounting against the formula of ARCHITECTURE.md §5, computed here by hand:
  * 27B (62 layers, 10 global, 16 KV heads × 128, window 1024): 80 KiB per token over the global
  * layers + a fixed ring of ceil(1023/16)+1 = 65 blocks × 16 positions on 52 sliding layers,
  * divided by T. Plus pool allocation, reservation and release bookkeeping. */
@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "gs_config.h"
-#include "gs_kvcache.h"
+#include "gs_kvpool.h"
 #include "gs_model.h"
 #include "gs_test.h"
 
@@ -37,8 +37,8 @@ int main(int argc, char **argv)
 		int32_t g, l;
 		gs_kv_pool_size_for(&c, 1, 4096, &g, &l);
 		CHECK(gs_kv_pool_init(&p, &c, 2, g, l, NULL) == GS_OK);
-		CHECK(p.bytes == gs_kv_seq_bytes(&c, 2, 4096, 4));
-		CHECK(p.ring_blocks == 65);
+		CHECK(p.cache.bytes == gs_kv_seq_bytes(&c, 2, 4096, 4));
+		CHECK(p.cache.ring_blocks == 65);
 		CHECK(gs_kv_seq_admit(&p, &s, 4096) == GS_OK);
 		CHECK(gs_kv_global_free(&p) == 0 && gs_kv_local_free(&p) == 0);
 		CHECK(!gs_kv_can_admit(&p, 1));

@@ -111,15 +111,11 @@ static enum gs_status grow(struct gs_forward *f, void **dev, void **host, size_t
 	return GS_OK;
 }
 
-/* Rows, positions and block tables of this batch; checks everything before any work, then
- * takes the KV blocks and uploads the step's index arrays to the backend. */
-static enum gs_status plan_rows(struct gs_forward *f, struct gs_kv_pool *pool, const int32_t *ids,
-				const struct gs_batch_seq *seqs, int32_t n_seqs, int32_t *n_rows, int32_t *n_out)
+enum gs_status gs_forward_check(const struct gs_forward *f, const int32_t *ids, const struct gs_batch_seq *seqs,
+				int32_t n_seqs)
 {
 	const struct gs_model *m = f->m;
-	const struct gs_backend_i *be = f->be.iface;
-	size_t C = (size_t)f->max_tokens, n_tab = 0;
-	int32_t row = 0, out = 0;
+	int32_t row = 0;
 
 	for (int32_t i = 0; i < n_seqs; i++) {
 		const struct gs_batch_seq *b = &seqs[i];
@@ -128,21 +124,41 @@ static enum gs_status plan_rows(struct gs_forward *f, struct gs_kv_pool *pool, c
 		if ((int64_t)b->kv->n_past + b->n_tokens > b->kv->max_positions)
 			return gs_errorf(GS_ERR_RANGE, "sequence of %lld positions exceeds its reservation of %d",
 					 (long long)b->kv->n_past + b->n_tokens, b->kv->max_positions);
-		for (int32_t t = 0; t < b->n_tokens; t++) {
-			int32_t id = ids[row + t];
-			if (id < 0 || id >= m->n_vocab)
+		for (int32_t t = 0; t < b->n_tokens; t++)
+			if (ids[row + t] < 0 || ids[row + t] >= m->n_vocab)
 				return gs_errorf(GS_ERR_RANGE, "token id %d at index %d is outside the vocabulary (0..%d)",
-						 id, row + t, m->n_vocab - 1);
+						 ids[row + t], row + t, m->n_vocab - 1);
+		row += b->n_tokens;
+	}
+	return GS_OK;
+}
+
+/* Rows, positions and block tables of this batch; checks everything before any work, then
+ * uploads the step's index arrays to the backend. */
+static enum gs_status plan_rows(struct gs_forward *f, const struct gs_kv_cache *cache, const int32_t *ids,
+				const struct gs_batch_seq *seqs, int32_t n_seqs, int32_t *n_rows, int32_t *n_out)
+{
+	const struct gs_backend_i *be = f->be.iface;
+	size_t C = (size_t)f->max_tokens, n_tab = 0;
+	int32_t row = 0, out = 0;
+
+	GS_TRY(gs_forward_check(f, ids, seqs, n_seqs));
+	for (int32_t i = 0; i < n_seqs; i++) {
+		const struct gs_kv_seq *kv = seqs[i].kv;
+		if (!gs_kv_seq_holds(cache, kv, seqs[i].n_tokens))
+			return gs_errorf(GS_ERR_RANGE, "sequence %d has KV blocks for %lld positions, the batch needs %lld",
+					 i, (long long)kv->g_used * GS_KV_BLOCK, (long long)kv->n_past + seqs[i].n_tokens);
+		n_tab += (size_t)kv->g_used + (kv->ring ? (size_t)cache->ring_blocks : 0);
+	}
+	for (int32_t i = 0; i < n_seqs; i++) {
+		const struct gs_batch_seq *b = &seqs[i];
+		for (int32_t t = 0; t < b->n_tokens; t++) {
 			f->h_pos[row + t] = b->kv->n_past + t;
 			f->h_tok_seq[row + t] = i;
 			if (b->all_logits || (b->want_logits && t == b->n_tokens - 1))
 				f->h_out_rows[out++] = row + t;
 		}
 		row += b->n_tokens;
-	}
-	for (int32_t i = 0; i < n_seqs; i++) {
-		GS_TRY(gs_kv_seq_prepare(pool, seqs[i].kv, seqs[i].n_tokens));
-		n_tab += (size_t)seqs[i].kv->g_used + (seqs[i].kv->ring ? (size_t)pool->ring_blocks : 0);
 	}
 	GS_TRY(grow(f, (void **)&f->tables, (void **)&f->h_tables, &f->tables_cap, n_tab, sizeof(int32_t)));
 
@@ -159,15 +175,15 @@ static enum gs_status plan_rows(struct gs_forward *f, struct gs_kv_pool *pool, c
 		g->table = f->tables + off, g->ring = 0;
 		off += (size_t)kv->g_used;
 		if (kv->ring) {
-			memcpy(f->h_tables + off, kv->ring, sizeof(int32_t) * (size_t)pool->ring_blocks);
-			l->table = f->tables + off, l->ring = pool->ring_blocks;
-			off += (size_t)pool->ring_blocks;
+			memcpy(f->h_tables + off, kv->ring, sizeof(int32_t) * (size_t)cache->ring_blocks);
+			l->table = f->tables + off, l->ring = cache->ring_blocks;
+			off += (size_t)cache->ring_blocks;
 		} else {
 			l->table = NULL, l->ring = 0;
 		}
 		for (int32_t t = 0; t < seqs[i].n_tokens; t++) {
-			f->h_kv_rows[row + t] = gs_kv_slab_row(pool, kv, false, kv->n_past + t);
-			f->h_kv_rows[C + row + t] = kv->ring ? gs_kv_slab_row(pool, kv, true, kv->n_past + t) : 0;
+			f->h_kv_rows[row + t] = gs_kv_slab_row(cache, kv, false, kv->n_past + t);
+			f->h_kv_rows[C + row + t] = kv->ring ? gs_kv_slab_row(cache, kv, true, kv->n_past + t) : 0;
 		}
 		row += seqs[i].n_tokens;
 	}
@@ -187,7 +203,7 @@ static enum gs_status plan_rows(struct gs_forward *f, struct gs_kv_pool *pool, c
 
 /* logits: the caller's host buffer, or NULL; dev_logits (may be NULL): the rows stay in backend
  * memory (f->logits) and *dev_logits points at them. */
-static enum gs_status forward(struct gs_forward *f, struct gs_kv_pool *pool, const int32_t *ids,
+static enum gs_status forward(struct gs_forward *f, const struct gs_kv_cache *cache, const int32_t *ids,
 			      const struct gs_batch_seq *seqs, int32_t n_seqs, float *logits, const float **dev_logits)
 {
 	const struct gs_model *m = f->m;
@@ -207,7 +223,7 @@ static enum gs_status forward(struct gs_forward *f, struct gs_kv_pool *pool, con
 			want += seqs[i].all_logits ? (size_t)seqs[i].n_tokens : seqs[i].want_logits ? 1 : 0;
 		GS_TRY(grow(f, (void **)&f->logits, NULL, &f->logits_cap, want, sizeof(float) * (size_t)m->shard.n_vocab));
 	}
-	GS_TRY(plan_rows(f, pool, ids, seqs, n_seqs, &n, &n_out));
+	GS_TRY(plan_rows(f, cache, ids, seqs, n_seqs, &n, &n_out));
 
 	/* Token embeddings times bf16(sqrt(H)) (HF rounds the normalizer to the model dtype);
 	 * with a vocabulary split the owning rank writes the row, the others zeros, then sum. */
@@ -216,8 +232,8 @@ static enum gs_status forward(struct gs_forward *f, struct gs_kv_pool *pool, con
 
 	for (int l = 0; l < cfg->n_layers; l++) {
 		const struct gs_layer_weights *lw = &m->layers[l];
-		bool sliding = pool->layer_sliding[l];
-		void *kc = gs_kv_k(pool, l), *vc = gs_kv_v(pool, l); /* the backend's kv_dtype */
+		bool sliding = cache->layer_sliding[l];
+		void *kc = gs_kv_k(cache, l), *vc = gs_kv_v(cache, l); /* the backend's kv_dtype */
 
 		/* Attention block: pre-norm, projections, per-head QK-norm, RoPE with this layer's base. */
 		be->rmsnorm(bc, f->xn, f->x, lw->attn_norm, n, H, eps);
@@ -233,7 +249,7 @@ static enum gs_status forward(struct gs_forward *f, struct gs_kv_pool *pool, con
 		 * read their ring of blocks. */
 		struct gs_attn_args a = {
 			.out = f->att, .q = f->q, .k_new = f->k, .v_new = f->v, .k_cache = kc, .v_cache = vc,
-			.kv_dtype = pool->dtype, .block = GS_KV_BLOCK, .seqs = f->aseq + (sliding ? C : 0),
+			.kv_dtype = cache->dtype, .block = GS_KV_BLOCK, .seqs = f->aseq + (sliding ? C : 0),
 			.n_seqs = n_seqs,
 			.tok_seq = f->tok_seq, .n_tokens = n, .n_heads = Nq, .n_kv_heads = Nkv, .head_dim = D,
 			.window = cfg->window[l], .scale = (float)(1.0 / sqrt(cfg->query_pre_attn_scalar)),
@@ -242,8 +258,8 @@ static enum gs_status forward(struct gs_forward *f, struct gs_kv_pool *pool, con
 		be->attention(bc, &a);
 
 		/* Then append this step's K/V (a sliding ring overwrites what left the window). */
-		be->scatter_rows(bc, kc, pool->dtype, f->k, f->kv_rows + (sliding ? C : 0), n, KD);
-		be->scatter_rows(bc, vc, pool->dtype, f->v, f->kv_rows + (sliding ? C : 0), n, KD);
+		be->scatter_rows(bc, kc, cache->dtype, f->k, f->kv_rows + (sliding ? C : 0), n, KD);
+		be->scatter_rows(bc, vc, cache->dtype, f->v, f->kv_rows + (sliding ? C : 0), n, KD);
 
 		/* o_proj is ROW-split: each rank holds a partial sum over its heads. */
 		be->matmul(bc, f->o, f->att, &lw->o, n);
@@ -281,87 +297,15 @@ static enum gs_status forward(struct gs_forward *f, struct gs_kv_pool *pool, con
 	return GS_OK;
 }
 
-enum gs_status gs_forward_batch(struct gs_forward *f, struct gs_kv_pool *pool, const int32_t *ids,
+enum gs_status gs_forward_batch(struct gs_forward *f, const struct gs_kv_cache *cache, const int32_t *ids,
 				const struct gs_batch_seq *seqs, int32_t n_seqs, float *logits)
 {
-	return forward(f, pool, ids, seqs, n_seqs, logits, NULL);
+	return forward(f, cache, ids, seqs, n_seqs, logits, NULL);
 }
 
-enum gs_status gs_forward_batch_dev(struct gs_forward *f, struct gs_kv_pool *pool, const int32_t *ids,
+enum gs_status gs_forward_batch_dev(struct gs_forward *f, const struct gs_kv_cache *cache, const int32_t *ids,
 				    const struct gs_batch_seq *seqs, int32_t n_seqs, const float **logits)
 {
 	*logits = NULL;
-	return forward(f, pool, ids, seqs, n_seqs, NULL, logits);
-}
-
-/* ---- single sequence ------------------------------------------------------------------ */
-
-enum gs_status gs_seq_create(const struct gs_forward *f, int32_t max_ctx, struct gs_seq **out)
-{
-	const struct gs_model *m = f->m;
-	const struct gs_config *cfg = &m->cfg;
-	int32_t ng, nl;
-	struct gs_seq *s;
-	enum gs_status st;
-
-	*out = NULL;
-	if (max_ctx < 1 || max_ctx > cfg->max_position)
-		return gs_errorf(GS_ERR_RANGE, "context %d outside 1..max_position_embeddings (%d)", max_ctx,
-				 cfg->max_position);
-	s = calloc(1, sizeof(*s));
-	if (!s)
-		return gs_errorf(GS_ERR_NOMEM, "out of memory");
-	gs_kv_pool_size_for(cfg, 1, max_ctx, &ng, &nl);
-	st = gs_kv_pool_init(&s->pool, cfg, m->shard.n_kv_heads, ng, nl, &f->be);
-	if (st == GS_OK)
-		st = gs_kv_seq_admit(&s->pool, &s->kv, max_ctx);
-	if (st != GS_OK) {
-		gs_seq_free(s);
-		return st;
-	}
-	s->max_ctx = max_ctx;
-	*out = s;
-	return GS_OK;
-}
-
-void gs_seq_free(struct gs_seq *s)
-{
-	if (!s)
-		return;
-	gs_kv_seq_release(&s->pool, &s->kv);
-	gs_kv_pool_free(&s->pool);
-	free(s);
-}
-
-void gs_seq_reset(struct gs_seq *s)
-{
-	gs_kv_seq_release(&s->pool, &s->kv);
-	GS_ASSERT(gs_kv_seq_admit(&s->pool, &s->kv, s->max_ctx) == GS_OK);
-}
-
-enum gs_status gs_forward_run(struct gs_forward *f, struct gs_seq *s, const int32_t *ids, int32_t n,
-			      float *logits, bool all_logits)
-{
-	const struct gs_model *m = f->m;
-
-	if (n < 1)
-		return gs_errorf(GS_ERR_INVALID_ARG, "no tokens to run");
-	for (int32_t i = 0; i < n; i++)
-		if (ids[i] < 0 || ids[i] >= m->n_vocab)
-			return gs_errorf(GS_ERR_RANGE, "token id %d at index %d is outside the vocabulary (0..%d)",
-					 ids[i], i, m->n_vocab - 1);
-	if ((int64_t)s->kv.n_past + n > s->max_ctx)
-		return gs_errorf(GS_ERR_RANGE,
-				 "sequence of %lld tokens exceeds the context of %d (max_position_embeddings %d)",
-				 (long long)s->kv.n_past + n, s->max_ctx, m->cfg.max_position);
-	for (int32_t done = 0; done < n;) {
-		int32_t c = n - done < f->max_tokens ? n - done : f->max_tokens;
-		bool last = done + c == n;
-		struct gs_batch_seq b = { .kv = &s->kv, .n_tokens = c, .want_logits = last && logits != NULL,
-					  .all_logits = all_logits && logits != NULL };
-		float *out = !logits ? NULL : all_logits ? logits + (size_t)done * m->shard.n_vocab : logits;
-		GS_TRY(gs_forward_batch(f, &s->pool, ids + done, &b, 1, out));
-		done += c;
-	}
-	return GS_OK;
+	return forward(f, cache, ids, seqs, n_seqs, NULL, logits);
 }

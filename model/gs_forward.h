@@ -63,38 +63,27 @@ void gs_forward_free(struct gs_forward *f);
  * then run the same batches (all-reduces after o_proj, down_proj and the embedding). */
 static inline void gs_forward_set_comm(struct gs_forward *f, const struct gs_comm *comm) { f->comm = comm; }
 
+/* Is this batch well formed for f: 1..max_tokens rows in all, every id inside the vocabulary,
+ * no sequence past its reservation (kv->max_positions)? GS_ERR_INVALID_ARG / GS_ERR_RANGE with
+ * the reason; nothing is touched. gs_forward_batch checks it again. */
+enum gs_status gs_forward_check(const struct gs_forward *f, const int32_t *ids, const struct gs_batch_seq *seqs,
+				int32_t n_seqs);
+
 /* Run one batch: ids holds the rows of seqs[0], then seqs[1], ... (sum of n_tokens <=
- * max_tokens). Takes KV blocks from each sequence's reservation, appends the K/V and advances
- * kv->n_past. logits receives, in sequence order, n_tokens rows for an all_logits sequence
+ * max_tokens). Each sequence's tables must already hold the blocks of its new positions (the
+ * engine's pool takes them: gs_kv_forward_batch); appends the K/V and advances kv->n_past.
+ * logits receives, in sequence order, n_tokens rows for an all_logits sequence
  * and one row for a want_logits one, each m->shard.n_vocab wide (this rank's vocabulary
  * slice; all of it when T = 1); may be NULL when no sequence wants logits.
- * Errors (nothing changes): an id outside the vocabulary, positions beyond a sequence's
- * reservation (GS_ERR_RANGE); a failed all-reduce (the group cannot continue). */
-enum gs_status gs_forward_batch(struct gs_forward *f, struct gs_kv_pool *pool, const int32_t *ids,
+ * Errors (nothing changes): a batch gs_forward_check refuses, tables that do not hold the new
+ * positions (GS_ERR_RANGE); a failed all-reduce (the group cannot continue). */
+enum gs_status gs_forward_batch(struct gs_forward *f, const struct gs_kv_cache *cache, const int32_t *ids,
 				const struct gs_batch_seq *seqs, int32_t n_seqs, float *logits);
 
 /* The same, but the logits rows stay in backend memory (for the candidates op, so a 262K-wide
  * row never crosses to the host): *logits points at them (rows as above) until the next call
  * on f; NULL when no sequence wants logits. */
-enum gs_status gs_forward_batch_dev(struct gs_forward *f, struct gs_kv_pool *pool, const int32_t *ids,
+enum gs_status gs_forward_batch_dev(struct gs_forward *f, const struct gs_kv_cache *cache, const int32_t *ids,
 				    const struct gs_batch_seq *seqs, int32_t n_seqs, const float **logits);
-
-/* Single-sequence convenience for the CLI tools: a private pool for one sequence. */
-struct gs_seq {
-	struct gs_kv_pool pool;
-	struct gs_kv_seq  kv;
-	int32_t           max_ctx;
-};
-
-/* KV for one sequence of up to max_ctx positions (<= max_position_embeddings), in the memory of
- * f's backend. */
-enum gs_status gs_seq_create(const struct gs_forward *f, int32_t max_ctx, struct gs_seq **out);
-void gs_seq_free(struct gs_seq *s);
-void gs_seq_reset(struct gs_seq *s);
-
-/* Run ids[0..n) at the sequence's next positions, in chunks of f->max_tokens. logits gets
- * [n, shard.n_vocab] when all_logits, else [1, shard.n_vocab] for the last token; may be NULL. */
-enum gs_status gs_forward_run(struct gs_forward *f, struct gs_seq *s, const int32_t *ids, int32_t n,
-			      float *logits, bool all_logits);
 
 #endif

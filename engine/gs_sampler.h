@@ -24,7 +24,7 @@
  * contraction off in sampler.c, so a seed gives the same tokens on every machine and at
  * every thread count. Each non-greedy draw consumes exactly one 64-bit RNG output.
  *
- * Distributed sampling (DESIGN.md §1 step 4): logits arrive sharded by vocabulary. Each
+ * Distributed sampling (ARCHITECTURE.md §1 step 4): logits arrive sharded by vocabulary. Each
  * rank calls gs_sampler_local_candidates() on its slice (penalty + temperature, then its
  * top max_out by processed logit); the leader concatenates the candidates and calls
  * gs_sampler_sample_candidates(). With K = max_out per rank:

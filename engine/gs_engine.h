@@ -1,4 +1,4 @@
-/* The serving engine: continuous batching over the paged KV cache (DESIGN.md §1, §5).
+/* The serving engine: continuous batching over the paged KV cache (ARCHITECTURE.md §1, §5).
  *
  * The leader (rank 0 of the TP group) schedules: each step it builds a plan (which
  * sequences, which tokens, admissions and releases), broadcasts it, and every rank runs the

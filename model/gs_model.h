@@ -23,7 +23,7 @@ struct gs_layer_weights {
 	float *q_norm, *k_norm;              /* [D] */
 };
 
-/* How a weight is split across the T ranks of a tensor-parallel group (DESIGN.md §4).
+/* How a weight is split across the T ranks of a tensor-parallel group (ARCHITECTURE.md §4).
  * Rows of an nn.Linear weight are output features, columns input features. */
 enum gs_split {
 	GS_SPLIT_MIRRORED,  /* every rank holds all of it (norms) */

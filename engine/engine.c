@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "gs_kvpool.h"
 #include "gs_plan.h"
 #include "gs_util.h"
 
@@ -372,7 +373,7 @@ static enum gs_status device_candidates(struct gs_engine *e, const struct gs_pla
 	const float *lg;
 	size_t n_hist = 0;
 
-	GS_TRY(gs_forward_batch_dev(e->f, &e->pool, p->ids, e->bseqs, p->n_seqs, &lg));
+	GS_TRY(gs_kv_forward_batch_dev(e->f, &e->pool, p->ids, e->bseqs, p->n_seqs, &lg));
 	if (!rows)
 		return GS_OK;
 	/* Each row's parameters, from the sampler, and where its history goes; then the histories. */
@@ -442,7 +443,7 @@ static enum gs_status exec_plan(struct gs_engine *e, const struct gs_plan *p, in
 		if (p->n_seqs)
 			GS_TRY(device_candidates(e, p, rows, K));
 	} else if (p->n_seqs) {
-		GS_TRY(gs_forward_batch(e->f, &e->pool, p->ids, e->bseqs, p->n_seqs, rows ? e->logits : NULL));
+		GS_TRY(gs_kv_forward_batch(e->f, &e->pool, p->ids, e->bseqs, p->n_seqs, rows ? e->logits : NULL));
 	}
 
 	/* Distributed sampling, rank side: K candidates + the slice's log-sum-exp per row. */
@@ -768,13 +769,13 @@ void gs_engine_get_stats(const struct gs_engine *e, struct gs_engine_stats *s)
 	s->max_seqs = e->cfg.max_seqs;
 	s->device_candidates = e->dev_cands;
 	s->max_context = e->cfg.max_context;
-	s->kv_global_total = e->pool.n_global_blocks;
-	s->kv_global_used = e->pool.n_global_blocks - e->pool.n_gfree;
+	s->kv_global_total = e->pool.cache.n_global_blocks;
+	s->kv_global_used = e->pool.cache.n_global_blocks - e->pool.n_gfree;
 	s->kv_global_reserved = e->pool.g_reserved;
 	s->kv_global_free = gs_kv_global_free(&e->pool);
-	s->kv_local_total = e->pool.n_local_blocks;
-	s->kv_local_used = e->pool.n_local_blocks - e->pool.n_lfree;
-	s->kv_bytes = e->pool.bytes;
+	s->kv_local_total = e->pool.cache.n_local_blocks;
+	s->kv_local_used = e->pool.cache.n_local_blocks - e->pool.n_lfree;
+	s->kv_bytes = e->pool.cache.bytes;
 }
 
 bool gs_engine_kv_consistent(const struct gs_engine *e)
@@ -787,11 +788,11 @@ bool gs_engine_kv_consistent(const struct gs_engine *e)
 			continue;
 		used += s->kv.g_used;
 		reserved += s->kv.g_reserved;
-		ring += e->pool.n_local_layers ? (gs_kv_global_blocks_for(s->max_positions) < e->pool.ring_blocks
+		ring += e->pool.cache.n_local_layers ? (gs_kv_global_blocks_for(s->max_positions) < e->pool.cache.ring_blocks
 							  ? gs_kv_global_blocks_for(s->max_positions)
-							  : e->pool.ring_blocks)
+							  : e->pool.cache.ring_blocks)
 					       : 0;
 	}
-	return used + e->pool.n_gfree == e->pool.n_global_blocks && reserved == e->pool.g_reserved &&
-	       ring + e->pool.n_lfree == e->pool.n_local_blocks;
+	return used + e->pool.n_gfree == e->pool.cache.n_global_blocks && reserved == e->pool.g_reserved &&
+	       ring + e->pool.n_lfree == e->pool.cache.n_local_blocks;
 }
