@@ -1,4 +1,4 @@
-/* gemmashard coordinator: the part every front end (gRPC, HTTP) shares (DESIGN.md §1, §6, §7).
+/* gemmashard coordinator: the part every front end (gRPC, HTTP) shares (ARCHITECTURE.md §1, §6, §7).
  *
  * The coordinator owns the tokenizer and chat template, the engine links (engine leaders
  * connect to it and register with EngineHello), the router and the lifecycle of each client

@@ -1,4 +1,4 @@
-/* gemmashard coordinator: the OpenAI-compatible HTTP front end (DESIGN.md §1, §6, §7).
+/* gemmashard coordinator: the OpenAI-compatible HTTP front end (ARCHITECTURE.md §1, §6, §7).
  *
  *   POST /v1/chat/completions, POST /v1/completions   (JSON, or server-sent events with
  *                                                      "stream": true)

@@ -1,0 +1,434 @@
+/* gemmashard coordinator: the engine links (gs_coord.h; ARCHITECTURE.md §6, §7): the listener that
+ * accepts engine leaders, one reader thread per link (hello, token events, heartbeats), the
+ * writes on a link (Submit, Cancel), what happens when a link is lost (requests that produced
+ * nothing yet move to another engine, the rest fail), and the monitor thread (heartbeat
+ * timeouts, request deadlines, reaping). Locks and threads: coord_internal.h. */
+#include <errno.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "coord_internal.h"
+#include "gs_frame.h"
+#include "gs_util.h"
+
+#define GS_LINK_MAX_FRAME  (16u << 20)
+#define GS_HELLO_TIMEOUT_MS 5000
+
+/* ---- engine link writes ------------------------------------------------------------------ */
+
+static enum gs_status engine_send(struct engine *e, const Gemmashard__Engine__EngineMessage *m)
+{
+	pthread_mutex_lock(&e->wmu);
+	enum gs_status st = e->fd >= 0 ? gs_engine_msg_send(e->fd, m) : GS_ERR_IO;
+	pthread_mutex_unlock(&e->wmu);
+	return st;
+}
+
+void engine_send_cancel(struct engine *e, uint64_t id)
+{
+	Gemmashard__Engine__Cancel cm = GEMMASHARD__ENGINE__CANCEL__INIT;
+	Gemmashard__Engine__EngineMessage m = GEMMASHARD__ENGINE__ENGINE_MESSAGE__INIT;
+	cm.request_id = id;
+	m.body_case = GEMMASHARD__ENGINE__ENGINE_MESSAGE__BODY_CANCEL;
+	m.cancel = &cm;
+	if (engine_send(e, &m) != GS_OK) {
+		gs_log(GS_LOG_WARN, "coordinator: cancel %" PRIu64 " to engine %s: %s", id, e->id, gs_last_error());
+		gs_clear_error();
+		shutdown(e->fd, SHUT_RDWR); /* the reader notices and fails the link */
+	}
+}
+
+enum gs_status engine_send_submit(struct engine *e, struct gs_creq *r)
+{
+	Gemmashard__Engine__SamplingParams sp = GEMMASHARD__ENGINE__SAMPLING_PARAMS__INIT;
+	Gemmashard__Engine__Submit sub = GEMMASHARD__ENGINE__SUBMIT__INIT;
+	Gemmashard__Engine__EngineMessage m = GEMMASHARD__ENGINE__ENGINE_MESSAGE__INIT;
+	int32_t stop_id = r->c->end_of_turn;
+
+	sp.temperature = r->sp.temperature;
+	sp.top_k = r->sp.top_k;
+	sp.top_p = r->sp.top_p;
+	sp.min_p = r->sp.min_p;
+	sp.repetition_penalty = r->sp.repetition_penalty;
+	sp.seed = r->sp.seed;
+	sp.max_tokens = r->max_tokens;
+	if (stop_id >= 0) {
+		sp.n_stop_ids = 1;
+		sp.stop_ids = &stop_id;
+	}
+	sp.top_logprobs = r->logprobs ? r->top_logprobs : 0;
+	sp.logprobs = r->logprobs;
+	sub.request_id = r->id;
+	sub.n_prompt = (size_t)r->n_prompt;
+	sub.prompt = r->prompt;
+	sub.params = &sp;
+	m.body_case = GEMMASHARD__ENGINE__ENGINE_MESSAGE__BODY_SUBMIT;
+	m.submit = &sub;
+	return engine_send(e, &m);
+}
+
+/* ---- engine link: reader thread ---------------------------------------------------------- */
+
+static struct gs_creq *find_req_locked(struct engine *e, uint64_t id)
+{
+	for (struct gs_creq *r = e->head.next; r != &e->head; r = r->next)
+		if (r->id == id)
+			return r;
+	return NULL;
+}
+
+static void handle_events(struct engine *e, const Gemmashard__Engine__TokenEvents *evs)
+{
+	struct gs_coord *c = e->c;
+
+	for (size_t i = 0; i < evs->n_events; i++) {
+		const Gemmashard__Engine__TokenEvent *ev = evs->events[i];
+		bool cancel, done;
+		int32_t n_new;
+
+		pthread_mutex_lock(&c->mu);
+		struct gs_creq *r = find_req_locked(e, ev->request_id);
+		if (r) {
+			atomic_fetch_add(&r->refs, 1);
+			if (ev->n_tokens)
+				r->engine_got_tokens = true;
+		}
+		pthread_mutex_unlock(&c->mu);
+		if (!r)
+			continue; /* already failed over or unknown: ignore */
+		done = creq_apply_event(r, ev, &cancel, &n_new);
+		pthread_mutex_lock(&c->mu);
+		c->generated_tokens += (uint64_t)n_new;
+		bool send_cancel = cancel && !r->cancel_sent && r->eng == e;
+		if (send_cancel)
+			r->cancel_sent = true;
+		bool drop_engine_ref = done && r->eng == e;
+		if (drop_engine_ref)
+			creq_detach_locked(r);
+		pthread_mutex_unlock(&c->mu);
+		if (send_cancel)
+			engine_send_cancel(e, r->id);
+		creq_notify(r);
+		if (drop_engine_ref)
+			creq_unref(r);
+		creq_unref(r);
+	}
+}
+
+/* The link is gone: move what had produced nothing yet, fail the rest. */
+static void engine_lost(struct engine *e, const char *reason)
+{
+	struct gs_coord *c = e->c;
+	struct gs_creq *moved[1024];
+	int n_moved = 0;
+	bool again = true;
+
+	gs_log(GS_LOG_WARN, "coordinator: engine %s (%s) down: %s", e->id, e->peer, reason);
+	while (again) {
+		again = false;
+		pthread_mutex_lock(&c->mu);
+		if (e->up)
+			c->engines_lost++;
+		e->up = false;
+		struct gs_creq *r = e->head.next;
+		if (r == &e->head) {
+			pthread_mutex_unlock(&c->mu);
+			break;
+		}
+		bool can_move = !r->engine_got_tokens && !r->cancel_sent && !atomic_load(&c->stopping);
+		creq_detach_locked(r);
+		pthread_mutex_unlock(&c->mu);
+		again = true;
+		pthread_mutex_lock(&r->mu);
+		bool finished = r->finish != GS_CFIN_NONE;
+		pthread_mutex_unlock(&r->mu);
+		if (can_move && !finished && n_moved < (int)(sizeof(moved) / sizeof(moved[0]))) {
+			moved[n_moved++] = r; /* keeps the engine reference until resubmitted */
+			continue;
+		}
+		if (!finished) {
+			char msg[256];
+			snprintf(msg, sizeof(msg), "engine %s was lost mid-request (%s)", e->id, reason);
+			pthread_mutex_lock(&r->mu);
+			bool ch = creq_finish_locked(r, GS_CFIN_ERROR, GS_CERR_UNAVAILABLE, msg);
+			pthread_mutex_unlock(&r->mu);
+			if (ch)
+				creq_notify(r);
+		}
+		creq_unref(r);
+	}
+	for (int i = 0; i < n_moved; i++) {
+		struct gs_creq *r = moved[i];
+		char why[256];
+		enum gs_cerr err = coord_dispatch(c, r, e, why, sizeof(why));
+		if (err == GS_CERR_NONE) {
+			pthread_mutex_lock(&c->mu);
+			c->moved++;
+			pthread_mutex_unlock(&c->mu);
+			gs_log(GS_LOG_INFO, "coordinator: request %" PRIu64 " moved off engine %s", r->id, e->id);
+		} else {
+			char msg[512];
+			snprintf(msg, sizeof(msg), "engine %s was lost and no other engine can take the request: %s",
+				 e->id, why);
+			pthread_mutex_lock(&r->mu);
+			bool ch = creq_finish_locked(r, GS_CFIN_ERROR, GS_CERR_UNAVAILABLE, msg);
+			pthread_mutex_unlock(&r->mu);
+			if (ch)
+				creq_notify(r);
+		}
+		creq_unref(r); /* the old engine's reference */
+	}
+}
+
+static bool hello_ok(struct gs_coord *c, struct engine *e, const Gemmashard__Engine__EngineHello *h)
+{
+	snprintf(e->id, sizeof(e->id), "%s", h->engine_id && h->engine_id[0] ? h->engine_id : e->peer);
+	if (!h->model_id || strcmp(h->model_id, c->served_name) != 0) {
+		gs_log(GS_LOG_WARN, "coordinator: engine %s serves model \"%s\", this coordinator serves \"%s\": refused",
+		       e->id, h->model_id ? h->model_id : "", c->served_name);
+		return false;
+	}
+	if (h->tp < 1 || h->max_context < 2 || h->kv_blocks_total < 1 || h->max_seqs < 1) {
+		gs_log(GS_LOG_WARN, "coordinator: engine %s sent an invalid hello (tp %d, context %d, blocks %d, seqs %d)",
+		       e->id, h->tp, h->max_context, h->kv_blocks_total, h->max_seqs);
+		return false;
+	}
+	if (h->kv_block_tokens != GS_KV_BLOCK_TOKENS) {
+		gs_log(GS_LOG_WARN, "coordinator: engine %s uses %d-token KV blocks, expected %d: refused", e->id,
+		       h->kv_block_tokens, GS_KV_BLOCK_TOKENS);
+		return false;
+	}
+	if (h->vocab_size < gs_tokenizer_n_vocab(c->tok) - 1 && h->vocab_size < c->vocab) {
+		gs_log(GS_LOG_WARN, "coordinator: engine %s has a vocabulary of %d, the tokenizer needs %d: refused",
+		       e->id, h->vocab_size, c->vocab);
+		return false;
+	}
+	e->tp = h->tp;
+	e->max_context = h->max_context;
+	e->kv_blocks_total = h->kv_blocks_total;
+	e->max_seqs = h->max_seqs;
+	e->vocab = h->vocab_size;
+	e->hb_kv_free = h->kv_blocks_total;
+	return true;
+}
+
+static void *engine_reader(void *arg)
+{
+	struct engine *e = arg;
+	struct gs_coord *c = e->c;
+	Gemmashard__Engine__EngineMessage *m = NULL;
+	const char *reason = "link closed";
+	char buf[600];
+
+	if (gs_engine_msg_recv(e->fd, GS_LINK_MAX_FRAME, GS_HELLO_TIMEOUT_MS, &m) != GS_OK ||
+	    m->body_case != GEMMASHARD__ENGINE__ENGINE_MESSAGE__BODY_HELLO) {
+		gs_log(GS_LOG_WARN, "coordinator: connection from %s did not start with a hello: %s", e->peer,
+		       m ? "another message" : gs_last_error());
+		gs_clear_error();
+		goto out_gone;
+	}
+	if (!hello_ok(c, e, m->hello))
+		goto out_gone;
+	gemmashard__engine__engine_message__free_unpacked(m, NULL);
+	m = NULL;
+	pthread_mutex_lock(&c->mu);
+	e->up = true;
+	e->last_hb = gs_now_s();
+	pthread_mutex_unlock(&c->mu);
+	gs_log(GS_LOG_INFO, "coordinator: engine %s (%s) up: T=%d, context %d, %d KV blocks, %d seqs", e->id, e->peer,
+	       e->tp, e->max_context, e->kv_blocks_total, e->max_seqs);
+
+	while (!atomic_load(&c->stopping)) {
+		struct pollfd p = { .fd = e->fd, .events = POLLIN };
+		int pr = poll(&p, 1, 200);
+		if (pr < 0 && errno == EINTR)
+			continue;
+		pthread_mutex_lock(&c->mu);
+		bool up = e->up;
+		pthread_mutex_unlock(&c->mu);
+		if (!up) {
+			reason = "heartbeats stopped";
+			break;
+		}
+		if (pr == 0)
+			continue;
+		if (gs_engine_msg_recv(e->fd, GS_LINK_MAX_FRAME, 10000, &m) != GS_OK) {
+			snprintf(buf, sizeof(buf), "%s", gs_last_error());
+			gs_clear_error();
+			reason = buf;
+			break;
+		}
+		switch (m->body_case) {
+		case GEMMASHARD__ENGINE__ENGINE_MESSAGE__BODY_EVENTS:
+			handle_events(e, m->events);
+			break;
+		case GEMMASHARD__ENGINE__ENGINE_MESSAGE__BODY_HEARTBEAT: {
+			const Gemmashard__Engine__Heartbeat *h = m->heartbeat;
+			pthread_mutex_lock(&c->mu);
+			e->last_hb = gs_now_s();
+			e->hb_running = h->running;
+			e->hb_waiting = h->waiting;
+			e->hb_kv_free = h->kv_blocks_free;
+			e->hb_steps = h->steps;
+			e->hb_step_s = h->step_seconds_total;
+			e->hb_tokens = h->tokens_generated;
+			e->reserved_since_hb = 0;
+			pthread_mutex_unlock(&c->mu);
+			break;
+		}
+		case GEMMASHARD__ENGINE__ENGINE_MESSAGE__BODY_ERROR:
+			gs_log(GS_LOG_WARN, "coordinator: engine %s reports error %d: %s", e->id, m->error->code,
+			       m->error->message ? m->error->message : "");
+			break;
+		default:
+			snprintf(buf, sizeof(buf), "unexpected message kind %d on the link", (int)m->body_case);
+			reason = buf;
+			gemmashard__engine__engine_message__free_unpacked(m, NULL);
+			m = NULL;
+			goto out_lost;
+		}
+		gemmashard__engine__engine_message__free_unpacked(m, NULL);
+		m = NULL;
+	}
+out_lost:
+	engine_lost(e, reason);
+out_gone:
+	if (m)
+		gemmashard__engine__engine_message__free_unpacked(m, NULL);
+	pthread_mutex_lock(&e->wmu);
+	close(e->fd);
+	e->fd = -1;
+	pthread_mutex_unlock(&e->wmu);
+	pthread_mutex_lock(&c->mu);
+	e->up = false;
+	e->gone = true;
+	pthread_mutex_unlock(&c->mu);
+	return NULL;
+}
+
+/* Joins and frees engines whose reader has finished. */
+void coord_reap_engines(struct gs_coord *c, bool all)
+{
+	for (;;) {
+		struct engine *dead = NULL;
+		pthread_mutex_lock(&c->mu);
+		for (struct engine **pp = &c->engines; *pp; pp = &(*pp)->next) {
+			if ((*pp)->gone || all) {
+				dead = *pp;
+				*pp = dead->next;
+				break;
+			}
+		}
+		pthread_mutex_unlock(&c->mu);
+		if (!dead)
+			return;
+		if (!dead->gone) {
+			pthread_mutex_lock(&dead->wmu);
+			if (dead->fd >= 0)
+				shutdown(dead->fd, SHUT_RDWR);
+			pthread_mutex_unlock(&dead->wmu);
+		}
+		pthread_join(dead->thread, NULL);
+		pthread_mutex_destroy(&dead->wmu);
+		free(dead);
+	}
+}
+
+void *coord_listener_main(void *arg)
+{
+	struct gs_coord *c = arg;
+
+	while (!atomic_load(&c->stopping)) {
+		struct pollfd p = { .fd = c->listen_fd, .events = POLLIN };
+		if (poll(&p, 1, 200) <= 0)
+			continue;
+		struct sockaddr_storage sa;
+		socklen_t sl = sizeof(sa);
+		int fd = accept4(c->listen_fd, (struct sockaddr *)&sa, &sl, SOCK_CLOEXEC);
+		if (fd < 0)
+			continue;
+		int one = 1;
+		struct timeval tv = { .tv_sec = 5 };
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+		struct engine *e = calloc(1, sizeof(*e));
+		if (!e) {
+			close(fd);
+			continue;
+		}
+		e->c = c;
+		e->fd = fd;
+		pthread_mutex_init(&e->wmu, NULL);
+		creq_list_init(&e->head);
+		char host[INET6_ADDRSTRLEN] = "?", port[16] = "?";
+		getnameinfo((struct sockaddr *)&sa, sl, host, sizeof(host), port, sizeof(port),
+			    NI_NUMERICHOST | NI_NUMERICSERV);
+		snprintf(e->peer, sizeof(e->peer), "%s:%s", host, port);
+		snprintf(e->id, sizeof(e->id), "%s", e->peer);
+		if (pthread_create(&e->thread, NULL, engine_reader, e) != 0) {
+			close(fd);
+			pthread_mutex_destroy(&e->wmu);
+			free(e);
+			continue;
+		}
+		pthread_mutex_lock(&c->mu);
+		e->next = c->engines;
+		c->engines = e;
+		pthread_mutex_unlock(&c->mu);
+		coord_reap_engines(c, false);
+	}
+	return NULL;
+}
+
+/* Heartbeat timeouts, request deadlines, reaping. */
+void *coord_monitor_main(void *arg)
+{
+	struct gs_coord *c = arg;
+
+	while (!atomic_load(&c->stopping)) {
+		struct timespec ts = { .tv_nsec = 50 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+		double now = gs_now_s();
+		struct gs_creq *late[256];
+		int n_late = 0;
+
+		pthread_mutex_lock(&c->mu);
+		for (struct engine *e = c->engines; e; e = e->next) {
+			if (e->up && now - e->last_hb > c->limits.heartbeat_timeout_s) {
+				gs_log(GS_LOG_WARN, "coordinator: engine %s: no heartbeat for %.1f s", e->id,
+				       now - e->last_hb);
+				e->up = false; /* its reader fails the link within 200 ms */
+				pthread_mutex_lock(&e->wmu);
+				if (e->fd >= 0)
+					shutdown(e->fd, SHUT_RDWR);
+				pthread_mutex_unlock(&e->wmu);
+			}
+			for (struct gs_creq *r = e->head.next; r != &e->head && n_late < 256; r = r->next) {
+				if (now > r->deadline && !r->cancel_sent) {
+					atomic_fetch_add(&r->refs, 1);
+					late[n_late++] = r;
+				}
+			}
+		}
+		pthread_mutex_unlock(&c->mu);
+		for (int i = 0; i < n_late; i++) {
+			char msg[128];
+			snprintf(msg, sizeof(msg), "deadline exceeded after %.3f s", now - late[i]->t_submit);
+			creq_end(late[i], GS_CFIN_ERROR, GS_CERR_DEADLINE, msg, true);
+			creq_unref(late[i]);
+		}
+		coord_reap_engines(c, false);
+	}
+	return NULL;
+}

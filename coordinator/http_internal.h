@@ -1,0 +1,118 @@
+/* gemmashard coordinator, HTTP front end internals: the state shared by http.c (the server:
+ * routing, authorization, request bodies, replies, the small routes), http_openai.c (the
+ * OpenAI wire format: request parsing, answer JSON) and http_completions.c (the completion
+ * routes: submit, then a whole answer or a stream of server-sent events). */
+#ifndef GS_HTTP_INTERNAL_H
+#define GS_HTTP_INTERNAL_H
+
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <cjson/cJSON.h>
+#include <microhttpd.h>
+
+#include "gs_coord.h"
+#include "gs_http.h"
+
+struct gs_http {
+	struct gs_coord   *coord;
+	struct MHD_Daemon *daemon;
+	int                port;         /* bound port */
+	atomic_bool        stopping;     /* gs_http_stop() began: waits give up */
+	atomic_bool        starting;     /* MHD messages go to start_log (bind errors) */
+	char               start_log[256];
+};
+
+enum gs_http_route {
+	GS_HTTP_ROUTE_NONE,        /* 404 */
+	GS_HTTP_ROUTE_CHAT,        /* POST /v1/chat/completions */
+	GS_HTTP_ROUTE_COMPLETIONS, /* POST /v1/completions */
+	GS_HTTP_ROUTE_MODELS,      /* GET  /v1/models */
+	GS_HTTP_ROUTE_MODEL,       /* GET  /v1/models/{id} */
+	GS_HTTP_ROUTE_HEALTH,      /* GET  /health (no key) */
+	GS_HTTP_ROUTE_METRICS,     /* GET  /metrics (no key) */
+	GS_HTTP_ROUTE_COUNT
+};
+
+/* One HTTP request (MHD's per-request pointer). */
+struct gs_http_req {
+	enum gs_http_route route;
+	char              *body;      /* request body received so far [len], cap allocated */
+	size_t             len, cap;
+	size_t             limit;     /* limits.max_body_bytes */
+	bool               dropping;  /* the body is read and dropped (too large, or refused) */
+	bool               too_large; /* the body passed limit */
+	size_t             dropped;   /* bytes dropped so far */
+	int                early_status;    /* refused from its headers (404, 405, 401): the answer */
+	const char        *early_code;      /* goes out once the body is in, so the connection */
+	char               early_msg[320];  /* stays usable and the client sees no reset */
+	int                status;    /* HTTP status queued; 0: none (the client left first) */
+};
+
+/* A parsed completion request. Strings are borrowed from the cJSON tree, except contents. */
+struct gs_http_gen {
+	struct gs_gen_spec spec;
+	bool               chat;          /* /v1/chat/completions (else /v1/completions) */
+	bool               stream;
+	bool               include_usage; /* stream_options.include_usage */
+	const char       **roles;         /* [spec.n_messages] */
+	char             **contents;      /* [spec.n_messages] owned: text parts joined */
+	enum gs_cerr       err;           /* why parsing failed */
+	char               param[64];     /* the field it is about ("" : none) */
+	char               why[512];
+};
+
+/* Logprobs being gathered, in the shape of the API (chat or completions). */
+struct gs_http_lps {
+	cJSON *obj;        /* chat: {"content": [...]}; completions: {"tokens", ...} */
+	cJSON *content;    /* chat: entries {token, logprob, bytes, top_logprobs} */
+	cJSON *tokens;     /* completions: parallel arrays */
+	cJSON *token_lps;
+	cJSON *tops;
+	cJSON *offsets;
+	size_t text_off;   /* completions: byte offset of the next token in the output */
+};
+
+/* ---- http.c ------------------------------------------------------------------------------- */
+
+/* Queues root (taken) as the JSON answer; q->status is set once queued. */
+enum MHD_Result gs_http_reply_json(struct MHD_Connection *conn, struct gs_http_req *q, int status, cJSON *root);
+/* An OpenAI error object with a formatted message; the type follows from the status. */
+enum MHD_Result gs_http_error(struct MHD_Connection *conn, struct gs_http_req *q, int status, const char *param,
+			      const char *code, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* The error of a coordinator class: its HTTP status, OpenAI type and code. */
+enum MHD_Result gs_http_cerr_reply(struct MHD_Connection *conn, struct gs_http_req *q, enum gs_cerr e,
+				   const char *param, const char *msg);
+
+/* ---- http_openai.c ------------------------------------------------------------------------ */
+
+/* RFC 8259: a JSON text is UTF-8. */
+bool gs_http_utf8_valid(const char *s, size_t n);
+/* {"error": {"message", "type", "param", "code"}} (malloc'd; NULL when out of memory). */
+char *gs_http_error_json(const char *type, const char *param, const char *code, const char *msg);
+/* OpenAI's "code" for the classes clients branch on (NULL: none). */
+const char *gs_http_cerr_code(enum gs_cerr e);
+/* The request field a coordinator message is about ("" when none). */
+void gs_http_param_of(const char *why, bool chat, char *param, size_t cap);
+/* Fills g->spec from the request body; false with g->err/why/param set. */
+bool gs_http_parse_gen(struct gs_http_gen *g, const cJSON *root);
+void gs_http_gen_free(struct gs_http_gen *g);
+/* Logprobs in the shape of the API: init (false: out of memory), then add each output. */
+bool gs_http_lps_init(struct gs_http_lps *a, bool chat);
+void gs_http_lps_add(struct gs_http_lps *a, struct gs_coord *c, const struct gs_creq_out *o);
+cJSON *gs_http_usage(int32_t prompt_tokens, int32_t completion_tokens);
+/* {"id", "object", "created", "model", "choices": []}; *choices gets the array. */
+cJSON *gs_http_envelope(const char *id, const char *object, long long created, const char *model, cJSON **choices);
+/* One choice, chat or completions, whole (message) or streamed (delta); lps is taken. */
+cJSON *gs_http_choice(bool chat, bool delta, bool with_role, const char *text, cJSON *lps, enum gs_cfinish finish);
+
+/* ---- http_completions.c ------------------------------------------------------------------- */
+
+/* POST /v1/chat/completions and /v1/completions, once the body is in. */
+enum MHD_Result gs_http_generate(struct gs_http *h, struct MHD_Connection *conn, struct gs_http_req *q);
+
+#endif

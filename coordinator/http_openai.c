@@ -1,0 +1,616 @@
+/* gemmashard coordinator, HTTP front end: the OpenAI wire format. A request body (cJSON) becomes
+ * a struct gs_gen_spec with each refusal naming its field as OpenAI clients expect; answers
+ * are built as OpenAI's JSON (choices, logprobs in the chat and the completions shapes, usage,
+ * error objects). Nothing here touches a connection. */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http_internal.h"
+#include "gs_json.h"
+#include "gs_sbuf.h"
+#include "gs_util.h"
+
+/* ---- error objects ------------------------------------------------------------------------ */
+
+/* {"error": {"message", "type", "param", "code"}} as OpenAI clients parse it (malloc'd). */
+char *gs_http_error_json(const char *type, const char *param, const char *code, const char *msg)
+{
+	cJSON *root = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(root, "error");
+	char *s;
+
+	cJSON_AddStringToObject(e, "message", msg);
+	cJSON_AddStringToObject(e, "type", type);
+	if (param && param[0])
+		cJSON_AddStringToObject(e, "param", param);
+	else
+		cJSON_AddNullToObject(e, "param");
+	if (code)
+		cJSON_AddStringToObject(e, "code", code);
+	else
+		cJSON_AddNullToObject(e, "code");
+	s = cJSON_PrintUnformatted(root);
+	cJSON_Delete(root);
+	return s;
+}
+
+/* OpenAI's "code" for the classes clients branch on. */
+const char *gs_http_cerr_code(enum gs_cerr e)
+{
+	switch (e) {
+	case GS_CERR_NOT_FOUND:
+		return "model_not_found";
+	case GS_CERR_TOO_LARGE:
+		return "context_length_exceeded";
+	case GS_CERR_BUSY:
+		return "rate_limit_exceeded";
+	case GS_CERR_UNAUTHENTICATED:
+		return "invalid_api_key";
+	case GS_CERR_UNAVAILABLE:
+		return "service_unavailable";
+	case GS_CERR_DEADLINE:
+		return "timeout";
+	default:
+		return NULL;
+	}
+}
+
+/* The request field a coordinator message is about, when it starts with one
+ * ("top_p must be ...", "max_tokens 9000 is above ..."); "" when none. */
+void gs_http_param_of(const char *why, bool chat, char *param, size_t cap)
+{
+	static const char *const known[] = { "model", "messages", "prompt", "max_tokens", "temperature",
+					     "top_p", "top_k", "min_p", "repetition_penalty", "seed",
+					     "stop", "logprobs", "top_logprobs" };
+	size_t n = strcspn(why, " :[.");
+
+	param[0] = '\0';
+	if (strncmp(why, "chat:", 5) == 0) { /* the chat template refused the conversation */
+		snprintf(param, cap, "messages");
+		return;
+	}
+	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+		if (strlen(known[i]) == n && strncmp(why, known[i], n) == 0) {
+			snprintf(param, cap, "%s", chat && strcmp(known[i], "prompt") == 0 ? "messages" : known[i]);
+			return;
+		}
+	}
+}
+
+/* ---- request parsing ---------------------------------------------------------------------- */
+
+/* RFC 8259: a JSON text is UTF-8. Refusing anything else here keeps broken bytes out of the
+ * tokenizer and out of the answers we echo back. */
+bool gs_http_utf8_valid(const char *s, size_t n)
+{
+	const unsigned char *p = (const unsigned char *)s, *e = p + n;
+
+	while (p < e) {
+		unsigned c = *p, cp, min;
+		size_t k;
+
+		if (c < 0x80) {
+			p++;
+			continue;
+		}
+		if ((c & 0xE0) == 0xC0)
+			k = 1, cp = c & 0x1F, min = 0x80;
+		else if ((c & 0xF0) == 0xE0)
+			k = 2, cp = c & 0x0F, min = 0x800;
+		else if ((c & 0xF8) == 0xF0)
+			k = 3, cp = c & 0x07, min = 0x10000;
+		else
+			return false;
+		if ((size_t)(e - p) <= k)
+			return false;
+		for (size_t i = 1; i <= k; i++) {
+			if ((p[i] & 0xC0) != 0x80)
+				return false;
+			cp = (cp << 6) | (p[i] & 0x3F);
+		}
+		if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+			return false;
+		p += k + 1;
+	}
+	return true;
+}
+
+static bool gs_http_bad(struct gs_http_gen *g, const char *param, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static bool gs_http_bad(struct gs_http_gen *g, const char *param, const char *fmt, ...)
+{
+	va_list ap;
+
+	g->err = GS_CERR_INVALID;
+	snprintf(g->param, sizeof(g->param), "%s", param ? param : "");
+	va_start(ap, fmt);
+	vsnprintf(g->why, sizeof(g->why), fmt, ap);
+	va_end(ap);
+	return false;
+}
+
+static const cJSON *gs_http_field(const cJSON *obj, const char *name)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+
+	return cJSON_IsNull(v) ? NULL : v; /* null means "not given", as OpenAI clients send it */
+}
+
+/* An optional integer in [lo, hi]; *given tells whether it was there. */
+static bool gs_http_get_int(struct gs_http_gen *g, const cJSON *obj, const char *name, int64_t lo, int64_t hi,
+			    int64_t *out, bool *given)
+{
+	const cJSON *v = gs_http_field(obj, name);
+	double d;
+
+	*given = false;
+	if (!v)
+		return true;
+	if (!cJSON_IsNumber(v))
+		return gs_http_bad(g, name, "%s must be an integer, got %s", name, gs_json_type(v));
+	d = v->valuedouble;
+	if (!isfinite(d) || d != floor(d))
+		return gs_http_bad(g, name, "%s must be an integer, got %g", name, d);
+	if (d < -9223372036854775808.0 || d < (double)lo)
+		return gs_http_bad(g, name, "%s must be >= %" PRId64 ", got %.0f", name, lo, d);
+	if (d >= 9223372036854775808.0 || (int64_t)d > hi)
+		return gs_http_bad(g, name, "%s must be <= %" PRId64 ", got %.0f", name, hi, d);
+	*out = (int64_t)d;
+	*given = true;
+	return true;
+}
+
+/* An optional number; *out is left alone when absent. Ranges: gs_sampling_params_validate. */
+static bool gs_http_get_num(struct gs_http_gen *g, const cJSON *obj, const char *name, float *out)
+{
+	const cJSON *v = gs_http_field(obj, name);
+
+	if (!v)
+		return true;
+	if (!cJSON_IsNumber(v))
+		return gs_http_bad(g, name, "%s must be a number, got %s", name, gs_json_type(v));
+	*out = (float)v->valuedouble;
+	return true;
+}
+
+static bool gs_http_get_bool(struct gs_http_gen *g, const cJSON *obj, const char *name, bool *out)
+{
+	const cJSON *v = gs_http_field(obj, name);
+
+	if (!v)
+		return true;
+	if (!cJSON_IsBool(v))
+		return gs_http_bad(g, name, "%s must be a boolean, got %s", name, gs_json_type(v));
+	*out = cJSON_IsTrue(v);
+	return true;
+}
+
+/* Joins the "text" parts of a content array, each trimmed of ASCII white space as the Gemma
+ * template's `item['text'] | trim` does. Other part types (images, audio) are refused. */
+static bool gs_http_join_parts(struct gs_http_gen *g, int mi, const cJSON *parts, char **out)
+{
+	struct gs_sbuf b = { 0 };
+	const cJSON *part;
+	char param[64];
+	int pi = 0;
+
+	snprintf(param, sizeof(param), "messages[%d].content", mi);
+	if (!gs_sbuf_put(&b, "", 0))
+		goto out_nomem;
+	cJSON_ArrayForEach(part, parts) {
+		const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
+		const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
+		const char *s, *e;
+
+		if (!cJSON_IsObject(part)) {
+			gs_http_bad(g, param, "messages[%d].content[%d] must be an object, got %s", mi, pi,
+				    gs_json_type(part));
+			goto out_free_buf;
+		}
+		if (!cJSON_IsString(type)) {
+			gs_http_bad(g, param, "messages[%d].content[%d].type must be a string, got %s", mi, pi,
+				    gs_json_type(type));
+			goto out_free_buf;
+		}
+		if (strcmp(type->valuestring, "text") != 0) {
+			gs_http_bad(g, param,
+				    "messages[%d].content[%d]: content parts of type \"%.64s\" are not supported "
+				    "(only \"text\")", mi, pi, type->valuestring);
+			goto out_free_buf;
+		}
+		if (!cJSON_IsString(text)) {
+			gs_http_bad(g, param, "messages[%d].content[%d].text must be a string, got %s", mi, pi,
+				    gs_json_type(text));
+			goto out_free_buf;
+		}
+		s = text->valuestring;
+		e = s + strlen(s);
+		while (s < e && strchr(" \t\n\r\f\v", *s))
+			s++;
+		while (e > s && strchr(" \t\n\r\f\v", e[-1]))
+			e--;
+		if (!gs_sbuf_put(&b, s, (size_t)(e - s)))
+			goto out_nomem;
+		pi++;
+	}
+	*out = b.p;
+	return true;
+
+out_nomem:
+	g->err = GS_CERR_INTERNAL;
+	snprintf(g->why, sizeof(g->why), "out of memory");
+	g->param[0] = '\0';
+out_free_buf:
+	free(b.p);
+	return false;
+}
+
+static bool gs_http_parse_messages(struct gs_http_gen *g, const cJSON *root)
+{
+	const cJSON *msgs = gs_http_field(root, "messages"), *m;
+	int n, i = 0;
+
+	if (!cJSON_IsArray(msgs))
+		return gs_http_bad(g, "messages", "messages must be an array of {\"role\", \"content\"} objects, got %s",
+				   gs_json_type(msgs));
+	n = cJSON_GetArraySize(msgs);
+	if (n == 0)
+		return gs_http_bad(g, "messages", "messages must not be empty");
+	g->roles = calloc((size_t)n, sizeof(*g->roles));
+	g->contents = calloc((size_t)n, sizeof(*g->contents));
+	if (!g->roles || !g->contents) {
+		g->err = GS_CERR_INTERNAL;
+		snprintf(g->why, sizeof(g->why), "out of memory");
+		return false;
+	}
+	g->spec.n_messages = n;
+	cJSON_ArrayForEach(m, msgs) {
+		const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+		const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+		char param[64];
+
+		snprintf(param, sizeof(param), "messages[%d]", i);
+		if (!cJSON_IsObject(m))
+			return gs_http_bad(g, param, "messages[%d] must be an object, got %s", i, gs_json_type(m));
+		snprintf(param, sizeof(param), "messages[%d].role", i);
+		if (!cJSON_IsString(role))
+			return gs_http_bad(g, param, "messages[%d].role must be a string, got %s", i,
+					   gs_json_type(role));
+		/* OpenAI's newer name for the system prompt. */
+		g->roles[i] = strcmp(role->valuestring, "developer") == 0 ? "system" : role->valuestring;
+		snprintf(param, sizeof(param), "messages[%d].content", i);
+		if (cJSON_IsString(content)) {
+			g->contents[i] = strdup(content->valuestring);
+			if (!g->contents[i]) {
+				g->err = GS_CERR_INTERNAL;
+				snprintf(g->why, sizeof(g->why), "out of memory");
+				return false;
+			}
+		} else if (cJSON_IsArray(content)) {
+			if (!gs_http_join_parts(g, i, content, &g->contents[i]))
+				return false;
+		} else {
+			return gs_http_bad(g, param,
+					   "messages[%d].content must be a string or an array of text parts, got %s",
+					   i, gs_json_type(content));
+		}
+		i++;
+	}
+	g->spec.roles = g->roles;
+	g->spec.contents = (const char *const *)g->contents;
+	return true;
+}
+
+static bool gs_http_parse_prompt(struct gs_http_gen *g, const cJSON *root)
+{
+	const cJSON *p = gs_http_field(root, "prompt");
+
+	if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1 && cJSON_IsString(cJSON_GetArrayItem(p, 0)))
+		p = cJSON_GetArrayItem(p, 0);
+	if (!cJSON_IsString(p))
+		return gs_http_bad(g, "prompt", "prompt must be a string (or an array of exactly one string), got %s",
+				   cJSON_IsArray(p) ? (cJSON_GetArraySize(p) == 1 ? "an array of one non-string" :
+									   "an array of several items") :
+						      gs_json_type(p));
+	g->spec.prompt = p->valuestring;
+	return true;
+}
+
+static bool gs_http_parse_stop(struct gs_http_gen *g, const cJSON *root)
+{
+	const cJSON *stop = gs_http_field(root, "stop"), *s;
+	int i = 0;
+
+	if (!stop)
+		return true;
+	if (cJSON_IsString(stop)) {
+		if (!stop->valuestring[0])
+			return gs_http_bad(g, "stop", "stop must be a non-empty string");
+		if (strlen(stop->valuestring) > GS_COORD_MAX_STOP_BYTES)
+			return gs_http_bad(g, "stop", "stop is longer than %d bytes", GS_COORD_MAX_STOP_BYTES);
+		g->spec.stop[0] = stop->valuestring;
+		g->spec.n_stop = 1;
+		return true;
+	}
+	if (!cJSON_IsArray(stop))
+		return gs_http_bad(g, "stop", "stop must be a string or an array of strings, got %s",
+				   gs_json_type(stop));
+	if (cJSON_GetArraySize(stop) > GS_COORD_MAX_STOP)
+		return gs_http_bad(g, "stop", "stop may hold at most %d strings, got %d", GS_COORD_MAX_STOP,
+				   cJSON_GetArraySize(stop));
+	cJSON_ArrayForEach(s, stop) {
+		if (!cJSON_IsString(s))
+			return gs_http_bad(g, "stop", "stop[%d] must be a string, got %s", i, gs_json_type(s));
+		if (!s->valuestring[0])
+			return gs_http_bad(g, "stop", "stop[%d] must be a non-empty string", i);
+		if (strlen(s->valuestring) > GS_COORD_MAX_STOP_BYTES)
+			return gs_http_bad(g, "stop", "stop[%d] is longer than %d bytes", i, GS_COORD_MAX_STOP_BYTES);
+		g->spec.stop[i++] = s->valuestring;
+	}
+	g->spec.n_stop = i;
+	return true;
+}
+
+static bool gs_http_parse_logprobs(struct gs_http_gen *g, const cJSON *root)
+{
+	int64_t v = 0;
+	bool given;
+
+	if (!g->chat) {
+		/* Completions: logprobs is the number of alternatives per token. */
+		if (!gs_http_get_int(g, root, "logprobs", 0, GS_COORD_MAX_TOP_LOGPROBS, &v, &given))
+			return false;
+		g->spec.logprobs = given;
+		g->spec.top_logprobs = (int)v;
+		return true;
+	}
+	if (!gs_http_get_bool(g, root, "logprobs", &g->spec.logprobs))
+		return false;
+	if (!gs_http_get_int(g, root, "top_logprobs", 0, GS_COORD_MAX_TOP_LOGPROBS, &v, &given))
+		return false;
+	if (given && v > 0 && !g->spec.logprobs)
+		return gs_http_bad(g, "top_logprobs", "top_logprobs requires logprobs to be true");
+	g->spec.top_logprobs = (int)v;
+	return true;
+}
+
+/* Fills g->spec from the request body; false with g->err/why/param set. */
+bool gs_http_parse_gen(struct gs_http_gen *g, const cJSON *root)
+{
+	struct gs_sampling_params *sp = &g->spec.sp;
+	const cJSON *v;
+	int64_t iv;
+	bool given;
+	char why[256];
+
+	sp[0] = gs_sampling_params_default();
+	if (!cJSON_IsObject(root))
+		return gs_http_bad(g, NULL, "the request body must be a JSON object, got %s", gs_json_type(root));
+	v = gs_http_field(root, "model");
+	if (v && !cJSON_IsString(v))
+		return gs_http_bad(g, "model", "model must be a string, got %s", gs_json_type(v));
+	g->spec.model = v ? v->valuestring : NULL;
+	if (g->chat ? !gs_http_parse_messages(g, root) : !gs_http_parse_prompt(g, root))
+		return false;
+
+	if (!gs_http_get_int(g, root, "max_tokens", 1, INT32_MAX, &iv, &given))
+		return false;
+	if (given)
+		g->spec.max_tokens = (int32_t)iv;
+	if (!gs_http_get_int(g, root, "max_completion_tokens", 1, INT32_MAX, &iv, &given))
+		return false;
+	if (given)
+		g->spec.max_tokens = (int32_t)iv;
+
+	if (!gs_http_get_num(g, root, "temperature", &sp->temperature) ||
+	    !gs_http_get_num(g, root, "top_p", &sp->top_p) || !gs_http_get_num(g, root, "min_p", &sp->min_p) ||
+	    !gs_http_get_num(g, root, "repetition_penalty", &sp->repetition_penalty))
+		return false;
+	/* top_k -1 is how vLLM clients say "off". */
+	if (!gs_http_get_int(g, root, "top_k", -1, INT32_MAX, &iv, &given))
+		return false;
+	if (given)
+		sp->top_k = iv < 0 ? 0 : (int32_t)iv;
+	if (!gs_http_get_int(g, root, "seed", INT64_MIN, INT64_MAX, &iv, &g->spec.has_seed))
+		return false;
+	if (g->spec.has_seed)
+		sp->seed = (uint64_t)iv;
+
+	if (!gs_http_get_int(g, root, "n", INT64_MIN, INT64_MAX, &iv, &given))
+		return false;
+	if (given && iv != 1)
+		return gs_http_bad(g, "n", "n must be 1 (one choice per request), got %" PRId64, iv);
+	if (!gs_http_parse_stop(g, root) || !gs_http_parse_logprobs(g, root))
+		return false;
+
+	if (!gs_http_get_bool(g, root, "stream", &g->stream))
+		return false;
+	v = gs_http_field(root, "stream_options");
+	if (v) {
+		if (!cJSON_IsObject(v))
+			return gs_http_bad(g, "stream_options", "stream_options must be an object, got %s",
+					   gs_json_type(v));
+		if (!g->stream)
+			return gs_http_bad(g, "stream_options", "stream_options is only allowed when stream is true");
+		if (!gs_http_get_bool(g, v, "include_usage", &g->include_usage)) {
+			snprintf(g->param, sizeof(g->param), "stream_options.include_usage");
+			return false;
+		}
+	}
+
+	if (gs_sampling_params_validate(sp, why, sizeof(why)) != GS_OK) {
+		gs_clear_error();
+		gs_http_bad(g, NULL, "%s", why);
+		gs_http_param_of(why, g->chat, g->param, sizeof(g->param));
+		return false;
+	}
+	return true;
+}
+
+void gs_http_gen_free(struct gs_http_gen *g)
+{
+	if (g->contents)
+		for (int i = 0; i < g->spec.n_messages; i++)
+			free(g->contents[i]);
+	free(g->contents);
+	free(g->roles);
+}
+
+/* ---- answers ------------------------------------------------------------------------------ */
+
+/* Token bytes: a "<0xNN>" byte token is that one byte, any other token its UTF-8. */
+static cJSON *gs_http_token_bytes(const char *t)
+{
+	cJSON *a = cJSON_CreateArray();
+	unsigned v;
+	int n = 0;
+
+	if (sscanf(t, "<0x%2x>%n", &v, &n) == 1 && n == 6 && t[6] == '\0') {
+		cJSON_AddItemToArray(a, cJSON_CreateNumber(v));
+		return a;
+	}
+	for (const unsigned char *p = (const unsigned char *)t; *p; p++)
+		cJSON_AddItemToArray(a, cJSON_CreateNumber(*p));
+	return a;
+}
+
+static double gs_http_logprob(float v)
+{
+	return isfinite(v) ? v : -9999.0; /* what OpenAI sends for "impossible" */
+}
+
+static char *gs_http_token_text(struct gs_coord *c, int32_t id)
+{
+	char *t = gs_coord_token_text(c, id);
+
+	return t ? t : strdup("");
+}
+
+/* {token, logprob, bytes} (chat). */
+static cJSON *gs_http_chat_token(struct gs_coord *c, int32_t id, float logprob)
+{
+	cJSON *e = cJSON_CreateObject();
+	char *t = gs_http_token_text(c, id);
+
+	cJSON_AddStringToObject(e, "token", t ? t : "");
+	cJSON_AddNumberToObject(e, "logprob", gs_http_logprob(logprob));
+	cJSON_AddItemToObject(e, "bytes", gs_http_token_bytes(t ? t : ""));
+	free(t);
+	return e;
+}
+
+bool gs_http_lps_init(struct gs_http_lps *a, bool chat)
+{
+	memset(a, 0, sizeof(*a));
+	a->obj = cJSON_CreateObject();
+	if (chat) {
+		a->content = cJSON_AddArrayToObject(a->obj, "content");
+		if (a->content)
+			return true;
+		cJSON_Delete(a->obj);
+		memset(a, 0, sizeof(*a));
+		return false;
+	}
+	a->tokens = cJSON_AddArrayToObject(a->obj, "tokens");
+	a->token_lps = cJSON_AddArrayToObject(a->obj, "token_logprobs");
+	a->tops = cJSON_AddArrayToObject(a->obj, "top_logprobs");
+	a->offsets = cJSON_AddArrayToObject(a->obj, "text_offset");
+	if (a->tokens && a->token_lps && a->tops && a->offsets)
+		return true;
+	cJSON_Delete(a->obj);
+	memset(a, 0, sizeof(*a));
+	return false;
+}
+
+void gs_http_lps_add(struct gs_http_lps *a, struct gs_coord *c, const struct gs_creq_out *o)
+{
+	if (!o->lps)
+		return;
+	for (int32_t i = 0; i < o->n_ids; i++) {
+		const struct gs_tok_lp *lp = &o->lps[i];
+
+		if (a->content) {
+			cJSON *e = gs_http_chat_token(c, lp->id, lp->logprob);
+			cJSON *tops = cJSON_AddArrayToObject(e, "top_logprobs");
+
+			for (int32_t k = 0; k < lp->n_top; k++)
+				cJSON_AddItemToArray(tops, gs_http_chat_token(c, lp->top_ids[k], lp->top_logprobs[k]));
+			cJSON_AddItemToArray(a->content, e);
+		} else {
+			char *t = gs_http_token_text(c, lp->id);
+			cJSON *top = cJSON_CreateObject();
+			unsigned v;
+			int n = 0;
+
+			cJSON_AddItemToArray(a->tokens, cJSON_CreateString(t ? t : ""));
+			cJSON_AddItemToArray(a->token_lps, cJSON_CreateNumber(gs_http_logprob(lp->logprob)));
+			cJSON_AddItemToArray(a->offsets, cJSON_CreateNumber((double)a->text_off));
+			if (t)
+				a->text_off += sscanf(t, "<0x%2x>%n", &v, &n) == 1 && n == 6 ? 1 : strlen(t);
+			free(t);
+			for (int32_t k = 0; k < lp->n_top; k++) {
+				char *tt = gs_http_token_text(c, lp->top_ids[k]);
+
+				if (tt && !cJSON_HasObjectItem(top, tt))
+					cJSON_AddNumberToObject(top, tt, gs_http_logprob(lp->top_logprobs[k]));
+				free(tt);
+			}
+			cJSON_AddItemToArray(a->tops, top);
+		}
+	}
+}
+
+cJSON *gs_http_usage(int32_t prompt_tokens, int32_t completion_tokens)
+{
+	cJSON *u = cJSON_CreateObject();
+
+	cJSON_AddNumberToObject(u, "prompt_tokens", prompt_tokens);
+	cJSON_AddNumberToObject(u, "completion_tokens", completion_tokens);
+	cJSON_AddNumberToObject(u, "total_tokens", (double)prompt_tokens + completion_tokens);
+	return u;
+}
+
+/* {"id", "object", "created", "model", "choices": []}; *choices gets the array. */
+cJSON *gs_http_envelope(const char *id, const char *object, long long created, const char *model,
+			cJSON **choices)
+{
+	cJSON *root = cJSON_CreateObject();
+
+	cJSON_AddStringToObject(root, "id", id);
+	cJSON_AddStringToObject(root, "object", object);
+	cJSON_AddNumberToObject(root, "created", (double)created);
+	cJSON_AddStringToObject(root, "model", model);
+	*choices = cJSON_AddArrayToObject(root, "choices");
+	return root;
+}
+
+/* One choice: chat {index, message|delta, logprobs, finish_reason} or completions
+ * {index, text, logprobs, finish_reason}. lps is taken (NULL: "logprobs": null). */
+cJSON *gs_http_choice(bool chat, bool delta, bool with_role, const char *text, cJSON *lps,
+		      enum gs_cfinish finish)
+{
+	cJSON *ch = cJSON_CreateObject();
+
+	cJSON_AddNumberToObject(ch, "index", 0);
+	if (chat) {
+		cJSON *m = cJSON_AddObjectToObject(ch, delta ? "delta" : "message");
+
+		if (with_role)
+			cJSON_AddStringToObject(m, "role", "assistant");
+		if (text)
+			cJSON_AddStringToObject(m, "content", text);
+	} else {
+		cJSON_AddStringToObject(ch, "text", text ? text : "");
+	}
+	if (lps)
+		cJSON_AddItemToObject(ch, "logprobs", lps);
+	else
+		cJSON_AddNullToObject(ch, "logprobs");
+	if (finish != GS_CFIN_NONE)
+		cJSON_AddStringToObject(ch, "finish_reason", gs_cfinish_openai(finish));
+	else
+		cJSON_AddNullToObject(ch, "finish_reason");
+	return ch;
+}

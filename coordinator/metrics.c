@@ -1,0 +1,149 @@
+/* gemmashard coordinator: metrics (gs_coord.h): client requests counted by API and status,
+ * the time-to-first-token and time-per-output-token histograms, and the Prometheus text of
+ * /metrics (these plus the engines' last heartbeats). Everything here is under c->mu. */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coord_internal.h"
+#include "gs_sbuf.h"
+
+#define GS_N_TTFT_BUCKETS 14
+#define GS_N_TPOT_BUCKETS 14
+static const double ttft_buckets[GS_N_TTFT_BUCKETS] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+							 0.25,  0.5,    1,     2.5,  5,     10,  30 };
+static const double tpot_buckets[GS_N_TPOT_BUCKETS] = { 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+							 0.075,  0.1,   0.25,   0.5,   1,    2.5,   5 };
+
+/* ---- counts and histograms --------------------------------------------------------------- */
+
+void gs_coord_count_request(struct gs_coord *c, enum gs_api api, const char *status)
+{
+	pthread_mutex_lock(&c->mu);
+	int i;
+	for (i = 0; i < c->n_counts; i++)
+		if (c->counts[i].api == api && strcmp(c->counts[i].status, status) == 0)
+			break;
+	if (i == c->n_counts && c->n_counts < (int)(sizeof(c->counts) / sizeof(c->counts[0]))) {
+		c->counts[i].api = api;
+		snprintf(c->counts[i].status, sizeof(c->counts[i].status), "%s", status);
+		c->n_counts++;
+	}
+	if (i < c->n_counts)
+		c->counts[i].n++;
+	pthread_mutex_unlock(&c->mu);
+}
+
+static void hist_add(struct hist *h, const double *bounds, int nb, double v, uint64_t n)
+{
+	for (int i = 0; i < nb; i++)
+		if (v <= bounds[i])
+			h->b[i] += n;
+	h->count += n;
+	h->sum += v * (double)n;
+}
+
+void gs_coord_observe_tpot(struct gs_coord *c, double seconds_per_token, int32_t n_tokens)
+{
+	if (n_tokens <= 0)
+		return;
+	pthread_mutex_lock(&c->mu);
+	hist_add(&c->tpot, tpot_buckets, GS_N_TPOT_BUCKETS, seconds_per_token, (uint64_t)n_tokens);
+	pthread_mutex_unlock(&c->mu);
+}
+
+void gs_coord_observe_ttft(struct gs_coord *c, double seconds)
+{
+	pthread_mutex_lock(&c->mu);
+	hist_add(&c->ttft, ttft_buckets, GS_N_TTFT_BUCKETS, seconds, 1);
+	pthread_mutex_unlock(&c->mu);
+}
+
+/* ---- metrics ----------------------------------------------------------------------------- */
+
+static void sb_hist(struct gs_sbuf *b, const char *name, const char *help, const struct hist *h, const double *bounds,
+		    int nb)
+{
+	gs_sbuf_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+	for (int i = 0; i < nb; i++)
+		gs_sbuf_printf(b, "%s_bucket{le=\"%g\"} %" PRIu64 "\n", name, bounds[i], h->b[i]);
+	gs_sbuf_printf(b, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n%s_sum %.9g\n%s_count %" PRIu64 "\n", name, h->count, name,
+		  h->sum, name, h->count);
+}
+
+char *gs_coord_metrics(struct gs_coord *c)
+{
+	static const char *const api_name[GS_API_COUNT] = { "grpc", "http" };
+	struct gs_sbuf b = { 0 };
+	const char *m = c->served_name;
+
+	pthread_mutex_lock(&c->mu);
+	gs_sbuf_printf(&b, "# HELP gemmashard_requests_total Client requests finished, by API and status.\n"
+		      "# TYPE gemmashard_requests_total counter\n");
+	for (int i = 0; i < c->n_counts; i++)
+		gs_sbuf_printf(&b, "gemmashard_requests_total{api=\"%s\",status=\"%s\"} %" PRIu64 "\n",
+			  api_name[c->counts[i].api], c->counts[i].status, c->counts[i].n);
+	sb_hist(&b, "gemmashard_time_to_first_token_seconds", "Time from request to its first token.", &c->ttft,
+		ttft_buckets, GS_N_TTFT_BUCKETS);
+	sb_hist(&b, "gemmashard_time_per_output_token_seconds", "Time between streamed tokens.", &c->tpot, tpot_buckets,
+		GS_N_TPOT_BUCKETS);
+	int32_t waiting = 0, running = 0, up = 0;
+	for (struct engine *e = c->engines; e; e = e->next) {
+		if (!e->up)
+			continue;
+		up++;
+		waiting += e->hb_waiting;
+		running += e->hb_running;
+	}
+	gs_sbuf_printf(&b, "# HELP gemmashard_queue_depth Requests waiting for admission in the engines.\n"
+		      "# TYPE gemmashard_queue_depth gauge\ngemmashard_queue_depth{model=\"%s\"} %d\n", m, waiting);
+	gs_sbuf_printf(&b, "# HELP gemmashard_requests_running Requests running in the engines.\n"
+		      "# TYPE gemmashard_requests_running gauge\ngemmashard_requests_running{model=\"%s\"} %d\n", m,
+		  running);
+	gs_sbuf_printf(&b, "# HELP gemmashard_requests_in_flight Client requests accepted and not yet finished.\n"
+		      "# TYPE gemmashard_requests_in_flight gauge\ngemmashard_requests_in_flight %d\n", c->running);
+	gs_sbuf_printf(&b, "# HELP gemmashard_engines_healthy Engines registered and healthy.\n"
+		      "# TYPE gemmashard_engines_healthy gauge\ngemmashard_engines_healthy{model=\"%s\"} %d\n", m, up);
+	gs_sbuf_printf(&b, "# HELP gemmashard_engines_lost_total Engines marked down (link lost or heartbeats stopped).\n"
+		      "# TYPE gemmashard_engines_lost_total counter\ngemmashard_engines_lost_total %" PRIu64 "\n",
+		  c->engines_lost);
+	gs_sbuf_printf(&b, "# HELP gemmashard_requests_moved_total Requests resubmitted to another engine.\n"
+		      "# TYPE gemmashard_requests_moved_total counter\ngemmashard_requests_moved_total %" PRIu64 "\n",
+		  c->moved);
+	gs_sbuf_printf(&b, "# HELP gemmashard_generated_tokens_total Tokens generated for clients.\n"
+		      "# TYPE gemmashard_generated_tokens_total counter\ngemmashard_generated_tokens_total %" PRIu64 "\n",
+		  c->generated_tokens);
+	static const struct {
+		const char *name, *type, *help;
+	} per_engine[] = {
+		{ "gemmashard_kv_blocks_used", "gauge", "KV blocks (global layers, per rank) in use." },
+		{ "gemmashard_kv_blocks_free", "gauge", "KV blocks (global layers, per rank) free." },
+		{ "gemmashard_engine_steps_total", "counter", "Engine steps." },
+		{ "gemmashard_engine_step_seconds_total", "counter", "Engine time spent in steps." },
+		{ "gemmashard_engine_tokens_total", "counter", "Tokens the engine sampled." },
+	};
+	for (size_t k = 0; k < sizeof(per_engine) / sizeof(per_engine[0]); k++) {
+		gs_sbuf_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", per_engine[k].name, per_engine[k].help, per_engine[k].name,
+			  per_engine[k].type);
+		for (struct engine *e = c->engines; e; e = e->next) {
+			if (!e->up)
+				continue;
+			gs_sbuf_printf(&b, "%s{engine=\"%s\"} ", per_engine[k].name, e->id);
+			switch (k) {
+			case 0: gs_sbuf_printf(&b, "%d\n", e->kv_blocks_total - e->hb_kv_free); break;
+			case 1: gs_sbuf_printf(&b, "%d\n", e->hb_kv_free); break;
+			case 2: gs_sbuf_printf(&b, "%" PRIu64 "\n", e->hb_steps); break;
+			case 3: gs_sbuf_printf(&b, "%.9g\n", e->hb_step_s); break;
+			default: gs_sbuf_printf(&b, "%" PRIu64 "\n", e->hb_tokens); break;
+			}
+		}
+	}
+	pthread_mutex_unlock(&c->mu);
+	if (b.oom) {
+		free(b.p);
+		return NULL;
+	}
+	return b.p;
+}

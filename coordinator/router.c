@@ -1,0 +1,332 @@
+/* gemmashard coordinator: routing and admission (gs_coord.h): validation of a gs_gen_spec,
+ * the chat template and tokenizer, the concurrency limit, and the choice of engine (least
+ * loaded among those that could hold the request), also when a request moves off a lost
+ * engine. Locks and threads: coord_internal.h. */
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+
+#include "coord_internal.h"
+#include "gs_chat.h"
+#include "gs_util.h"
+
+/* ---- routing ----------------------------------------------------------------------------- */
+
+static int32_t blocks_for(int32_t positions)
+{
+	return (positions + GS_KV_BLOCK_TOKENS - 1) / GS_KV_BLOCK_TOKENS;
+}
+
+/* Called with c->mu held. The least-loaded healthy engine that could hold the request, or
+ * NULL with *why_err set: UNAVAILABLE (no engine up) or TOO_LARGE (none could ever). */
+static struct engine *route_locked(struct gs_coord *c, const struct gs_creq *r, const struct engine *avoid,
+				   enum gs_cerr *why_err, int32_t *best_ctx)
+{
+	struct engine *best = NULL;
+	int32_t need = blocks_for(r->n_prompt + r->max_tokens);
+	bool any_up = false;
+
+	*best_ctx = 0;
+	for (struct engine *e = c->engines; e; e = e->next) {
+		if (!e->up || e == avoid)
+			continue;
+		any_up = true;
+		if (e->max_context > *best_ctx)
+			*best_ctx = e->max_context;
+		if (r->n_prompt + r->max_tokens > e->max_context || need > e->kv_blocks_total)
+			continue;
+		if (!best) {
+			best = e;
+			continue;
+		}
+		bool fits_e = e->hb_kv_free - e->reserved_since_hb >= need;
+		bool fits_b = best->hb_kv_free - best->reserved_since_hb >= need;
+		if (fits_e != fits_b) {
+			if (fits_e)
+				best = e;
+			continue;
+		}
+		if (e->inflight < best->inflight ||
+		    (e->inflight == best->inflight &&
+		     e->hb_kv_free - e->reserved_since_hb > best->hb_kv_free - best->reserved_since_hb))
+			best = e;
+	}
+	if (!best)
+		*why_err = any_up ? GS_CERR_TOO_LARGE : GS_CERR_UNAVAILABLE;
+	return best;
+}
+
+/* Called with c->mu held: put r on e (the caller sends the Submit after unlocking). */
+static void attach_locked(struct engine *e, struct gs_creq *r)
+{
+	creq_list_del(r);
+	creq_list_add(&e->head, r);
+	r->eng = e;
+	e->inflight++;
+	e->reserved_since_hb += blocks_for(r->n_prompt + r->max_tokens);
+	atomic_fetch_add(&r->refs, 1); /* the engine's reference */
+}
+
+/* Called with c->mu held: take r off its engine (the engine's reference moves to the caller). */
+void creq_detach_locked(struct gs_creq *r)
+{
+	struct engine *e = r->eng;
+	if (!e)
+		return;
+	creq_list_del(r);
+	e->inflight--;
+	r->eng = NULL;
+}
+
+/* Submit r to some engine other than avoid; on failure finish it with the error. Takes and
+ * drops c->mu. Returns the error class (NONE on success). */
+enum gs_cerr coord_dispatch(struct gs_coord *c, struct gs_creq *r, const struct engine *avoid, char *why,
+			    size_t cap)
+{
+	for (int tries = 0; tries < 8; tries++) {
+		enum gs_cerr err = GS_CERR_NONE;
+		int32_t best_ctx;
+
+		pthread_mutex_lock(&c->mu);
+		struct engine *e = route_locked(c, r, avoid, &err, &best_ctx);
+		if (!e) {
+			pthread_mutex_unlock(&c->mu);
+			if (err == GS_CERR_UNAVAILABLE)
+				snprintf(why, cap, "no engine is serving model \"%s\" right now", c->served_name);
+			else
+				snprintf(why, cap,
+					 "can never fit: %d prompt + %d max_tokens tokens exceed every engine's "
+					 "context (largest %d) or KV capacity",
+					 r->n_prompt, r->max_tokens, best_ctx);
+			return err;
+		}
+		attach_locked(e, r);
+		pthread_mutex_unlock(&c->mu);
+		if (engine_send_submit(e, r) == GS_OK)
+			return GS_CERR_NONE;
+		gs_log(GS_LOG_WARN, "coordinator: submit to engine %s failed: %s", e->id, gs_last_error());
+		gs_clear_error();
+		shutdown(e->fd, SHUT_RDWR);
+		pthread_mutex_lock(&c->mu);
+		bool still = r->eng == e;
+		if (still) {
+			creq_detach_locked(r);
+			e->up = false;
+		}
+		pthread_mutex_unlock(&c->mu);
+		if (!still)
+			return GS_CERR_NONE; /* the link reader already failed or moved it */
+		creq_unref(r);           /* the engine's reference */
+		avoid = e;
+	}
+	snprintf(why, cap, "no engine accepted the request");
+	return GS_CERR_UNAVAILABLE;
+}
+
+/* ---- submit ------------------------------------------------------------------------------ */
+
+static enum gs_cerr invalid(char *why, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static enum gs_cerr invalid(char *why, size_t cap, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(why, cap, fmt, ap);
+	va_end(ap);
+	return GS_CERR_INVALID;
+}
+
+bool coord_model_matches(const struct gs_coord *c, const char *model)
+{
+	return !model || !model[0] || strcmp(model, c->served_name) == 0;
+}
+
+/* Text to tokens: chat messages through the template, or a raw prompt with <bos>. */
+static enum gs_cerr spec_tokens(struct gs_coord *c, const struct gs_gen_spec *s, int32_t **ids, size_t *n,
+				char *why, size_t cap)
+{
+	char *text = NULL;
+	const char *src;
+	bool add_bos;
+	enum gs_status st;
+
+	if (s->prompt && s->n_messages > 0)
+		return invalid(why, cap, "give either prompt or messages, not both");
+	if (s->prompt) {
+		src = s->prompt;
+		add_bos = true;
+	} else {
+		if (s->n_messages <= 0)
+			return invalid(why, cap, "messages must not be empty");
+		struct gs_chat_msg *m = calloc((size_t)s->n_messages, sizeof(*m));
+		if (!m)
+			return GS_CERR_INTERNAL;
+		for (int i = 0; i < s->n_messages; i++) {
+			m[i].role = s->roles[i];
+			m[i].content = s->contents[i];
+		}
+		if (s->n_messages == 1 && s->roles[0] && strcmp(s->roles[0], "system") == 0) {
+			free(m);
+			return invalid(why, cap, "messages has only a system message; add a user message");
+		}
+		st = gs_chat_render(m, (size_t)s->n_messages, true, &text);
+		free(m);
+		if (st != GS_OK) {
+			snprintf(why, cap, "%s", gs_last_error());
+			gs_clear_error();
+			return st == GS_ERR_INVALID_ARG ? GS_CERR_INVALID : GS_CERR_INTERNAL;
+		}
+		src = text;
+		add_bos = false;
+	}
+	st = gs_tokenizer_encode(c->tok, src, strlen(src), add_bos, ids, n);
+	free(text);
+	if (st != GS_OK) {
+		snprintf(why, cap, "%s", gs_last_error());
+		gs_clear_error();
+		return st == GS_ERR_INVALID_ARG ? GS_CERR_INVALID : GS_CERR_INTERNAL;
+	}
+	return GS_CERR_NONE;
+}
+
+static int32_t best_context(struct gs_coord *c)
+{
+	int32_t best = 0;
+	pthread_mutex_lock(&c->mu);
+	for (struct engine *e = c->engines; e; e = e->next)
+		if (e->up && e->max_context > best)
+			best = e->max_context;
+	pthread_mutex_unlock(&c->mu);
+	return best;
+}
+
+enum gs_cerr gs_coord_submit(struct gs_coord *c, enum gs_api api, const struct gs_gen_spec *s,
+			     gs_creq_notify_fn notify_fn, void *user, struct gs_creq **out, char *why, size_t cap)
+{
+	const struct gs_coord_limits *L = &c->limits;
+	struct gs_creq *r = NULL;
+	int32_t *ids = NULL;
+	size_t n_ids = 0;
+	enum gs_cerr err;
+	char msg[256];
+
+	*out = NULL;
+	why[0] = '\0';
+	if (!coord_model_matches(c, s->model)) {
+		snprintf(why, cap, "The model `%s` does not exist; this server serves `%s`", s->model, c->served_name);
+		return GS_CERR_NOT_FOUND;
+	}
+	if (s->max_tokens > L->max_tokens_limit)
+		return invalid(why, cap, "max_tokens must be at most %d, got %d", L->max_tokens_limit, s->max_tokens);
+	if (gs_sampling_params_validate(&s->sp, msg, sizeof(msg)) != GS_OK) {
+		gs_clear_error();
+		return invalid(why, cap, "%s", msg);
+	}
+	if (s->n_stop < 0 || s->n_stop > GS_COORD_MAX_STOP)
+		return invalid(why, cap, "at most %d stop strings are allowed, got %d", GS_COORD_MAX_STOP, s->n_stop);
+	for (int i = 0; i < s->n_stop; i++) {
+		if (!s->stop[i] || !s->stop[i][0])
+			return invalid(why, cap, "stop strings must not be empty");
+		if (strlen(s->stop[i]) > GS_COORD_MAX_STOP_BYTES)
+			return invalid(why, cap, "stop strings must be at most %d bytes", GS_COORD_MAX_STOP_BYTES);
+	}
+	if (s->top_logprobs < 0 || s->top_logprobs > GS_COORD_MAX_TOP_LOGPROBS)
+		return invalid(why, cap, "top_logprobs must be an integer in [0, %d], got %d", GS_COORD_MAX_TOP_LOGPROBS,
+			       s->top_logprobs);
+	if (s->top_logprobs > 0 && !s->logprobs)
+		return invalid(why, cap, "top_logprobs needs logprobs to be true");
+
+	pthread_mutex_lock(&c->mu);
+	bool busy = c->running >= L->max_concurrent;
+	if (!busy)
+		c->running++;
+	pthread_mutex_unlock(&c->mu);
+	if (busy) {
+		snprintf(why, cap, "too many requests in flight (limit %d); retry later", L->max_concurrent);
+		return GS_CERR_BUSY;
+	}
+
+	err = spec_tokens(c, s, &ids, &n_ids, why, cap);
+	if (err != GS_CERR_NONE)
+		goto fail;
+	if ((int64_t)n_ids > L->max_prompt_tokens) {
+		err = invalid(why, cap, "the prompt has %zu tokens, more than the limit of %d", n_ids, L->max_prompt_tokens);
+		goto fail;
+	}
+	int32_t max_tokens = s->max_tokens;
+	if (max_tokens <= 0) {
+		int32_t ctx = best_context(c);
+		max_tokens = L->default_max_tokens;
+		if (ctx > 0 && ctx - (int32_t)n_ids < max_tokens)
+			max_tokens = ctx - (int32_t)n_ids;
+		if (max_tokens < 1)
+			max_tokens = 1;
+	}
+
+	r = calloc(1, sizeof(*r));
+	if (!r) {
+		err = GS_CERR_INTERNAL;
+		snprintf(why, cap, "coordinator: out of memory");
+		goto fail;
+	}
+	r->c = c;
+	r->api = api;
+	atomic_init(&r->refs, 1);
+	r->notify = notify_fn;
+	r->user = user;
+	r->prompt = ids;
+	r->n_prompt = (int32_t)n_ids;
+	ids = NULL;
+	r->max_tokens = max_tokens;
+	r->sp = s->sp;
+	if (!s->has_seed && getrandom(&r->sp.seed, sizeof(r->sp.seed), 0) != sizeof(r->sp.seed))
+		r->sp.seed = (uint64_t)(gs_now_s() * 1e9);
+	for (int i = 0; i < s->n_stop; i++) {
+		r->stop[i] = strdup(s->stop[i]);
+		if (!r->stop[i]) {
+			err = GS_CERR_INTERNAL;
+			snprintf(why, cap, "coordinator: out of memory");
+			goto fail_r;
+		}
+		r->n_stop++;
+	}
+	r->logprobs = s->logprobs;
+	r->top_logprobs = s->top_logprobs;
+	r->t_submit = gs_now_s();
+	r->deadline = s->deadline > 0 ? s->deadline : r->t_submit + L->default_timeout_s;
+	pthread_mutex_init(&r->mu, NULL);
+	pthread_cond_init(&r->cv, NULL);
+	gs_detok_init(&r->dt, c->tok);
+	creq_list_init(r);
+
+	pthread_mutex_lock(&c->mu);
+	r->id = ++c->next_id;
+	pthread_mutex_unlock(&c->mu);
+
+	err = coord_dispatch(c, r, NULL, why, cap);
+	if (err != GS_CERR_NONE) {
+		pthread_mutex_lock(&c->mu);
+		c->running--;
+		pthread_mutex_unlock(&c->mu);
+		creq_unref(r);
+		return err;
+	}
+	*out = r;
+	return GS_CERR_NONE;
+
+fail_r:
+	for (int i = 0; i < r->n_stop; i++)
+		free(r->stop[i]);
+	free(r->prompt);
+	free(r);
+fail:
+	free(ids);
+	pthread_mutex_lock(&c->mu);
+	c->running--;
+	pthread_mutex_unlock(&c->mu);
+	return err;
+}
