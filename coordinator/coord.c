@@ -1,8 +1,9 @@
 /* gemmashard coordinator core (gs_coord.h; ARCHITECTURE.md §1, §6, §7): create and free (tokenizer,
- * engine listener, threads) and the small calls of the front ends (token text, authorization,
- * tokenize, model info, health, limits). The rest of the coordinator: request.c (a request's
- * life cycle and output), router.c (routing, admission, submit), engine_link.c (engine links
- * and their threads), metrics.c; the shared state and the lock order: coord_internal.h. */
+ * engine listener, threads) and the small calls of the front ends (token text, tokenize, model
+ * info, health, limits). The rest of the coordinator: request.c (a request's life cycle and
+ * output), router.c (routing, admission, submit), engine_link.c (engine links and their
+ * threads), metrics.c, clients.c (API keys, access log); the shared state and the lock order:
+ * coord_internal.h. */
 #include <errno.h>
 #include <netdb.h>
 #include <pthread.h>
@@ -36,21 +37,6 @@ char *gs_coord_token_text(struct gs_coord *c, int32_t id)
 		return strdup("");
 	}
 	return s;
-}
-
-bool gs_coord_authorized(const struct gs_coord *c, const char *authorization)
-{
-	if (!c->api_key)
-		return true;
-	if (!authorization || strncmp(authorization, "Bearer ", 7) != 0)
-		return false;
-	/* constant-time compare */
-	const char *k = c->api_key, *g = authorization + 7;
-	size_t lk = strlen(k), lg = strlen(g);
-	unsigned char d = (unsigned char)(lk != lg);
-	for (size_t i = 0; i < lk; i++)
-		d |= (unsigned char)(k[i] ^ (i < lg ? g[i] : 0));
-	return d == 0;
 }
 
 enum gs_cerr gs_coord_tokenize(struct gs_coord *c, const char *model, const char *text, bool add_bos,
@@ -103,6 +89,11 @@ int gs_coord_healthy_engines(struct gs_coord *c)
 	return n;
 }
 
+const char *gs_coord_engine_link_mode(const struct gs_coord *c)
+{
+	return c->tls ? "mtls" : c->link_insecure ? "plaintext-insecure" : "plaintext";
+}
+
 const struct gs_coord_limits *gs_coord_get_limits(const struct gs_coord *c)
 {
 	return &c->limits;
@@ -139,6 +130,55 @@ static enum gs_status listen_on(const char *addr, int *out)
 	return GS_OK;
 }
 
+/* The engine link's security (ARCHITECTURE.md §7 "Security"): mutual TLS with the cluster
+ * certificates, or plaintext, which is only allowed on loopback unless --insecure-engine-link. */
+static enum gs_status engine_link_security(struct gs_coord *c, const struct gs_coord_config *cfg)
+{
+	const char *addr = cfg->engine_listen, *colon = strrchr(addr, ':');
+	int n = (cfg->cluster_ca && *cfg->cluster_ca) + (cfg->cluster_cert && *cfg->cluster_cert) +
+		(cfg->cluster_key && *cfg->cluster_key);
+	bool loopback = false;
+	char host[256];
+
+	if (n != 0 && n != 3)
+		return gs_errorf(GS_ERR_INVALID_ARG, "--cluster-ca, --cluster-cert and --cluster-key go together (mutual "
+				 "TLS on the engine link); %d of the 3 given", n);
+	if (n == 3 && cfg->insecure_engine_link)
+		return gs_errorf(GS_ERR_INVALID_ARG, "--insecure-engine-link contradicts --cluster-ca/--cluster-cert/"
+				 "--cluster-key: give one or the other");
+	if (!colon || (size_t)(colon - addr) >= sizeof(host))
+		return gs_errorf(GS_ERR_INVALID_ARG, "engine listen address \"%s\" is not HOST:PORT", addr);
+	memcpy(host, addr, (size_t)(colon - addr));
+	host[colon - addr] = '\0';
+	if (n == 3) {
+		struct gs_cluster_files f = { .ca = cfg->cluster_ca, .cert = cfg->cluster_cert, .key = cfg->cluster_key };
+		GS_TRY(gs_cluster_tls_create(&f, GS_ROLE_COORDINATOR, &c->tls));
+		gs_log(GS_LOG_INFO, "coordinator: engine link on %s: mutual TLS 1.3 as '%s'; engines must present a "
+		       "certificate of the engine role from the cluster CA %s", addr, gs_cluster_tls_subject(c->tls),
+		       cfg->cluster_ca);
+		return GS_OK;
+	}
+	GS_TRY(gs_net_host_is_loopback(host, &loopback));
+	if (!loopback && !cfg->insecure_engine_link)
+		return gs_errorf(GS_ERR_INVALID_ARG,
+				 "--engine-listen %s is not a loopback address, and the engine link carries prompts and "
+				 "completions: give --cluster-ca, --cluster-cert and --cluster-key for mutual TLS "
+				 "(deploy/make-cluster-certs.sh makes them), or --insecure-engine-link to send them in "
+				 "plaintext on a network you trust", addr);
+	if (!loopback) {
+		c->link_insecure = true;
+		gs_log(GS_LOG_WARN, "coordinator: WARNING: INSECURE ENGINE LINK (--insecure-engine-link): %s is not "
+		       "loopback, and engines connect in plaintext without authentication: anyone who can reach it can "
+		       "register as an engine and receive prompts, and the network can read them. Use --cluster-ca, "
+		       "--cluster-cert and --cluster-key.", addr);
+	} else {
+		gs_log(GS_LOG_WARN, "coordinator: the engine link on %s is plaintext and unauthenticated (loopback only: "
+		       "any local process can register as an engine); --cluster-ca, --cluster-cert and --cluster-key "
+		       "make it mutual TLS", addr);
+	}
+	return GS_OK;
+}
+
 static const char *base_name(const char *dir, char *buf, size_t cap)
 {
 	size_t n = strlen(dir);
@@ -165,7 +205,12 @@ enum gs_status gs_coord_create(const struct gs_coord_config *cfg, struct gs_coor
 	c->limits = cfg->limits;
 	c->created = (double)time(NULL);
 	pthread_mutex_init(&c->mu, NULL);
+	atomic_init(&c->handshaking, 0);
+	if ((st = coord_clients_init(c, cfg)) != GS_OK)
+		goto fail;
 
+	if ((st = engine_link_security(c, cfg)) != GS_OK)
+		goto fail;
 	snprintf(path, sizeof(path), "%s/config.json", cfg->model_dir);
 	if ((st = gs_config_load(path, &mc)) != GS_OK)
 		goto fail;
@@ -179,8 +224,7 @@ enum gs_status gs_coord_create(const struct gs_coord_config *cfg, struct gs_coor
 	c->detok_cap = gs_detok_max_out(c->tok);
 	c->served_name = strdup(cfg->served_name && cfg->served_name[0] ? cfg->served_name
 								       : base_name(cfg->model_dir, name, sizeof(name)));
-	c->api_key = cfg->api_key && cfg->api_key[0] ? strdup(cfg->api_key) : NULL;
-	if (!c->served_name || (cfg->api_key && cfg->api_key[0] && !c->api_key)) {
+	if (!c->served_name) {
 		st = gs_errorf(GS_ERR_NOMEM, "coordinator: out of memory");
 		goto fail;
 	}
@@ -202,8 +246,9 @@ fail:
 	if (c->listen_fd >= 0)
 		close(c->listen_fd);
 	gs_tokenizer_free(c->tok);
+	gs_cluster_tls_free(c->tls);
 	free(c->served_name);
-	free(c->api_key);
+	coord_clients_free(c);
 	pthread_mutex_destroy(&c->mu);
 	free(c);
 	return st;
@@ -219,9 +264,11 @@ void gs_coord_free(struct gs_coord *c)
 	close(c->listen_fd);
 	/* Readers see `stopping` within 200 ms; each fails what is left on its engine. */
 	coord_reap_engines(c, true);
+	gs_cluster_tls_free(c->tls);
 	gs_tokenizer_free(c->tok);
 	free(c->served_name);
-	free(c->api_key);
+	coord_clients_free(c);
+	free(c->key_counts);
 	pthread_mutex_destroy(&c->mu);
 	free(c);
 }

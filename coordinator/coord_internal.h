@@ -3,12 +3,13 @@
  * engine_link.c (engine links and their threads) and metrics.c, and the functions those files
  * call in one another. Front ends see only gs_coord.h.
  *
- * Threads: one listener accepting engine leaders, one reader per engine link (hello, token
- * events, heartbeats), one monitor (heartbeat timeouts and request deadlines), and the
- * front ends' own threads calling in. Locks, always taken in this order:
+ * Threads: one listener accepting engine leaders, one reader per engine link (authentication,
+ * then hello, token events, heartbeats), one monitor (heartbeat timeouts and request
+ * deadlines), and the front ends' own threads calling in. Locks, always taken in this order:
  *   c->mu      the engine list, each engine's request list and counters, metrics;
  *   r->mu      one request's output state (never held while calling notify or taking c->mu);
- *   e->wmu     writes on one engine link.
+ *   e->wmu     writes on one engine link, and its fd and stream (which the reader thread
+ *              closes; the monitor shuts the socket down from outside).
  * A request is referenced by its front end (until gs_creq_release) and by the engine it
  * runs on (until the engine reports its end or the engine is lost). */
 #ifndef GS_COORD_INTERNAL_H
@@ -21,7 +22,10 @@
 #include <stdint.h>
 
 #include "engine.pb-c.h"
+#include "gs_apikeys.h"
+#include "gs_access_log.h"
 #include "gs_coord.h"
+#include "gs_net.h"
 #include "gs_tokenizer.h"
 
 #define GS_KV_BLOCK_TOKENS 16
@@ -77,7 +81,8 @@ struct gs_creq {
 
 struct engine {
 	struct gs_coord *c;
-	int              fd;
+	int              fd;           /* e->wmu: the socket, for shutdown() from any thread; -1 closed */
+	struct gs_stream *s;           /* e->wmu: the link once authenticated (NULL before, and after) */
 	pthread_t        thread;
 	pthread_mutex_t  wmu;
 	char             id[128];
@@ -109,10 +114,24 @@ struct status_count {
 	uint64_t    n;
 };
 
+#define GS_MAX_KEY_COUNTS 4096 /* (key, API, status) series in /metrics */
+struct key_count {
+	enum gs_api api;
+	char        key[GS_APIKEY_NAME_MAX + 1];
+	char        status[32];
+	uint64_t    n;
+};
+
 struct gs_coord {
 	struct gs_coord_limits limits;
 	char            *served_name;
-	char            *api_key;
+	/* API keys (gs_apikeys.h): keys_lock guards the pointer, which a reload swaps */
+	pthread_rwlock_t keys_lock;
+	struct gs_apikeys *keys;       /* NULL: no key needed */
+	char            *key_file;     /* --api-key-file; NULL: none */
+	char            *env_key;      /* GEMMASHARD_API_KEY (wiped when freed); NULL: none */
+	struct gs_alog  *alog;         /* the access log (gs_access_log.h) */
+	bool             log_content;  /* --log-content */
 	char             architecture[64];
 	int32_t          vocab;
 	struct gs_tokenizer *tok;
@@ -123,14 +142,22 @@ struct gs_coord {
 	int              listen_fd;
 	pthread_t        listener, monitor;
 	atomic_bool      stopping;
+	struct gs_cluster_tls *tls;    /* NULL: plaintext engine link */
+	bool             link_insecure; /* plaintext off loopback (--insecure-engine-link) */
+	atomic_int       handshaking;  /* connections not yet authenticated */
 
 	pthread_mutex_t  mu;
 	struct engine   *engines;
 	int32_t          running;      /* client requests not yet released */
 	uint64_t         next_id;
 	uint64_t         engines_lost, generated_tokens, moved;
+	uint64_t         auth_failures[GS_AUTH_COUNT]; /* engines refused, by reason */
+	double           auth_logged[GS_AUTH_COUNT];   /* last log line per reason (rate limit) */
+	uint64_t         auth_unlogged[GS_AUTH_COUNT]; /* refusals since that line */
 	struct status_count counts[64];
 	int              n_counts;
+	struct key_count *key_counts;  /* [n_key_counts], requests by key name, API and status */
+	int              n_key_counts, cap_key_counts;
 	struct hist      ttft, tpot;
 };
 
@@ -180,6 +207,20 @@ enum gs_cerr coord_dispatch(struct gs_coord *c, struct gs_creq *r, const struct 
 			    size_t cap);
 /* NULL, "" or the served name. */
 bool coord_model_matches(const struct gs_coord *c, const char *model);
+
+/* ---- clients.c (API keys, access log) --------------------------------------------------- */
+
+/* The keys (--api-key-file, GEMMASHARD_API_KEY) and the access log. On failure the caller
+ * still calls coord_clients_free(). */
+enum gs_status coord_clients_init(struct gs_coord *c, const struct gs_coord_config *cfg);
+void coord_clients_free(struct gs_coord *c);
+/* --log-content: r's prompt (as rendered) and output go to the access log. No lock held. */
+void coord_log_content(struct gs_creq *r);
+
+/* ---- metrics.c --------------------------------------------------------------------------- */
+
+/* Counts a finished client request by API and status, and by key name when it used one. */
+void coord_count_request(struct gs_coord *c, const struct gs_access *a);
 
 /* ---- engine_link.c ----------------------------------------------------------------------- */
 

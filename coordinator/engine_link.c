@@ -1,5 +1,6 @@
 /* gemmashard coordinator: the engine links (gs_coord.h; ARCHITECTURE.md §6, §7): the listener that
- * accepts engine leaders, one reader thread per link (hello, token events, heartbeats), the
+ * accepts engine leaders, one reader thread per link (first the authentication: mutual TLS
+ * with the cluster CA, or plaintext on loopback; then hello, token events, heartbeats), the
  * writes on a link (Submit, Cancel), what happens when a link is lost (requests that produced
  * nothing yet move to another engine, the rest fail), and the monitor thread (heartbeat
  * timeouts, request deadlines, reaping). Locks and threads: coord_internal.h. */
@@ -24,13 +25,16 @@
 
 #define GS_LINK_MAX_FRAME  (16u << 20)
 #define GS_HELLO_TIMEOUT_MS 5000
+#define GS_HANDSHAKE_TIMEOUT_MS 5000 /* TLS, before the hello's own 5 s */
+#define GS_MAX_HANDSHAKING  64       /* connections not yet authenticated */
+#define GS_AUTH_LOG_EVERY_S 5.0      /* one log line per refusal reason at most this often */
 
 /* ---- engine link writes ------------------------------------------------------------------ */
 
 static enum gs_status engine_send(struct engine *e, const Gemmashard__Engine__EngineMessage *m)
 {
 	pthread_mutex_lock(&e->wmu);
-	enum gs_status st = e->fd >= 0 ? gs_engine_msg_send(e->fd, m) : GS_ERR_IO;
+	enum gs_status st = e->s ? gs_engine_msg_send(e->s, m) : gs_errorf(GS_ERR_IO, "the link is closed");
 	pthread_mutex_unlock(&e->wmu);
 	return st;
 }
@@ -45,7 +49,10 @@ void engine_send_cancel(struct engine *e, uint64_t id)
 	if (engine_send(e, &m) != GS_OK) {
 		gs_log(GS_LOG_WARN, "coordinator: cancel %" PRIu64 " to engine %s: %s", id, e->id, gs_last_error());
 		gs_clear_error();
-		shutdown(e->fd, SHUT_RDWR); /* the reader notices and fails the link */
+		pthread_mutex_lock(&e->wmu);
+		if (e->fd >= 0)
+			shutdown(e->fd, SHUT_RDWR); /* the reader notices and fails the link */
+		pthread_mutex_unlock(&e->wmu);
 	}
 }
 
@@ -223,6 +230,129 @@ static bool hello_ok(struct gs_coord *c, struct engine *e, const Gemmashard__Eng
 	return true;
 }
 
+/* ---- engine link: authentication (ARCHITECTURE.md §7 "Security") ------------------------- */
+
+/* Counts a refused connection; logs it unless the same reason was logged in the last 5 s. */
+static void auth_refused(struct gs_coord *c, const char *peer, enum gs_auth_fail why, const char *reason)
+{
+	double now = gs_now_s();
+	uint64_t more = 0;
+	bool log;
+
+	pthread_mutex_lock(&c->mu);
+	c->auth_failures[why]++;
+	log = c->auth_logged[why] == 0 || now - c->auth_logged[why] >= GS_AUTH_LOG_EVERY_S;
+	if (log) {
+		more = c->auth_unlogged[why];
+		c->auth_unlogged[why] = 0;
+		c->auth_logged[why] = now;
+	} else {
+		c->auth_unlogged[why]++;
+	}
+	pthread_mutex_unlock(&c->mu);
+	if (log && more)
+		gs_log(GS_LOG_WARN, "coordinator: engine connection from %s refused (%s): %s (and %" PRIu64 " more for "
+		       "this reason since the last such line)", peer, gs_auth_fail_label(why), reason, more);
+	else if (log)
+		gs_log(GS_LOG_WARN, "coordinator: engine connection from %s refused (%s): %s", peer,
+		       gs_auth_fail_label(why), reason);
+}
+
+/* A plaintext engine on a TLS port gets one plaintext Error frame saying why, so that its own
+ * log explains the refusal. Nothing else ever goes to it. */
+static void tell_plaintext_engine(int fd)
+{
+	Gemmashard__Engine__Error er = GEMMASHARD__ENGINE__ERROR__INIT;
+	Gemmashard__Engine__EngineMessage m = GEMMASHARD__ENGINE__ENGINE_MESSAGE__INIT;
+	struct gs_stream *s;
+	int d = dup(fd);
+
+	if (d < 0 || gs_stream_plain(d, &s) != GS_OK) {
+		gs_clear_error();
+		return;
+	}
+	gs_stream_set_send_timeout(s, 200);
+	er.code = GS_ERR_INVALID_ARG;
+	er.message = "this coordinator requires mutual TLS on the engine link: start the engine with --cluster-ca, "
+		     "--cluster-cert and --cluster-key (deploy/make-cluster-certs.sh)";
+	m.body_case = GEMMASHARD__ENGINE__ENGINE_MESSAGE__BODY_ERROR;
+	m.error = &er;
+	if (gs_engine_msg_send(s, &m) == GS_OK) {
+		/* Close gently: a reset would discard the frame before the engine reads it. What the
+		 * engine sends meanwhile (its hello) is read and thrown away unparsed, for 0.5 s at most. */
+		double end = gs_now_s() + 0.5;
+		char junk[4096];
+		size_t got = 1;
+		shutdown(d, SHUT_WR);
+		while (got > 0 && gs_now_s() < end)
+			if (gs_stream_read(s, junk, sizeof(junk), (int)((end - gs_now_s()) * 1e3) + 1, &got) != GS_OK)
+				break;
+	}
+	gs_clear_error();
+	gs_stream_free(s);
+}
+
+/* Plaintext link: an engine that starts a TLS handshake here has certificates this
+ * coordinator lacks; say so instead of reading its ClientHello as a frame. */
+static bool plaintext_peer_wants_tls(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	unsigned char b[2];
+	ssize_t n;
+
+	if (poll(&p, 1, GS_HELLO_TIMEOUT_MS) <= 0)
+		return false; /* the hello's own timeout reports it */
+	n = recv(fd, b, sizeof(b), MSG_PEEK);
+	return n > 0 && gs_net_looks_like_tls(b, (size_t)n);
+}
+
+/* Authenticates the connection (TLS) or wraps it (plaintext) into e->s. False: refused,
+ * counted and logged; nothing was read from the peer as a message. */
+static bool engine_link_open(struct engine *e)
+{
+	struct gs_coord *c = e->c;
+	enum gs_auth_fail why = GS_AUTH_OK;
+	struct gs_stream *s = NULL;
+	enum gs_status st;
+
+	/* The stream owns a descriptor of its own; e->fd stays for shutdown() from other threads. */
+	int d = dup(e->fd);
+
+	if (d < 0) {
+		st = gs_errorf(GS_ERR_IO, "dup: %s", strerror(errno));
+	} else if (c->tls) {
+		st = gs_cluster_tls_accept(c->tls, d, GS_HANDSHAKE_TIMEOUT_MS, &s, &why);
+		if (st != GS_OK)
+			close(d);
+		if (st != GS_OK && why == GS_AUTH_NOT_TLS) {
+			char reason[512];
+			snprintf(reason, sizeof(reason), "%s", gs_last_error());
+			tell_plaintext_engine(e->fd);
+			gs_errorf(st, "%s", reason);
+		}
+	} else if (plaintext_peer_wants_tls(e->fd)) {
+		close(d);
+		why = GS_AUTH_TLS_UNEXPECTED;
+		st = gs_errorf(GS_ERR_IO, "the engine started a TLS handshake, but this coordinator has no cluster "
+			       "certificates (plaintext engine link): give it --cluster-ca, --cluster-cert and "
+			       "--cluster-key, or start the engine without them");
+	} else {
+		st = gs_stream_plain(d, &s);
+	}
+	if (st != GS_OK) {
+		if (why == GS_AUTH_OK)
+			gs_log(GS_LOG_WARN, "coordinator: engine connection from %s: %s", e->peer, gs_last_error());
+		else
+			auth_refused(c, e->peer, why, gs_last_error());
+		gs_clear_error();
+		return false;
+	}
+	pthread_mutex_lock(&e->wmu);
+	e->s = s;
+	pthread_mutex_unlock(&e->wmu);
+	return true;
+}
+
 static void *engine_reader(void *arg)
 {
 	struct engine *e = arg;
@@ -230,8 +360,12 @@ static void *engine_reader(void *arg)
 	Gemmashard__Engine__EngineMessage *m = NULL;
 	const char *reason = "link closed";
 	char buf[600];
+	bool opened = engine_link_open(e);
 
-	if (gs_engine_msg_recv(e->fd, GS_LINK_MAX_FRAME, GS_HELLO_TIMEOUT_MS, &m) != GS_OK ||
+	atomic_fetch_sub(&c->handshaking, 1);
+	if (!opened)
+		goto out_gone;
+	if (gs_engine_msg_recv(e->s, GS_LINK_MAX_FRAME, GS_HELLO_TIMEOUT_MS, &m) != GS_OK ||
 	    m->body_case != GEMMASHARD__ENGINE__ENGINE_MESSAGE__BODY_HELLO) {
 		gs_log(GS_LOG_WARN, "coordinator: connection from %s did not start with a hello: %s", e->peer,
 		       m ? "another message" : gs_last_error());
@@ -246,12 +380,11 @@ static void *engine_reader(void *arg)
 	e->up = true;
 	e->last_hb = gs_now_s();
 	pthread_mutex_unlock(&c->mu);
-	gs_log(GS_LOG_INFO, "coordinator: engine %s (%s) up: T=%d, context %d, %d KV blocks, %d seqs", e->id, e->peer,
-	       e->tp, e->max_context, e->kv_blocks_total, e->max_seqs);
+	gs_log(GS_LOG_INFO, "coordinator: engine %s (%s) up over %s: T=%d, context %d, %d KV blocks, %d seqs", e->id,
+	       e->peer, gs_stream_describe(e->s), e->tp, e->max_context, e->kv_blocks_total, e->max_seqs);
 
 	while (!atomic_load(&c->stopping)) {
-		struct pollfd p = { .fd = e->fd, .events = POLLIN };
-		int pr = poll(&p, 1, 200);
+		int pr = gs_stream_wait(e->s, 200);
 		if (pr < 0 && errno == EINTR)
 			continue;
 		pthread_mutex_lock(&c->mu);
@@ -263,7 +396,7 @@ static void *engine_reader(void *arg)
 		}
 		if (pr == 0)
 			continue;
-		if (gs_engine_msg_recv(e->fd, GS_LINK_MAX_FRAME, 10000, &m) != GS_OK) {
+		if (gs_engine_msg_recv(e->s, GS_LINK_MAX_FRAME, 10000, &m) != GS_OK) {
 			snprintf(buf, sizeof(buf), "%s", gs_last_error());
 			gs_clear_error();
 			reason = buf;
@@ -307,6 +440,8 @@ out_gone:
 	if (m)
 		gemmashard__engine__engine_message__free_unpacked(m, NULL);
 	pthread_mutex_lock(&e->wmu);
+	gs_stream_free(e->s);
+	e->s = NULL;
 	close(e->fd);
 	e->fd = -1;
 	pthread_mutex_unlock(&e->wmu);
@@ -348,6 +483,7 @@ void coord_reap_engines(struct gs_coord *c, bool all)
 void *coord_listener_main(void *arg)
 {
 	struct gs_coord *c = arg;
+	double busy_logged = -1e30;
 
 	while (!atomic_load(&c->stopping)) {
 		struct pollfd p = { .fd = c->listen_fd, .events = POLLIN };
@@ -359,9 +495,18 @@ void *coord_listener_main(void *arg)
 		if (fd < 0)
 			continue;
 		int one = 1;
-		struct timeval tv = { .tv_sec = 5 };
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+		/* Each connection authenticates in its own thread (with a deadline); a crowd of silent
+		 * peers is turned away here instead of piling up threads. */
+		if (atomic_load(&c->handshaking) >= GS_MAX_HANDSHAKING) {
+			close(fd);
+			if (gs_now_s() - busy_logged >= GS_AUTH_LOG_EVERY_S) {
+				gs_log(GS_LOG_WARN, "coordinator: %d engine connections are still authenticating; "
+				       "closing new ones", GS_MAX_HANDSHAKING);
+				busy_logged = gs_now_s();
+			}
+			continue;
+		}
 		struct engine *e = calloc(1, sizeof(*e));
 		if (!e) {
 			close(fd);
@@ -376,7 +521,9 @@ void *coord_listener_main(void *arg)
 			    NI_NUMERICHOST | NI_NUMERICSERV);
 		snprintf(e->peer, sizeof(e->peer), "%s:%s", host, port);
 		snprintf(e->id, sizeof(e->id), "%s", e->peer);
+		atomic_fetch_add(&c->handshaking, 1);
 		if (pthread_create(&e->thread, NULL, engine_reader, e) != 0) {
+			atomic_fetch_sub(&c->handshaking, 1);
 			close(fd);
 			pthread_mutex_destroy(&e->wmu);
 			free(e);

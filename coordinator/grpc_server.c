@@ -21,8 +21,10 @@
 
 #include "gemmashard/v1/inference.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "gs_apikeys.h"
 #include "gs_coord.h"
 #include "gs_grpc.h"
+#include "gs_tls.h"
 #include "gs_util.h"
 
 enum method { M_UNKNOWN, M_GENERATE, M_STREAM, M_TOKENIZE, M_MODELINFO, M_HEALTH, M_COUNT };
@@ -82,6 +84,10 @@ struct call {
 	struct gs_tok_lp     *lps;
 	size_t                n_ids;
 	bool                  want_lps;
+	/* for the access log and /metrics (gs_access) */
+	char                  key[GS_APIKEY_NAME_MAX + 1]; /* name of the API key used ("" none) */
+	int32_t               prompt_tokens, completion_tokens;
+	enum gs_cfinish       finish;        /* how the output ended, as sent */
 };
 
 /* ---- helpers ----------------------------------------------------------------------------- */
@@ -138,6 +144,17 @@ static bool start_batch(struct call *c, const grpc_op *ops, size_t n, enum op op
 	return true;
 }
 
+/* With c->mu held: the call is over for the client (its final status is sent, or it left). */
+static void call_done(struct call *c, const char *status)
+{
+	gs_coord_request_done(c->g->coord, &(struct gs_access){
+		.api = GS_API_GRPC, .key = c->key, .method = "POST",
+		.route = c->method == M_UNKNOWN ? "unknown" : method_path[c->method], .status = status,
+		.request_id = c->creq ? gs_creq_id(c->creq) : 0, .prompt_tokens = c->prompt_tokens,
+		.completion_tokens = c->completion_tokens, .finish = c->finish,
+		.latency_s = gs_now_s() - c->t_start, .probe = c->method == M_HEALTH });
+}
+
 /* With c->mu held: send the final status (and a last message, if given). */
 static void send_status(struct call *c, int code, const char *details, grpc_byte_buffer *msg)
 {
@@ -163,7 +180,7 @@ static void send_status(struct call *c, int code, const char *details, grpc_byte
 	ops[n].data.send_status_from_server.status = (grpc_status_code)code;
 	ops[n].data.send_status_from_server.status_details = &c->status_details;
 	n++;
-	gs_coord_count_request(c->g->coord, GS_API_GRPC, grpc_code_name(code));
+	call_done(c, grpc_code_name(code));
 	if (!start_batch(c, ops, n, OP_STATUS))
 		c->status_started = true; /* nothing more can be sent on this call */
 }
@@ -296,6 +313,9 @@ static void stream_pump(struct call *c)
 	if (!gs_creq_take(c->creq, &o))
 		return;
 	observe_tokens(c, o.n_ids);
+	c->prompt_tokens = o.prompt_tokens;
+	c->completion_tokens = o.completion_tokens;
+	c->finish = o.finish;
 	if (o.finish == GS_CFIN_ERROR && o.text_len == 0 && o.n_ids == 0) {
 		send_error(c, o.err, o.err_msg);
 		gs_creq_out_clear(&o);
@@ -360,6 +380,9 @@ static void unary_pump(struct call *c)
 		return;
 	while (gs_creq_take(c->creq, &o)) {
 		observe_tokens(c, o.n_ids);
+		c->prompt_tokens = o.prompt_tokens;
+		c->completion_tokens = o.completion_tokens;
+		c->finish = o.finish;
 		char *nt = realloc(c->text, c->text_len + o.text_len + 1);
 		int32_t *ni = o.n_ids ? realloc(c->ids, sizeof(*ni) * (c->n_ids + (size_t)o.n_ids)) : c->ids;
 		struct gs_tok_lp *nl = o.lps && o.n_ids ? realloc(c->lps, sizeof(*nl) * (c->n_ids + (size_t)o.n_ids))
@@ -625,7 +648,7 @@ static void on_new(struct call *c)
 {
 	struct gs_grpc *g = c->g;
 	grpc_op ops[2];
-	char auth[512];
+	char auth[GS_APIKEY_MAX_LEN + 64]; /* longer values are cut, and then match no key */
 
 	post_request_call(g); /* keep one call always posted */
 	c->t_start = gs_now_s();
@@ -647,7 +670,8 @@ static void on_new(struct call *c)
 		gpr_free(m);
 		send_status(c, 12 /* UNIMPLEMENTED */, why, NULL);
 	} else if (c->method != M_HEALTH &&
-		   !gs_coord_authorized(g->coord, md_value(c, "authorization", auth, sizeof(auth)))) {
+		   !gs_coord_authorized(g->coord, md_value(c, "authorization", auth, sizeof(auth)), c->key,
+					sizeof(c->key))) {
 		start_batch(c, ops, 1, OP_RECV);
 		send_error(c, GS_CERR_UNAUTHENTICATED,
 			   "missing or wrong API key: send metadata \"authorization: Bearer <key>\"");
@@ -657,6 +681,7 @@ static void on_new(struct call *c)
 		start_batch(c, ops, 2, OP_RECV);
 	}
 	pthread_mutex_unlock(&c->mu);
+	explicit_bzero(auth, sizeof(auth));
 }
 
 static void on_recv(struct call *c, bool ok)
@@ -722,7 +747,8 @@ static void on_send(struct call *c, bool ok)
 		struct gs_creq *r = c->creq;
 		if (!c->status_started) {
 			c->status_started = true;
-			gs_coord_count_request(c->g->coord, GS_API_GRPC, "CANCELLED");
+			c->finish = GS_CFIN_CANCELLED;
+			call_done(c, "CANCELLED");
 		}
 		pthread_mutex_unlock(&c->mu);
 		if (r)
@@ -818,10 +844,25 @@ static void *cq_main(void *arg)
 	return NULL;
 }
 
-enum gs_status gs_grpc_start(struct gs_coord *coord, const char *addr, struct gs_grpc **out)
+/* Plaintext, or TLS 1.2+ from tls's PEM (gRPC copies it); with a client CA, a client must
+ * present a certificate that chains to it or the handshake fails. NULL when out of memory. */
+static grpc_server_credentials *grpc_server_creds(const struct gs_tls *tls)
+{
+	if (!tls)
+		return grpc_insecure_server_credentials_create();
+	grpc_ssl_pem_key_cert_pair pair = { .private_key = tls->key_pem, .cert_chain = tls->cert_pem };
+	return grpc_ssl_server_credentials_create_ex(
+		tls->client_ca_pem, &pair, 1,
+		tls->client_ca_pem ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+				   : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+		NULL);
+}
+
+enum gs_status gs_grpc_start(struct gs_coord *coord, const char *addr, const struct gs_tls *tls,
+			     struct gs_grpc **out)
 {
 	struct gs_grpc *g = calloc(1, sizeof(*g));
-	grpc_arg args[2];
+	grpc_arg args[3];
 	*out = NULL;
 	if (!g)
 		return gs_errorf(GS_ERR_NOMEM, "grpc: out of memory");
@@ -833,13 +874,20 @@ enum gs_status gs_grpc_start(struct gs_coord *coord, const char *addr, struct gs
 	args[1].type = GRPC_ARG_INTEGER;
 	args[1].key = (char *)GRPC_ARG_ALLOW_REUSEPORT;
 	args[1].value.integer = 0;
-	grpc_channel_args ca = { .num_args = 2, .args = args };
+	/* concurrent calls per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS): a client
+	 * queues the calls over it until one ends; 0: gRPC's default (no limit) */
+	int32_t streams = gs_coord_get_limits(coord)->max_grpc_streams;
+	args[2].type = GRPC_ARG_INTEGER;
+	args[2].key = (char *)GRPC_ARG_MAX_CONCURRENT_STREAMS;
+	args[2].value.integer = streams > 0 ? streams : INT32_MAX;
+	grpc_channel_args ca = { .num_args = 3, .args = args };
 	g->cq = grpc_completion_queue_create_for_next(NULL);
 	g->server = grpc_server_create(&ca, NULL);
 	grpc_server_register_completion_queue(g->server, g->cq, NULL);
-	grpc_server_credentials *cr = grpc_insecure_server_credentials_create();
-	int port = grpc_server_add_http2_port(g->server, addr, cr);
-	grpc_server_credentials_release(cr);
+	grpc_server_credentials *cr = grpc_server_creds(tls);
+	int port = cr ? grpc_server_add_http2_port(g->server, addr, cr) : 0;
+	if (cr)
+		grpc_server_credentials_release(cr);
 	if (!port) {
 		grpc_server_destroy(g->server);
 		grpc_completion_queue_shutdown(g->cq);
@@ -847,7 +895,8 @@ enum gs_status gs_grpc_start(struct gs_coord *coord, const char *addr, struct gs
 			;
 		grpc_completion_queue_destroy(g->cq);
 		free(g);
-		return gs_errorf(GS_ERR_IO, "grpc: cannot listen on %s (address in use or invalid)", addr);
+		return cr ? gs_errorf(GS_ERR_IO, "grpc: cannot listen on %s (address in use or invalid)", addr)
+			  : gs_errorf(GS_ERR_INTERNAL, "grpc: cannot make the TLS server credentials");
 	}
 	grpc_server_start(g->server);
 	if (pthread_create(&g->thread, NULL, cq_main, g) != 0) {

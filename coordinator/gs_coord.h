@@ -73,6 +73,11 @@ struct gs_coord_limits {
 	double  heartbeat_timeout_s; /* engine marked down after this long without a heartbeat */
 	double  default_timeout_s;   /* a request without a deadline gets this one (no client
 					waits forever) */
+	/* front-end transport limits (ARCHITECTURE.md §7, "Security") */
+	double  http_idle_timeout_s;   /* an HTTP connection silent this long is closed */
+	int32_t max_http_connections;  /* more are closed as soon as accepted */
+	size_t  max_http_header_bytes; /* per connection (request line + headers); more: 431 */
+	int32_t max_grpc_streams;      /* concurrent calls per gRPC connection (HTTP/2 streams) */
 };
 
 /* A client request in front-end terms. All pointers are borrowed for the call only. */
@@ -146,15 +151,36 @@ uint64_t gs_creq_id(const struct gs_creq *r);
  * "\ufffd"-free hex escapes "<0xNN>"). Returns a malloc'd string. */
 char *gs_coord_token_text(struct gs_coord *c, int32_t id);
 
-/* Front-end bookkeeping for /metrics: one call per finished client request, with the
- * status the client saw (HTTP status or gRPC code name) and the output timings. */
-void gs_coord_count_request(struct gs_coord *c, enum gs_api api, const char *status);
+/* One finished client request as its front end saw it, for /metrics and the access log
+ * (gs_access_log.h). Strings are the server's own, never text from the client. */
+struct gs_access {
+	enum gs_api     api;
+	const char     *key;           /* name of the API key it used; NULL or "": none */
+	const char     *method;        /* "POST", "GET", ... ("OTHER" for anything else) */
+	const char     *route;         /* "/v1/chat/completions", "/gemmashard.v1.Inference/Generate",
+					  "unknown" */
+	const char     *status;        /* what the client saw: HTTP status or gRPC code name */
+	uint64_t        request_id;    /* gs_creq_id(); 0: never submitted */
+	int32_t         prompt_tokens, completion_tokens;
+	enum gs_cfinish finish;        /* NONE: never submitted, or no finish reached the client */
+	double          latency_s;     /* arrival to the final status (or the client leaving) */
+	bool            probe;         /* a health check: counted, not written to the access log */
+};
+/* Front-end bookkeeping: one call per finished client request. Counts it for /metrics (by API
+ * and status, and by key name when it used one) and writes its access-log line. */
+void gs_coord_request_done(struct gs_coord *c, const struct gs_access *a);
 /* Per streamed token: seconds between this token batch and the previous one, per token. */
 void gs_coord_observe_tpot(struct gs_coord *c, double seconds_per_token, int32_t n_tokens);
 void gs_coord_observe_ttft(struct gs_coord *c, double seconds);
 
-/* Authorization: true when no key is configured, or header is exactly "Bearer <key>". */
-bool gs_coord_authorized(const struct gs_coord *c, const char *authorization);
+/* Authorization: true when no key is configured (key_name gets ""), or when the header is
+ * "Bearer <key>" for one of the keys (key_name gets its name, at most cap - 1 characters).
+ * Compares against every key in constant time (gs_apikeys_match). */
+bool gs_coord_authorized(struct gs_coord *c, const char *authorization, char *key_name, size_t cap);
+/* SIGHUP: reads the API key file again and swaps the new keys in (requests in flight and
+ * open connections are not affected); a bad file keeps the old keys and logs why. Also opens
+ * the access log file again (log rotation). GS_OK, or the status of the failed reload. */
+enum gs_status gs_coord_reload(struct gs_coord *c);
 
 /* Tokenize (GS_CERR_NOT_FOUND for an unknown model). *ids is malloc'd. */
 enum gs_cerr gs_coord_tokenize(struct gs_coord *c, const char *model, const char *text, bool add_bos,
@@ -173,6 +199,9 @@ struct gs_model_info {
 enum gs_cerr gs_coord_model_info(struct gs_coord *c, const char *model, struct gs_model_info *info);
 /* Engines up (for health checks). */
 int gs_coord_healthy_engines(struct gs_coord *c);
+/* How engines connect (for /health): "mtls" (certificates of the cluster CA), "plaintext"
+ * (loopback only, unauthenticated) or "plaintext-insecure" (--insecure-engine-link). */
+const char *gs_coord_engine_link_mode(const struct gs_coord *c);
 /* Prometheus text exposition (malloc'd). */
 char *gs_coord_metrics(struct gs_coord *c);
 const struct gs_coord_limits *gs_coord_get_limits(const struct gs_coord *c);
@@ -182,8 +211,16 @@ struct gs_coord_config {
 	const char *model_dir;        /* config.json + tokenizer.json */
 	const char *served_name;      /* NULL: the model folder's name */
 	const char *engine_listen;    /* "127.0.0.1:50061" */
-	const char *api_key;          /* NULL: none */
+	const char *api_key;          /* GEMMASHARD_API_KEY (key name "env"); NULL: none */
+	const char *api_key_file;     /* --api-key-file (gs_apikeys.h); NULL: none */
+	const char *access_log;       /* --access-log FILE; NULL or "-": stderr */
+	bool        log_content;      /* --log-content: prompts and outputs go to the access log */
 	struct gs_coord_limits limits;
+	/* The engine link (ARCHITECTURE.md §7 "Security"): mutual TLS with the cluster CA when all
+	 * three are set (--cluster-ca/--cluster-cert/--cluster-key), else plaintext, which is
+	 * refused off loopback unless insecure_engine_link (--insecure-engine-link). */
+	const char *cluster_ca, *cluster_cert, *cluster_key;
+	bool        insecure_engine_link;
 };
 enum gs_status gs_coord_create(const struct gs_coord_config *cfg, struct gs_coord **out);
 /* Stops accepting engines, fails every request still running (UNAVAILABLE), frees. */

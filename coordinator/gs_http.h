@@ -14,12 +14,17 @@
 
 struct gs_coord;
 struct gs_http;
+struct gs_tls;
 
 /* Serves HTTP on host:port (a numeric address or a name; port 0 picks a free one) with
- * threads of its own, until gs_http_stop(). GS_ERR_IO with a message when the address
+ * threads of its own, until gs_http_stop(). tls: NULL for plaintext, else HTTPS (TLS 1.2+)
+ * with its certificate; with a client CA, a request whose client certificate is missing gets
+ * 401 and one that does not verify 403 (gs_tls.h). GS_ERR_IO with a message when the address
  * cannot be bound (in use, not local), GS_ERR_INVALID_ARG for a port out of range or a
- * host that does not resolve. c must outlive the server. */
-enum gs_status gs_http_start(struct gs_coord *c, const char *host, int port, struct gs_http **out);
+ * host that does not resolve, GS_ERR_UNSUPPORTED for TLS with a libmicrohttpd built without
+ * it. c and tls must outlive the server. */
+enum gs_status gs_http_start(struct gs_coord *c, const char *host, int port, const struct gs_tls *tls,
+			     struct gs_http **out);
 /* The port actually bound (useful after port 0). */
 int gs_http_port(const struct gs_http *h);
 /* Closes the listening socket and every connection (their requests are cancelled and

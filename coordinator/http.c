@@ -24,10 +24,13 @@
 #include <string.h>
 
 #include "http_internal.h"
+#include "gs_tls.h"
 #include "gs_util.h"
 
-#define GS_HTTP_MAX_CONNECTIONS  1024
-#define GS_HTTP_IDLE_TIMEOUT_S   60          /* an idle keep-alive connection is closed */
+#define GS_HTTP_MAX_CONNECTIONS  1024        /* when limits.max_http_connections is 0 */
+#define GS_HTTP_IDLE_TIMEOUT_S   60          /* when limits.http_idle_timeout_s is 0 */
+#define GS_HTTP_MAX_HEADER_BYTES (32u << 10) /* when limits.max_http_header_bytes is 0 */
+#define GS_HTTP_LIMIT_WARN_MS    10000       /* "connection limit reached" at most this often */
 #define GS_HTTP_DEFAULT_MAX_BODY (4u << 20)  /* when limits.max_body_bytes is 0 */
 #define GS_HTTP_MAX_DISCARD      (64u << 20) /* body bytes past the limit read before closing */
 #define GS_HTTP_OWNER            "gemmashard"
@@ -73,7 +76,8 @@ enum MHD_Result gs_http_reply_json(struct MHD_Connection *conn, struct gs_http_r
 enum MHD_Result gs_http_error(struct MHD_Connection *conn, struct gs_http_req *q, int status,
 			      const char *param, const char *code, const char *fmt, ...)
 {
-	const char *type = status == MHD_HTTP_UNAUTHORIZED	  ? gs_cerr_openai_type(GS_CERR_UNAUTHENTICATED) :
+	const char *type = status == MHD_HTTP_UNAUTHORIZED ||
+					   status == MHD_HTTP_FORBIDDEN ? gs_cerr_openai_type(GS_CERR_UNAUTHENTICATED) :
 			   status >= 500			  ? gs_cerr_openai_type(GS_CERR_INTERNAL) :
 								    gs_cerr_openai_type(GS_CERR_INVALID);
 	char msg[768];
@@ -137,6 +141,11 @@ static enum MHD_Result gs_http_health(struct gs_http *h, struct MHD_Connection *
 
 	cJSON_AddStringToObject(root, "status", n > 0 ? "ok" : "unavailable");
 	cJSON_AddNumberToObject(root, "engines", n > 0 ? n : 0);
+	cJSON_AddStringToObject(root, "engine_link", gs_coord_engine_link_mode(h->coord));
+	if (!strcmp(gs_coord_engine_link_mode(h->coord), "plaintext-insecure"))
+		cJSON_AddStringToObject(root, "warning", "the engine link is plaintext and unauthenticated off loopback "
+					"(--insecure-engine-link): prompts cross the network unencrypted and any host can "
+					"register as an engine");
 	return gs_http_reply_json(conn, q, n > 0 ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, root);
 }
 
@@ -147,6 +156,18 @@ static enum MHD_Result gs_http_metrics(struct gs_http *h, struct MHD_Connection 
 	if (!text)
 		return gs_http_error(conn, q, 500, NULL, NULL, "metrics are not available");
 	return gs_http_reply(conn, q, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", text);
+}
+
+/* The method for the access log: one of HTTP's own, else "OTHER" (never the client's text). */
+static void gs_http_method_name(const char *method, char *out, size_t cap)
+{
+	static const char *const known[] = { "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE",
+					     "CONNECT" };
+
+	snprintf(out, cap, "OTHER");
+	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+		if (strcmp(method, known[i]) == 0)
+			snprintf(out, cap, "%s", known[i]);
 }
 
 static enum gs_http_route gs_http_route_of(const char *url)
@@ -188,15 +209,34 @@ static enum MHD_Result gs_http_refuse(struct MHD_Connection *conn, struct gs_htt
 	return MHD_YES;
 }
 
-/* First call of a request (headers in): route, method, key, declared size. */
+/* With a client CA (mutual TLS): the client's certificate must verify, on every route. NULL
+ * when it does; else the status (401 none, 403 not trusted) with the reason in why. */
+static const char *gs_http_client_cert(struct MHD_Connection *conn, int *status, char *why, size_t cap)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+
+	switch (gs_tls_verify_peer(ci ? ci->tls_session : NULL, why, cap)) {
+	case GS_TLS_PEER_OK:
+		return NULL;
+	case GS_TLS_PEER_MISSING:
+		*status = MHD_HTTP_UNAUTHORIZED;
+		return "client_certificate_required";
+	default:
+		*status = MHD_HTTP_FORBIDDEN;
+		return "client_certificate_rejected";
+	}
+}
+
+/* First call of a request (headers in): client certificate, route, method, key, declared size. */
 static enum MHD_Result gs_http_begin(struct gs_http *h, struct MHD_Connection *conn, struct gs_http_req *q,
 				     const char *url, const char *method)
 {
 	bool post = q->route == GS_HTTP_ROUTE_CHAT || q->route == GS_HTTP_ROUTE_COMPLETIONS;
 	const char *clen = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-	const char *auth;
+	const char *auth, *code;
 	size_t declared = 0;
-	char *end;
+	char *end, why[300];
+	int status;
 
 	if (clen) {
 		unsigned long long v;
@@ -206,6 +246,8 @@ static enum MHD_Result gs_http_begin(struct gs_http *h, struct MHD_Connection *c
 		if (errno == 0 && end != clen)
 			declared = v > SIZE_MAX ? SIZE_MAX : (size_t)v;
 	}
+	if (h->client_cert_required && (code = gs_http_client_cert(conn, &status, why, sizeof(why))))
+		return gs_http_refuse(conn, q, declared, status, code, "%s", why);
 	if (q->route == GS_HTTP_ROUTE_NONE)
 		return gs_http_refuse(conn, q, declared, 404, "unknown_url", "unknown URL: %s %.200s", method, url);
 	if (post ? strcmp(method, MHD_HTTP_METHOD_POST) != 0 :
@@ -214,7 +256,7 @@ static enum MHD_Result gs_http_begin(struct gs_http *h, struct MHD_Connection *c
 				      post ? "POST" : "GET", method);
 	if (q->route != GS_HTTP_ROUTE_HEALTH && q->route != GS_HTTP_ROUTE_METRICS) {
 		auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
-		if (!gs_coord_authorized(h->coord, auth ? auth : ""))
+		if (!gs_coord_authorized(h->coord, auth ? auth : "", q->key, sizeof(q->key)))
 			return gs_http_refuse(conn, q, declared, 401, "invalid_api_key", "%s",
 					      auth ? "invalid API key" :
 						     "missing API key (send the header 'Authorization: Bearer <key>')");
@@ -276,12 +318,17 @@ static enum MHD_Result gs_http_access(void *cls, struct MHD_Connection *conn, co
 		lim = gs_coord_get_limits(h->coord);
 		q->limit = lim && lim->max_body_bytes ? lim->max_body_bytes : GS_HTTP_DEFAULT_MAX_BODY;
 		q->route = gs_http_route_of(url);
+		q->t_start = gs_now_s();
+		gs_http_method_name(method, q->method, sizeof(q->method));
 		return gs_http_begin(h, conn, q, url, method);
 	}
 	if (*upload_data_size) {
 		size_t n = *upload_data_size;
 
 		*upload_data_size = 0;
+		/* a body trickled in to hold the connection: the idle timeout alone would never fire */
+		if (gs_now_s() - q->t_start > h->idle_timeout_s)
+			return MHD_NO;
 		return gs_http_receive(q, upload_data, n);
 	}
 	if (q->early_status)
@@ -312,6 +359,11 @@ static enum MHD_Result gs_http_access(void *cls, struct MHD_Connection *conn, co
 static void gs_http_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 			      enum MHD_RequestTerminationCode toe)
 {
+	static const char *const route_name[GS_HTTP_ROUTE_COUNT] = {
+		"unknown", "/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/{id}", "/health",
+		"/metrics",
+	};
+	_Static_assert(GS_HTTP_ROUTE_COUNT == 7, "route_name has one entry per route");
 	struct gs_http *h = cls;
 	struct gs_http_req *q = *con_cls;
 	char status[16];
@@ -321,7 +373,11 @@ static void gs_http_completed(void *cls, struct MHD_Connection *conn, void **con
 	/* Scrapes and probes are not client requests. 499: the client left before an answer. */
 	if (q->route != GS_HTTP_ROUTE_HEALTH && q->route != GS_HTTP_ROUTE_METRICS) {
 		snprintf(status, sizeof(status), "%d", q->status ? q->status : 499);
-		gs_coord_count_request(h->coord, GS_API_HTTP, status);
+		gs_coord_request_done(h->coord, &(struct gs_access){
+			.api = GS_API_HTTP, .key = q->key, .method = q->method, .route = route_name[q->route],
+			.status = status, .request_id = q->req_id, .prompt_tokens = q->prompt_tokens,
+			.completion_tokens = q->completion_tokens, .finish = q->finish,
+			.latency_s = gs_now_s() - q->t_start });
 	}
 	free(q->body);
 	free(q);
@@ -340,19 +396,43 @@ static void gs_http_mhd_log(void *cls, const char *fmt, va_list ap)
 		msg[--n] = '\0';
 	if (atomic_load(&h->starting))
 		snprintf(h->start_log, sizeof(h->start_log), "%s", msg);
+	if (strstr(msg, "connection limit")) {
+		/* MHD closes a connection over --max-http-connections as soon as it accepts it */
+		long long now = (long long)(gs_now_s() * 1e3), last = atomic_load(&h->limit_warned_ms);
+
+		if (now - last >= GS_HTTP_LIMIT_WARN_MS && atomic_compare_exchange_strong(&h->limit_warned_ms, &last, now))
+			gs_log(GS_LOG_WARN, "http: %d connections open (--max-http-connections): new connections are "
+			       "closed at once until one ends", h->max_connections);
+	}
 	gs_log(GS_LOG_DEBUG, "http: %s", msg);
 }
 
 /* ---- life cycle --------------------------------------------------------------------------- */
 
-enum gs_status gs_http_start(struct gs_coord *c, const char *host, int port, struct gs_http **out)
+enum gs_status gs_http_start(struct gs_coord *c, const char *host, int port, const struct gs_tls *tls,
+			     struct gs_http **out)
 {
+	struct MHD_OptionItem tls_opts[] = {
+		{ MHD_OPTION_HTTPS_MEM_KEY, 0, tls ? tls->key_pem : NULL },
+		{ MHD_OPTION_HTTPS_MEM_CERT, 0, tls ? tls->cert_pem : NULL },
+		{ MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)GS_TLS_HTTP_PRIORITIES },
+		/* MHD asks for a client certificate when it has a trust list; gs_http_begin requires it */
+		{ tls && tls->client_ca_pem ? MHD_OPTION_HTTPS_MEM_TRUST : MHD_OPTION_END, 0,
+		  tls ? tls->client_ca_pem : NULL },
+		{ MHD_OPTION_END, 0, NULL },
+	};
 	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE };
 	struct addrinfo *ai = NULL;
 	struct gs_http *h;
 	char service[16];
 	unsigned flags;
 	const union MHD_DaemonInfo *di;
+	const struct gs_coord_limits *lim = gs_coord_get_limits(c);
+	/* transport limits (ARCHITECTURE.md §7): idle or stalled connections are closed after the
+	 * timeout; past the connection limit MHD closes new connections at once; a request line
+	 * and headers that do not fit the connection's memory get 431 before any handler runs */
+	unsigned idle_timeout_s = lim->http_idle_timeout_s > 0 ? (unsigned)lim->http_idle_timeout_s : GS_HTTP_IDLE_TIMEOUT_S;
+	size_t header_bytes = lim->max_http_header_bytes ? lim->max_http_header_bytes : GS_HTTP_MAX_HEADER_BYTES;
 	int rc, err;
 
 	*out = NULL;
@@ -360,6 +440,9 @@ enum gs_status gs_http_start(struct gs_coord *c, const char *host, int port, str
 		return gs_errorf(GS_ERR_INVALID_ARG, "HTTP port must be in 0..65535, got %d", port);
 	if (!host || !host[0])
 		host = "127.0.0.1";
+	if (tls && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
+		return gs_errorf(GS_ERR_UNSUPPORTED, "HTTPS: this libmicrohttpd was built without TLS (GnuTLS) support; "
+				 "install one that has it, or serve without --tls-cert/--tls-key");
 	snprintf(service, sizeof(service), "%d", port);
 	rc = getaddrinfo(host, service, &hints, &ai);
 	if (rc != 0)
@@ -370,24 +453,31 @@ enum gs_status gs_http_start(struct gs_coord *c, const char *host, int port, str
 		return gs_errorf(GS_ERR_NOMEM, "HTTP server: out of memory");
 	}
 	h->coord = c;
+	h->max_connections = lim->max_http_connections > 0 ? lim->max_http_connections : GS_HTTP_MAX_CONNECTIONS;
+	h->idle_timeout_s = idle_timeout_s;
+	h->client_cert_required = tls && tls->client_ca_pem;
 	atomic_store(&h->starting, true);
 	flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG;
 	if (ai->ai_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
+	if (tls)
+		flags |= MHD_USE_TLS;
 	errno = 0;
 	h->daemon = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, gs_http_access, h,
 				     MHD_OPTION_SOCK_ADDR, ai->ai_addr,
 				     MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
-				     MHD_OPTION_CONNECTION_LIMIT, (unsigned)GS_HTTP_MAX_CONNECTIONS,
-				     MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)GS_HTTP_IDLE_TIMEOUT_S,
+				     MHD_OPTION_CONNECTION_LIMIT, (unsigned)h->max_connections,
+				     MHD_OPTION_CONNECTION_TIMEOUT, idle_timeout_s,
+				     MHD_OPTION_CONNECTION_MEMORY_LIMIT, header_bytes,
 				     MHD_OPTION_NOTIFY_COMPLETED, gs_http_completed, h,
 				     MHD_OPTION_EXTERNAL_LOGGER, gs_http_mhd_log, h,
+				     MHD_OPTION_ARRAY, tls ? tls_opts : &tls_opts[4],
 				     MHD_OPTION_END);
 	err = errno;
 	freeaddrinfo(ai);
 	atomic_store(&h->starting, false);
 	if (!h->daemon) {
-		enum gs_status st = gs_errorf(GS_ERR_IO, "cannot serve HTTP on %s:%d: %s", host, port,
+		enum gs_status st = gs_errorf(GS_ERR_IO, "cannot serve %s on %s:%d: %s", tls ? "HTTPS" : "HTTP", host, port,
 					      h->start_log[0] ? h->start_log : strerror(err ? err : EADDRINUSE));
 
 		free(h);
@@ -395,7 +485,8 @@ enum gs_status gs_http_start(struct gs_coord *c, const char *host, int port, str
 	}
 	di = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
 	h->port = di && di->port ? di->port : port;
-	gs_log(GS_LOG_INFO, "HTTP (OpenAI API) listening on %s:%d", host, h->port);
+	gs_log(GS_LOG_INFO, "%s (OpenAI API) listening on %s:%d%s", tls ? "HTTPS" : "HTTP", host, h->port,
+	       h->client_cert_required ? ", client certificates required" : "");
 	*out = h;
 	return GS_OK;
 }

@@ -29,6 +29,8 @@ struct gs_http_timing {
 struct gs_http_stream {
 	struct gs_http          *h;
 	struct MHD_Connection   *conn;
+	struct gs_http_req      *q;           /* its request: token counts and finish for the access
+						 log (alive while MHD reads the response) */
 	struct gs_creq          *r;
 	bool                     chat, include_usage, logprobs;
 	char                     id[48];
@@ -143,6 +145,9 @@ static enum MHD_Result gs_http_complete(struct gs_http *h, struct MHD_Connection
 		gs_http_out_reset(&o);
 	}
 	gs_creq_release(r);
+	q->prompt_tokens = prompt_tokens;
+	q->completion_tokens = completion_tokens;
+	q->finish = ok ? finish : GS_CFIN_ERROR;
 
 	if (finish == GS_CFIN_ERROR || finish == GS_CFIN_CANCELLED || !ok) {
 		cJSON_Delete(lps.obj);
@@ -161,6 +166,9 @@ static enum MHD_Result gs_http_complete(struct gs_http *h, struct MHD_Connection
 
 out_client_gone:
 	gs_creq_release(r);
+	q->prompt_tokens = prompt_tokens;
+	q->completion_tokens = completion_tokens;
+	q->finish = GS_CFIN_CANCELLED;
 	cJSON_Delete(lps.obj);
 	free(text.p);
 	return MHD_NO;
@@ -198,8 +206,9 @@ static bool gs_http_stream_out(struct gs_http_stream *s, const struct gs_creq_ou
 	bool ok = true;
 
 	gs_http_observe(c, &s->tm, o);
-	s->prompt_tokens = o->prompt_tokens;
-	s->completion_tokens = o->completion_tokens;
+	s->prompt_tokens = s->q->prompt_tokens = o->prompt_tokens;
+	s->completion_tokens = s->q->completion_tokens = o->completion_tokens;
+	s->q->finish = o->finish;
 	if (s->chat && !s->role_sent) {
 		s->role_sent = true;
 		ok = gs_http_sse(s, gs_http_chunk(s, gs_http_choice(true, true, true, "", NULL, GS_CFIN_NONE)));
@@ -263,6 +272,7 @@ static ssize_t gs_http_stream_read(void *cls, uint64_t pos, char *buf, size_t ma
 		switch (gs_http_next(s->h, s->conn, s->r, &o, GS_HTTP_KEEPALIVE_S)) {
 		case GS_HTTP_GONE:
 			s->settled = true;
+			s->q->finish = GS_CFIN_CANCELLED;
 			return MHD_CONTENT_READER_END_WITH_ERROR;
 		case GS_HTTP_IDLE:
 			/* An SSE comment: clients skip it; MHD sees traffic and keeps the connection. */
@@ -308,7 +318,7 @@ static enum MHD_Result gs_http_stream(struct gs_http *h, struct MHD_Connection *
 		gs_creq_release(r);
 		return gs_http_error(conn, q, 500, NULL, NULL, "out of memory");
 	}
-	*s = (struct gs_http_stream){ .h = h, .conn = conn, .r = r, .chat = g->chat,
+	*s = (struct gs_http_stream){ .h = h, .conn = conn, .q = q, .r = r, .chat = g->chat,
 				      .include_usage = g->include_usage, .logprobs = g->spec.logprobs,
 				      .created = created, .tm = { .t_submit = gs_now_s() } };
 	snprintf(s->id, sizeof(s->id), "%s-%" PRIu64, g->chat ? "chatcmpl" : "cmpl", gs_creq_id(r));
@@ -323,6 +333,8 @@ static enum MHD_Result gs_http_stream(struct gs_http *h, struct MHD_Connection *
 		char msg[512];
 		enum gs_cerr e = o.err;
 
+		q->prompt_tokens = o.prompt_tokens;
+		q->finish = GS_CFIN_ERROR;
 		snprintf(msg, sizeof(msg), "%s", o.err_msg[0] ? o.err_msg : gs_cerr_str(e));
 		gs_http_out_reset(&o);
 		s->settled = true;
@@ -395,6 +407,7 @@ enum MHD_Result gs_http_generate(struct gs_http *h, struct MHD_Connection *conn,
 		ret = gs_http_cerr_reply(conn, q, e, param, why[0] ? why : gs_cerr_str(e));
 		goto out_free_root;
 	}
+	q->req_id = gs_creq_id(r);
 	/* The spec's strings were borrowed for the submit only. */
 	cJSON_Delete(root);
 	root = NULL;

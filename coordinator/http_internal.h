@@ -15,6 +15,7 @@
 #include <cjson/cJSON.h>
 #include <microhttpd.h>
 
+#include "gs_apikeys.h"
 #include "gs_coord.h"
 #include "gs_http.h"
 
@@ -22,8 +23,13 @@ struct gs_http {
 	struct gs_coord   *coord;
 	struct MHD_Daemon *daemon;
 	int                port;         /* bound port */
+	bool               client_cert_required; /* mutual TLS: every request's client certificate is verified */
 	atomic_bool        stopping;     /* gs_http_stop() began: waits give up */
 	atomic_bool        starting;     /* MHD messages go to start_log (bind errors) */
+	int                max_connections;  /* MHD_OPTION_CONNECTION_LIMIT */
+	unsigned           idle_timeout_s;   /* MHD_OPTION_CONNECTION_TIMEOUT; also the longest a request
+						body may take to arrive */
+	atomic_llong       limit_warned_ms;  /* when "connection limit reached" was last logged */
 	char               start_log[256];
 };
 
@@ -51,6 +57,13 @@ struct gs_http_req {
 	const char        *early_code;      /* goes out once the body is in, so the connection */
 	char               early_msg[320];  /* stays usable and the client sees no reset */
 	int                status;    /* HTTP status queued; 0: none (the client left first) */
+	/* for the access log and /metrics (gs_access) */
+	double             t_start;   /* gs_now_s() when the headers were in */
+	char               method[8]; /* "POST", "GET", ...; "OTHER" for anything else */
+	char               key[GS_APIKEY_NAME_MAX + 1]; /* name of the API key used ("" none) */
+	uint64_t           req_id;    /* the submitted request's id; 0: none */
+	int32_t            prompt_tokens, completion_tokens;
+	enum gs_cfinish    finish;    /* how the answer ended, as the client saw it */
 };
 
 /* A parsed completion request. Strings are borrowed from the cJSON tree, except contents. */

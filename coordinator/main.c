@@ -1,10 +1,14 @@
 /* gemmashard-coordinator: clients' gRPC and HTTP endpoints in front of the engines.
  *
  *   gemmashard-coordinator --model DIR [--served-name NAME] [--grpc HOST:PORT]
- *       [--http HOST:PORT] [--engine-listen HOST:PORT] [--api-key KEY] [limits...]
+ *       [--http HOST:PORT] [--engine-listen HOST:PORT] [--api-key-file FILE] [limits...]
+ *       [--access-log FILE] [--log-content]
+ *       [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
+ *       [--cluster-ca FILE --cluster-cert FILE --cluster-key FILE | --insecure-engine-link]
  *
  * Listens on 127.0.0.1 unless told otherwise. Engines (gemmashard-worker --coordinator
- * HOST:PORT) connect to --engine-listen and register. SIGINT/SIGTERM stop it cleanly. */
+ * HOST:PORT) connect to --engine-listen and register. SIGINT/SIGTERM stop it cleanly; SIGHUP
+ * reads the API key file again and reopens the access log file (gs_coord_reload). */
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
@@ -17,6 +21,7 @@
 #include "gs_coord.h"
 #include "gs_grpc.h"
 #include "gs_http.h"
+#include "gs_tls.h"
 
 static void usage(FILE *f)
 {
@@ -27,14 +32,30 @@ static void usage(FILE *f)
 		"  --grpc HOST:PORT          gRPC endpoint (default 127.0.0.1:50051)\n"
 		"  --http HOST:PORT          OpenAI-compatible HTTP endpoint (default 127.0.0.1:8000)\n"
 		"  --engine-listen HOST:PORT where engine leaders connect (default 127.0.0.1:50061)\n"
-		"  --api-key KEY             require \"Authorization: Bearer KEY\" (env GEMMASHARD_API_KEY)\n"
+		"  --api-key-file FILE       require \"Authorization: Bearer KEY\" with a KEY from FILE (lines \"NAME KEY\"\n"
+		"                            or \"KEY\"; mode 600; SIGHUP reads it again); GEMMASHARD_API_KEY adds one\n"
+		"                            key named \"env\"\n"
+		"  --access-log FILE         one line per request (never its content) to FILE (default: stderr)\n"
+		"  --log-content             ALSO write every prompt and output to the access log (debugging only)\n"
+		"  --cluster-ca FILE         engine link: mutual TLS 1.3; engines need certificates from this CA\n"
+		"  --cluster-cert FILE       engine link: this coordinator's certificate (coordinator role)\n"
+		"  --cluster-key FILE        engine link: its private key (mode 600)\n"
+		"  --insecure-engine-link    allow a plaintext, unauthenticated engine link off loopback\n"
+		"  --tls-cert FILE           serve gRPC and HTTPS over TLS 1.2+ with this PEM certificate (chain)\n"
+		"  --tls-key FILE            its PEM private key (mode 600: no access for group or others)\n"
+		"  --tls-client-ca FILE      mutual TLS: clients must present a certificate issued by this CA\n"
 		"  --max-body-bytes N        largest HTTP body / gRPC message (default 4194304)\n"
 		"  --max-prompt-tokens N     longest prompt accepted (default 131072)\n"
 		"  --max-tokens-limit N      largest max_tokens accepted (default 131072)\n"
 		"  --default-max-tokens N    max_tokens when a request gives none (default 512)\n"
 		"  --max-concurrent N        requests in flight before 429 / RESOURCE_EXHAUSTED (default 1024)\n"
 		"  --heartbeat-timeout S     engine marked down after S seconds of silence (default 3)\n"
-		"  --request-timeout S       deadline of a request that brings none (default 600)\n");
+		"  --request-timeout S       deadline of a request that brings none (default 600)\n"
+		"  --http-idle-timeout S     close an HTTP connection silent for S seconds, or whose request body is not\n"
+		"                            complete S seconds after its headers (default 60)\n"
+		"  --max-http-connections N  open HTTP connections; more are closed at once (default 1024)\n"
+		"  --max-http-header-bytes N request line + headers per HTTP request; more get 431 (default 32768)\n"
+		"  --max-grpc-streams N      concurrent calls per gRPC connection; clients queue the rest (default 128)\n");
 }
 
 static bool split_addr(const char *s, char *host, size_t cap, int *port)
@@ -78,9 +99,14 @@ int main(int argc, char **argv)
 			.max_concurrent = 1024,
 			.heartbeat_timeout_s = 3.0,
 			.default_timeout_s = 600.0,
+			.http_idle_timeout_s = 60,
+			.max_http_connections = 1024,
+			.max_http_header_bytes = 32u << 10,
+			.max_grpc_streams = 128,
 		},
 	};
 	const char *grpc_addr = "127.0.0.1:50051", *http_addr = "127.0.0.1:8000";
+	const char *tls_cert = NULL, *tls_key = NULL, *tls_client_ca = NULL;
 	char http_host[256];
 	int http_port;
 
@@ -89,6 +115,21 @@ int main(int argc, char **argv)
 		if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
 			usage(stdout);
 			return 0;
+		}
+		if (!strcmp(a, "--insecure-engine-link")) {
+			cfg.insecure_engine_link = true;
+			continue;
+		}
+		if (!strcmp(a, "--log-content")) {
+			cfg.log_content = true;
+			continue;
+		}
+		if (!strcmp(a, "--api-key") || !strncmp(a, "--api-key=", 10)) {
+			/* never echo the value: it is a secret, now visible in ps to every local user */
+			fprintf(stderr, "gemmashard-coordinator: --api-key is no longer accepted, because a key on the "
+				"command line can be read by every local user (ps); put the keys in a file of mode 600 and "
+				"give --api-key-file FILE, or set the environment variable GEMMASHARD_API_KEY\n");
+			return 2;
 		}
 		if (i + 1 >= argc) {
 			fprintf(stderr, "gemmashard-coordinator: %s needs a value (or is unknown)\n", a);
@@ -107,8 +148,22 @@ int main(int argc, char **argv)
 			http_addr = v;
 		else if (!strcmp(a, "--engine-listen"))
 			cfg.engine_listen = v;
-		else if (!strcmp(a, "--api-key"))
-			cfg.api_key = v;
+		else if (!strcmp(a, "--api-key-file"))
+			cfg.api_key_file = v;
+		else if (!strcmp(a, "--access-log"))
+			cfg.access_log = v;
+		else if (!strcmp(a, "--cluster-ca"))
+			cfg.cluster_ca = v;
+		else if (!strcmp(a, "--cluster-cert"))
+			cfg.cluster_cert = v;
+		else if (!strcmp(a, "--cluster-key"))
+			cfg.cluster_key = v;
+		else if (!strcmp(a, "--tls-cert"))
+			tls_cert = v;
+		else if (!strcmp(a, "--tls-key"))
+			tls_key = v;
+		else if (!strcmp(a, "--tls-client-ca"))
+			tls_client_ca = v;
 		else if (!strcmp(a, "--max-body-bytes")) {
 			if (!num(a, v, 1024, 1 << 30, &d))
 				return 2;
@@ -137,6 +192,26 @@ int main(int argc, char **argv)
 			if (!num(a, v, 0.1, 86400 * 7, &d))
 				return 2;
 			cfg.limits.default_timeout_s = d;
+		} else if (!strcmp(a, "--http-idle-timeout")) {
+			if (!num(a, v, 1, 86400, &d))
+				return 2;
+			if (d != (double)(unsigned)d) {
+				fprintf(stderr, "gemmashard-coordinator: --http-idle-timeout is whole seconds, got \"%s\"\n", v);
+				return 2;
+			}
+			cfg.limits.http_idle_timeout_s = d;
+		} else if (!strcmp(a, "--max-http-connections")) {
+			if (!num(a, v, 1, 65536, &d))
+				return 2;
+			cfg.limits.max_http_connections = (int32_t)d;
+		} else if (!strcmp(a, "--max-http-header-bytes")) {
+			if (!num(a, v, 4096, 1 << 24, &d))
+				return 2;
+			cfg.limits.max_http_header_bytes = (size_t)d;
+		} else if (!strcmp(a, "--max-grpc-streams")) {
+			if (!num(a, v, 1, 1 << 20, &d))
+				return 2;
+			cfg.limits.max_grpc_streams = (int32_t)d;
 		} else {
 			fprintf(stderr, "gemmashard-coordinator: unknown option %s\n", a);
 			usage(stderr);
@@ -154,12 +229,19 @@ int main(int argc, char **argv)
 		fprintf(stderr, "gemmashard-coordinator: --http must be HOST:PORT, got \"%s\"\n", http_addr);
 		return 2;
 	}
+	if (!tls_cert != !tls_key || (tls_client_ca && !tls_cert)) {
+		fprintf(stderr, "gemmashard-coordinator: %s\n",
+			!tls_cert != !tls_key ? "--tls-cert and --tls-key go together (give both, or neither)"
+					      : "--tls-client-ca needs TLS: give --tls-cert and --tls-key too");
+		return 2;
+	}
 
 	/* Signals go to sigwait() below only; every thread inherits this mask. */
 	sigset_t sigs;
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
@@ -167,22 +249,33 @@ int main(int argc, char **argv)
 	struct gs_coord *coord = NULL;
 	struct gs_grpc *g = NULL;
 	struct gs_http *h = NULL;
+	struct gs_tls *tls = NULL;
 	int rc = 1;
+	if (tls_cert && gs_tls_load(tls_cert, tls_key, tls_client_ca, &tls) != GS_OK) {
+		fprintf(stderr, "gemmashard-coordinator: %s\n", gs_last_error());
+		goto out;
+	}
 	if (gs_coord_create(&cfg, &coord) != GS_OK) {
 		fprintf(stderr, "gemmashard-coordinator: %s\n", gs_last_error());
 		goto out;
 	}
-	if (gs_grpc_start(coord, grpc_addr, &g) != GS_OK || gs_http_start(coord, http_host, http_port, &h) != GS_OK) {
+	if (gs_grpc_start(coord, grpc_addr, tls, &g) != GS_OK ||
+	    gs_http_start(coord, http_host, http_port, tls, &h) != GS_OK) {
 		fprintf(stderr, "gemmashard-coordinator: %s\n", gs_last_error());
 		goto out;
 	}
 	struct gs_model_info info;
 	gs_coord_model_info(coord, NULL, &info);
-	gs_log(GS_LOG_INFO, "coordinator: serving model \"%s\" (%s): gRPC %s, HTTP http://%s:%d, engines connect to %s%s",
-	       info.name, info.architecture, grpc_addr, http_host, http_port, cfg.engine_listen,
-	       cfg.api_key && cfg.api_key[0] ? ", API key required" : "");
+	gs_log(GS_LOG_INFO, "coordinator: serving model \"%s\" (%s): gRPC %s%s, HTTP %s://%s:%d, engines connect to %s%s",
+	       info.name, info.architecture, grpc_addr, tls ? " (TLS)" : "", tls ? "https" : "http", http_host,
+	       http_port, cfg.engine_listen,
+	       cfg.api_key_file || (cfg.api_key && cfg.api_key[0]) ? ", API key required" : "");
+	if (tls)
+		gs_log(GS_LOG_INFO, "coordinator: TLS certificate \"%s\"%s", tls->subject,
+		       tls->client_ca_pem ? "; clients need a certificate from --tls-client-ca" : "");
 	int sig = 0;
-	sigwait(&sigs, &sig);
+	while (sigwait(&sigs, &sig) == 0 && sig == SIGHUP)
+		gs_coord_reload(coord);
 	gs_log(GS_LOG_INFO, "coordinator: %s, shutting down", strsignal(sig));
 	rc = 0;
 out:
@@ -190,5 +283,6 @@ out:
 	gs_grpc_stop(g);
 	gs_coord_free(coord);
 	grpc_shutdown();
+	gs_tls_free(tls);
 	return rc;
 }

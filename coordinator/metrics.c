@@ -1,5 +1,5 @@
-/* gemmashard coordinator: metrics (gs_coord.h): client requests counted by API and status,
- * the time-to-first-token and time-per-output-token histograms, and the Prometheus text of
+/* gemmashard coordinator: metrics (gs_coord.h): client requests counted by API and status (and
+ * by API key name), the time-to-first-token and time-per-output-token histograms, and the Prometheus text of
  * /metrics (these plus the engines' last heartbeats). Everything here is under c->mu. */
 #include <inttypes.h>
 #include <pthread.h>
@@ -19,20 +19,55 @@ static const double tpot_buckets[GS_N_TPOT_BUCKETS] = { 0.0005, 0.001, 0.0025, 0
 
 /* ---- counts and histograms --------------------------------------------------------------- */
 
-void gs_coord_count_request(struct gs_coord *c, enum gs_api api, const char *status)
+/* With c->mu held: the request under its key name (series beyond GS_MAX_KEY_COUNTS are not
+ * counted; key names and statuses are few, so that takes thousands of keys). */
+static void count_key_locked(struct gs_coord *c, const struct gs_access *a)
 {
+	int i;
+
+	for (i = 0; i < c->n_key_counts; i++)
+		if (c->key_counts[i].api == a->api && strcmp(c->key_counts[i].key, a->key) == 0 &&
+		    strcmp(c->key_counts[i].status, a->status) == 0)
+			break;
+	if (i == c->n_key_counts) {
+		if (i == GS_MAX_KEY_COUNTS)
+			return;
+		if (i == c->cap_key_counts) {
+			int cap = c->cap_key_counts ? 2 * c->cap_key_counts : 16;
+			struct key_count *p = realloc(c->key_counts, (size_t)cap * sizeof(*p));
+
+			if (!p)
+				return;
+			c->key_counts = p;
+			c->cap_key_counts = cap;
+		}
+		c->key_counts[i].api = a->api;
+		snprintf(c->key_counts[i].key, sizeof(c->key_counts[i].key), "%s", a->key);
+		snprintf(c->key_counts[i].status, sizeof(c->key_counts[i].status), "%s", a->status);
+		c->key_counts[i].n = 0;
+		c->n_key_counts++;
+	}
+	c->key_counts[i].n++;
+}
+
+void coord_count_request(struct gs_coord *c, const struct gs_access *a)
+{
+	const char *status = a->status ? a->status : "";
+
 	pthread_mutex_lock(&c->mu);
 	int i;
 	for (i = 0; i < c->n_counts; i++)
-		if (c->counts[i].api == api && strcmp(c->counts[i].status, status) == 0)
+		if (c->counts[i].api == a->api && strcmp(c->counts[i].status, status) == 0)
 			break;
 	if (i == c->n_counts && c->n_counts < (int)(sizeof(c->counts) / sizeof(c->counts[0]))) {
-		c->counts[i].api = api;
+		c->counts[i].api = a->api;
 		snprintf(c->counts[i].status, sizeof(c->counts[i].status), "%s", status);
 		c->n_counts++;
 	}
 	if (i < c->n_counts)
 		c->counts[i].n++;
+	if (a->key && a->key[0] && a->status)
+		count_key_locked(c, a);
 	pthread_mutex_unlock(&c->mu);
 }
 
@@ -85,6 +120,12 @@ char *gs_coord_metrics(struct gs_coord *c)
 	for (int i = 0; i < c->n_counts; i++)
 		gs_sbuf_printf(&b, "gemmashard_requests_total{api=\"%s\",status=\"%s\"} %" PRIu64 "\n",
 			  api_name[c->counts[i].api], c->counts[i].status, c->counts[i].n);
+	gs_sbuf_printf(&b, "# HELP gemmashard_key_requests_total Client requests finished, by API key name (never the "
+		       "key), API and status.\n# TYPE gemmashard_key_requests_total counter\n");
+	for (int i = 0; i < c->n_key_counts; i++)
+		gs_sbuf_printf(&b, "gemmashard_key_requests_total{api=\"%s\",key=\"%s\",status=\"%s\"} %" PRIu64 "\n",
+			       api_name[c->key_counts[i].api], c->key_counts[i].key, c->key_counts[i].status,
+			       c->key_counts[i].n);
 	sb_hist(&b, "gemmashard_time_to_first_token_seconds", "Time from request to its first token.", &c->ttft,
 		ttft_buckets, GS_N_TTFT_BUCKETS);
 	sb_hist(&b, "gemmashard_time_per_output_token_seconds", "Time between streamed tokens.", &c->tpot, tpot_buckets,
@@ -109,6 +150,14 @@ char *gs_coord_metrics(struct gs_coord *c)
 	gs_sbuf_printf(&b, "# HELP gemmashard_engines_lost_total Engines marked down (link lost or heartbeats stopped).\n"
 		      "# TYPE gemmashard_engines_lost_total counter\ngemmashard_engines_lost_total %" PRIu64 "\n",
 		  c->engines_lost);
+	gs_sbuf_printf(&b, "# HELP gemmashard_engine_auth_failures_total Engine connections refused before their hello, "
+		      "by reason.\n# TYPE gemmashard_engine_auth_failures_total counter\n");
+	for (int k = GS_AUTH_OK + 1; k < GS_AUTH_COUNT; k++)
+		gs_sbuf_printf(&b, "gemmashard_engine_auth_failures_total{reason=\"%s\"} %" PRIu64 "\n",
+			       gs_auth_fail_label((enum gs_auth_fail)k), c->auth_failures[k]);
+	gs_sbuf_printf(&b, "# HELP gemmashard_engine_link_secure 1 when engines must authenticate with mutual TLS; 0 "
+		      "for a plaintext link (mode says which).\n# TYPE gemmashard_engine_link_secure gauge\n"
+		      "gemmashard_engine_link_secure{mode=\"%s\"} %d\n", gs_coord_engine_link_mode(c), c->tls != NULL);
 	gs_sbuf_printf(&b, "# HELP gemmashard_requests_moved_total Requests resubmitted to another engine.\n"
 		      "# TYPE gemmashard_requests_moved_total counter\ngemmashard_requests_moved_total %" PRIu64 "\n",
 		  c->moved);

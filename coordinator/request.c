@@ -416,6 +416,7 @@ void gs_creq_release(struct gs_creq *r)
 	pthread_mutex_unlock(&r->mu);
 	if (running)
 		gs_creq_cancel(r);
+	coord_log_content(r);
 	pthread_mutex_lock(&c->mu);
 	c->running--;
 	pthread_mutex_unlock(&c->mu);

@@ -3,8 +3,20 @@
 # (every engine is its own `mpirun -np T gemmashard-worker --coordinator ...` job).
 #
 #   deploy/local-cluster.sh --model DIR [--engines N] [--tp T] [--http HOST:PORT]
-#       [--grpc HOST:PORT] [--engine-listen HOST:PORT] [--api-key KEY] [--served-name NAME]
-#       [--build DIR] [--threads N] [--ctx N] [--max-seqs N] [-- COMMAND ...]
+#       [--grpc HOST:PORT] [--engine-listen HOST:PORT] [--api-key-file FILE] [--served-name NAME]
+#       [--build DIR] [--threads N] [--ctx N] [--max-seqs N] [--cluster-certs DIR]
+#       [--tls-cert FILE --tls-key FILE [--tls-ca FILE]
+#        [--tls-client-ca FILE --tls-client-cert FILE --tls-client-key FILE]] [-- COMMAND ...]
+#
+# --tls-*: clients reach gRPC and HTTPS over TLS (the coordinator's --tls-cert, --tls-key and
+# --tls-client-ca). With a client CA every client needs a certificate, this script's readiness
+# check too: --tls-client-cert/--tls-client-key. The CA that issued --tls-cert must be in the
+# system trust store, or be given as --tls-ca FILE (used for the readiness check only).
+#
+# The engine link is mutual TLS 1.3: the coordinator and every engine get the certificates in
+# --cluster-certs DIR (default .cache/cluster-certs/, made once by deploy/make-cluster-certs.sh
+# when missing). Open MPI is kept on this host: shared memory between ranks, out-of-band
+# traffic over loopback.
 #
 # Waits until every engine has registered (GET /health), prints the endpoints, then either
 # runs COMMAND (after `--`; the cluster stops when it ends, with its exit status) or serves
@@ -14,7 +26,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 
 model="" engines=1 tp=2 http="127.0.0.1:8000" grpc="127.0.0.1:50051" elisten="127.0.0.1:50061"
-api_key="" served="" build="$here/build" threads="" ctx="" max_seqs="" cmd=()
+api_key_file="" served="" build="$here/build" threads="" ctx="" max_seqs="" cmd=()
+tls_cert="" tls_key="" tls_client_ca="" tls_client_cert="" tls_client_key="" tls_ca=""
+certs="$here/.cache/cluster-certs"
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) model=$2; shift 2 ;;
@@ -23,14 +37,24 @@ while [ $# -gt 0 ]; do
     --http) http=$2; shift 2 ;;
     --grpc) grpc=$2; shift 2 ;;
     --engine-listen) elisten=$2; shift 2 ;;
-    --api-key) api_key=$2; shift 2 ;;
+    --api-key-file) api_key_file=$2; shift 2 ;;
+    --api-key) echo "local-cluster: --api-key is gone (a key in argv is visible to every local user):" \
+                    "put it in a file of mode 600 (lines \"NAME KEY\" or \"KEY\") and give --api-key-file FILE" >&2
+               exit 2 ;;
     --served-name) served=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --ctx) ctx=$2; shift 2 ;;
     --max-seqs) max_seqs=$2; shift 2 ;;
+    --cluster-certs) certs=$2; shift 2 ;;
     --) shift; cmd=("$@"); break ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --tls-cert) tls_cert=$2; shift 2 ;;
+    --tls-key) tls_key=$2; shift 2 ;;
+    --tls-client-ca) tls_client_ca=$2; shift 2 ;;
+    --tls-client-cert) tls_client_cert=$2; shift 2 ;;
+    --tls-client-key) tls_client_key=$2; shift 2 ;;
+    --tls-ca) tls_ca=$2; shift 2 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
     *) echo "local-cluster: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -38,14 +62,37 @@ done
 [ -f "$model/config.json" ] || { echo "local-cluster: $model/config.json not found" >&2; exit 2; }
 case "$engines$tp" in *[!0-9]*) echo "local-cluster: --engines and --tp must be integers" >&2; exit 2 ;; esac
 [ "$engines" -ge 1 ] && [ "$tp" -ge 1 ] || { echo "local-cluster: --engines and --tp must be >= 1" >&2; exit 2; }
+if [ -n "$tls_cert$tls_key" ] && { [ -z "$tls_cert" ] || [ -z "$tls_key" ]; }; then
+  echo "local-cluster: --tls-cert and --tls-key go together (give both, or neither)" >&2; exit 2
+fi
+if [ -n "$tls_client_ca" ] && { [ -z "$tls_cert" ] || [ -z "$tls_client_cert" ] || [ -z "$tls_client_key" ]; }; then
+  echo "local-cluster: --tls-client-ca needs --tls-cert/--tls-key, and --tls-client-cert/--tls-client-key" \
+       "(a client certificate from that CA, for the readiness check)" >&2; exit 2
+fi
+for f in "$tls_cert" "$tls_key" "$tls_client_ca" "$tls_client_cert" "$tls_client_key" "$tls_ca"; do
+  [ -z "$f" ] || [ -r "$f" ] || { echo "local-cluster: $f: no such readable file" >&2; exit 2; }
+done
 for b in coordinator/gemmashard-coordinator worker/gemmashard-worker; do
   [ -x "$build/$b" ] || { echo "local-cluster: $build/$b not built (cmake --build $build)" >&2; exit 2; }
+done
+
+# The engine link's certificates (made once; what exists is kept). The coordinator's names
+# 127.0.0.1, localhost and ::1, and the --engine-listen host when it is another one.
+ehost=${elisten%:*}; ehost=${ehost#[}; ehost=${ehost%]}
+case "$ehost" in 127.0.0.1|localhost|::1|"") hosts=() ;; *) hosts=(--hosts "$ehost") ;; esac
+bash "$here/deploy/make-cluster-certs.sh" "$certs" ${hosts[@]+"${hosts[@]}"} ||
+  { echo "local-cluster: cannot make the cluster certificates in $certs" >&2; exit 1; }
+for f in ca.crt coordinator.crt coordinator.key engine.crt engine.key; do
+  [ -r "$certs/$f" ] || { echo "local-cluster: $certs/$f: no such readable file" >&2; exit 2; }
 done
 
 logs=${GS_CLUSTER_LOGS:-$here/.cache/cluster-logs}
 mkdir -p "$logs"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_mpi_yield_when_idle=1
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
+# One host: ranks talk over shared memory (no TCP or libfabric transport listening on every
+# interface) and to mpirun over loopback.
+export OMPI_MCA_btl=self,vader OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
 
 pids=()
 stop_all() {
@@ -69,13 +116,17 @@ trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-coord_args=(--model "$model" --http "$http" --grpc "$grpc" --engine-listen "$elisten")
-[ -n "$api_key" ] && coord_args+=(--api-key "$api_key")
+coord_args=(--model "$model" --http "$http" --grpc "$grpc" --engine-listen "$elisten"
+            --cluster-ca "$certs/ca.crt" --cluster-cert "$certs/coordinator.crt" --cluster-key "$certs/coordinator.key")
+[ -n "$api_key_file" ] && coord_args+=(--api-key-file "$api_key_file")
 [ -n "$served" ] && coord_args+=(--served-name "$served")
+[ -n "$tls_cert" ] && coord_args+=(--tls-cert "$tls_cert" --tls-key "$tls_key")
+[ -n "$tls_client_ca" ] && coord_args+=(--tls-client-ca "$tls_client_ca")
 setsid "$build/coordinator/gemmashard-coordinator" "${coord_args[@]}" >"$logs/coordinator.log" 2>&1 &
 pids+=($!)
 
-eng_args=(--model "$model" --coordinator "$elisten")
+eng_args=(--model "$model" --coordinator "$elisten"
+          --cluster-ca "$certs/ca.crt" --cluster-cert "$certs/engine.crt" --cluster-key "$certs/engine.key")
 [ -n "$served" ] && eng_args+=(--served-name "$served")
 [ -n "$threads" ] && eng_args+=(--threads "$threads")
 [ -n "$ctx" ] && eng_args+=(--ctx "$ctx")
@@ -86,12 +137,20 @@ for i in $(seq 0 $((engines - 1))); do
   pids+=($!)
 done
 
-auth=()
-[ -n "$api_key" ] && auth=(-H "Authorization: Bearer $api_key")
+scheme=http probe=()
+if [ -n "$tls_cert" ]; then
+  scheme=https
+  [ -n "$tls_ca" ] && probe+=(--cacert "$tls_ca")
+  [ -n "$tls_client_cert" ] && probe+=(--cert "$tls_client_cert" --key "$tls_client_key")
+fi
 healthy=0
 for _ in $(seq 1 1800); do
   kill -0 "${pids[0]}" 2>/dev/null || { echo "local-cluster: the coordinator exited:" >&2; tail -20 "$logs/coordinator.log" >&2; exit 1; }
-  n=$(curl -s --max-time 2 "http://$http/health" 2>/dev/null | sed -n 's/.*"engines":[ ]*\([0-9]*\).*/\1/p' || true)
+  rc=0; body=$(curl -s --max-time 2 ${probe[@]+"${probe[@]}"} "$scheme://$http/health" 2>/dev/null) || rc=$?
+  if [ "$rc" = 60 ] || [ "$rc" = 77 ]; then
+    echo "local-cluster: curl does not trust the coordinator's certificate: pass --tls-ca FILE (the CA that issued --tls-cert)" >&2; exit 1
+  fi
+  n=$(printf '%s' "$body" | sed -n 's/.*"engines":[ ]*\([0-9]*\).*/\1/p')
   if [ "${n:-0}" -ge "$engines" ]; then healthy=1; break; fi
   sleep 0.1
 done
@@ -104,9 +163,9 @@ fi
 name=${served:-$(basename "$(cd "$model" && pwd)")}
 cat >&2 <<EOF
 local-cluster: model "$name", $engines engine(s) x $tp rank(s) healthy
-  HTTP (OpenAI API)  http://$http/v1   (GET /health, GET /metrics)
-  gRPC               $grpc   (gemmashard.v1.Inference, grpc.health.v1.Health)
-  engines connect to $elisten; logs in $logs
+  HTTP (OpenAI API)  $scheme://$http/v1   (GET /health, GET /metrics)
+  gRPC               $grpc   (gemmashard.v1.Inference, grpc.health.v1.Health${tls_cert:+, TLS: gemmashard generate --tls-ca CA})
+  engines connect to $elisten (mutual TLS, certificates in $certs); logs in $logs
 EOF
 
 if [ ${#cmd[@]} -gt 0 ]; then

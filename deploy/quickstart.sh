@@ -4,6 +4,8 @@
 # tensor-parallel engine (deploy/local-cluster.sh), send it one gRPC request (the
 # `gemmashard generate` client) and one OpenAI-style HTTP chat request (curl), print both
 # answers and the endpoints, then stop the cluster. `--serve` keeps it running instead.
+# The engine link is mutual TLS with certificates made once into .cache/cluster-certs/
+# (deploy/make-cluster-certs.sh), and Open MPI stays on loopback (deploy/local-cluster.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 serve=0
@@ -16,6 +18,8 @@ if [ ! -f "$model/config.json" ]; then
   ./build/tools/gemmashard make-test-model --out "$model" --tokenizer .cache/tokenizer/tokenizer.json \
     --preset tiny --seed 1
 fi
+certs=.cache/cluster-certs
+bash deploy/make-cluster-certs.sh "$certs"
 
 demo() {
   echo "== gRPC: gemmashard generate (random weights: the text is gibberish by design)"
@@ -32,8 +36,8 @@ demo() {
 }
 
 if [ $serve = 1 ]; then
-  exec deploy/local-cluster.sh --model "$model" --engines 1 --tp 2 --threads 1
+  exec deploy/local-cluster.sh --model "$model" --engines 1 --tp 2 --threads 1 --cluster-certs "$certs"
 fi
 export -f demo
 export model
-deploy/local-cluster.sh --model "$model" --engines 1 --tp 2 --threads 1 -- bash -c demo
+deploy/local-cluster.sh --model "$model" --engines 1 --tp 2 --threads 1 --cluster-certs "$certs" -- bash -c demo

@@ -1,62 +1,44 @@
 #include "gs_frame.h"
 
-#include <errno.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-enum gs_status gs_frame_write(int fd, const void *buf, size_t len)
+static void put_len(uint8_t hdr[4], size_t len)
 {
-	uint8_t hdr[4] = { (uint8_t)(len >> 24), (uint8_t)(len >> 16), (uint8_t)(len >> 8), (uint8_t)len };
-	const uint8_t *parts[2] = { hdr, buf };
-	size_t sizes[2] = { 4, len };
+	hdr[0] = (uint8_t)(len >> 24), hdr[1] = (uint8_t)(len >> 16), hdr[2] = (uint8_t)(len >> 8), hdr[3] = (uint8_t)len;
+}
+
+enum gs_status gs_frame_write(struct gs_stream *s, const void *buf, size_t len)
+{
+	uint8_t hdr[4];
 
 	if (len > UINT32_MAX)
 		return gs_errorf(GS_ERR_RANGE, "frame of %zu bytes cannot be sent", len);
-	for (int i = 0; i < 2; i++) {
-		size_t off = 0;
-		while (off < sizes[i]) {
-			ssize_t n = write(fd, parts[i] + off, sizes[i] - off);
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n <= 0)
-				return gs_errorf(GS_ERR_IO, "writing a frame: %s", n < 0 ? strerror(errno) : "no progress");
-			off += (size_t)n;
-		}
-	}
+	put_len(hdr, len);
+	if (gs_stream_write(s, hdr, 4) != GS_OK || gs_stream_write(s, buf, len) != GS_OK)
+		return gs_error_prefix(GS_ERR_IO, "writing a frame");
 	return GS_OK;
 }
 
 /* Exactly n bytes; *got tells how many arrived before EOF. */
-static enum gs_status read_full(int fd, uint8_t *dst, size_t n, int timeout_ms, size_t *got)
+static enum gs_status read_full(struct gs_stream *s, uint8_t *dst, size_t n, int timeout_ms, size_t *got)
 {
 	*got = 0;
 	while (*got < n) {
-		ssize_t r;
-		if (timeout_ms >= 0) {
-			struct pollfd p = { .fd = fd, .events = POLLIN };
-			int pr = poll(&p, 1, timeout_ms);
-			if (pr < 0 && errno == EINTR)
-				continue;
-			if (pr == 0)
+		size_t r;
+		if (gs_stream_read(s, dst + *got, n - *got, timeout_ms, &r) != GS_OK) {
+			if (strstr(gs_last_error(), "timed out"))
 				return gs_errorf(GS_ERR_IO, "timed out after %d ms waiting for a frame", timeout_ms);
-			if (pr < 0)
-				return gs_errorf(GS_ERR_IO, "poll: %s", strerror(errno));
+			return gs_error_prefix(GS_ERR_IO, "reading a frame");
 		}
-		r = read(fd, dst + *got, n - *got);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return gs_errorf(GS_ERR_IO, "reading a frame: %s", strerror(errno));
 		if (r == 0)
 			return GS_OK; /* EOF: caller looks at *got */
-		*got += (size_t)r;
+		*got += r;
 	}
 	return GS_OK;
 }
 
-enum gs_status gs_frame_read(int fd, size_t max_len, int timeout_ms, uint8_t **buf, size_t *len)
+enum gs_status gs_frame_read(struct gs_stream *s, size_t max_len, int timeout_ms, uint8_t **buf, size_t *len)
 {
 	uint8_t hdr[4];
 	size_t got, n;
@@ -64,7 +46,7 @@ enum gs_status gs_frame_read(int fd, size_t max_len, int timeout_ms, uint8_t **b
 
 	*buf = NULL;
 	*len = 0;
-	GS_TRY(read_full(fd, hdr, 4, timeout_ms, &got));
+	GS_TRY(read_full(s, hdr, 4, timeout_ms, &got));
 	if (got == 0)
 		return gs_errorf(GS_ERR_NOT_FOUND, "peer closed the connection");
 	if (got < 4)
@@ -75,7 +57,7 @@ enum gs_status gs_frame_read(int fd, size_t max_len, int timeout_ms, uint8_t **b
 	b = malloc(n ? n : 1);
 	if (!b)
 		return gs_errorf(GS_ERR_NOMEM, "out of memory for a %zu-byte frame", n);
-	if (read_full(fd, b, n, timeout_ms, &got) != GS_OK) {
+	if (read_full(s, b, n, timeout_ms, &got) != GS_OK) {
 		free(b);
 		return GS_ERR_IO;
 	}
@@ -88,27 +70,32 @@ enum gs_status gs_frame_read(int fd, size_t max_len, int timeout_ms, uint8_t **b
 	return GS_OK;
 }
 
-enum gs_status gs_engine_msg_send(int fd, const Gemmashard__Engine__EngineMessage *m)
+enum gs_status gs_engine_msg_send(struct gs_stream *s, const Gemmashard__Engine__EngineMessage *m)
 {
 	size_t n = gemmashard__engine__engine_message__get_packed_size(m);
-	uint8_t *b = malloc(n ? n : 1);
+	uint8_t *b;
 	enum gs_status st;
 
+	if (n > UINT32_MAX)
+		return gs_errorf(GS_ERR_RANGE, "message of %zu bytes cannot be sent", n);
+	b = malloc(n + 4);
 	if (!b)
 		return gs_errorf(GS_ERR_NOMEM, "out of memory for a %zu-byte message", n);
-	gemmashard__engine__engine_message__pack(m, b);
-	st = gs_frame_write(fd, b, n);
+	put_len(b, n);
+	gemmashard__engine__engine_message__pack(m, b + 4);
+	st = gs_stream_write(s, b, n + 4);
 	free(b);
-	return st;
+	return st == GS_OK ? GS_OK : gs_error_prefix(st, "writing a frame");
 }
 
-enum gs_status gs_engine_msg_recv(int fd, size_t max_len, int timeout_ms, Gemmashard__Engine__EngineMessage **out)
+enum gs_status gs_engine_msg_recv(struct gs_stream *s, size_t max_len, int timeout_ms,
+				  Gemmashard__Engine__EngineMessage **out)
 {
 	uint8_t *b;
 	size_t n;
 
 	*out = NULL;
-	GS_TRY(gs_frame_read(fd, max_len, timeout_ms, &b, &n));
+	GS_TRY(gs_frame_read(s, max_len, timeout_ms, &b, &n));
 	*out = gemmashard__engine__engine_message__unpack(NULL, n, b);
 	free(b);
 	if (!*out)

@@ -18,6 +18,7 @@
 #include "gemmashard/v1/inference.pb-c.h"
 #include "gs_args.h"
 #include "gs_cmds.h"
+#include "gs_config.h"
 #include "gs_util.h"
 
 #define CLIENT_EXIT_INTERRUPTED 130
@@ -28,6 +29,9 @@ static const char client_exit_codes[] =
 	"  3 UNAVAILABLE (nothing listening, no healthy engine); 4 DEADLINE_EXCEEDED (--timeout);\n"
 	"  5 RESOURCE_EXHAUSTED (queue full); 6 UNAUTHENTICATED or PERMISSION_DENIED (--api-key);\n"
 	"  130 interrupted (Ctrl-C cancels the call).\n"
+	"TLS: --tls-ca FILE makes the channel TLS, trusting only the CA certificates in FILE; add\n"
+	"  --tls-cert FILE --tls-key FILE when the server asks for a client certificate, and\n"
+	"  --tls-server-name NAME when its certificate names another host than --addr.\n"
 	"environment: GEMMASHARD_ADDR (default for --addr), GEMMASHARD_API_KEY (default for --api-key).";
 
 static volatile sig_atomic_t client_interrupted;
@@ -177,7 +181,80 @@ struct client {
 	bool                   json;           /* one JSON line per reply instead of text */
 	bool                   quiet;          /* no summary on stderr */
 	bool                   cancelled;      /* this call was cancelled on Ctrl-C */
+	bool                   tls;            /* the channel is TLS (--tls-ca) */
 };
+
+/* --tls-* flags: PEM files read whole. */
+struct client_tls {
+	const char *ca, *cert, *key, *server_name; /* paths (NULL: not given) and the name override */
+	char       *ca_pem, *cert_pem, *key_pem;
+};
+
+static void client_tls_free(struct client_tls *t)
+{
+	free(t->ca_pem);
+	free(t->cert_pem);
+	if (t->key_pem)
+		explicit_bzero(t->key_pem, strlen(t->key_pem));
+	free(t->key_pem);
+}
+
+/* Reads one --tls-* file and checks that it holds the PEM block it should ("CERTIFICATE",
+ * "PRIVATE KEY"); false with a message naming the flag and the file. */
+static bool client_tls_read(const char *cmd, const char *flag, const char *path, const char *block, char **out)
+{
+	char marker[64];
+	size_t len;
+
+	if (gs_read_file(path, out, &len) != GS_OK) {
+		fprintf(stderr, "gemmashard %s: %s: %s\n", cmd, flag, gs_last_error());
+		return false;
+	}
+	snprintf(marker, sizeof(marker), "%s-----", block);
+	if (!strstr(*out, "-----BEGIN ") || !strstr(*out, marker)) {
+		fprintf(stderr, "gemmashard %s: %s %s: no PEM %s in it\n", cmd, flag, path,
+			strcmp(block, "CERTIFICATE") ? "private key" : "certificate");
+		return false;
+	}
+	return true;
+}
+
+/* The channel to addr: plaintext, or TLS trusting t->ca only (with a client certificate when
+ * given). NULL after a message when a file is missing or wrong. */
+static grpc_channel *client_channel(const char *cmd, const char *addr, struct client_tls *t)
+{
+	grpc_ssl_pem_key_cert_pair pair;
+	grpc_channel_credentials *creds;
+	grpc_channel *ch;
+	grpc_arg arg;
+	grpc_channel_args args = { .num_args = 0, .args = &arg };
+
+	if (!t->ca) {
+		creds = grpc_insecure_credentials_create();
+		ch = grpc_channel_create(addr, creds, NULL);
+		grpc_channel_credentials_release(creds);
+		return ch;
+	}
+	if (!client_tls_read(cmd, "--tls-ca", t->ca, "CERTIFICATE", &t->ca_pem) ||
+	    (t->cert && !client_tls_read(cmd, "--tls-cert", t->cert, "CERTIFICATE", &t->cert_pem)) ||
+	    (t->key && !client_tls_read(cmd, "--tls-key", t->key, "PRIVATE KEY", &t->key_pem)))
+		return NULL;
+	pair = (grpc_ssl_pem_key_cert_pair){ .private_key = t->key_pem, .cert_chain = t->cert_pem };
+	creds = grpc_ssl_credentials_create(t->ca_pem, t->cert ? &pair : NULL, NULL, NULL);
+	if (!creds) {
+		fprintf(stderr, "gemmashard %s: cannot make TLS credentials from --tls-ca %s\n", cmd, t->ca);
+		return NULL;
+	}
+	if (t->server_name) {
+		arg.type = GRPC_ARG_STRING;
+		arg.key = (char *)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+		arg.value.string = (char *)t->server_name;
+		args.num_args = 1;
+	}
+	ch = grpc_channel_create(addr, creds, &args);
+	grpc_channel_credentials_release(creds);
+	return ch;
+}
 
 /* Wait for the batch tagged `tag`. Ctrl-C cancels the call once; the batch still completes
  * (unsuccessfully), so waiting goes on. Returns the batch's success flag. */
@@ -417,6 +494,24 @@ static void client_print_summary(const struct client *c, const struct client_rep
 	fprintf(stderr, "%.1f tok/s]\n", rate);
 }
 
+/* What an UNAVAILABLE that comes from TLS most likely means, in the terms of our flags. */
+static void client_hint(const struct client *c, const struct client_reply *r)
+{
+	const char *d = r->details ? r->details : "";
+	bool closed = strcasestr(d, "socket closed") || strcasestr(d, "connection reset") || strcasestr(d, "eof");
+
+	if (r->status != GRPC_STATUS_UNAVAILABLE)
+		return;
+	if (c->tls && (strcasestr(d, "ssl") || strcasestr(d, "handshake") || strcasestr(d, "certificate")))
+		fprintf(stderr, "gemmashard: the TLS handshake failed: the server's certificate must be issued by "
+				"the CA in --tls-ca and name the host of --addr (else pass --tls-server-name NAME)\n");
+	else if (c->tls && closed)
+		fprintf(stderr, "gemmashard: the server closed the connection during the TLS handshake: if it requires "
+				"client certificates, pass --tls-cert and --tls-key (issued by its client CA)\n");
+	else if (closed)
+		fprintf(stderr, "gemmashard: the server closed the connection: if it serves TLS, pass --tls-ca FILE\n");
+}
+
 /* Run one request and print its reply. Returns the process exit code for it. */
 static int client_generate(struct client *c, const Gemmashard__V1__GenerateRequest *req, struct client_reply *r)
 {
@@ -437,6 +532,7 @@ static int client_generate(struct client *c, const Gemmashard__V1__GenerateReque
 	if (r->status != GRPC_STATUS_OK) {
 		fprintf(stderr, "gemmashard: %s: %s\n", client_status_name(r->status),
 			r->details && r->details[0] ? r->details : "(no details)");
+		client_hint(c, r);
 		return client_status_exit(r->status);
 	}
 	if (c->json)
@@ -585,6 +681,7 @@ static int client_main(int argc, char **argv, bool chat)
 	double temperature = 0, top_p = 0, min_p = 0, rep = 0, timeout_s = 120.0;
 	uint64_t seed = 0;
 	bool no_stream = false, json = false, quiet = false;
+	struct client_tls tls = { 0 };
 	struct gs_arg args[] = {
 		{ "addr", GS_ARG_STR, &addr, "coordinator HOST:PORT (default $GEMMASHARD_ADDR or 127.0.0.1:50051)" },
 		{ "model", GS_ARG_STR, &model, "served model name (default: the only one)" },
@@ -598,6 +695,10 @@ static int client_main(int argc, char **argv, bool chat)
 		{ "stop", GS_ARG_STR, &stop_help, "stop string (repeatable, at most 8)" },
 		{ "timeout", GS_ARG_FLOAT, &timeout_s, "deadline of each call in seconds (default 120)" },
 		{ "api-key", GS_ARG_STR, &api_key, "sent as \"authorization: Bearer KEY\" (default $GEMMASHARD_API_KEY)" },
+		{ "tls-ca", GS_ARG_STR, &tls.ca, "TLS: trust only the CA certificates in this PEM file" },
+		{ "tls-cert", GS_ARG_STR, &tls.cert, "TLS client certificate (PEM), for servers that require one" },
+		{ "tls-key", GS_ARG_STR, &tls.key, "its private key (PEM)" },
+		{ "tls-server-name", GS_ARG_STR, &tls.server_name, "name expected in the server's certificate (default: the host of --addr)" },
 		{ "no-stream", GS_ARG_FLAG, &no_stream, "unary Generate: print the text when it is complete" },
 		{ "json", GS_ARG_FLAG, &json, "print each reply as one JSON line instead of text" },
 		{ "quiet", GS_ARG_FLAG, &quiet, "no summary line on stderr" },
@@ -612,7 +713,6 @@ static int client_main(int argc, char **argv, bool chat)
 	Gemmashard__V1__Messages wrap = GEMMASHARD__V1__MESSAGES__INIT;
 	struct client_chat history = { 0 };
 	struct client c = { 0 };
-	grpc_channel_credentials *creds;
 	struct sigaction sa = { 0 }, old_sa;
 	grpc_event ev;
 
@@ -687,6 +787,15 @@ static int client_main(int argc, char **argv, bool chat)
 	}
 	if (api_key && !api_key[0])
 		api_key = NULL;
+	if (!tls.cert != !tls.key) {
+		fprintf(stderr, "gemmashard %s: --tls-cert and --tls-key go together (give both, or neither)\n", cmd);
+		goto out_free_argv;
+	}
+	if (!tls.ca && (tls.cert || tls.server_name)) {
+		fprintf(stderr, "gemmashard %s: %s needs --tls-ca FILE (the CA that issued the server's certificate)\n",
+			cmd, tls.cert ? "--tls-cert" : "--tls-server-name");
+		goto out_free_argv;
+	}
 	if (!chat) {
 		if (n_pos > 1) {
 			fprintf(stderr, "gemmashard generate: one PROMPT expected, got %d arguments (quote it)\n", n_pos);
@@ -746,9 +855,13 @@ static int client_main(int argc, char **argv, bool chat)
 
 	/* Channel, queue, Ctrl-C. */
 	grpc_init();
-	creds = grpc_insecure_credentials_create();
-	c.channel = grpc_channel_create(addr, creds, NULL);
-	grpc_channel_credentials_release(creds);
+	c.channel = client_channel(cmd, addr, &tls);
+	if (!c.channel) {
+		grpc_shutdown_blocking();
+		rc = 2;
+		goto out_free_argv;
+	}
+	c.tls = tls.ca != NULL;
 	c.cq = grpc_completion_queue_create_for_pluck(NULL);
 	c.timeout_s = timeout_s;
 	c.stream = !no_stream;
@@ -780,6 +893,7 @@ out_nomem:
 	fprintf(stderr, "gemmashard %s: out of memory\n", cmd);
 	rc = 1;
 out_free_argv:
+	client_tls_free(&tls);
 	free(c.authorization);
 	client_chat_free(&history);
 	free(stdin_prompt);

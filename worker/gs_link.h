@@ -1,8 +1,10 @@
 /* The engine leader's link to the coordinator (ARCHITECTURE.md §1, §6, §7): "engine mode" of
  * gemmashard-worker.
  *
- * Rank 0 connects over TCP (length-prefixed EngineMessage frames, proto/gs_frame.h), says
- * EngineHello, then serves: Submit → gs_engine_submit, Cancel → gs_engine_cancel; after each
+ * Rank 0 connects over TCP (length-prefixed EngineMessage frames, proto/gs_frame.h), with
+ * mutual TLS 1.3 when it has the cluster certificates (net/gs_net.h: the coordinator must
+ * present a coordinator certificate of the cluster CA naming the address it was given, and
+ * accept this engine's), says EngineHello, then serves: Submit → gs_engine_submit, Cancel → gs_engine_cancel; after each
  * engine step one TokenEvents frame (one TokenEvent per request of the step); a Heartbeat at
  * least every 250 ms, busy or idle. A request the engine refuses gets a TokenEvent with
  * FINISH_ERROR and the reason at once.
@@ -11,7 +13,9 @@
  * frame or a message an engine never receives is logged and ends the link: every request in
  * flight is cancelled in the engine, the engine is stepped until idle, and the leader
  * reconnects and registers again with a new hello (the coordinator sees a new engine).
- * Connecting retries forever (backoff 0.1 s .. 1 s, a log line at most every 5 s). */
+ * Connecting retries forever (backoff 0.1 s .. 1 s, a log line at most every 5 s), also when
+ * the TLS handshake fails (the reason is logged: an untrusted coordinator, a refused
+ * certificate, a coordinator without TLS) or the coordinator turns the engine away at once. */
 #ifndef GS_LINK_H
 #define GS_LINK_H
 
@@ -20,6 +24,7 @@
 #include <stdint.h>
 
 #include "gs_engine.h"
+#include "gs_net.h"
 
 #define GS_LINK_MAX_FRAME      (16u << 20)  /* largest frame accepted from the coordinator */
 #define GS_LINK_HEARTBEAT_S    0.2          /* heartbeat period (the promise is 250 ms) */
@@ -31,6 +36,7 @@ struct gs_link_config {
 	const char *model_id;      /* served model name (EngineHello.model_id) */
 	int32_t     tp, cp;        /* parallel degrees of this engine (world = tp × cp) */
 	int32_t     vocab_size;    /* ids the engine accepts: 0 .. vocab_size-1 */
+	struct gs_cluster_tls *tls; /* engine-role credentials: mutual TLS; NULL: plaintext */
 };
 
 /* Split "host:port" / "[v6]:port" into host[host_cap] and port[port_cap]. GS_ERR_INVALID_ARG

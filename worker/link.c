@@ -1,7 +1,6 @@
 #include "gs_link.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -11,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -26,6 +24,7 @@
 #define LINK_RETRY_LOG_S        5.0
 #define LINK_BACKOFF_MIN_S      0.1
 #define LINK_BACKOFF_MAX_S      1.0
+#define LINK_HANDSHAKE_MS       5000  /* TLS handshake, including the coordinator's acceptance */
 
 /* A request in flight on this link: open addressing, linear probing, backward-shift removal. */
 struct req_slot {
@@ -60,8 +59,10 @@ struct link {
 	const struct gs_link_config *cfg;
 	volatile sig_atomic_t       *stop;
 	char                         host[256], port[16], engine_id[320];
-	int                          fd;              /* -1: not connected */
+	struct gs_stream            *s;               /* NULL: not connected */
 	double                       up_since;        /* when the current link came up */
+	double                       drop_logged;     /* last "link lost" line for a link that died at once */
+	bool                         refused;         /* the last link died at once (the coordinator refused it) */
 	double                       backoff_s;       /* wait before the next connect attempt */
 	double                       next_hb;
 	int32_t                      max_seqs;
@@ -247,11 +248,10 @@ static enum gs_status wait_connected(int fd)
 	return err ? gs_errorf(GS_ERR_IO, "connect: %s", strerror(err)) : GS_OK;
 }
 
-/* A connected, blocking socket with a send timeout, or -1 (reason in gs_last_error). */
+/* A connected socket, or -1 (reason in gs_last_error). */
 static int link_connect(const char *host, const char *port)
 {
 	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *res = NULL;
-	struct timeval snd = { .tv_sec = GS_LINK_SEND_TIMEOUT_S };
 	int rc = getaddrinfo(host, port, &hints, &res), fd = -1, one = 1;
 
 	if (rc != 0) {
@@ -276,9 +276,7 @@ static int link_connect(const char *host, const char *port)
 	freeaddrinfo(res);
 	if (fd < 0)
 		return -1;
-	if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0 ||
-	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &snd, sizeof(snd)) < 0 ||
-	    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0 ||
+	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0 ||
 	    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) < 0) {
 		gs_errorf(GS_ERR_IO, "setting up the socket: %s", strerror(errno));
 		close(fd);
@@ -293,6 +291,29 @@ static void sleep_s(double s)
 	nanosleep(&t, NULL); /* a signal cuts it short: the caller looks at the stop flag */
 }
 
+/* The stream over a connected socket: the TLS handshake (both certificates checked) or
+ * plaintext. NULL with the reason in gs_last_error; fd is closed either way on failure. */
+static struct gs_stream *link_open(struct link *l, int fd)
+{
+	enum gs_auth_fail why;
+	struct gs_stream *s = NULL;
+
+	if (!l->cfg->tls) {
+		if (gs_stream_plain(fd, &s) != GS_OK)
+			return NULL;
+	} else if (gs_cluster_tls_connect(l->cfg->tls, fd, l->host, LINK_HANDSHAKE_MS, &s, &why) != GS_OK) {
+		close(fd);
+		if (why == GS_AUTH_CLOSED)
+			gs_error_prefix(GS_ERR_IO, "TLS handshake (%s; is the coordinator running without --cluster-ca, "
+					"--cluster-cert and --cluster-key?)", gs_auth_fail_label(why));
+		else
+			gs_error_prefix(GS_ERR_IO, "TLS handshake (%s)", gs_auth_fail_label(why));
+		return NULL;
+	}
+	gs_stream_set_send_timeout(s, GS_LINK_SEND_TIMEOUT_S * 1000);
+	return s;
+}
+
 /* Connect, retrying until it works or a stop is requested (false). */
 static bool connect_loop(struct link *l)
 {
@@ -304,17 +325,22 @@ static bool connect_loop(struct link *l)
 			sleep_s(l->backoff_s);
 		if (*l->stop)
 			break;
-		l->fd = link_connect(l->host, l->port);
-		if (l->fd >= 0) {
-			gs_log(GS_LOG_INFO, "connected to the coordinator at %s:%s as engine '%s'%s", l->host, l->port,
-			       l->engine_id, failed ? " (after retrying)" : "");
+		int fd = link_connect(l->host, l->port);
+		bool reached = fd >= 0;
+		l->s = reached ? link_open(l, fd) : NULL;
+		if (l->s) {
+			/* After links that died at once, as often as their "lost" lines only. */
+			if (!l->refused || gs_now_s() - l->drop_logged >= LINK_RETRY_LOG_S)
+				gs_log(GS_LOG_INFO, "connected to the coordinator at %s:%s as engine '%s' over %s%s",
+				       l->host, l->port, l->engine_id, gs_stream_describe(l->s),
+				       failed ? " (after retrying)" : "");
 			gs_clear_error();
 			return true;
 		}
 		failed++;
 		if (gs_now_s() - last_log >= LINK_RETRY_LOG_S) {
-			gs_log(GS_LOG_WARN, "cannot reach the coordinator at %s:%s: %s (attempt %u; retrying)", l->host,
-			       l->port, gs_last_error(), failed);
+			gs_log(GS_LOG_WARN, "%s the coordinator at %s:%s: %s (attempt %u; retrying)",
+			       reached ? "no link with" : "cannot reach", l->host, l->port, gs_last_error(), failed);
 			last_log = gs_now_s();
 		}
 		gs_clear_error();
@@ -344,7 +370,7 @@ static enum gs_status send_hello(struct link *l)
 	h.max_seqs = s.max_seqs;
 	m.body_case = GEMMASHARD__ENGINE__ENGINE_MESSAGE__BODY_HELLO;
 	m.hello = &h;
-	return gs_engine_msg_send(l->fd, &m);
+	return gs_engine_msg_send(l->s, &m);
 }
 
 static enum gs_status send_heartbeat(struct link *l)
@@ -365,7 +391,7 @@ static enum gs_status send_heartbeat(struct link *l)
 	m.body_case = GEMMASHARD__ENGINE__ENGINE_MESSAGE__BODY_HEARTBEAT;
 	m.heartbeat = &h;
 	l->next_hb = gs_now_s() + GS_LINK_HEARTBEAT_S;
-	return gs_engine_msg_send(l->fd, &m);
+	return gs_engine_msg_send(l->s, &m);
 }
 
 static enum gs_status send_events(struct link *l, int32_t n)
@@ -377,7 +403,7 @@ static enum gs_status send_events(struct link *l, int32_t n)
 	evs.events = l->b.te_ptr;
 	m.body_case = GEMMASHARD__ENGINE__ENGINE_MESSAGE__BODY_EVENTS;
 	m.events = &evs;
-	return gs_engine_msg_send(l->fd, &m);
+	return gs_engine_msg_send(l->s, &m);
 }
 
 /* A request that never started: one TokenEvent with FINISH_ERROR and the reason. */
@@ -571,10 +597,9 @@ static const char *body_name(Gemmashard__Engine__EngineMessage__BodyCase c)
 static enum gs_status read_messages(struct link *l, int timeout_ms)
 {
 	for (int i = 0; i < LINK_MSGS_PER_STEP && !*l->stop; i++) {
-		struct pollfd p = { .fd = l->fd, .events = POLLIN };
 		Gemmashard__Engine__EngineMessage *m;
 		enum gs_status st;
-		int r = poll(&p, 1, i == 0 ? timeout_ms : 0);
+		int r = gs_stream_wait(l->s, i == 0 ? timeout_ms : 0);
 
 		if (r < 0 && errno == EINTR)
 			return GS_OK;
@@ -582,7 +607,7 @@ static enum gs_status read_messages(struct link *l, int timeout_ms)
 			return gs_errorf(GS_ERR_IO, "poll: %s", strerror(errno));
 		if (r == 0)
 			return GS_OK;
-		st = gs_engine_msg_recv(l->fd, GS_LINK_MAX_FRAME, LINK_RECV_TIMEOUT_MS, &m);
+		st = gs_engine_msg_recv(l->s, GS_LINK_MAX_FRAME, LINK_RECV_TIMEOUT_MS, &m);
 		if (st != GS_OK)
 			return st;
 		switch (m->body_case) {
@@ -615,18 +640,25 @@ static enum gs_status read_messages(struct link *l, int timeout_ms)
 static enum gs_status drop_link(struct link *l, const char *why)
 {
 	size_t n = l->reqs.n;
-	bool lost = false;
+	bool lost = false, at_once = gs_now_s() - l->up_since <= 1.0;
 
-	gs_log(GS_LOG_WARN, "link to the coordinator at %s:%s lost: %s; cancelling %zu request%s in flight, then "
-	       "reconnecting", l->host, l->port, why, n, n == 1 ? "" : "s");
+	/* A link that died at once (a coordinator refusing us) must not turn into a busy loop, nor
+	 * into a log line per attempt. */
+	if (!at_once || gs_now_s() - l->drop_logged >= LINK_RETRY_LOG_S) {
+		gs_log(GS_LOG_WARN, "link to the coordinator at %s:%s lost: %s; cancelling %zu request%s in flight, "
+		       "then reconnecting", l->host, l->port, why, n, n == 1 ? "" : "s");
+		if (at_once)
+			l->drop_logged = gs_now_s();
+	}
 	gs_clear_error();
-	close(l->fd);
-	l->fd = -1;
-	/* A link that died at once (a coordinator refusing us) must not turn into a busy loop. */
-	if (gs_now_s() - l->up_since > 1.0)
+	gs_stream_free(l->s);
+	l->s = NULL;
+	l->refused = at_once;
+	if (!at_once)
 		l->backoff_s = 0;
-	else if (l->backoff_s < LINK_BACKOFF_MIN_S)
-		l->backoff_s = LINK_BACKOFF_MIN_S;
+	else
+		l->backoff_s = l->backoff_s < LINK_BACKOFF_MIN_S ? LINK_BACKOFF_MIN_S
+			       : l->backoff_s * 2 < LINK_BACKOFF_MAX_S ? l->backoff_s * 2 : LINK_BACKOFF_MAX_S;
 	for (size_t i = 0; i < l->reqs.cap; i++) {
 		struct req_slot *r = &l->reqs.s[i];
 		if (r->used && !r->cancelled) {
@@ -642,7 +674,7 @@ static enum gs_status drop_link(struct link *l, const char *why)
 
 enum gs_status gs_link_serve(struct gs_engine *e, const struct gs_link_config *cfg, volatile sig_atomic_t *stop)
 {
-	struct link l = { .e = e, .cfg = cfg, .stop = stop, .fd = -1 };
+	struct link l = { .e = e, .cfg = cfg, .stop = stop, .s = NULL, .drop_logged = -1e30 };
 	struct gs_engine_stats s;
 	enum gs_status st, st2;
 	char host[256];
@@ -656,6 +688,14 @@ enum gs_status gs_link_serve(struct gs_engine *e, const struct gs_link_config *c
 		st = req_reserve(&l.reqs);
 	if (st != GS_OK)
 		goto out_shutdown;
+	if (!cfg->tls) {
+		bool loopback = false;
+		if (gs_net_host_is_loopback(l.host, &loopback) != GS_OK)
+			gs_clear_error(); /* resolving is retried by the connect loop, which reports it */
+		gs_log(loopback ? GS_LOG_INFO : GS_LOG_WARN, "the link to the coordinator at %s:%s is plaintext and "
+		       "unauthenticated%s; --cluster-ca, --cluster-cert and --cluster-key make it mutual TLS", l.host,
+		       l.port, loopback ? " (loopback)" : ": prompts and tokens cross the network in the clear");
+	}
 	if (cfg->engine_id && *cfg->engine_id) {
 		snprintf(l.engine_id, sizeof(l.engine_id), "%s", cfg->engine_id);
 	} else {
@@ -669,7 +709,7 @@ enum gs_status gs_link_serve(struct gs_engine *e, const struct gs_link_config *c
 		bool lost = false;
 		int timeout_ms = 0;
 
-		if (l.fd < 0) {
+		if (!l.s) {
 			if (!connect_loop(&l))
 				break;
 			l.up_since = gs_now_s();
@@ -716,8 +756,7 @@ out_shutdown:
 	if (st == GS_OK)
 		st = st2;
 out_free:
-	if (l.fd >= 0)
-		close(l.fd);
+	gs_stream_free(l.s);
 	step_buf_free(&l.b);
 	free(l.reqs.s);
 	return st;

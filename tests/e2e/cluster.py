@@ -7,15 +7,30 @@ each a real `mpirun -np T gemmashard-worker --coordinator ...` job, on free loca
         cl.start_engine(0)         # bring it back; it registers again
         cl.wait_healthy(2)
         cl.metrics()               # parsed /metrics: {"name{labels}": value}
+        cl.reload()                # SIGHUP: the coordinator reads its API key file again
 
 On exit everything started is stopped (SIGTERM, then SIGKILL after a grace period), and
 cl.coord_rc holds the coordinator's exit status (0 expected: clean shutdown, and no leak
 reports under ASan). Logs are kept in cl.logdir.
+
+api_key="K" writes a key file (mode 600, the key alone, so named "key-1") into cl.logdir and
+passes it with --api-key-file; api_keys={"name": "key", ...} writes one with named keys.
+cl.key_file is its path (rewrite it and call cl.reload() to change the keys).
+
+cluster_certs=DIR (deploy/make-cluster-certs.sh output: ca.crt, coordinator.crt/.key,
+engine.crt/.key) makes the engine link mutual TLS: the coordinator and every engine get
+--cluster-ca/--cluster-cert/--cluster-key; start_engine(i, certs=(ca, cert, key)) gives one
+engine other files, certs=() none. Open MPI stays on loopback (tp_common.mpi_env).
+
+tls={"cert": F, "key": F, "ca": F} serves gRPC and HTTPS with that certificate ("ca": the CA that
+issued it, for the cluster's own probes); add "client_ca" for mutual TLS, with "client_cert" and
+"client_key" for the probes.
 """
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -35,9 +50,20 @@ def free_port():
     return p
 
 
+def write_key_file(path, lines):
+    """An API key file (mode 600, written whole and renamed into place), one line each."""
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(line + "\n" for line in lines))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
 class Cluster:
     def __init__(self, build_dir, model_dir, engines=1, tp=2, coord_args=(), engine_args=(),
-                 api_key=None, mpirun="mpirun", logdir=None, health_timeout=180):
+                 api_key=None, mpirun="mpirun", logdir=None, health_timeout=180, tls=None, api_keys=None,
+                 cluster_certs=None):
         self.build_dir = build_dir
         self.model_dir = model_dir
         self.n_engines = engines
@@ -45,6 +71,10 @@ class Cluster:
         self.coord_args = list(coord_args)
         self.engine_args = list(engine_args)
         self.api_key = api_key
+        self.api_keys = api_keys
+        self.cluster_certs = cluster_certs
+        self.key_file = None
+        self.tls = tls
         self.mpirun = mpirun
         self.logdir = logdir or tempfile.mkdtemp(prefix="gs-cluster-")
         os.makedirs(self.logdir, exist_ok=True)
@@ -64,8 +94,19 @@ class Cluster:
         cmd = [self.coordinator_bin, "--model", self.model_dir,
                "--grpc", f"127.0.0.1:{self.grpc_port}", "--http", f"127.0.0.1:{self.http_port}",
                "--engine-listen", f"127.0.0.1:{self.engine_port}", *self.coord_args]
-        if self.api_key:
-            cmd += ["--api-key", self.api_key]
+        if self.api_key or self.api_keys:
+            self.key_file = os.path.join(self.logdir, "api-keys")
+            lines = [self.api_key] if self.api_key else [f"{n} {k}" for n, k in self.api_keys.items()]
+            write_key_file(self.key_file, lines)
+            cmd += ["--api-key-file", self.key_file]
+        if self.cluster_certs:
+            d = self.cluster_certs
+            cmd += ["--cluster-ca", f"{d}/ca.crt", "--cluster-cert", f"{d}/coordinator.crt",
+                    "--cluster-key", f"{d}/coordinator.key"]
+        if self.tls:
+            cmd += ["--tls-cert", self.tls["cert"], "--tls-key", self.tls["key"]]
+            if self.tls.get("client_ca"):
+                cmd += ["--tls-client-ca", self.tls["client_ca"]]
         # The coordinator uses no MPI: under ASan it keeps leak checking even where the
         # mpirun-launched engines cannot (tests/run.sh turns it off for the "mpi" label).
         env = dict(os.environ)
@@ -75,11 +116,15 @@ class Cluster:
         self.coord = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         log.close()
 
-    def start_engine(self, i, extra=()):
+    def start_engine(self, i, extra=(), certs=None):
+        if certs is None and self.cluster_certs:
+            d = self.cluster_certs
+            certs = (f"{d}/ca.crt", f"{d}/engine.crt", f"{d}/engine.key")
+        tls = ["--cluster-ca", certs[0], "--cluster-cert", certs[1], "--cluster-key", certs[2]] if certs else []
         cmd = [self.mpirun, "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
                "-np", str(self.tp), self.worker_bin, "--model", self.model_dir,
                "--coordinator", f"127.0.0.1:{self.engine_port}", "--engine-id", f"engine-{i}",
-               *self.engine_args, *extra]
+               *tls, *self.engine_args, *extra]
         log = open(os.path.join(self.logdir, f"engine-{i}.log"), "ab")
         self.engines[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=mpi_env(),
                                            start_new_session=True)
@@ -110,13 +155,25 @@ class Cluster:
         self.engines[i] = None
         return rc
 
+    def reload(self):
+        """SIGHUP: the coordinator reads its key file again (and reopens --access-log)."""
+        self.coord.send_signal(signal.SIGHUP)
+
     # ---- queries -------------------------------------------------------------------------
     def url(self, path):
-        return f"http://127.0.0.1:{self.http_port}{path}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.http_port}{path}"
+
+    def ssl_context(self):
+        if not self.tls:
+            return None
+        ctx = ssl.create_default_context(cafile=self.tls["ca"])
+        if self.tls.get("client_cert"):
+            ctx.load_cert_chain(self.tls["client_cert"], self.tls["client_key"])
+        return ctx
 
     def get(self, path, timeout=5):
         try:
-            with urllib.request.urlopen(self.url(path), timeout=timeout) as r:
+            with urllib.request.urlopen(self.url(path), timeout=timeout, context=self.ssl_context()) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()

@@ -11,7 +11,10 @@
   4. a dropped connection (with a request in flight), a malformed frame and an unexpected
      message kind each make the engine reconnect with a new hello; nothing leaks KV;
   5. connecting retries until the coordinator listens (--engine-id, --served-name);
-     SIGTERM to mpirun ends the engine within 10 s, connected or while retrying.
+     SIGTERM to mpirun ends the engine within 10 s, connected or while retrying;
+  6. mutual TLS (--cluster-*) against a fake coordinator on Python's ssl: the engine's
+     certificate, the hello and a request over the encrypted link; a coordinator of another CA
+     refuses it and the engine logs why.
 
 usage: test_engine_link.py GEMMASHARD WORKER MPIRUN TOKENIZER SCRATCH"""
 import os
@@ -19,6 +22,7 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -93,7 +97,9 @@ class Link:
             left = end - time.time()
             if left <= 0 or self.closed:
                 return None
-            r, _, _ = select.select([self.c], [], [], left)
+            # a TLS socket may hold decrypted bytes that select() cannot see
+            pending = self.c.pending() if isinstance(self.c, ssl.SSLSocket) else 0
+            r = [self.c] if pending else select.select([self.c], [], [], left)[0]
             if not r:
                 return None
             chunk = self.c.recv(1 << 16)
@@ -279,6 +285,7 @@ def main():
     srv.close()
 
     run_engine2(pb, model)
+    run_engine3(pb, model, reqs, ref)
 
     for f in failures:
         print("FAIL", f[:3000])
@@ -477,6 +484,70 @@ def run_engine2(pb, model):
         log = log_tail(log2, 20000)
         check("cannot reach the coordinator" in log and log.count("cannot reach the coordinator") <= 3,
               f"retries are logged, at most every 5 s ({log.count('cannot reach the coordinator')} lines)")
+    finally:
+        kill_session(eng.pid)
+        srv.close()
+
+
+def run_engine3(pb, model, reqs, ref):
+    """Mutual TLS against a fake coordinator on Python's ssl (certificates made at test time by
+    tests/net/make_test_certs.sh): the engine checks the coordinator's certificate and role and
+    presents its own; then a coordinator that trusts another CA refuses it, and the engine says so."""
+    certs = os.path.join(SCRATCH, "certs")
+    subprocess.run(["bash", os.path.join(HERE, "..", "net", "make_test_certs.sh"), certs], check=True)
+    c, o = os.path.join(certs, "cluster"), os.path.join(certs, "other")
+
+    def server_ctx(ca):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_cert_chain(f"{c}/coordinator.crt", f"{c}/coordinator.key")
+        ctx.load_verify_locations(ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+    log3 = os.path.join(SCRATCH, "engine3.log")
+    with open(log3, "wb") as lf:
+        eng = start_engine(model, port, ("--engine-id", "eng-tls", "--cluster-ca", f"{c}/ca.crt", "--cluster-cert",
+                                         f"{c}/engine-e1.crt", "--cluster-key", f"{c}/engine-e1.key"), log=lf)
+    try:
+        srv.settimeout(180)
+        conn, _ = srv.accept()
+        tls = server_ctx(f"{c}/ca.crt").wrap_socket(conn, server_side=True)
+        peer = dict(x[0] for x in tls.getpeercert()["subject"])
+        check(peer.get("organizationalUnitName") == "engine" and tls.version() == "TLSv1.3",
+              f"TLS: the engine presents its engine certificate over {tls.version()} ({peer})")
+        link = Link(pb, tls)
+        m = link.recv(30)
+        check(m is not None and m.WhichOneof("body") == "hello" and m.hello.engine_id == "eng-tls",
+              "TLS: the hello arrives over the encrypted link")
+        col = Collector()
+        submit(pb, link, 900, reqs[0][1])
+        check(col.run(link, {900}, 60) and col.tokens.get(900) == ref[100],
+              "TLS: a request over the encrypted link gives the reference tokens")
+        link.close()
+        # The same port now answers with a coordinator that trusts another CA.
+        refused = 0
+        t0 = time.time()
+        while time.time() - t0 < 8 and refused < 2:
+            srv.settimeout(10)
+            try:
+                conn, _ = srv.accept()
+                server_ctx(f"{o}/ca.crt").wrap_socket(conn, server_side=True).close()
+            except ssl.SSLError:
+                refused += 1
+            except socket.timeout:
+                break
+        time.sleep(0.5)
+        log = log_tail(log3, 20000)
+        check(refused >= 1 and "refused this side's certificate" in log and "peer_rejected" in log,
+              f"TLS: refused by a coordinator of another CA, the engine logs why ({refused} refusals): "
+              f"{next((ln for ln in log.splitlines() if 'refused this side' in ln), log[-300:])}")
+        stop_engine(eng, "engine 3 (TLS)")
     finally:
         kill_session(eng.pid)
         srv.close()

@@ -99,7 +99,7 @@ def main():
                                       "stop": [stop]}], scratch)
         ref.update(ref2)
 
-    key = "s3cret-key"
+    key = "s3cret-key-0123456789"
     md = [("authorization", f"Bearer {key}")]
     with Cluster(build, model, engines=1, tp=2, api_key=key,
                  coord_args=["--max-body-bytes", "65536", "--max-concurrent", "40", "--max-prompt-tokens", "300"],

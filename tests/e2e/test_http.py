@@ -25,7 +25,7 @@ from checks import check, exit_status  # noqa: E402
 from cluster import Cluster  # noqa: E402
 from test_grpc import reference  # noqa: E402
 
-KEY = "http-s3cret"
+KEY = "http-s3cret-0123456789"
 MODEL = "tiny-medgemma"
 
 
@@ -157,7 +157,8 @@ def main():
 
         # ---- health, metrics, models ------------------------------------------------------
         st, body = h.call("GET", "/health", key=None)
-        check(st == 200 and json.loads(body) == {"status": "ok", "engines": 1}, f"/health without key: {st} {body}")
+        check(st == 200 and json.loads(body) == {"status": "ok", "engines": 1, "engine_link": "plaintext"},
+              f"/health without key: {st} {body}")
         st, body = h.call("GET", "/metrics", key=None)
         check(st == 200 and "gemmashard_requests_in_flight" in body, f"/metrics without key: {st}")
         p = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{content_type}", cl.url("/metrics")],

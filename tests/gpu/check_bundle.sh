@@ -5,7 +5,8 @@
 #   - the binaries take cJSON and protobuf-c from the bundle, not from this machine's packages;
 #   - engine_device_path passes in it (the device path on the staged CPU backend);
 #   - a --device cpu worker bench runs at T = 1 without mpirun, and the no-MPI build refuses
-#     a launch of 2 ranks; `gemmashard generate` says it has no gRPC client.
+#     a launch of 2 ranks; `gemmashard generate` says it has no gRPC client, and the worker
+#     that it has no TLS for --cluster-*.
 #   check_bundle.sh SCRATCH
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -45,6 +46,12 @@ if out=$(OMPI_COMM_WORLD_SIZE=2 "$b/worker/gemmashard-worker" --synthetic tiny -
 fi
 grep -q "this build has no MPI: it runs one rank (T = 1), not 2" <<<"$out" || fail "2-rank refusal said: $out"
 echo "ok   a 2-rank launch is refused: $(tail -1 <<<"$out")"
+if out=$("$b/worker/gemmashard-worker" --synthetic tiny --coordinator 127.0.0.1:1 --cluster-ca ca.crt \
+	--cluster-cert engine.crt --cluster-key engine.key 2>&1); then
+	fail "the no-TLS worker accepted --cluster-*: $out"
+fi
+grep -q "this build has no TLS" <<<"$out" || fail "--cluster-* refusal said: $out"
+echo "ok   --cluster-* is refused without OpenSSL: $(grep -m1 "no TLS" <<<"$out")"
 rc=0
 out=$("$b/tools/gemmashard" generate hello 2>&1) || rc=$?
 [ "$rc" -eq 2 ] && grep -q "no gRPC client" <<<"$out" || fail "gemmashard generate: rc $rc: $out"

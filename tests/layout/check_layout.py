@@ -8,8 +8,10 @@
 Rules:
   1. A library includes only its own headers and those of the libraries below it:
        core <- kernels <- comm <- model <- engine <- worker <- tools
-     proto sits on core; engine, worker, tools and the coordinator may use it; the coordinator
-     uses only core and proto. A quoted header is attributed to the folder that holds it.
+     net (streams, TLS) sits on core and proto on net; engine, worker, tools and the
+     coordinator may use proto; worker, tools and the coordinator may use net (the engine
+     knows nothing of sockets); the coordinator uses only core, net and proto. A quoted
+     header is attributed to the folder that holds it.
   2. Only kernels/cuda and comm include CUDA, cuBLAS or NCCL headers.
   3. Only comm includes mpi.h.
 Tests (tests/) may include anything.
@@ -20,17 +22,18 @@ import shutil
 import sys
 import tempfile
 
-LIBS = ["core", "proto", "kernels", "comm", "model", "engine", "worker", "coordinator", "tools"]
+LIBS = ["core", "net", "proto", "kernels", "comm", "model", "engine", "worker", "coordinator", "tools"]
 ALLOWED = {
     "core": {"core"},
-    "proto": {"proto", "core"},
+    "net": {"net", "core"},
+    "proto": {"proto", "net", "core"},
     "kernels": {"kernels", "core"},
     "comm": {"comm", "kernels", "core"},
     "model": {"model", "comm", "kernels", "core"},
     "engine": {"engine", "model", "comm", "kernels", "core", "proto"},
-    "worker": {"worker", "engine", "model", "comm", "kernels", "core", "proto"},
-    "coordinator": {"coordinator", "core", "proto"},
-    "tools": {"tools", "worker", "engine", "model", "comm", "kernels", "core", "proto"},
+    "worker": {"worker", "engine", "model", "comm", "kernels", "core", "proto", "net"},
+    "coordinator": {"coordinator", "core", "proto", "net"},
+    "tools": {"tools", "worker", "engine", "model", "comm", "kernels", "core", "proto", "net"},
 }
 SRC_EXT = (".c", ".h", ".cu", ".cuh")
 INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]', re.M)
@@ -101,11 +104,14 @@ def selftest():
         "worker includes nccl.h": ("worker/bad.c", "#include <nccl.h>\n", "CUDA/NCCL header"),
         "kernels/cpu includes cublas": ("kernels/cpu/bad.c", "#include <cublas_v2.h>\n", "CUDA/NCCL header"),
         "unknown header": ("engine/bad.c", '#include "gs_nowhere.h"\n', "no library folder holds"),
+        "engine includes the socket layer": ("engine/bad.c", '#include "gs_net.h"\n', "engine includes \"gs_net.h\""),
+        "net includes a proto header": ("net/bad.c", '#include "gs_frame.h"\n', "net includes \"gs_frame.h\""),
     }
     base = {
         "core/gs_status.h": "", "kernels/gs_kernels.h": '#include "gs_status.h"\n',
         "kernels/cuda/k.cu": "#include <cuda_runtime.h>\n#include <cublas_v2.h>\n",
         "comm/gs_comm.h": "", "comm/comm_mpi.c": "#include <mpi.h>\n#include <nccl.h>\n",
+        "net/gs_net.h": '#include "gs_status.h"\n', "proto/gs_frame.h": '#include "gs_net.h"\n',
         "model/gs_model.h": '#include "gs_kernels.h"\n#include "gs_comm.h"\n',
         "engine/gs_engine.h": '#include "gs_model.h"\n#include "engine.pb-c.h"\n',
         "worker/gs_link.h": '#include "gs_engine.h"\n',

@@ -14,10 +14,14 @@ PML = {
 
 
 def mpi_env():
+    """Open MPI for ranks on this one host: shared memory between ranks (no TCP or libfabric
+    transport, which would listen on every interface), out-of-band traffic over loopback.
+    A --mca on the command line still wins over these."""
     env = dict(os.environ)
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_mpi_yield_when_idle="1",
-               OMPI_MCA_btl_vader_single_copy_mechanism="none")
+               OMPI_MCA_btl_vader_single_copy_mechanism="none",
+               OMPI_MCA_btl="self,vader", OMPI_MCA_btl_tcp_if_include="lo", OMPI_MCA_oob_tcp_if_include="lo")
     return env
 
 

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -280,18 +281,20 @@ static enum outcome try_plan(void *ctx, const uint8_t *buf, size_t n)
 	return status_outcome(st);
 }
 
-/* The mutant frame through a pipe to the receiver (4 KiB limit); a short one ends in EOF. */
+/* The mutant frame through a socket pair to the receiver (4 KiB limit); a short one ends in EOF. */
 static enum outcome try_frame(void *ctx, const uint8_t *buf, size_t n)
 {
 	Gemmashard__Engine__EngineMessage *got = NULL;
+	struct gs_stream *s;
 	int fds[2];
 	(void)ctx;
 
-	GS_ASSERT(pipe(fds) == 0);
+	GS_ASSERT(socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
 	GS_ASSERT(write(fds[1], buf, n) == (ssize_t)n);
 	close(fds[1]);
-	enum gs_status st = gs_engine_msg_recv(fds[0], 4096, 1000, &got);
-	close(fds[0]);
+	GS_ASSERT(gs_stream_plain(fds[0], &s) == GS_OK);
+	enum gs_status st = gs_engine_msg_recv(s, 4096, 1000, &got);
+	gs_stream_free(s);
 	if (st == GS_OK)
 		gemmashard__engine__engine_message__free_unpacked(got, NULL);
 	return status_outcome(st);
@@ -350,11 +353,14 @@ static void fuzz_frames(int iters)
 	sub.prompt = toks;
 	m.body_case = GEMMASHARD__ENGINE__ENGINE_MESSAGE__BODY_SUBMIT;
 	m.submit = &sub;
-	GS_ASSERT(pipe(fds) == 0);
-	GS_ASSERT(gs_engine_msg_send(fds[1], &m) == GS_OK);
+	struct gs_stream *ws;
+	GS_ASSERT(socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
+	GS_ASSERT(gs_stream_plain(fds[1], &ws) == GS_OK);
+	GS_ASSERT(gs_engine_msg_send(ws, &m) == GS_OK);
 	ssize_t len = read(fds[0], frame, sizeof(frame));
 	GS_ASSERT(len > 4);
-	close(fds[0]), close(fds[1]);
+	close(fds[0]);
+	gs_stream_free(ws);
 	fuzz("engine-link frame", frame, (size_t)len, 4, iters, try_frame, NULL);
 }
 
