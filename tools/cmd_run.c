@@ -29,7 +29,7 @@ static int run_batch_local(const char *model_dir, const char *in, const char *ou
 	snprintf(path, sizeof(path), "%s/tokenizer.json", model_dir);
 	if (gs_model_load(model_dir, true, &m) != GS_OK || gs_tokenizer_load(path, &tok) != GS_OK ||
 	    gs_backend_cpu_create(threads, &be) != GS_OK || gs_engine_create(m, be, NULL, &ec, &e) != GS_OK ||
-	    gs_batch_run(e, m, tok, in, out) != GS_OK)
+	    gs_batch_run(e, m, tok, in, out, (struct gs_batch_split){ .k = 0, .n = 1 }) != GS_OK)
 		rc = gs_cmd_fail("run --batch");
 	else
 		rc = 0;

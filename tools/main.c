@@ -18,6 +18,7 @@ static const struct {
 	{ "inspect", gs_cmd_inspect, "config summary, tensor table, memory per rank" },
 	{ "bench", gs_cmd_bench, "memory bandwidth, decode and prefill throughput, tokenizer speed" },
 	{ "make-test-model", gs_cmd_make_test_model, "write a random-weight checkpoint in the HF layout" },
+	{ "batch-merge", gs_cmd_batch_merge, "join the outputs of a split batch (job array), every id exactly once" },
 };
 
 int gs_cmd_fail(const char *cmd)

@@ -87,21 +87,27 @@ static enum gs_status write_result(struct gs_batch_out *out, struct flight *f, e
 	return gs_batch_out_write(out, &r);
 }
 
+static bool split_owns(struct gs_batch_split split, const struct gs_batch_req *r)
+{
+	return (r->line_no - 1) % split.n == split.k;
+}
+
 enum gs_status gs_batch_run(struct gs_engine *e, const struct gs_model *m, const struct gs_tokenizer *tok,
-			    const char *in_path, const char *out_path)
+			    const char *in_path, const char *out_path, struct gs_batch_split split)
 {
 	struct gs_batch_req *reqs = NULL;
 	struct gs_batch_out *out = NULL;
 	struct gs_batch_progress prog = { 0 };
 	struct flight *fl = NULL;
 	struct gs_token_event *ev = NULL;
-	size_t n = 0, next = 0, done, n_err = 0;
+	size_t n = 0, next = 0, done = 0, n_own = 0, n_err = 0;
 	uint64_t gen_tokens = 0;
 	int32_t inflight = 0, max_inflight, end_of_turn = gs_tokenizer_find(tok, "<end_of_turn>");
 	size_t out_cap = gs_detok_max_out(tok) + 1;
 	char *piece = malloc(out_cap);
 	enum gs_status st;
 
+	GS_ASSERT(split.n >= 1 && split.k >= 0 && split.k < split.n);
 	st = gs_batch_read(in_path, &reqs, &n);
 	if (st == GS_OK)
 		st = gs_batch_out_open(out_path, &out);
@@ -119,8 +125,11 @@ enum gs_status gs_batch_run(struct gs_engine *e, const struct gs_model *m, const
 		st = gs_errorf(GS_ERR_NOMEM, "out of memory for %zu requests", n);
 		goto out_shutdown;
 	}
-	done = gs_batch_out_n_done(out);
-	gs_batch_progress_update(&prog, done, n, 0, stderr);
+	for (size_t i = 0; i < n; i++) {
+		n_own += split_owns(split, &reqs[i]);
+		done += split_owns(split, &reqs[i]) && gs_batch_out_done(out, reqs[i].id);
+	}
+	gs_batch_progress_update(&prog, done, n_own, 0, stderr);
 
 	for (;;) {
 		int32_t n_ev;
@@ -134,7 +143,7 @@ enum gs_status gs_batch_run(struct gs_engine *e, const struct gs_model *m, const
 						   .top_logprobs = r->logprobs ? r->top_logprobs : 0,
 						   .logprobs = r->logprobs };
 			next++;
-			if (gs_batch_out_done(out, r->id))
+			if (!split_owns(split, r) || gs_batch_out_done(out, r->id))
 				continue;
 			f->req = r;
 			if (!r->error) {
@@ -162,7 +171,7 @@ enum gs_status gs_batch_run(struct gs_engine *e, const struct gs_model *m, const
 				if (st != GS_OK)
 					goto out_shutdown;
 				n_err++;
-				gs_batch_progress_update(&prog, ++done, n, gen_tokens, stderr);
+				gs_batch_progress_update(&prog, ++done, n_own, gen_tokens, stderr);
 			}
 		}
 		if (inflight == 0 && next >= n && gs_engine_idle(e))
@@ -224,7 +233,7 @@ enum gs_status gs_batch_run(struct gs_engine *e, const struct gs_model *m, const
 				goto out_shutdown;
 			flight_free(f);
 			inflight--;
-			gs_batch_progress_update(&prog, ++done, n, gen_tokens, stderr);
+			gs_batch_progress_update(&prog, ++done, n_own, gen_tokens, stderr);
 		}
 	}
 	gs_batch_progress_finish(&prog, n_err, stderr);

@@ -23,6 +23,7 @@
 #include "gs_forward.h"
 #include "gs_seq.h"
 #include "gs_link.h"
+#include "gs_net.h"
 #include "gs_safetensors.h"
 #include "gs_sampler.h"
 #include "gs_util.h"
@@ -32,9 +33,11 @@
 struct worker_opts {
 	const char *model, *synthetic, *tokens, *dump, *batch, *out;
 	const char *coordinator, *engine_id, *served_name, *device;
+	struct gs_cluster_files cluster;  /* --cluster-ca/--cluster-cert/--cluster-key (engine mode) */
 	int generate, chunk, threads, decode_steps, prompt_tokens, max_batch_tokens, max_seqs, ctx;
 	bool bench;
 	struct gs_sampling_params sp;
+	struct gs_batch_split split; /* --batch-split K/N */
 };
 
 static uint64_t fnv1a(const void *p, size_t n, uint64_t h)
@@ -63,9 +66,13 @@ static void usage(FILE *f)
 		   "                       cpu-staged: the CPU kernels on the device path (tests without a GPU)\n"
 		   "  --bench              time prefill (--prompt-tokens, 512) and decode (--decode-steps, 32)\n"
 		   "  --batch IN.jsonl --out OUT.jsonl   offline batch through the serving engine (resumable)\n"
+		   "  --batch-split K/N    --batch: run only the lines L with (L-1) %% N == K (job arrays; ids as in\n"
+		   "                       the whole file; join the parts with `gemmashard batch-merge`)\n"
 		   "  --coordinator HOST:PORT   engine mode: rank 0 registers with the coordinator and serves it\n"
 		   "  --engine-id ID       engine mode: name in the coordinator (default HOSTNAME:PID)\n"
 		   "  --served-name NAME   engine mode: model id (default: the model directory's name)\n"
+		   "  --cluster-ca FILE --cluster-cert FILE --cluster-key FILE   engine mode: mutual TLS 1.3 with the\n"
+		   "                       coordinator (cluster CA, this engine's certificate and its key, mode 600)\n"
 		   "  --max-batch-tokens N (256) --max-seqs N (64) --ctx N (4096)   engine limits (--batch, engine mode)\n");
 }
 
@@ -76,6 +83,7 @@ static int parse_args(int argc, char **argv, struct worker_opts *o, int rank)
 				   .max_seqs = 64, .ctx = 4096 };
 	o->sp = (struct gs_sampling_params){ .temperature = 0, .top_k = 0, .top_p = 1, .min_p = 0,
 					     .repetition_penalty = 1, .seed = 0 };
+	o->split = (struct gs_batch_split){ .k = 0, .n = 1 };
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 		bool takes = true;
@@ -97,10 +105,24 @@ static int parse_args(int argc, char **argv, struct worker_opts *o, int rank)
 			o->batch = v;
 		} else if (!strcmp(a, "--out")) {
 			o->out = v;
+		} else if (!strcmp(a, "--batch-split")) {
+			char *end = NULL;
+			long k = strtol(v, &end, 10), n = end && *end == '/' ? strtol(end + 1, &end, 10) : 0;
+			if (!end || *end || k < 0 || n < 1 || k >= n || n > 1000000 || !(v[0] >= '0' && v[0] <= '9')) {
+				gs_errorf(GS_ERR_INVALID_ARG, "--batch-split wants K/N with 0 <= K < N (e.g. 2/8), got \"%s\"", v);
+				return 2;
+			}
+			o->split = (struct gs_batch_split){ .k = (int)k, .n = (int)n };
 		} else if (!strcmp(a, "--coordinator")) {
 			o->coordinator = v;
 		} else if (!strcmp(a, "--engine-id")) {
 			o->engine_id = v;
+		} else if (!strcmp(a, "--cluster-ca")) {
+			o->cluster.ca = v;
+		} else if (!strcmp(a, "--cluster-cert")) {
+			o->cluster.cert = v;
+		} else if (!strcmp(a, "--cluster-key")) {
+			o->cluster.key = v;
 		} else if (!strcmp(a, "--served-name")) {
 			o->served_name = v;
 		} else if (!strcmp(a, "--device")) {
@@ -148,6 +170,10 @@ bad:
 		gs_errorf(GS_ERR_INVALID_ARG, "--batch and --out go together");
 		return 2;
 	}
+	if (o->split.n > 1 && !o->batch) {
+		gs_errorf(GS_ERR_INVALID_ARG, "--batch-split needs --batch");
+		return 2;
+	}
 	if (o->device && strcmp(o->device, "cpu") != 0 && strcmp(o->device, "cuda") != 0 &&
 	    strcmp(o->device, "cpu-staged") != 0) {
 		gs_errorf(GS_ERR_INVALID_ARG, "--device must be cpu or cuda (or cpu-staged), got \"%s\"", o->device);
@@ -166,8 +192,13 @@ bad:
 		}
 		if (gs_link_parse_addr(o->coordinator, host, sizeof(host), port, sizeof(port)) != GS_OK)
 			return 2;
-	} else if (o->engine_id || o->served_name) {
-		gs_errorf(GS_ERR_INVALID_ARG, "--engine-id and --served-name need --coordinator");
+	} else if (o->engine_id || o->served_name || o->cluster.ca || o->cluster.cert || o->cluster.key) {
+		gs_errorf(GS_ERR_INVALID_ARG, "--engine-id, --served-name and --cluster-* need --coordinator");
+		return 2;
+	}
+	if (!o->cluster.ca != !o->cluster.cert || !o->cluster.ca != !o->cluster.key) {
+		gs_errorf(GS_ERR_INVALID_ARG, "--cluster-ca, --cluster-cert and --cluster-key go together (mutual TLS "
+			  "with the coordinator)");
 		return 2;
 	}
 	if (!o->model == !o->synthetic || (!o->bench && !o->tokens && !o->batch && !o->coordinator) || o->generate < 0 ||
@@ -459,7 +490,7 @@ static int run_batch(const struct gs_comm *w, const struct gs_model *m, struct r
 	if (!all_ok(w, st, "setting up the batch engine"))
 		goto out_free;
 	if (gs_comm_rank(w) == 0)
-		st = gs_batch_run(e, m, tok, o->batch, o->out);
+		st = gs_batch_run(e, m, tok, o->batch, o->out, o->split);
 	else
 		st = gs_engine_follow(e);
 	rc = all_ok(w, st, "batch") ? 0 : 1;
@@ -502,7 +533,7 @@ static void default_model_id(const struct worker_opts *o, char *buf, size_t cap)
  * its plans. SIGTERM/SIGINT on any rank: the leader shuts the engine down, everyone exits 0.
  * An engine failure ends the whole job (the launcher restarts it; it registers again). */
 static int run_engine(const struct gs_comm *w, const struct gs_model *m, struct rank_backend *rb,
-		      const struct worker_opts *o)
+		      const struct worker_opts *o, struct gs_cluster_tls *tls)
 {
 	struct gs_engine_config ec = { .max_batch_tokens = o->max_batch_tokens, .max_seqs = o->max_seqs,
 				       .max_context = o->ctx, .candidates = 64 };
@@ -521,7 +552,7 @@ static int run_engine(const struct gs_comm *w, const struct gs_model *m, struct 
 	signal(SIGPIPE, SIG_IGN); /* a dead coordinator is a write error, not a signal */
 	if (gs_comm_rank(w) == 0) {
 		struct gs_link_config lc = { .coordinator = o->coordinator, .engine_id = o->engine_id, .tp = gs_comm_size(w),
-					     .cp = 1, .vocab_size = m->n_vocab, .model_id = o->served_name };
+					     .cp = 1, .vocab_size = m->n_vocab, .model_id = o->served_name, .tls = tls };
 		if (!lc.model_id || !*lc.model_id) {
 			default_model_id(o, model_id, sizeof(model_id));
 			lc.model_id = model_id;
@@ -547,6 +578,7 @@ int main(int argc, char **argv)
 	struct gs_comm world;
 	struct worker_opts o;
 	struct gs_model *m = NULL;
+	struct gs_cluster_tls *tls = NULL;
 	struct rank_backend rb = { 0 };
 	struct gs_forward *f = NULL;
 	struct gs_seq *s = NULL;
@@ -582,6 +614,12 @@ int main(int argc, char **argv)
 			o.threads = 1;
 	}
 
+	/* The leader's cluster certificates: checked before any weights are read. */
+	if (o.cluster.ca) {
+		st = rank == 0 ? gs_cluster_tls_create(&o.cluster, GS_ROLE_ENGINE, &tls) : GS_OK;
+		if (!all_ok(&world, st, "cluster certificates"))
+			goto out_finalize;
+	}
 	if (!rank_backend_open(&world, &o, &rb))
 		goto out_free;
 	/* Load this rank's shard; agree on success; then into the device's memory (a no-op on the
@@ -615,7 +653,7 @@ int main(int argc, char **argv)
 		goto out_free;
 	}
 	if (o.coordinator) {
-		rc = run_engine(&world, m, &rb, &o);
+		rc = run_engine(&world, m, &rb, &o, tls);
 		goto out_free;
 	}
 
@@ -725,6 +763,7 @@ out_free:
 	gs_forward_free(f);
 	gs_model_free(m);
 	rank_backend_close(&rb);
+	gs_cluster_tls_free(tls);
 out_finalize:
 	gs_comm_free(&world);
 	gs_comm_mpi_finalize();
