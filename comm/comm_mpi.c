@@ -31,6 +31,16 @@ static enum gs_status mpi_fail(int rc, const char *what)
 			return mpi_fail(mpi_rc_, what); \
 	} while (0)
 
+/* A collective that waits on the other ranks: the watchdog sees how long (gs_comm.h). */
+#define MPI_COLL(call, what)                            \
+	do {                                            \
+		gs_comm_watch_enter("MPI_" what, false); \
+		int mpi_rc_ = (call);                   \
+		gs_comm_watch_leave();                  \
+		if (mpi_rc_ != MPI_SUCCESS)             \
+			return mpi_fail(mpi_rc_, what); \
+	} while (0)
+
 /* MPI counts are int: larger transfers go in pieces of at most 1 GiB. */
 #define GS_MPI_CHUNK ((size_t)1 << 30)
 
@@ -48,7 +58,7 @@ static enum gs_status mpi_allreduce(void *vctx, void *buf, size_t count, enum gs
 		                 gs_dtype_name(dtype));
 	for (size_t off = 0; off < count; off += step) {
 		size_t n = count - off < step ? count - off : step;
-		MPI_TRY(MPI_Allreduce(MPI_IN_PLACE, p + off, (int)n, MPI_FLOAT, MPI_SUM, c->comm), "Allreduce");
+		MPI_COLL(MPI_Allreduce(MPI_IN_PLACE, p + off, (int)n, MPI_FLOAT, MPI_SUM, c->comm), "Allreduce");
 	}
 	return GS_OK;
 }
@@ -59,7 +69,7 @@ static enum gs_status mpi_max_i64(void *vctx, int64_t *buf, size_t count)
 
 	if (count > INT_MAX)
 		return gs_errorf(GS_ERR_RANGE, "max all-reduce of %zu int64 values", count);
-	MPI_TRY(MPI_Allreduce(MPI_IN_PLACE, buf, (int)count, MPI_INT64_T, MPI_MAX, c->comm), "Allreduce(max)");
+	MPI_COLL(MPI_Allreduce(MPI_IN_PLACE, buf, (int)count, MPI_INT64_T, MPI_MAX, c->comm), "Allreduce(max)");
 	return GS_OK;
 }
 
@@ -69,7 +79,7 @@ static enum gs_status mpi_allgather(void *vctx, const void *send, void *recv, si
 
 	if (bytes > GS_MPI_CHUNK)
 		return gs_errorf(GS_ERR_RANGE, "all-gather of %zu bytes per rank (limit %zu)", bytes, GS_MPI_CHUNK);
-	MPI_TRY(MPI_Allgather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, c->comm), "Allgather");
+	MPI_COLL(MPI_Allgather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, c->comm), "Allgather");
 	return GS_OK;
 }
 
@@ -81,7 +91,7 @@ static enum gs_status mpi_broadcast(void *vctx, void *buf, size_t bytes, int roo
 	/* At least one call, so a bad root is reported even for 0 bytes. */
 	do {
 		size_t n = bytes - off < GS_MPI_CHUNK ? bytes - off : GS_MPI_CHUNK;
-		MPI_TRY(MPI_Bcast((char *)buf + off, (int)n, MPI_BYTE, root, c->comm), "Bcast");
+		MPI_COLL(MPI_Bcast((char *)buf + off, (int)n, MPI_BYTE, root, c->comm), "Bcast");
 		off += n;
 	} while (off < bytes);
 	return GS_OK;
@@ -109,8 +119,13 @@ static enum gs_status mpi_broadcast_idle(void *vctx, void *buf, size_t bytes, in
 		return gs_errorf(GS_ERR_RANGE, "idle broadcast of %zu bytes (limit %zu)", bytes, GS_MPI_CHUNK);
 	MPI_TRY(MPI_Ibcast(buf, (int)bytes, MPI_BYTE, root, c->comm, &req), "Ibcast");
 	spin_until = mono_ns() + 50000;
+	gs_comm_watch_enter("MPI_Ibcast (the leader's next step plan)", c->rank != root);
 	for (;;) {
-		MPI_TRY(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "Test(Ibcast)");
+		int rc = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+		if (rc != MPI_SUCCESS || done)
+			gs_comm_watch_leave();
+		if (rc != MPI_SUCCESS)
+			return mpi_fail(rc, "Test(Ibcast)");
 		if (done)
 			return GS_OK;
 		if (mono_ns() < spin_until)
@@ -126,13 +141,13 @@ static enum gs_status mpi_gather(void *vctx, const void *send, void *recv, size_
 
 	if (bytes > GS_MPI_CHUNK)
 		return gs_errorf(GS_ERR_RANGE, "gather of %zu bytes per rank (limit %zu)", bytes, GS_MPI_CHUNK);
-	MPI_TRY(MPI_Gather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, root, c->comm), "Gather");
+	MPI_COLL(MPI_Gather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, root, c->comm), "Gather");
 	return GS_OK;
 }
 
 static enum gs_status mpi_barrier(void *vctx)
 {
-	MPI_TRY(MPI_Barrier(((struct mpi_ctx *)vctx)->comm), "Barrier");
+	MPI_COLL(MPI_Barrier(((struct mpi_ctx *)vctx)->comm), "Barrier");
 	return GS_OK;
 }
 

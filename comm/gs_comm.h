@@ -21,6 +21,7 @@
 #ifndef GS_COMM_H
 #define GS_COMM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -66,6 +67,19 @@ struct gs_comm {
 	const struct gs_comm_i *iface;
 	void *ctx;
 };
+
+/* Collective watchdog (ARCHITECTURE.md §7). A peer that dies or drops off the network can
+ * leave this rank waiting inside a collective forever (the TCP transport has no timeout of its
+ * own). The MPI communicator records each host-side wait (enter/leave; one process-wide record:
+ * a process runs one engine) and a thread of the program reads it (gs_comm_watch_current) and
+ * ends the process when a wait runs too long (worker/gs_watchdog.h). `idle` marks a follower's
+ * wait for the leader's next plan (broadcast_idle), which lasts as long as the leader has no
+ * work. NCCL collectives are asynchronous and not recorded. */
+void gs_comm_watch_enter(const char *what, bool idle);
+void gs_comm_watch_leave(void);
+/* True while inside a recorded wait: *what names the collective, *idle as entered, *waited_s
+ * since it began. Safe from any thread. */
+bool gs_comm_watch_current(const char **what, bool *idle, double *waited_s);
 
 /* Size-1 communicator (single process). Never fails. */
 enum gs_status gs_comm_self_create(struct gs_comm *out);

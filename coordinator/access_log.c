@@ -145,9 +145,9 @@ void gs_alog_request(struct gs_alog *l, const struct gs_access *a, const char *m
 		gs_sbuf_printf(&b, "%" PRIu64, a->request_id);
 	else
 		gs_sbuf_puts(&b, "-");
-	gs_sbuf_printf(&b, " key=%s api=%s method=%s route=%s model=%s status=%s finish=%s prompt_tokens=%d "
+	gs_sbuf_printf(&b, " key=%s user=%s api=%s method=%s route=%s model=%s status=%s finish=%s prompt_tokens=%d "
 		       "completion_tokens=%d latency_ms=%.1f\n",
-		       a->key && a->key[0] ? a->key : "-", a->api < GS_API_COUNT ? api_name[a->api] : "-",
+		       a->key && a->key[0] ? a->key : "-", a->user && a->user[0] ? a->user : "-", a->api < GS_API_COUNT ? api_name[a->api] : "-",
 		       a->method ? a->method : "-", a->route ? a->route : "-", model && model[0] ? model : "-",
 		       a->status ? a->status : "-", finish ? finish : "-", a->prompt_tokens, a->completion_tokens,
 		       a->latency_s * 1e3);

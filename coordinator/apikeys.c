@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "gs_apikeys.h"
+#include "gs_util.h"
 
 #define GS_APIKEY_FILE_MAX (1u << 20) /* bytes of a key file */
 
@@ -185,58 +186,6 @@ static enum gs_status parse_line(struct gs_apikeys *k, const char *src, const ch
 	return add_key(k, src, f[0], name_len, key, key_len, line);
 }
 
-/* Reads the whole file into *buf (wiped and freed by the caller) after the checks. */
-static enum gs_status read_key_file(const char *path, char *src, char **buf, size_t *len)
-{
-	struct stat st;
-	enum gs_status s = GS_OK;
-	size_t got = 0;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-
-	*buf = NULL;
-	if (fd < 0)
-		return gs_errorf(GS_ERR_IO, "%s: cannot open: %s", src, strerror(errno));
-	if (fstat(fd, &st) != 0) {
-		s = gs_errorf(GS_ERR_IO, "%s: %s", src, strerror(errno));
-		goto out_close;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		s = gs_errorf(GS_ERR_INVALID_ARG, "%s is not a regular file", src);
-		goto out_close;
-	}
-	if (st.st_mode & 077) {
-		s = gs_errorf(GS_ERR_INVALID_ARG, "%s may be read or written by group or others (mode %04o): "
-			      "run chmod 600 on it", src, (unsigned)(st.st_mode & 07777));
-		goto out_close;
-	}
-	if ((uint64_t)st.st_size > GS_APIKEY_FILE_MAX) {
-		s = gs_errorf(GS_ERR_INVALID_ARG, "%s is larger than 1 MiB", src);
-		goto out_close;
-	}
-	*buf = malloc((size_t)st.st_size + 1);
-	if (!*buf) {
-		s = gs_errorf(GS_ERR_NOMEM, "%s: out of memory", src);
-		goto out_close;
-	}
-	while (got < (size_t)st.st_size) {
-		ssize_t n = read(fd, *buf + got, (size_t)st.st_size - got);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			s = gs_errorf(GS_ERR_IO, "%s: read: %s", src, strerror(errno));
-			goto out_close;
-		}
-		if (n == 0)
-			break;
-		got += (size_t)n;
-	}
-	*len = got;
-out_close:
-	close(fd);
-	return s;
-}
-
 enum gs_status gs_apikeys_load(const char *path, const char *env_key, struct gs_apikeys **out)
 {
 	struct gs_apikeys *k = calloc(1, sizeof(*k));
@@ -251,7 +200,7 @@ enum gs_status gs_apikeys_load(const char *path, const char *env_key, struct gs_
 		return gs_errorf(GS_ERR_NOMEM, "api keys: out of memory");
 	if (path) {
 		snprintf(src, sizeof(src), "api key file %.500s", path);
-		if ((s = read_key_file(path, src, &buf, &len)) != GS_OK)
+		if ((s = gs_read_file_checked(src, path, true, GS_APIKEY_FILE_MAX, &buf, &len)) != GS_OK)
 			goto out_free;
 		const char *p = buf, *end = buf + len;
 		for (int line = 1; p < end && s == GS_OK; line++) {

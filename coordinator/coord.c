@@ -74,6 +74,15 @@ enum gs_cerr gs_coord_model_info(struct gs_coord *c, const char *model, struct g
 			info->max_context = e->max_context;
 		if (!info->tensor_parallel)
 			info->tensor_parallel = e->tp;
+		/* static names, so the list outlives the lock */
+		static const char *const modes[] = { "fp32", "bf16", "cuda" };
+		for (int k = 0; k < 3; k++) {
+			bool seen = false;
+			for (int j = 0; j < info->n_numerics; j++)
+				seen |= info->numerics[j] == modes[k];
+			if (!seen && !strcmp(e->numerics, modes[k]))
+				info->numerics[info->n_numerics++] = modes[k];
+		}
 	}
 	pthread_mutex_unlock(&c->mu);
 	return GS_CERR_NONE;

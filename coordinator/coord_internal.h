@@ -53,6 +53,10 @@ struct gs_creq {
 	size_t           stop_max_len;
 	bool             logprobs;
 	int              top_logprobs;
+	int32_t          stop_ids[GS_COORD_MAX_STOP_IDS];
+	int              n_stop_ids;
+	bool             ignore_eos;
+	char            *response_format; /* structured output text (gs_grammar.h), NULL: none */
 	double           t_submit, deadline;
 
 	/* c->mu */
@@ -90,11 +94,14 @@ struct engine {
 	bool             up;           /* registered and healthy */
 	bool             gone;         /* reader finished; entry awaits reaping */
 	int32_t          tp, max_context, kv_blocks_total, max_seqs, vocab;
+	char             numerics[8];  /* matmul numerics from its hello: "fp32", "bf16", "cuda" */
 	/* last heartbeat */
 	double           last_hb;
 	int32_t          hb_running, hb_waiting, hb_kv_free;
 	uint64_t         hb_steps, hb_tokens;
 	double           hb_step_s;
+	bool             prefix_cache;       /* from its hello */
+	uint64_t         hb_prefix_hit, hb_prefix_query, hb_prefix_evictions; /* prompt tokens; blocks */
 	/* coordinator's view */
 	int32_t          inflight;
 	int32_t          reserved_since_hb;  /* blocks of requests submitted since the heartbeat */
@@ -227,7 +234,8 @@ void coord_count_request(struct gs_coord *c, const struct gs_access *a);
 /* Tell e to cancel request id; on a write failure the link is shut down (its reader fails it). */
 void engine_send_cancel(struct engine *e, uint64_t id);
 /* Send r's Submit to e; GS_ERR_IO when the link is closed or the write fails. */
-enum gs_status engine_send_submit(struct engine *e, struct gs_creq *r);
+/* Submit r; n > 1: r and the n - 1 requests with the next ids, as one group (SamplingParams.n). */
+enum gs_status engine_send_submit(struct engine *e, struct gs_creq *r, int n);
 /* Joins and frees engines whose reader has finished (all: every engine, shutting links down). */
 void coord_reap_engines(struct gs_coord *c, bool all);
 /* Thread bodies (arg: the struct gs_coord). */

@@ -21,6 +21,7 @@
 
 #include "coord_internal.h"
 #include "gs_frame.h"
+#include "gs_params_wire.h"
 #include "gs_util.h"
 
 #define GS_LINK_MAX_FRAME  (16u << 20)
@@ -56,26 +57,30 @@ void engine_send_cancel(struct engine *e, uint64_t id)
 	}
 }
 
-enum gs_status engine_send_submit(struct engine *e, struct gs_creq *r)
+enum gs_status engine_send_submit(struct engine *e, struct gs_creq *r, int n)
 {
 	Gemmashard__Engine__SamplingParams sp = GEMMASHARD__ENGINE__SAMPLING_PARAMS__INIT;
 	Gemmashard__Engine__Submit sub = GEMMASHARD__ENGINE__SUBMIT__INIT;
 	Gemmashard__Engine__EngineMessage m = GEMMASHARD__ENGINE__ENGINE_MESSAGE__INIT;
-	int32_t stop_id = r->c->end_of_turn;
+	int32_t stop_id = r->c->end_of_turn, stop_ids[GS_COORD_MAX_STOP_IDS + 1];
+	int n_stop = 0;
 
-	sp.temperature = r->sp.temperature;
-	sp.top_k = r->sp.top_k;
-	sp.top_p = r->sp.top_p;
-	sp.min_p = r->sp.min_p;
-	sp.repetition_penalty = r->sp.repetition_penalty;
-	sp.seed = r->sp.seed;
+	gs_params_to_wire(&sp, &r->sp);
 	sp.max_tokens = r->max_tokens;
-	if (stop_id >= 0) {
-		sp.n_stop_ids = 1;
-		sp.stop_ids = &stop_id;
-	}
+	/* <end_of_turn> ends a chat turn as eos does (Gemma 3's generation_config), so ignore_eos
+	 * drops it too; then the caller's stop_token_ids. */
+	if (stop_id >= 0 && !r->ignore_eos)
+		stop_ids[n_stop++] = stop_id;
+	for (int i = 0; i < r->n_stop_ids && n_stop < GS_COORD_MAX_STOP_IDS + 1; i++)
+		stop_ids[n_stop++] = r->stop_ids[i];
+	sp.n_stop_ids = (size_t)n_stop;
+	sp.stop_ids = n_stop ? stop_ids : NULL;
+	sp.ignore_eos = r->ignore_eos;
 	sp.top_logprobs = r->logprobs ? r->top_logprobs : 0;
 	sp.logprobs = r->logprobs;
+	if (r->response_format)
+		sp.response_format = r->response_format;
+	sp.n = n > 1 ? n : 0; /* choices r->id .. + n - 1 (consecutive ids), seeds r's + i */
 	sub.request_id = r->id;
 	sub.n_prompt = (size_t)r->n_prompt;
 	sub.prompt = r->prompt;
@@ -221,12 +226,21 @@ static bool hello_ok(struct gs_coord *c, struct engine *e, const Gemmashard__Eng
 		       e->id, h->vocab_size, c->vocab);
 		return false;
 	}
+	/* an engine built before the field existed computes in fp32 */
+	const char *nm = h->numerics && h->numerics[0] ? h->numerics : "fp32";
+	if (strcmp(nm, "fp32") != 0 && strcmp(nm, "bf16") != 0 && strcmp(nm, "cuda") != 0) {
+		gs_log(GS_LOG_WARN, "coordinator: engine %s sent unknown numerics \"%.16s\" (fp32, bf16, cuda): refused",
+		       e->id, nm);
+		return false;
+	}
+	snprintf(e->numerics, sizeof(e->numerics), "%s", nm);
 	e->tp = h->tp;
 	e->max_context = h->max_context;
 	e->kv_blocks_total = h->kv_blocks_total;
 	e->max_seqs = h->max_seqs;
 	e->vocab = h->vocab_size;
 	e->hb_kv_free = h->kv_blocks_total;
+	e->prefix_cache = h->prefix_cache;
 	return true;
 }
 
@@ -416,6 +430,9 @@ static void *engine_reader(void *arg)
 			e->hb_steps = h->steps;
 			e->hb_step_s = h->step_seconds_total;
 			e->hb_tokens = h->tokens_generated;
+			e->hb_prefix_hit = h->prefix_cache_hit_tokens;
+			e->hb_prefix_query = h->prefix_cache_query_tokens;
+			e->hb_prefix_evictions = h->prefix_cache_evictions;
 			e->reserved_since_hb = 0;
 			pthread_mutex_unlock(&c->mu);
 			break;

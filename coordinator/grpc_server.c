@@ -7,12 +7,14 @@
  * SEND_MESSAGE may be in flight per call), so a token reaches the client without waiting
  * for the completion-queue thread. A call's memory is freed when every batch it started has
  * completed and its status has been sent. */
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
@@ -23,7 +25,9 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "gs_apikeys.h"
 #include "gs_coord.h"
+#include "gs_grammar.h"
 #include "gs_grpc.h"
+#include "grpc_internal.h"
 #include "gs_tls.h"
 #include "gs_util.h"
 
@@ -74,18 +78,28 @@ struct call {
 	bool                  closed;        /* RECV_CLOSE_ON_SERVER completed */
 	grpc_slice            status_details;
 	bool                  has_details;
-	struct gs_creq       *creq;
+	struct gs_creq       *creq;          /* choice 0 (creqs[0]) */
+	struct gs_creq       *creqs[GS_COORD_MAX_N]; /* n > 1: choice i */
+	int                   n_creq;
+	int                   n_settled;     /* choices finished (sent or collected) */
+	int                   next_choice;   /* stream: where the next look for output starts */
 	double                t_start, t_last;
 	bool                  first_token_seen;
-	/* unary Generate: everything collected until the finish */
-	char                 *text;
-	size_t                text_len;
-	int32_t              *ids;
-	struct gs_tok_lp     *lps;
-	size_t                n_ids;
+	/* unary Generate: everything collected until the finish, per choice */
+	struct gchoice {
+		char             *text;
+		size_t            text_len;
+		int32_t          *ids;
+		struct gs_tok_lp *lps;
+		size_t            n_ids;
+		enum gs_cfinish   finish;
+		int32_t           completion_tokens;
+		bool              settled;
+	} ch[GS_COORD_MAX_N];
 	bool                  want_lps;
 	/* for the access log and /metrics (gs_access) */
 	char                  key[GS_APIKEY_NAME_MAX + 1]; /* name of the API key used ("" none) */
+	char                  user[64];      /* the request's "user" label ("" none) */
 	int32_t               prompt_tokens, completion_tokens;
 	enum gs_cfinish       finish;        /* how the output ended, as sent */
 };
@@ -122,11 +136,12 @@ static void call_free(struct call *c)
 		grpc_byte_buffer_destroy(c->send_bb);
 	if (c->has_details)
 		grpc_slice_unref(c->status_details);
-	if (c->creq)
-		gs_creq_release(c->creq);
-	free(c->text);
-	free(c->ids);
-	free(c->lps);
+	for (int i = 0; i < c->n_creq; i++) {
+		gs_creq_release(c->creqs[i]);
+		free(c->ch[i].text);
+		free(c->ch[i].ids);
+		free(c->ch[i].lps);
+	}
 	pthread_mutex_destroy(&c->mu);
 	atomic_fetch_sub(&c->g->live_calls, 1);
 	free(c);
@@ -148,7 +163,7 @@ static bool start_batch(struct call *c, const grpc_op *ops, size_t n, enum op op
 static void call_done(struct call *c, const char *status)
 {
 	gs_coord_request_done(c->g->coord, &(struct gs_access){
-		.api = GS_API_GRPC, .key = c->key, .method = "POST",
+		.api = GS_API_GRPC, .key = c->key, .user = c->user, .method = "POST",
 		.route = c->method == M_UNKNOWN ? "unknown" : method_path[c->method], .status = status,
 		.request_id = c->creq ? gs_creq_id(c->creq) : 0, .prompt_tokens = c->prompt_tokens,
 		.completion_tokens = c->completion_tokens, .finish = c->finish,
@@ -302,19 +317,42 @@ static void observe_tokens(struct call *c, int32_t n)
 	c->t_last = now;
 }
 
-/* With c->mu held: a streaming call with no send in flight sends what is new. */
+/* Cancels every choice of c (without c->mu: the pointers live until call_free). */
+static void cancel_all(struct gs_creq *const *rs, int n)
+{
+	for (int i = 0; i < n; i++)
+		gs_creq_cancel(rs[i]);
+}
+
+static void sum_usage(struct call *c, int i, const struct gs_creq_out *o)
+{
+	c->ch[i].completion_tokens = o->completion_tokens;
+	c->prompt_tokens = o->prompt_tokens;
+	c->completion_tokens = 0;
+	for (int k = 0; k < c->n_creq; k++)
+		c->completion_tokens += c->ch[k].completion_tokens;
+}
+
+/* With c->mu held: a streaming call with no send in flight sends what is new, one choice's
+ * output per chunk (index i); the call ends with the last choice's last chunk. */
 static void stream_pump(struct call *c)
 {
 	struct gs_creq_out o;
 	char rid[32];
+	int i = -1;
 
 	if (c->send_busy || c->status_started || !c->creq)
 		return;
-	if (!gs_creq_take(c->creq, &o))
+	for (int k = 0; k < c->n_creq && i < 0; k++) {
+		int t = (c->next_choice + k) % c->n_creq;
+		if (!c->ch[t].settled && gs_creq_take(c->creqs[t], &o))
+			i = t;
+	}
+	if (i < 0)
 		return;
+	c->next_choice = (i + 1) % c->n_creq;
 	observe_tokens(c, o.n_ids);
-	c->prompt_tokens = o.prompt_tokens;
-	c->completion_tokens = o.completion_tokens;
+	sum_usage(c, i, &o);
 	c->finish = o.finish;
 	if (o.finish == GS_CFIN_ERROR && o.text_len == 0 && o.n_ids == 0) {
 		send_error(c, o.err, o.err_msg);
@@ -334,6 +372,10 @@ static void stream_pump(struct call *c)
 	ch.text = o.text;
 	ch.n_token_ids = (size_t)o.n_ids;
 	ch.token_ids = o.ids;
+	if (c->n_creq > 1) {
+		ch.has_index = true;
+		ch.index = i;
+	}
 	if (o.lps && o.n_ids && lp_build(c->g->coord, o.ids, o.lps, (size_t)o.n_ids, &l)) {
 		ch.n_logprobs = (size_t)o.n_ids;
 		ch.logprobs = l.ptrs;
@@ -346,10 +388,12 @@ static void stream_pump(struct call *c)
 		usage.prompt_tokens = o.prompt_tokens;
 		usage.completion_tokens = o.completion_tokens;
 		ch.usage = &usage;
+		c->ch[i].settled = true;
+		c->n_settled++;
 	}
 	grpc_byte_buffer *bb = pack(&ch.base);
 	lp_free(&l);
-	if (last) {
+	if (last && c->n_settled == c->n_creq) {
 		send_status(c, 0, "", bb);
 	} else if (o.finish == GS_CFIN_ERROR) {
 		/* text arrived with the error: deliver it, then the error status. */
@@ -370,77 +414,117 @@ static void stream_pump(struct call *c)
 	gs_creq_out_clear(&o);
 }
 
-/* With c->mu held: a unary call collects output; at the finish it sends the response. */
+/* With c->mu held: the response once every choice has finished (n > 1: choices[] too). */
+static void unary_send(struct call *c)
+{
+	Gemmashard__V1__GenerateResponse resp = GEMMASHARD__V1__GENERATE_RESPONSE__INIT;
+	Gemmashard__V1__Usage usage = GEMMASHARD__V1__USAGE__INIT;
+	Gemmashard__V1__Choice chs[GS_COORD_MAX_N], *chp[GS_COORD_MAX_N];
+	struct lp_msgs l[GS_COORD_MAX_N];
+	struct gchoice *c0 = &c->ch[0];
+	char rid[32];
+
+	memset(l, 0, sizeof(l));
+	snprintf(rid, sizeof(rid), "%llu", (unsigned long long)gs_creq_id(c->creq));
+	resp.request_id = rid;
+	resp.text = c0->text;
+	resp.n_token_ids = c0->n_ids;
+	resp.token_ids = c0->ids;
+	resp.has_finish_reason = true;
+	resp.finish_reason = finish_reason(c0->finish);
+	usage.has_prompt_tokens = usage.has_completion_tokens = true;
+	usage.prompt_tokens = c->prompt_tokens;
+	usage.completion_tokens = c->completion_tokens;
+	resp.usage = &usage;
+	for (int i = 0; i < c->n_creq; i++) {
+		struct gchoice *g = &c->ch[i];
+		gemmashard__v1__choice__init(&chs[i]);
+		chp[i] = &chs[i];
+		chs[i].has_index = true;
+		chs[i].index = i;
+		chs[i].text = g->text;
+		chs[i].n_token_ids = g->n_ids;
+		chs[i].token_ids = g->ids;
+		chs[i].has_finish_reason = true;
+		chs[i].finish_reason = finish_reason(g->finish);
+		chs[i].has_completion_tokens = true;
+		chs[i].completion_tokens = g->completion_tokens;
+		if (c->want_lps && g->n_ids && lp_build(c->g->coord, g->ids, g->lps, g->n_ids, &l[i])) {
+			chs[i].n_logprobs = g->n_ids;
+			chs[i].logprobs = l[i].ptrs;
+		}
+	}
+	resp.n_logprobs = chs[0].n_logprobs;
+	resp.logprobs = chs[0].logprobs;
+	if (c->n_creq > 1) {
+		resp.n_choices = (size_t)c->n_creq;
+		resp.choices = chp;
+	}
+	grpc_byte_buffer *bb = pack(&resp.base);
+	for (int i = 0; i < c->n_creq; i++)
+		lp_free(&l[i]);
+	send_status(c, 0, "", bb);
+}
+
+/* With c->mu held: a unary call collects output; once every choice finished it sends the
+ * response (an error or cancellation of any choice ends the call with it). */
 static void unary_pump(struct call *c)
 {
 	struct gs_creq_out o;
-	char rid[32];
 
 	if (c->status_started || !c->creq)
 		return;
-	while (gs_creq_take(c->creq, &o)) {
-		observe_tokens(c, o.n_ids);
-		c->prompt_tokens = o.prompt_tokens;
-		c->completion_tokens = o.completion_tokens;
-		c->finish = o.finish;
-		char *nt = realloc(c->text, c->text_len + o.text_len + 1);
-		int32_t *ni = o.n_ids ? realloc(c->ids, sizeof(*ni) * (c->n_ids + (size_t)o.n_ids)) : c->ids;
-		struct gs_tok_lp *nl = o.lps && o.n_ids ? realloc(c->lps, sizeof(*nl) * (c->n_ids + (size_t)o.n_ids))
-						       : c->lps;
-		if (nt)
-			c->text = nt;
-		if (ni)
-			c->ids = ni;
-		if (nl)
-			c->lps = nl;
-		if (!nt || !ni || (o.lps && o.n_ids && !nl)) {
-			gs_creq_cancel(c->creq);
-			send_error(c, GS_CERR_INTERNAL, "coordinator: out of memory");
-			gs_creq_out_clear(&o);
-			return;
-		}
-		memcpy(c->text + c->text_len, o.text, o.text_len + 1);
-		c->text_len += o.text_len;
-		if (o.n_ids) {
-			memcpy(c->ids + c->n_ids, o.ids, sizeof(*o.ids) * (size_t)o.n_ids);
-			if (o.lps)
-				memcpy(c->lps + c->n_ids, o.lps, sizeof(*o.lps) * (size_t)o.n_ids);
-			c->n_ids += (size_t)o.n_ids;
-		}
-		if (o.finish == GS_CFIN_NONE) {
-			gs_creq_out_clear(&o);
-			continue;
-		}
-		if (o.finish == GS_CFIN_ERROR) {
-			send_error(c, o.err, o.err_msg);
-		} else if (o.finish == GS_CFIN_CANCELLED) {
-			send_status(c, 1, "cancelled", NULL);
-		} else {
-			Gemmashard__V1__GenerateResponse resp = GEMMASHARD__V1__GENERATE_RESPONSE__INIT;
-			Gemmashard__V1__Usage usage = GEMMASHARD__V1__USAGE__INIT;
-			struct lp_msgs l = { 0 };
-			snprintf(rid, sizeof(rid), "%llu", (unsigned long long)gs_creq_id(c->creq));
-			resp.request_id = rid;
-			resp.text = c->text;
-			resp.n_token_ids = c->n_ids;
-			resp.token_ids = c->ids;
-			resp.has_finish_reason = true;
-			resp.finish_reason = finish_reason(o.finish);
-			usage.has_prompt_tokens = usage.has_completion_tokens = true;
-			usage.prompt_tokens = o.prompt_tokens;
-			usage.completion_tokens = o.completion_tokens;
-			resp.usage = &usage;
-			if (c->want_lps && c->n_ids && lp_build(c->g->coord, c->ids, c->lps, c->n_ids, &l)) {
-				resp.n_logprobs = c->n_ids;
-				resp.logprobs = l.ptrs;
+	for (int i = 0; i < c->n_creq; i++) {
+		struct gchoice *g = &c->ch[i];
+		while (!g->settled && gs_creq_take(c->creqs[i], &o)) {
+			observe_tokens(c, o.n_ids);
+			sum_usage(c, i, &o);
+			c->finish = o.finish;
+			char *nt = realloc(g->text, g->text_len + o.text_len + 1);
+			int32_t *ni = o.n_ids ? realloc(g->ids, sizeof(*ni) * (g->n_ids + (size_t)o.n_ids)) : g->ids;
+			struct gs_tok_lp *nl = o.lps && o.n_ids ? realloc(g->lps, sizeof(*nl) * (g->n_ids + (size_t)o.n_ids))
+							       : g->lps;
+			if (nt)
+				g->text = nt;
+			if (ni)
+				g->ids = ni;
+			if (nl)
+				g->lps = nl;
+			if (!nt || (o.n_ids && !ni) || (o.lps && o.n_ids && !nl)) { /* no ids yet is not out of memory */
+				cancel_all(c->creqs, c->n_creq);
+				send_error(c, GS_CERR_INTERNAL, "coordinator: out of memory");
+				gs_creq_out_clear(&o);
+				return;
 			}
-			grpc_byte_buffer *bb = pack(&resp.base);
-			lp_free(&l);
-			send_status(c, 0, "", bb);
+			memcpy(g->text + g->text_len, o.text, o.text_len + 1);
+			g->text_len += o.text_len;
+			if (o.n_ids) {
+				memcpy(g->ids + g->n_ids, o.ids, sizeof(*o.ids) * (size_t)o.n_ids);
+				if (o.lps)
+					memcpy(g->lps + g->n_ids, o.lps, sizeof(*o.lps) * (size_t)o.n_ids);
+				g->n_ids += (size_t)o.n_ids;
+			}
+			if (o.finish == GS_CFIN_NONE) {
+				gs_creq_out_clear(&o);
+				continue;
+			}
+			g->finish = o.finish;
+			g->settled = true;
+			c->n_settled++;
+			if (o.finish == GS_CFIN_ERROR) {
+				send_error(c, o.err, o.err_msg);
+				cancel_all(c->creqs, c->n_creq);
+			} else if (o.finish == GS_CFIN_CANCELLED) {
+				send_status(c, 1, "cancelled", NULL);
+				cancel_all(c->creqs, c->n_creq);
+			}
+			gs_creq_out_clear(&o);
+			if (c->status_started)
+				return;
 		}
-		gs_creq_out_clear(&o);
-		return;
 	}
+	if (c->n_settled == c->n_creq)
+		unary_send(c);
 }
 
 static void pump(struct call *c)
@@ -461,108 +545,279 @@ static void on_output(struct gs_creq *r, void *user)
 	pthread_mutex_unlock(&c->mu);
 }
 
+/* ---- request messages to requests (grpc_internal.h) --------------------------------------- */
+
+void gs_grpc_gen_free(struct gs_grpc_gen *g)
+{
+	free(g->roles);
+	free(g->contents);
+	free(g->response_format);
+	if (g->req)
+		gemmashard__v1__generate_request__free_unpacked(g->req, NULL);
+	memset(g, 0, sizeof(*g));
+}
+
+/* response_format: the message as HTTP's JSON object, then the one check every front end
+ * shares (gs_grammar_from_request: compiled and cached now, refusals name the keyword). */
+static enum gs_cerr gs_grpc_parse_format(struct gs_grpc_gen *g, const Gemmashard__V1__ResponseFormat *f, char *why,
+					 size_t cap)
+{
+	cJSON *root, *rf, *js, *schema = NULL;
+	enum gs_status st;
+
+	if (!f)
+		return GS_CERR_NONE;
+	if (f->base.n_unknown_fields > 0) {
+		snprintf(why, cap, "ResponseFormat field number %u is not supported by this server",
+			 (unsigned)f->base.unknown_fields[0].tag);
+		return GS_CERR_INVALID;
+	}
+	if (!f->type) {
+		snprintf(why, cap, "response_format.type is required (text, json_object, json_schema, choice or regex)");
+		return GS_CERR_INVALID;
+	}
+	if (f->json_schema && !(schema = cJSON_Parse(f->json_schema))) {
+		snprintf(why, cap, "response_format.json_schema is not valid JSON");
+		return GS_CERR_INVALID;
+	}
+	if ((f->json_schema || f->name || f->has_strict) && strcmp(f->type, "json_schema") != 0) {
+		cJSON_Delete(schema);
+		snprintf(why, cap, "response_format.json_schema, name and strict need type \"json_schema\"");
+		return GS_CERR_INVALID;
+	}
+	if (f->n_choice && strcmp(f->type, "choice") != 0) {
+		cJSON_Delete(schema);
+		snprintf(why, cap, "response_format.choice needs type \"choice\"");
+		return GS_CERR_INVALID;
+	}
+	if (f->regex && strcmp(f->type, "regex") != 0) {
+		cJSON_Delete(schema);
+		snprintf(why, cap, "response_format.regex needs type \"regex\"");
+		return GS_CERR_INVALID;
+	}
+	root = cJSON_CreateObject();
+	rf = cJSON_AddObjectToObject(root, "response_format");
+	if (!rf || !cJSON_AddStringToObject(rf, "type", f->type)) {
+		cJSON_Delete(schema);
+		cJSON_Delete(root);
+		snprintf(why, cap, "coordinator: out of memory");
+		return GS_CERR_INTERNAL;
+	}
+	if (!strcmp(f->type, "json_schema") && (js = cJSON_AddObjectToObject(rf, "json_schema"))) {
+		if (f->name)
+			cJSON_AddStringToObject(js, "name", f->name);
+		if (f->has_strict)
+			cJSON_AddBoolToObject(js, "strict", f->strict);
+		if (schema)
+			cJSON_AddItemToObject(js, "schema", schema);
+		schema = NULL;
+	}
+	if (!strcmp(f->type, "choice")) {
+		cJSON *ch = cJSON_AddArrayToObject(rf, "choice");
+		for (size_t i = 0; ch && i < f->n_choice; i++)
+			cJSON_AddItemToArray(ch, cJSON_CreateString(f->choice[i]));
+	}
+	if (!strcmp(f->type, "regex") && f->regex)
+		cJSON_AddStringToObject(rf, "regex", f->regex);
+	cJSON_Delete(schema);
+	st = gs_grammar_from_request(root, &g->response_format, why, cap);
+	cJSON_Delete(root);
+	if (st == GS_ERR_INVALID_ARG)
+		return GS_CERR_INVALID;
+	if (st != GS_OK) {
+		snprintf(why, cap, "coordinator: out of memory");
+		return GS_CERR_INTERNAL;
+	}
+	g->spec.response_format = g->response_format;
+	return GS_CERR_NONE;
+}
+
+/* The OpenAI fields (ranges: gs_sampling_params_validate, the coordinator's checks), and the
+ * refusal of fields this server does not know (a newer client's): nothing is ignored. */
+static enum gs_cerr gs_grpc_parse_openai(struct gs_grpc_gen *g, const Gemmashard__V1__GenerateRequest *req, char *why,
+					 size_t cap)
+{
+	struct gs_gen_spec *s = &g->spec;
+
+	if (req->base.n_unknown_fields > 0) {
+		snprintf(why, cap, "GenerateRequest field number %u is not supported by this server",
+			 (unsigned)req->base.unknown_fields[0].tag);
+		return GS_CERR_INVALID;
+	}
+	if (req->has_presence_penalty)
+		s->sp.presence_penalty = req->presence_penalty;
+	if (req->has_frequency_penalty)
+		s->sp.frequency_penalty = req->frequency_penalty;
+	if (req->n_logit_bias > GS_MAX_LOGIT_BIAS) {
+		snprintf(why, cap, "logit_bias may hold at most %d entries, got %zu", GS_MAX_LOGIT_BIAS, req->n_logit_bias);
+		return GS_CERR_INVALID;
+	}
+	for (size_t i = 0; i < req->n_logit_bias; i++) {
+		const Gemmashard__V1__LogitBias *b = req->logit_bias[i];
+		if (!b->has_token_id || !b->has_bias) {
+			snprintf(why, cap, "logit_bias[%zu] needs both token_id and bias", i);
+			return GS_CERR_INVALID;
+		}
+		s->sp.logit_bias_id[i] = b->token_id;
+		s->sp.logit_bias[i] = b->bias;
+	}
+	s->sp.n_logit_bias = (int32_t)req->n_logit_bias;
+	if (req->n_stop_token_ids > GS_COORD_MAX_STOP_IDS) {
+		snprintf(why, cap, "stop_token_ids may hold at most %d ids, got %zu", GS_COORD_MAX_STOP_IDS,
+			 req->n_stop_token_ids);
+		return GS_CERR_INVALID;
+	}
+	for (size_t i = 0; i < req->n_stop_token_ids; i++)
+		s->stop_ids[i] = req->stop_token_ids[i];
+	s->n_stop_ids = (int)req->n_stop_token_ids;
+	if (req->has_min_tokens)
+		s->sp.min_tokens = req->min_tokens;
+	s->ignore_eos = req->has_ignore_eos && req->ignore_eos;
+	if (req->user) {
+		snprintf(g->user, sizeof(g->user), "%s", req->user);
+		for (char *c = g->user; *c; c++)
+			if ((unsigned char)*c <= 0x20 || (unsigned char)*c >= 0x7f || *c == '"' || *c == '\\')
+				*c = '_';
+		s->user = g->user;
+	}
+	return gs_grpc_parse_format(g, req->response_format, why, cap);
+}
+
+enum gs_cerr gs_grpc_parse_generate(struct gs_grpc_gen *g, const uint8_t *data, size_t len,
+				    const struct gs_coord_limits *L, char *why, size_t cap)
+{
+	struct gs_gen_spec *s = &g->spec;
+	Gemmashard__V1__GenerateRequest *req;
+
+	memset(g, 0, sizeof(*g));
+	why[0] = '\0';
+	req = g->req = gemmashard__v1__generate_request__unpack(NULL, len, data);
+	if (!req) {
+		snprintf(why, cap, "malformed GenerateRequest (not a valid protobuf message)");
+		return GS_CERR_INVALID;
+	}
+	s->model = req->model;
+	s->sp = gs_sampling_params_default();
+	if (req->input_case == GEMMASHARD__V1__GENERATE_REQUEST__INPUT_PROMPT) {
+		s->prompt = req->prompt;
+	} else if (req->input_case == GEMMASHARD__V1__GENERATE_REQUEST__INPUT_PROMPT_IDS) {
+		if (req->prompt_ids->n_ids == 0 || req->prompt_ids->n_ids > INT32_MAX) {
+			snprintf(why, cap, "prompt_ids must hold 1 to %d token ids, got %zu", INT32_MAX, req->prompt_ids->n_ids);
+			return GS_CERR_INVALID;
+		}
+		s->prompt_ids = req->prompt_ids->ids;
+		s->n_prompt_ids = (int32_t)req->prompt_ids->n_ids;
+	} else if (req->input_case == GEMMASHARD__V1__GENERATE_REQUEST__INPUT_MESSAGES) {
+		size_t n = req->messages->n_messages;
+		if (n == 0) {
+			snprintf(why, cap, "messages must not be empty");
+			return GS_CERR_INVALID;
+		}
+		if (n > INT_MAX) {
+			snprintf(why, cap, "messages has %zu entries, more than %d", n, INT_MAX);
+			return GS_CERR_INVALID;
+		}
+		g->roles = calloc(n, sizeof(*g->roles));
+		g->contents = calloc(n, sizeof(*g->contents));
+		if (!g->roles || !g->contents) {
+			snprintf(why, cap, "coordinator: out of memory");
+			return GS_CERR_INTERNAL;
+		}
+		for (size_t i = 0; i < n; i++) {
+			const Gemmashard__V1__Message *m = req->messages->messages[i];
+			if (!m->role || !m->content) {
+				snprintf(why, cap, "messages[%zu] needs both role and content", i);
+				return GS_CERR_INVALID;
+			}
+			g->roles[i] = m->role;
+			g->contents[i] = m->content;
+		}
+		s->roles = g->roles;
+		s->contents = g->contents;
+		s->n_messages = (int)n;
+	} else {
+		snprintf(why, cap, "missing prompt or messages");
+		return GS_CERR_INVALID;
+	}
+	if (req->has_max_tokens) {
+		if (req->max_tokens < 1 || req->max_tokens > L->max_tokens_limit) {
+			snprintf(why, cap, "max_tokens must be an integer in [1, %d], got %d", L->max_tokens_limit,
+				 req->max_tokens);
+			return GS_CERR_INVALID;
+		}
+		s->max_tokens = req->max_tokens;
+	}
+	if (req->has_temperature)
+		s->sp.temperature = req->temperature;
+	if (req->has_top_k)
+		s->sp.top_k = req->top_k;
+	if (req->has_top_p)
+		s->sp.top_p = req->top_p;
+	if (req->has_min_p)
+		s->sp.min_p = req->min_p;
+	if (req->has_repetition_penalty)
+		s->sp.repetition_penalty = req->repetition_penalty;
+	if (req->has_seed) {
+		s->sp.seed = req->seed;
+		s->has_seed = true;
+	}
+	if (req->n_stop > GS_COORD_MAX_STOP) {
+		snprintf(why, cap, "stop has %zu strings, at most %d are allowed", req->n_stop, GS_COORD_MAX_STOP);
+		return GS_CERR_INVALID;
+	}
+	for (size_t i = 0; i < req->n_stop; i++)
+		s->stop[i] = req->stop[i];
+	s->n_stop = (int)req->n_stop;
+	s->logprobs = req->has_logprobs && req->logprobs;
+	s->top_logprobs = req->has_top_logprobs ? req->top_logprobs : 0;
+	g->n = 1;
+	if (req->has_n) {
+		if (req->n < 1 || req->n > GS_COORD_MAX_N) {
+			snprintf(why, cap, "n must be an integer in [1, %d], got %d", GS_COORD_MAX_N, req->n);
+			return GS_CERR_INVALID;
+		}
+		g->n = req->n;
+	}
+	return gs_grpc_parse_openai(g, req, why, cap);
+}
+
 /* ---- methods ----------------------------------------------------------------------------- */
 
 static void do_generate(struct call *c, const uint8_t *data, size_t len)
 {
 	struct gs_coord *coord = c->g->coord;
-	const struct gs_coord_limits *L = gs_coord_get_limits(coord);
-	Gemmashard__V1__GenerateRequest *req = gemmashard__v1__generate_request__unpack(NULL, len, data);
-	struct gs_gen_spec s = { 0 };
-	const char **roles = NULL, **contents = NULL;
+	struct gs_grpc_gen g;
 	char why[600];
 
-	if (!req) {
-		send_error(c, GS_CERR_INVALID, "malformed GenerateRequest (not a valid protobuf message)");
-		return;
-	}
-	s.model = req->model;
-	s.sp = gs_sampling_params_default();
-	if (req->input_case == GEMMASHARD__V1__GENERATE_REQUEST__INPUT_PROMPT) {
-		s.prompt = req->prompt;
-	} else if (req->input_case == GEMMASHARD__V1__GENERATE_REQUEST__INPUT_MESSAGES) {
-		size_t n = req->messages->n_messages;
-		if (n == 0) {
-			send_error(c, GS_CERR_INVALID, "messages must not be empty");
-			goto out;
-		}
-		roles = calloc(n, sizeof(*roles));
-		contents = calloc(n, sizeof(*contents));
-		if (!roles || !contents) {
-			send_error(c, GS_CERR_INTERNAL, "coordinator: out of memory");
-			goto out;
-		}
-		for (size_t i = 0; i < n; i++) {
-			const Gemmashard__V1__Message *m = req->messages->messages[i];
-			if (!m->role || !m->content) {
-				snprintf(why, sizeof(why), "messages[%zu] needs both role and content", i);
-				send_error(c, GS_CERR_INVALID, why);
-				goto out;
-			}
-			roles[i] = m->role;
-			contents[i] = m->content;
-		}
-		s.roles = roles;
-		s.contents = contents;
-		s.n_messages = (int)n;
-	} else {
-		send_error(c, GS_CERR_INVALID, "missing prompt or messages");
-		goto out;
-	}
-	if (req->has_max_tokens) {
-		if (req->max_tokens < 1 || req->max_tokens > L->max_tokens_limit) {
-			snprintf(why, sizeof(why), "max_tokens must be an integer in [1, %d], got %d", L->max_tokens_limit,
-				 req->max_tokens);
-			send_error(c, GS_CERR_INVALID, why);
-			goto out;
-		}
-		s.max_tokens = req->max_tokens;
-	}
-	if (req->has_temperature)
-		s.sp.temperature = req->temperature;
-	if (req->has_top_k)
-		s.sp.top_k = req->top_k;
-	if (req->has_top_p)
-		s.sp.top_p = req->top_p;
-	if (req->has_min_p)
-		s.sp.min_p = req->min_p;
-	if (req->has_repetition_penalty)
-		s.sp.repetition_penalty = req->repetition_penalty;
-	if (req->has_seed) {
-		s.sp.seed = req->seed;
-		s.has_seed = true;
-	}
-	if (req->n_stop > GS_COORD_MAX_STOP) {
-		snprintf(why, sizeof(why), "stop has %zu strings, at most %d are allowed", req->n_stop, GS_COORD_MAX_STOP);
-		send_error(c, GS_CERR_INVALID, why);
-		goto out;
-	}
-	for (size_t i = 0; i < req->n_stop; i++)
-		s.stop[i] = req->stop[i];
-	s.n_stop = (int)req->n_stop;
-	s.logprobs = req->has_logprobs && req->logprobs;
-	s.top_logprobs = req->has_top_logprobs ? req->top_logprobs : 0;
-	c->want_lps = s.logprobs;
-	gpr_timespec dl = c->details.deadline;
-	if (gpr_time_cmp(dl, gpr_inf_future(dl.clock_type)) != 0) {
-		gpr_timespec left = gpr_time_sub(dl, gpr_now(dl.clock_type));
-		s.deadline = gs_now_s() + gpr_timespec_to_micros(left) * 1e-6;
-	}
-
-	struct gs_creq *r;
-	enum gs_cerr e = gs_coord_submit(coord, GS_API_GRPC, &s, on_output, c, &r, why, sizeof(why));
+	enum gs_cerr e = gs_grpc_parse_generate(&g, data, len, gs_coord_get_limits(coord), why, sizeof(why));
+	snprintf(c->user, sizeof(c->user), "%s", g.user);
 	if (e != GS_CERR_NONE) {
 		send_error(c, e, why);
 		goto out;
 	}
-	c->creq = r;
+	c->want_lps = g.spec.logprobs;
+	gpr_timespec dl = c->details.deadline;
+	if (gpr_time_cmp(dl, gpr_inf_future(dl.clock_type)) != 0) {
+		gpr_timespec left = gpr_time_sub(dl, gpr_now(dl.clock_type));
+		g.spec.deadline = gs_now_s() + gpr_timespec_to_micros(left) * 1e-6;
+	}
+
+	struct gs_creq *rs[GS_COORD_MAX_N];
+	int n = g.n > 1 ? g.n : 1;
+	e = gs_coord_submit_n(coord, GS_API_GRPC, &g.spec, n, on_output, c, rs, why, sizeof(why));
+	if (e != GS_CERR_NONE) {
+		send_error(c, e, why);
+		goto out;
+	}
+	for (int i = 0; i < n; i++)
+		c->creqs[i] = rs[i];
+	c->n_creq = n;
+	c->creq = rs[0];
 	if (c->cancelled || c->closed)
-		gs_creq_cancel(r);
+		cancel_all(rs, n);
 	pump(c);
 out:
-	free(roles);
-	free(contents);
-	gemmashard__v1__generate_request__free_unpacked(req, NULL);
+	gs_grpc_gen_free(&g);
 }
 
 static void do_tokenize(struct call *c, const uint8_t *data, size_t len)
@@ -613,6 +868,8 @@ static void do_model_info(struct call *c, const uint8_t *data, size_t len)
 		resp.max_context = info.max_context;
 		resp.engines = info.engines;
 		resp.tensor_parallel = info.tensor_parallel;
+		resp.n_numerics = (size_t)info.n_numerics;
+		resp.numerics = (char **)info.numerics;
 		send_status(c, 0, "", pack(&resp.base));
 	}
 	gemmashard__v1__model_info_request__free_unpacked(req, NULL);
@@ -725,13 +982,15 @@ static void on_recv(struct call *c, bool ok)
 
 static void on_close(struct call *c)
 {
-	struct gs_creq *r;
+	struct gs_creq *rs[GS_COORD_MAX_N];
+	int n;
 	pthread_mutex_lock(&c->mu);
 	c->closed = true;
-	r = c->cancelled ? c->creq : NULL;
+	n = c->cancelled ? c->n_creq : 0;
+	for (int i = 0; i < n; i++)
+		rs[i] = c->creqs[i];
 	pthread_mutex_unlock(&c->mu);
-	if (r)
-		gs_creq_cancel(r); /* client cancelled or its deadline passed: free the KV */
+	cancel_all(rs, n); /* client cancelled or its deadline passed: free the KV */
 }
 
 static void on_send(struct call *c, bool ok)
@@ -744,15 +1003,17 @@ static void on_send(struct call *c, bool ok)
 	}
 	if (!ok) {
 		/* the client went away: stop generating */
-		struct gs_creq *r = c->creq;
+		struct gs_creq *rs[GS_COORD_MAX_N];
+		int n = c->n_creq;
+		for (int i = 0; i < n; i++)
+			rs[i] = c->creqs[i];
 		if (!c->status_started) {
 			c->status_started = true;
 			c->finish = GS_CFIN_CANCELLED;
 			call_done(c, "CANCELLED");
 		}
 		pthread_mutex_unlock(&c->mu);
-		if (r)
-			gs_creq_cancel(r);
+		cancel_all(rs, n);
 		return;
 	}
 	pump(c);

@@ -31,6 +31,7 @@
 #define GS_COORD_MAX_STOP         8
 #define GS_COORD_MAX_STOP_BYTES   1024
 #define GS_COORD_MAX_TOP_LOGPROBS 20
+#define GS_COORD_MAX_STOP_IDS     8   /* stop_token_ids per request */
 
 /* Where a request came from (metrics labels). */
 enum gs_api { GS_API_GRPC, GS_API_HTTP, GS_API_COUNT };
@@ -95,6 +96,14 @@ struct gs_gen_spec {
 	bool        logprobs;
 	int         top_logprobs;              /* 0..20, needs logprobs */
 	double      deadline;                  /* gs_now_s() clock; 0: limits.default_timeout_s */
+	const int32_t *prompt_ids;             /* a token-id prompt, used as given (no <bos> */
+	int32_t     n_prompt_ids;              /*   added); instead of prompt and messages    */
+	int32_t     stop_ids[GS_COORD_MAX_STOP_IDS]; /* stop_token_ids: end the answer, like eos */
+	int         n_stop_ids;
+	bool        ignore_eos;                /* eos and <end_of_turn> do not end the answer */
+	const char *user;                      /* OpenAI "user": a label for the access log only */
+	const char *response_format;           /* structured output: response_format JSON text
+						  (gs_grammar_from_request), NULL: none */
 };
 
 /* What gs_creq_take() hands over: everything new since the previous take. Free with
@@ -132,6 +141,13 @@ typedef void (*gs_creq_notify_fn)(struct gs_creq *r, void *user);
 enum gs_cerr gs_coord_submit(struct gs_coord *c, enum gs_api api, const struct gs_gen_spec *spec,
 			     gs_creq_notify_fn notify, void *user, struct gs_creq **out, char *why,
 			     size_t cap);
+/* OpenAI's n: n (1..GS_COORD_MAX_N) choices of one spec, out[i] choice i, each a request of its
+ * own (release each) whose seed is the spec's (or the random one) + i. They go to one engine in
+ * one Submit, which prefills the prompt once (ARCHITECTURE.md §5); n requests in flight count
+ * against --max-concurrent. All or nothing: on failure no out[i] is kept. */
+#define GS_COORD_MAX_N 8
+enum gs_cerr gs_coord_submit_n(struct gs_coord *c, enum gs_api api, const struct gs_gen_spec *spec, int n,
+			       gs_creq_notify_fn notify, void *user, struct gs_creq **out, char *why, size_t cap);
 
 /* Moves everything new into *o (which it overwrites). Returns true when o holds something
  * (text, ids or the finish); false when nothing new. Never blocks. */
@@ -156,6 +172,8 @@ char *gs_coord_token_text(struct gs_coord *c, int32_t id);
 struct gs_access {
 	enum gs_api     api;
 	const char     *key;           /* name of the API key it used; NULL or "": none */
+	const char     *user;          /* the request's OpenAI "user" label (printable, no spaces;
+					  NULL or "": none) -- a label, never content */
 	const char     *method;        /* "POST", "GET", ... ("OTHER" for anything else) */
 	const char     *route;         /* "/v1/chat/completions", "/gemmashard.v1.Inference/Generate",
 					  "unknown" */
@@ -194,6 +212,8 @@ struct gs_model_info {
 	int32_t     engines;         /* healthy engines */
 	int32_t     tensor_parallel; /* T of the first healthy engine (0: none) */
 	double      created;         /* unix time the coordinator started */
+	const char *numerics[3];     /* matmul numerics of the healthy engines, each once: "fp32", "bf16", "cuda" */
+	int32_t     n_numerics;
 };
 /* GS_CERR_NOT_FOUND for an unknown model (NULL or "" is the served one). */
 enum gs_cerr gs_coord_model_info(struct gs_coord *c, const char *model, struct gs_model_info *info);

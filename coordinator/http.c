@@ -374,7 +374,8 @@ static void gs_http_completed(void *cls, struct MHD_Connection *conn, void **con
 	if (q->route != GS_HTTP_ROUTE_HEALTH && q->route != GS_HTTP_ROUTE_METRICS) {
 		snprintf(status, sizeof(status), "%d", q->status ? q->status : 499);
 		gs_coord_request_done(h->coord, &(struct gs_access){
-			.api = GS_API_HTTP, .key = q->key, .method = q->method, .route = route_name[q->route],
+			.api = GS_API_HTTP, .key = q->key, .user = q->user, .method = q->method,
+			.route = route_name[q->route],
 			.status = status, .request_id = q->req_id, .prompt_tokens = q->prompt_tokens,
 			.completion_tokens = q->completion_tokens, .finish = q->finish,
 			.latency_s = gs_now_s() - q->t_start });

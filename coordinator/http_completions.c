@@ -31,19 +31,22 @@ struct gs_http_stream {
 	struct MHD_Connection   *conn;
 	struct gs_http_req      *q;           /* its request: token counts and finish for the access
 						 log (alive while MHD reads the response) */
-	struct gs_creq          *r;
+	struct gs_creq          *r[GS_COORD_MAX_N]; /* choice i (n > 1: chunks carry index i) */
+	int                      n;
 	bool                     chat, include_usage, logprobs;
 	char                     id[48];
 	char                     model[256];
 	long long                created;
 	struct gs_sbuf       out;         /* SSE bytes not yet handed to MHD, from sent */
 	size_t                   sent;
-	bool                     role_sent;   /* chat: the delta.role chunk went out */
-	bool                     settled;     /* r finished or was cancelled */
+	bool                     role_sent[GS_COORD_MAX_N]; /* chat: the delta.role chunk went out */
+	bool                     settled[GS_COORD_MAX_N];   /* r[i] finished or was cancelled */
+	int                      n_settled;
 	bool                     done;        /* "data: [DONE]" is in out */
-	size_t                   text_off;
+	size_t                   text_off[GS_COORD_MAX_N];
 	struct gs_http_timing    tm;
-	int32_t                  prompt_tokens, completion_tokens;
+	int32_t                  prompt_tokens, completion_tokens[GS_COORD_MAX_N];
+	double                   t_heard;     /* n > 1: last output or keep-alive */
 };
 
 /* ---- waiting for output ------------------------------------------------------------------- */
@@ -174,6 +177,81 @@ out_client_gone:
 	return MHD_NO;
 }
 
+/* Several choices: a list of prompts (/v1/completions) and/or n > 1, n_per choices per prompt;
+ * every request was submitted; their answers become choices 0..n-1 (prompt_index * n_per + i),
+ * usage is the sum (each prompt counted once). Releases every r[i]. */
+static enum MHD_Result gs_http_complete_many(struct gs_http *h, struct MHD_Connection *conn, struct gs_http_req *q,
+					     const struct gs_http_gen *g, struct gs_creq **r, int n, int n_per,
+					     const char *model, long long created)
+{
+	struct gs_http_timing tm = { .t_submit = gs_now_s() };
+	struct gs_creq_out o = { 0 };
+	int32_t prompt_tokens = 0, completion_tokens = 0;
+	enum gs_cerr err = GS_CERR_NONE;
+	char id[48], err_msg[512] = "";
+	cJSON *choices, *root;
+	bool gone = false, ok = true;
+	int i;
+
+	snprintf(id, sizeof(id), "%s-%" PRIu64, g->chat ? "chatcmpl" : "cmpl", gs_creq_id(r[0]));
+	root = gs_http_envelope(id, g->chat ? "chat.completion" : "text_completion", created, model, &choices);
+	for (i = 0; i < n; i++) {
+		struct gs_sbuf text = { 0 };
+		struct gs_http_lps lps = { 0 };
+		enum gs_cfinish finish = GS_CFIN_NONE;
+		ok = ok && gs_sbuf_put(&text, "", 0) && (!g->spec.logprobs || gs_http_lps_init(&lps, g->chat));
+		while (!gone && finish == GS_CFIN_NONE) {
+			if (gs_http_next(h, conn, r[i], &o, 0) != GS_HTTP_GOT) {
+				gone = true;
+				break;
+			}
+			gs_http_observe(h->coord, &tm, &o);
+			if (ok && o.text_len)
+				ok = gs_sbuf_put(&text, o.text, o.text_len);
+			if (lps.obj)
+				gs_http_lps_add(&lps, h->coord, &o);
+			prompt_tokens += o.finish != GS_CFIN_NONE && i % n_per == 0 ? o.prompt_tokens : 0;
+			completion_tokens += o.finish != GS_CFIN_NONE ? o.completion_tokens : 0;
+			finish = o.finish;
+			if (finish == GS_CFIN_ERROR || finish == GS_CFIN_CANCELLED) {
+				err = finish == GS_CFIN_CANCELLED ? GS_CERR_UNAVAILABLE : o.err;
+				snprintf(err_msg, sizeof(err_msg), "%s %d: %.480s", n_per > 1 ? "choice" : "prompt",
+					 i,
+					 finish == GS_CFIN_CANCELLED ? "the request was cancelled" : o.err_msg);
+			}
+			gs_http_out_reset(&o);
+		}
+		gs_creq_release(r[i]);
+		if (ok && !gone && err == GS_CERR_NONE) {
+			cJSON *ch = gs_http_choice(g->chat, false, true, text.p, lps.obj, finish);
+			cJSON_ReplaceItemInObject(ch, "index", cJSON_CreateNumber(i));
+			cJSON_AddItemToArray(choices, ch);
+		} else {
+			cJSON_Delete(lps.obj);
+		}
+		free(text.p);
+		if (gone || !ok || err != GS_CERR_NONE)
+			break;
+	}
+	for (i++; i < n; i++) { /* after a failure: the rest are not wanted */
+		gs_creq_cancel(r[i]);
+		gs_creq_release(r[i]);
+	}
+	q->prompt_tokens = prompt_tokens;
+	q->completion_tokens = completion_tokens;
+	q->finish = gone ? GS_CFIN_CANCELLED : !ok || err != GS_CERR_NONE ? GS_CFIN_ERROR : GS_CFIN_LENGTH;
+	if (gone || !ok || err != GS_CERR_NONE) {
+		cJSON_Delete(root);
+		if (gone)
+			return MHD_NO;
+		if (!ok)
+			return gs_http_error(conn, q, 500, NULL, NULL, "out of memory building the answer");
+		return gs_http_cerr_reply(conn, q, err, NULL, err_msg);
+	}
+	cJSON_AddItemToObject(root, "usage", gs_http_usage(prompt_tokens, completion_tokens));
+	return gs_http_reply_json(conn, q, MHD_HTTP_OK, root);
+}
+
 /* ---- streamed answers --------------------------------------------------------------------- */
 
 static bool gs_http_sse(struct gs_http_stream *s, cJSON *root)
@@ -199,35 +277,53 @@ static cJSON *gs_http_chunk(struct gs_http_stream *s, cJSON *choice)
 	return root;
 }
 
-/* Turns one output of the request into SSE events in s->out. false: out of memory. */
-static bool gs_http_stream_out(struct gs_http_stream *s, const struct gs_creq_out *o)
+/* Choice i of a stream: its index set on a chunk's choice. */
+static cJSON *gs_http_indexed(cJSON *choice, int i)
+{
+	if (choice && i)
+		cJSON_ReplaceItemInObject(choice, "index", cJSON_CreateNumber(i));
+	return choice;
+}
+
+/* Turns one output of choice i into SSE events in s->out. false: out of memory. */
+static bool gs_http_stream_out(struct gs_http_stream *s, const struct gs_creq_out *o, int i)
 {
 	struct gs_coord *c = s->h->coord;
+	int32_t sum = 0;
 	bool ok = true;
 
 	gs_http_observe(c, &s->tm, o);
 	s->prompt_tokens = s->q->prompt_tokens = o->prompt_tokens;
-	s->completion_tokens = s->q->completion_tokens = o->completion_tokens;
-	s->q->finish = o->finish;
-	if (s->chat && !s->role_sent) {
-		s->role_sent = true;
-		ok = gs_http_sse(s, gs_http_chunk(s, gs_http_choice(true, true, true, "", NULL, GS_CFIN_NONE)));
+	s->completion_tokens[i] = o->completion_tokens;
+	for (int k = 0; k < s->n; k++)
+		sum += s->completion_tokens[k];
+	s->q->completion_tokens = sum;
+	if (s->chat && !s->role_sent[i]) {
+		s->role_sent[i] = true;
+		ok = gs_http_sse(s, gs_http_chunk(s, gs_http_indexed(gs_http_choice(true, true, true, "", NULL,
+										    GS_CFIN_NONE), i)));
 	}
 	if (ok && (o->text_len > 0 || (s->logprobs && o->n_ids > 0))) {
 		struct gs_http_lps lps = { 0 };
 
 		if (s->logprobs && o->lps && gs_http_lps_init(&lps, s->chat)) {
-			lps.text_off = s->text_off;
+			lps.text_off = s->text_off[i];
 			gs_http_lps_add(&lps, c, o);
-			s->text_off = lps.text_off;
+			s->text_off[i] = lps.text_off;
 		}
-		ok = gs_http_sse(s, gs_http_chunk(s, gs_http_choice(s->chat, true, false, o->text, lps.obj,
-								      GS_CFIN_NONE)));
+		ok = gs_http_sse(s, gs_http_chunk(s, gs_http_indexed(gs_http_choice(s->chat, true, false, o->text,
+										    lps.obj, GS_CFIN_NONE), i)));
 	}
 	if (o->finish == GS_CFIN_NONE || !ok)
 		return ok;
 
-	s->settled = true;
+	s->settled[i] = true;
+	s->n_settled++;
+	if (o->finish != GS_CFIN_ERROR && o->finish != GS_CFIN_CANCELLED && s->n_settled < s->n)
+		return gs_http_sse(s, gs_http_chunk(s, gs_http_indexed(gs_http_choice(s->chat, true, false,
+										      s->chat ? NULL : "", NULL,
+										      o->finish), i)));
+	s->q->finish = o->finish;
 	if (o->finish == GS_CFIN_ERROR || o->finish == GS_CFIN_CANCELLED) {
 		enum gs_cerr e = o->finish == GS_CFIN_ERROR ? o->err : GS_CERR_UNAVAILABLE;
 		const char *msg = o->finish == GS_CFIN_ERROR ? (o->err_msg[0] ? o->err_msg : gs_cerr_str(e)) :
@@ -238,12 +334,13 @@ static bool gs_http_stream_out(struct gs_http_stream *s, const struct gs_creq_ou
 		     gs_sbuf_put(&s->out, "\n\n", 2);
 		free(json);
 	} else {
-		ok = gs_http_sse(s, gs_http_chunk(s, gs_http_choice(s->chat, true, false, s->chat ? NULL : "", NULL,
-								      o->finish)));
+		ok = gs_http_sse(s, gs_http_chunk(s, gs_http_indexed(gs_http_choice(s->chat, true, false,
+										    s->chat ? NULL : "", NULL, o->finish),
+								     i)));
 		if (ok && s->include_usage) {
 			cJSON *root = gs_http_chunk(s, NULL);
 
-			cJSON_ReplaceItemInObject(root, "usage", gs_http_usage(s->prompt_tokens, s->completion_tokens));
+			cJSON_ReplaceItemInObject(root, "usage", gs_http_usage(s->prompt_tokens, sum));
 			ok = gs_http_sse(s, root);
 		}
 	}
@@ -269,20 +366,46 @@ static ssize_t gs_http_stream_read(void *cls, uint64_t pos, char *buf, size_t ma
 		}
 		if (s->done)
 			return MHD_CONTENT_READER_END_OF_STREAM;
-		switch (gs_http_next(s->h, s->conn, s->r, &o, GS_HTTP_KEEPALIVE_S)) {
+		/* n > 1: whatever any choice has, else wait on the first one still running */
+		int i = -1, w = -1;
+		for (int k = 0; k < s->n; k++) {
+			if (s->settled[k])
+				continue;
+			if (w < 0)
+				w = k;
+			if (s->n > 1 && gs_creq_take(s->r[k], &o)) {
+				i = k;
+				break;
+			}
+		}
+		if (w < 0)
+			return MHD_CONTENT_READER_END_OF_STREAM; /* not reached: the last finish sets done */
+		if (i >= 0) {
+			if (!gs_http_stream_out(s, &o, i)) {
+				gs_http_out_reset(&o);
+				return MHD_CONTENT_READER_END_WITH_ERROR;
+			}
+			gs_http_out_reset(&o);
+			continue;
+		}
+		i = w;
+		switch (gs_http_next(s->h, s->conn, s->r[i], &o, s->n > 1 ? GS_HTTP_WAIT_SLICE_S : GS_HTTP_KEEPALIVE_S)) {
 		case GS_HTTP_GONE:
-			s->settled = true;
 			s->q->finish = GS_CFIN_CANCELLED;
 			return MHD_CONTENT_READER_END_WITH_ERROR;
 		case GS_HTTP_IDLE:
+			if (s->n > 1 && gs_now_s() - s->t_heard < GS_HTTP_KEEPALIVE_S)
+				continue;
 			/* An SSE comment: clients skip it; MHD sees traffic and keeps the connection. */
+			s->t_heard = gs_now_s();
 			if (!gs_sbuf_put(&s->out, ": keep-alive\n\n", 14))
 				return MHD_CONTENT_READER_END_WITH_ERROR;
 			continue;
 		case GS_HTTP_GOT:
 			break;
 		}
-		if (!gs_http_stream_out(s, &o)) {
+		s->t_heard = gs_now_s();
+		if (!gs_http_stream_out(s, &o, i)) {
 			gs_http_out_reset(&o);
 			return MHD_CONTENT_READER_END_WITH_ERROR; /* out of memory: the free cancels */
 		}
@@ -295,9 +418,11 @@ static void gs_http_stream_free(void *cls)
 {
 	struct gs_http_stream *s = cls;
 
-	if (!s->settled)
-		gs_creq_cancel(s->r);
-	gs_creq_release(s->r);
+	for (int i = 0; i < s->n; i++) {
+		if (!s->settled[i])
+			gs_creq_cancel(s->r[i]);
+		gs_creq_release(s->r[i]);
+	}
 	gs_sbuf_free(&s->out);
 	free(s);
 }
@@ -305,7 +430,7 @@ static void gs_http_stream_free(void *cls)
 /* Waits for the request's first output before answering, so that a request that fails at
  * once (engine lost, deadline) still gets its proper HTTP status; then streams. */
 static enum MHD_Result gs_http_stream(struct gs_http *h, struct MHD_Connection *conn, struct gs_http_req *q,
-				      const struct gs_http_gen *g, struct gs_creq *r, const char *model,
+				      const struct gs_http_gen *g, struct gs_creq **r, int n, const char *model,
 				      long long created)
 {
 	struct gs_http_stream *s = calloc(1, sizeof(*s));
@@ -314,18 +439,23 @@ static enum MHD_Result gs_http_stream(struct gs_http *h, struct MHD_Connection *
 	enum MHD_Result ret;
 
 	if (!s) {
-		gs_creq_cancel(r);
-		gs_creq_release(r);
+		for (int i = 0; i < n; i++) {
+			gs_creq_cancel(r[i]);
+			gs_creq_release(r[i]);
+		}
 		return gs_http_error(conn, q, 500, NULL, NULL, "out of memory");
 	}
-	*s = (struct gs_http_stream){ .h = h, .conn = conn, .q = q, .r = r, .chat = g->chat,
+	*s = (struct gs_http_stream){ .h = h, .conn = conn, .q = q, .n = n, .chat = g->chat,
 				      .include_usage = g->include_usage, .logprobs = g->spec.logprobs,
-				      .created = created, .tm = { .t_submit = gs_now_s() } };
-	snprintf(s->id, sizeof(s->id), "%s-%" PRIu64, g->chat ? "chatcmpl" : "cmpl", gs_creq_id(r));
+				      .created = created, .tm = { .t_submit = gs_now_s() }, .t_heard = gs_now_s() };
+	for (int i = 0; i < n; i++)
+		s->r[i] = r[i];
+	snprintf(s->id, sizeof(s->id), "%s-%" PRIu64, g->chat ? "chatcmpl" : "cmpl", gs_creq_id(r[0]));
 	snprintf(s->model, sizeof(s->model), "%s", model);
 
-	if (gs_http_next(h, conn, r, &o, 0) != GS_HTTP_GOT) {
-		s->settled = true;
+	/* choice 0's first output (the choices run together in one engine) */
+	if (gs_http_next(h, conn, r[0], &o, 0) != GS_HTTP_GOT) {
+		s->settled[0] = true;
 		gs_http_stream_free(s);
 		return MHD_NO;
 	}
@@ -337,11 +467,11 @@ static enum MHD_Result gs_http_stream(struct gs_http *h, struct MHD_Connection *
 		q->finish = GS_CFIN_ERROR;
 		snprintf(msg, sizeof(msg), "%s", o.err_msg[0] ? o.err_msg : gs_cerr_str(e));
 		gs_http_out_reset(&o);
-		s->settled = true;
+		s->settled[0] = true;
 		gs_http_stream_free(s);
 		return gs_http_cerr_reply(conn, q, e, NULL, msg);
 	}
-	if (!gs_http_stream_out(s, &o)) {
+	if (!gs_http_stream_out(s, &o, 0)) {
 		gs_http_out_reset(&o);
 		gs_http_stream_free(s);
 		return gs_http_error(conn, q, 500, NULL, NULL, "out of memory");
@@ -371,25 +501,17 @@ enum MHD_Result gs_http_generate(struct gs_http *h, struct MHD_Connection *conn,
 	struct gs_http_gen g = { .chat = q->route == GS_HTTP_ROUTE_CHAT };
 	struct gs_model_info info;
 	struct gs_creq *r = NULL;
-	const char *end = NULL;
 	long long created = (long long)time(NULL);
 	char model[256], why[512] = "", param[64];
 	enum MHD_Result ret;
 	enum gs_cerr e;
 	cJSON *root;
 
-	if (q->len == 0)
-		return gs_http_error(conn, q, 400, NULL, NULL, "the request body is empty (expected a JSON object)");
-	if (!gs_http_utf8_valid(q->body, q->len))
-		return gs_http_error(conn, q, 400, NULL, NULL, "the request body is not valid UTF-8");
-	root = cJSON_ParseWithLengthOpts(q->body, q->len, &end, false);
-	if (!root)
-		return gs_http_error(conn, q, 400, NULL, NULL, "invalid JSON in the request body (at byte %zu of %zu)",
-				     end && end >= q->body ? (size_t)(end - q->body) : (size_t)0, q->len);
-	if (!gs_http_parse_gen(&g, root)) {
+	if (!gs_http_parse_body(&g, q->body, q->len, &root)) {
 		ret = gs_http_cerr_reply(conn, q, g.err, g.param, g.why);
 		goto out_free_root;
 	}
+	snprintf(q->user, sizeof(q->user), "%s", g.user);
 	e = gs_coord_model_info(h->coord, g.spec.model, &info);
 	if (e != GS_CERR_NONE) {
 		if (e == GS_CERR_NOT_FOUND)
@@ -401,6 +523,41 @@ enum MHD_Result gs_http_generate(struct gs_http *h, struct MHD_Connection *conn,
 	}
 	snprintf(model, sizeof(model), "%s", info.name ? info.name : "");
 
+	if (g.n_prompts > 1 || g.n > 1) {
+		struct gs_creq *rs[GS_HTTP_MAX_CHOICES];
+		int n = g.n > 1 ? g.n : 1, n_prompts = g.n_prompts > 1 ? g.n_prompts : 1; /* chat: one */
+		if (g.stream && n_prompts > 1) {
+			ret = gs_http_cerr_reply(conn, q, GS_CERR_INVALID, "prompt",
+						 "prompt: a list of prompts cannot be streamed; send it without stream, or "
+						 "one request per prompt");
+			goto out_free_root;
+		}
+		for (int i = 0; i < n_prompts; i++) {
+			if (!g.chat)
+				gs_http_use_prompt(&g, i);
+			e = gs_coord_submit_n(h->coord, GS_API_HTTP, &g.spec, n, NULL, NULL, &rs[i * n], why, sizeof(why));
+			if (e != GS_CERR_NONE) {
+				char msg[600];
+				for (int j = 0; j < i * n; j++) {
+					gs_creq_cancel(rs[j]);
+					gs_creq_release(rs[j]);
+				}
+				gs_http_param_of(why, g.chat, param, sizeof(param));
+				if (n_prompts > 1)
+					snprintf(msg, sizeof(msg), "prompt %d: %s", i, why[0] ? why : gs_cerr_str(e));
+				else
+					snprintf(msg, sizeof(msg), "%s", why[0] ? why : gs_cerr_str(e));
+				ret = gs_http_cerr_reply(conn, q, e, param, msg);
+				goto out_free_root;
+			}
+		}
+		q->req_id = gs_creq_id(rs[0]);
+		cJSON_Delete(root);
+		root = NULL;
+		ret = g.stream ? gs_http_stream(h, conn, q, &g, rs, n, model, created) :
+				 gs_http_complete_many(h, conn, q, &g, rs, n_prompts * n, n, model, created);
+		goto out_free_root;
+	}
 	e = gs_coord_submit(h->coord, GS_API_HTTP, &g.spec, NULL, NULL, &r, why, sizeof(why));
 	if (e != GS_CERR_NONE) {
 		gs_http_param_of(why, g.chat, param, sizeof(param));
@@ -411,7 +568,7 @@ enum MHD_Result gs_http_generate(struct gs_http *h, struct MHD_Connection *conn,
 	/* The spec's strings were borrowed for the submit only. */
 	cJSON_Delete(root);
 	root = NULL;
-	ret = g.stream ? gs_http_stream(h, conn, q, &g, r, model, created) :
+	ret = g.stream ? gs_http_stream(h, conn, q, &g, &r, 1, model, created) :
 			 gs_http_complete(h, conn, q, &g, r, model, created);
 
 out_free_root:

@@ -61,12 +61,16 @@ struct gs_http_req {
 	double             t_start;   /* gs_now_s() when the headers were in */
 	char               method[8]; /* "POST", "GET", ...; "OTHER" for anything else */
 	char               key[GS_APIKEY_NAME_MAX + 1]; /* name of the API key used ("" none) */
+	char               user[64];      /* the request's OpenAI "user" label ("" none) */
 	uint64_t           req_id;    /* the submitted request's id; 0: none */
 	int32_t            prompt_tokens, completion_tokens;
 	enum gs_cfinish    finish;    /* how the answer ended, as the client saw it */
 };
 
 /* A parsed completion request. Strings are borrowed from the cJSON tree, except contents. */
+#define GS_HTTP_MAX_PROMPTS 8 /* prompts in one /v1/completions request */
+#define GS_HTTP_MAX_CHOICES (GS_HTTP_MAX_PROMPTS * GS_COORD_MAX_N)
+
 struct gs_http_gen {
 	struct gs_gen_spec spec;
 	bool               chat;          /* /v1/chat/completions (else /v1/completions) */
@@ -74,6 +78,15 @@ struct gs_http_gen {
 	bool               include_usage; /* stream_options.include_usage */
 	const char       **roles;         /* [spec.n_messages] */
 	char             **contents;      /* [spec.n_messages] owned: text parts joined */
+	/* /v1/completions with a list of prompts: one choice each (index i); spec holds prompt 0 */
+	int                n_prompts;     /* 1..GS_HTTP_MAX_PROMPTS */
+	int                n;             /* choices per prompt, 1..GS_COORD_MAX_N: choice index
+					     prompt_index * n + i, seed + i (OpenAI's rule) */
+	const char        *prompts[GS_HTTP_MAX_PROMPTS];     /* text, or NULL: ids below  */
+	int32_t           *prompt_idv[GS_HTTP_MAX_PROMPTS];  /* owned token-id prompts    */
+	int32_t            n_prompt_idv[GS_HTTP_MAX_PROMPTS];
+	char               user[64];      /* OpenAI "user", sanitised: access-log label only */
+	char              *response_format; /* owned: spec.response_format */
 	enum gs_cerr       err;           /* why parsing failed */
 	char               param[64];     /* the field it is about ("" : none) */
 	char               why[512];
@@ -113,7 +126,14 @@ const char *gs_http_cerr_code(enum gs_cerr e);
 void gs_http_param_of(const char *why, bool chat, char *param, size_t cap);
 /* Fills g->spec from the request body; false with g->err/why/param set. */
 bool gs_http_parse_gen(struct gs_http_gen *g, const cJSON *root);
+/* A request body as received (len bytes; empty, not UTF-8 and not JSON are refused too), into
+ * *root (the tree g->spec borrows from; NULL when the body is no JSON) and g->spec. false with
+ * g->err/why/param set. Either way: gs_http_gen_free(g), then cJSON_Delete(*root). The server's
+ * one way from bytes to a request; the fuzz tests drive it directly. */
+bool gs_http_parse_body(struct gs_http_gen *g, const char *body, size_t len, cJSON **root);
 void gs_http_gen_free(struct gs_http_gen *g);
+/* /v1/completions: point g->spec at prompt i (0 .. n_prompts - 1). */
+void gs_http_use_prompt(struct gs_http_gen *g, int i);
 /* Logprobs in the shape of the API: init (false: out of memory), then add each output. */
 bool gs_http_lps_init(struct gs_http_lps *a, bool chat);
 void gs_http_lps_add(struct gs_http_lps *a, struct gs_coord *c, const struct gs_creq_out *o);

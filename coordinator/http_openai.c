@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "http_internal.h"
+#include "gs_grammar.h"
 #include "gs_json.h"
 #include "gs_sbuf.h"
 #include "gs_util.h"
@@ -63,7 +64,8 @@ void gs_http_param_of(const char *why, bool chat, char *param, size_t cap)
 {
 	static const char *const known[] = { "model", "messages", "prompt", "max_tokens", "temperature",
 					     "top_p", "top_k", "min_p", "repetition_penalty", "seed",
-					     "stop", "logprobs", "top_logprobs" };
+					     "stop", "logprobs", "top_logprobs", "presence_penalty",
+					     "frequency_penalty", "logit_bias", "min_tokens", "stop_token_ids" };
 	size_t n = strcspn(why, " :[.");
 
 	param[0] = '\0';
@@ -303,19 +305,83 @@ static bool gs_http_parse_messages(struct gs_http_gen *g, const cJSON *root)
 	return true;
 }
 
+/* A JSON array of token ids into a malloc'd array (ids are checked against the vocabulary by
+ * the coordinator). */
+static bool gs_http_int_list(struct gs_http_gen *g, const char *name, const cJSON *a, int32_t **out, int *n_out)
+{
+	const cJSON *x;
+	int n = cJSON_GetArraySize(a), i = 0;
+
+	*out = malloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
+	if (!*out) {
+		g->err = GS_CERR_INTERNAL;
+		snprintf(g->why, sizeof(g->why), "out of memory");
+		return false;
+	}
+	cJSON_ArrayForEach(x, a) {
+		if (!cJSON_IsNumber(x) || x->valuedouble != floor(x->valuedouble) || x->valuedouble < 0 ||
+		    x->valuedouble > INT32_MAX)
+			return gs_http_bad(g, name, "%s[%d] must be a token id (an integer >= 0), got %s", name, i,
+					   cJSON_IsNumber(x) ? "another number" : gs_json_type(x));
+		(*out)[i++] = (int32_t)x->valuedouble;
+	}
+	*n_out = n;
+	return true;
+}
+
+/* One prompt: a string or a list of token ids, into slot i of g. */
+static bool gs_http_parse_one_prompt(struct gs_http_gen *g, const cJSON *p, int i)
+{
+	char name[32];
+	int n = 0;
+
+	if (cJSON_IsString(p)) {
+		g->prompts[i] = p->valuestring;
+		return true;
+	}
+	snprintf(name, sizeof(name), i ? "prompt[%d]" : "prompt", i);
+	if (cJSON_IsArray(p) && cJSON_GetArraySize(p) > 0 && cJSON_IsNumber(cJSON_GetArrayItem(p, 0))) {
+		if (!gs_http_int_list(g, name, p, &g->prompt_idv[i], &n))
+			return false;
+		g->n_prompt_idv[i] = n;
+		return true;
+	}
+	return gs_http_bad(g, "prompt", "%s must be a string or a list of token ids, got %s", name,
+			   cJSON_IsArray(p) ? (cJSON_GetArraySize(p) == 0 ? "an empty array" : "an array of non-numbers") :
+					      gs_json_type(p));
+}
+
+/* prompt: a string, a list of token ids, or a list of up to GS_HTTP_MAX_PROMPTS of those (one
+ * choice each). A token-id prompt is used as given: no <bos> is added. */
 static bool gs_http_parse_prompt(struct gs_http_gen *g, const cJSON *root)
 {
-	const cJSON *p = gs_http_field(root, "prompt");
+	const cJSON *p = gs_http_field(root, "prompt"), *it;
+	int i = 0;
 
-	if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1 && cJSON_IsString(cJSON_GetArrayItem(p, 0)))
-		p = cJSON_GetArrayItem(p, 0);
-	if (!cJSON_IsString(p))
-		return gs_http_bad(g, "prompt", "prompt must be a string (or an array of exactly one string), got %s",
-				   cJSON_IsArray(p) ? (cJSON_GetArraySize(p) == 1 ? "an array of one non-string" :
-									   "an array of several items") :
-						      gs_json_type(p));
-	g->spec.prompt = p->valuestring;
+	g->n_prompts = 1;
+	if (cJSON_IsArray(p) && cJSON_GetArraySize(p) > 0 &&
+	    (cJSON_IsString(cJSON_GetArrayItem(p, 0)) || cJSON_IsArray(cJSON_GetArrayItem(p, 0)))) {
+		if (cJSON_GetArraySize(p) > GS_HTTP_MAX_PROMPTS)
+			return gs_http_bad(g, "prompt", "prompt may hold at most %d prompts, got %d", GS_HTTP_MAX_PROMPTS,
+					   cJSON_GetArraySize(p));
+		cJSON_ArrayForEach(it, p) {
+			if (!gs_http_parse_one_prompt(g, it, i))
+				return false;
+			i++;
+		}
+		g->n_prompts = i;
+	} else if (!gs_http_parse_one_prompt(g, p, 0)) {
+		return false;
+	}
+	gs_http_use_prompt(g, 0);
 	return true;
+}
+
+void gs_http_use_prompt(struct gs_http_gen *g, int i)
+{
+	g->spec.prompt = g->prompts[i];
+	g->spec.prompt_ids = g->prompts[i] ? NULL : g->prompt_idv[i];
+	g->spec.n_prompt_ids = g->prompts[i] ? 0 : g->n_prompt_idv[i];
 }
 
 static bool gs_http_parse_stop(struct gs_http_gen *g, const cJSON *root)
@@ -376,6 +442,165 @@ static bool gs_http_parse_logprobs(struct gs_http_gen *g, const cJSON *root)
 	return true;
 }
 
+/* Every top-level field a request may carry: honoured, or accepted only with its default
+ * value (gs_http_parse_defaults). Anything else is refused naming it (docs/ARCHITECTURE.md). */
+static const char *const gs_http_fields_common[] = {
+	"model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p",
+	"repetition_penalty", "presence_penalty", "frequency_penalty", "logit_bias", "seed", "n", "stop",
+	"stop_token_ids", "min_tokens", "ignore_eos", "logprobs", "stream", "stream_options", "user",
+	"tools", "tool_choice", "functions", "function_call", "parallel_tool_calls", "response_format",
+	"guided_choice", "guided_json", "structured_outputs", "guided_regex", "guided_grammar",
+	"store", "metadata", "service_tier", "best_of", "echo", "suffix",
+};
+
+static bool gs_http_known_fields(struct gs_http_gen *g, const cJSON *root)
+{
+	const cJSON *f;
+
+	cJSON_ArrayForEach(f, root) {
+		bool ok = strcmp(f->string, g->chat ? "messages" : "prompt") == 0 ||
+			  (g->chat && strcmp(f->string, "top_logprobs") == 0);
+		for (size_t i = 0; !ok && i < sizeof(gs_http_fields_common) / sizeof(gs_http_fields_common[0]); i++)
+			ok = strcmp(f->string, gs_http_fields_common[i]) == 0;
+		if (!ok) {
+			char name[48];
+			snprintf(name, sizeof(name), "%s", f->string);
+			for (char *c = name; *c; c++)
+				if ((unsigned char)*c < 0x20 || *c == '"')
+					*c = '?';
+			return gs_http_bad(g, name, "%s is not a supported field of %s (see the README's API table)", name,
+					   g->chat ? "/v1/chat/completions" : "/v1/completions");
+		}
+	}
+	return true;
+}
+
+/* Fields accepted only with their default (what clients send unasked); any other value is
+ * refused naming the field. Gemma 3's chat template has no tool format, so tools are refused. */
+static bool gs_http_parse_defaults(struct gs_http_gen *g, const cJSON *root)
+{
+	static const char *const tool_fields[] = { "tools", "tool_choice", "functions", "function_call" };
+	const cJSON *v;
+
+	for (size_t i = 0; i < sizeof(tool_fields) / sizeof(tool_fields[0]); i++) {
+		v = gs_http_field(root, tool_fields[i]);
+		if (!v)
+			continue;
+		if (strcmp(tool_fields[i], "tool_choice") == 0 && cJSON_IsString(v) && strcmp(v->valuestring, "none") == 0)
+			continue;
+		if (strcmp(tool_fields[i], "tools") == 0 && cJSON_IsArray(v) && cJSON_GetArraySize(v) == 0)
+			continue;
+		return gs_http_bad(g, tool_fields[i],
+				   "%s is not supported: the Gemma 3 chat template has no tool-calling format",
+				   tool_fields[i]);
+	}
+	if ((v = gs_http_field(root, "parallel_tool_calls")) && !cJSON_IsBool(v))
+		return gs_http_bad(g, "parallel_tool_calls", "parallel_tool_calls must be a boolean, got %s",
+				   gs_json_type(v));
+	if ((v = gs_http_field(root, "store")) && !cJSON_IsFalse(v))
+		return gs_http_bad(g, "store", "store is not supported (only false): nothing is stored");
+	if ((v = gs_http_field(root, "metadata")) && !(cJSON_IsObject(v) && !v->child))
+		return gs_http_bad(g, "metadata", "metadata is not supported (only {} or null): nothing is stored");
+	if ((v = gs_http_field(root, "service_tier")) &&
+	    !(cJSON_IsString(v) && (!strcmp(v->valuestring, "auto") || !strcmp(v->valuestring, "default"))))
+		return gs_http_bad(g, "service_tier", "service_tier is not supported (only \"auto\" or \"default\")");
+	if ((v = gs_http_field(root, "best_of")) &&
+	    !(cJSON_IsNumber(v) && (v->valuedouble == 1 || v->valuedouble == g->n)))
+		return gs_http_bad(g, "best_of", "best_of is not supported (only 1, or equal to n: every sample is returned)");
+	if ((v = gs_http_field(root, "echo")) && !cJSON_IsFalse(v))
+		return gs_http_bad(g, "echo", "echo is not supported (only false)");
+	if ((v = gs_http_field(root, "suffix")) && !(cJSON_IsString(v) && !v->valuestring[0]))
+		return gs_http_bad(g, "suffix", "suffix is not supported: Gemma 3 has no fill-in-the-middle format");
+	{ /* structured output: compiled (and cached) now, so a bad schema is a 400 naming it */
+		static const char *const so[] = { "response_format", "guided_choice", "guided_json", "structured_outputs",
+						  "guided_regex", "guided_grammar" };
+		const char *param = "response_format";
+		char why[512];
+		for (size_t i = 0; i < sizeof(so) / sizeof(so[0]); i++)
+			if (gs_http_field(root, so[i])) {
+				param = so[i];
+				break;
+			}
+		enum gs_status st = gs_grammar_from_request(root, &g->response_format, why, sizeof(why));
+		if (st == GS_ERR_INVALID_ARG)
+			return gs_http_bad(g, param, "%s", why);
+		if (st != GS_OK) {
+			g->err = GS_CERR_INTERNAL;
+			snprintf(g->why, sizeof(g->why), "coordinator: out of memory");
+			return false;
+		}
+		g->spec.response_format = g->response_format;
+	}
+	return true;
+}
+
+/* logit_bias {"token id": bias}, stop_token_ids, min_tokens, ignore_eos, user. */
+static bool gs_http_parse_openai(struct gs_http_gen *g, const cJSON *root)
+{
+	struct gs_sampling_params *sp = &g->spec.sp;
+	const cJSON *v, *e;
+	int64_t iv;
+	bool given;
+
+	if (!gs_http_get_num(g, root, "presence_penalty", &sp->presence_penalty) ||
+	    !gs_http_get_num(g, root, "frequency_penalty", &sp->frequency_penalty))
+		return false;
+	if ((v = gs_http_field(root, "logit_bias"))) {
+		if (!cJSON_IsObject(v))
+			return gs_http_bad(g, "logit_bias", "logit_bias must be an object {\"token id\": bias}, got %s",
+					   gs_json_type(v));
+		if (cJSON_GetArraySize(v) > GS_MAX_LOGIT_BIAS)
+			return gs_http_bad(g, "logit_bias", "logit_bias may hold at most %d entries, got %d",
+					   GS_MAX_LOGIT_BIAS, cJSON_GetArraySize(v));
+		cJSON_ArrayForEach(e, v) {
+			char *end = NULL;
+			long id = strtol(e->string, &end, 10);
+			if (!e->string[0] || *end || id < 0 || id > INT32_MAX || (e->string[0] == '0' && e->string[1]))
+				return gs_http_bad(g, "logit_bias", "logit_bias: key \"%.32s\" is not a token id",
+						   e->string);
+			if (!cJSON_IsNumber(e))
+				return gs_http_bad(g, "logit_bias", "logit_bias: the bias of token %ld must be a number, got %s",
+						   id, gs_json_type(e));
+			sp->logit_bias_id[sp->n_logit_bias] = (int32_t)id;
+			sp->logit_bias[sp->n_logit_bias++] = (float)e->valuedouble;
+		}
+	}
+	if (!gs_http_get_int(g, root, "min_tokens", 0, INT32_MAX, &iv, &given))
+		return false;
+	if (given)
+		sp->min_tokens = (int32_t)iv;
+	if (!gs_http_get_bool(g, root, "ignore_eos", &g->spec.ignore_eos))
+		return false;
+	if ((v = gs_http_field(root, "stop_token_ids"))) {
+		int32_t *ids;
+		int n = 0;
+		if (!cJSON_IsArray(v))
+			return gs_http_bad(g, "stop_token_ids", "stop_token_ids must be an array of token ids, got %s",
+					   gs_json_type(v));
+		if (cJSON_GetArraySize(v) > GS_COORD_MAX_STOP_IDS)
+			return gs_http_bad(g, "stop_token_ids", "stop_token_ids may hold at most %d ids, got %d",
+					   GS_COORD_MAX_STOP_IDS, cJSON_GetArraySize(v));
+		if (!gs_http_int_list(g, "stop_token_ids", v, &ids, &n)) {
+			free(ids);
+			return false;
+		}
+		memcpy(g->spec.stop_ids, ids, sizeof(int32_t) * (size_t)n);
+		g->spec.n_stop_ids = n;
+		free(ids);
+	}
+	if ((v = gs_http_field(root, "user"))) {
+		if (!cJSON_IsString(v))
+			return gs_http_bad(g, "user", "user must be a string, got %s", gs_json_type(v));
+		/* a label, not content: printable ASCII without spaces, cut to 63 bytes */
+		snprintf(g->user, sizeof(g->user), "%s", v->valuestring);
+		for (char *c = g->user; *c; c++)
+			if ((unsigned char)*c <= 0x20 || (unsigned char)*c >= 0x7f || *c == '"' || *c == '\\')
+				*c = '_';
+		g->spec.user = g->user;
+	}
+	return true;
+}
+
 /* Fills g->spec from the request body; false with g->err/why/param set. */
 bool gs_http_parse_gen(struct gs_http_gen *g, const cJSON *root)
 {
@@ -392,6 +617,8 @@ bool gs_http_parse_gen(struct gs_http_gen *g, const cJSON *root)
 	if (v && !cJSON_IsString(v))
 		return gs_http_bad(g, "model", "model must be a string, got %s", gs_json_type(v));
 	g->spec.model = v ? v->valuestring : NULL;
+	if (!gs_http_known_fields(g, root) || !gs_http_parse_defaults(g, root))
+		return false;
 	if (g->chat ? !gs_http_parse_messages(g, root) : !gs_http_parse_prompt(g, root))
 		return false;
 
@@ -401,6 +628,10 @@ bool gs_http_parse_gen(struct gs_http_gen *g, const cJSON *root)
 		g->spec.max_tokens = (int32_t)iv;
 	if (!gs_http_get_int(g, root, "max_completion_tokens", 1, INT32_MAX, &iv, &given))
 		return false;
+	if (given && g->spec.max_tokens > 0 && g->spec.max_tokens != iv)
+		return gs_http_bad(g, "max_completion_tokens",
+				   "max_completion_tokens (%" PRId64 ") and max_tokens (%d) differ; give one of them",
+				   iv, (int)g->spec.max_tokens);
 	if (given)
 		g->spec.max_tokens = (int32_t)iv;
 
@@ -420,9 +651,10 @@ bool gs_http_parse_gen(struct gs_http_gen *g, const cJSON *root)
 
 	if (!gs_http_get_int(g, root, "n", INT64_MIN, INT64_MAX, &iv, &given))
 		return false;
-	if (given && iv != 1)
-		return gs_http_bad(g, "n", "n must be 1 (one choice per request), got %" PRId64, iv);
-	if (!gs_http_parse_stop(g, root) || !gs_http_parse_logprobs(g, root))
+	if (given && (iv < 1 || iv > GS_COORD_MAX_N))
+		return gs_http_bad(g, "n", "n must be an integer in [1, %d], got %" PRId64, GS_COORD_MAX_N, iv);
+	g->n = given ? (int)iv : 1;
+	if (!gs_http_parse_stop(g, root) || !gs_http_parse_logprobs(g, root) || !gs_http_parse_openai(g, root))
 		return false;
 
 	if (!gs_http_get_bool(g, root, "stream", &g->stream))
@@ -449,6 +681,28 @@ bool gs_http_parse_gen(struct gs_http_gen *g, const cJSON *root)
 	return true;
 }
 
+/* The body as the server received it (len bytes, not NUL-terminated): UTF-8, then JSON, then
+ * gs_http_parse_gen. */
+bool gs_http_parse_body(struct gs_http_gen *g, const char *body, size_t len, cJSON **root)
+{
+	const char *end = NULL;
+
+	*root = NULL;
+	if (len == 0)
+		return gs_http_bad(g, NULL, "the request body is empty (expected a JSON object)");
+	if (!gs_http_utf8_valid(body, len))
+		return gs_http_bad(g, NULL, "the request body is not valid UTF-8");
+	*root = cJSON_ParseWithLengthOpts(body, len, &end, false);
+	if (!*root)
+		return gs_http_bad(g, NULL, "invalid JSON in the request body (at byte %zu of %zu)",
+				   end && end >= body ? (size_t)(end - body) : (size_t)0, len);
+	size_t nul = gs_json_find_nul_escape(body, len);
+	if (nul)
+		return gs_http_bad(g, NULL, "a string in the request body holds \\u0000 (at byte %zu), which is not "
+				   "supported", nul);
+	return gs_http_parse_gen(g, *root);
+}
+
 void gs_http_gen_free(struct gs_http_gen *g)
 {
 	if (g->contents)
@@ -456,6 +710,10 @@ void gs_http_gen_free(struct gs_http_gen *g)
 			free(g->contents[i]);
 	free(g->contents);
 	free(g->roles);
+	for (int i = 0; i < GS_HTTP_MAX_PROMPTS; i++)
+		free(g->prompt_idv[i]);
+	free(g->response_format);
+	g->response_format = NULL;
 }
 
 /* ---- answers ------------------------------------------------------------------------------ */

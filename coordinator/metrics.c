@@ -172,6 +172,14 @@ char *gs_coord_metrics(struct gs_coord *c)
 		{ "gemmashard_engine_steps_total", "counter", "Engine steps." },
 		{ "gemmashard_engine_step_seconds_total", "counter", "Engine time spent in steps." },
 		{ "gemmashard_engine_tokens_total", "counter", "Tokens the engine sampled." },
+		{ "gemmashard_engine_numerics", "gauge", "1, labelled with the engine's matmul numerics (fp32, bf16, cuda)." },
+		{ "gemmashard_prefix_cache_hit_tokens_total", "counter",
+		  "Prompt tokens whose KV came from the prefix cache (admitted requests)." },
+		{ "gemmashard_prefix_cache_query_tokens_total", "counter",
+		  "Prompt tokens of requests admitted with the prefix cache on (hit rate: hit / query)." },
+		{ "gemmashard_prefix_cache_evictions_total", "counter",
+		  "Cached KV blocks (global layers, per rank) evicted for new use." },
+		{ "gemmashard_prefix_cache_enabled", "gauge", "1 when the engine runs with automatic prefix caching." },
 	};
 	for (size_t k = 0; k < sizeof(per_engine) / sizeof(per_engine[0]); k++) {
 		gs_sbuf_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", per_engine[k].name, per_engine[k].help, per_engine[k].name,
@@ -179,13 +187,22 @@ char *gs_coord_metrics(struct gs_coord *c)
 		for (struct engine *e = c->engines; e; e = e->next) {
 			if (!e->up)
 				continue;
+			if (k == 5) {
+				gs_sbuf_printf(&b, "%s{engine=\"%s\",numerics=\"%s\"} 1\n", per_engine[k].name, e->id,
+					       e->numerics);
+				continue;
+			}
 			gs_sbuf_printf(&b, "%s{engine=\"%s\"} ", per_engine[k].name, e->id);
 			switch (k) {
 			case 0: gs_sbuf_printf(&b, "%d\n", e->kv_blocks_total - e->hb_kv_free); break;
 			case 1: gs_sbuf_printf(&b, "%d\n", e->hb_kv_free); break;
 			case 2: gs_sbuf_printf(&b, "%" PRIu64 "\n", e->hb_steps); break;
 			case 3: gs_sbuf_printf(&b, "%.9g\n", e->hb_step_s); break;
-			default: gs_sbuf_printf(&b, "%" PRIu64 "\n", e->hb_tokens); break;
+			case 4: gs_sbuf_printf(&b, "%" PRIu64 "\n", e->hb_tokens); break;
+			case 6: gs_sbuf_printf(&b, "%" PRIu64 "\n", e->hb_prefix_hit); break;
+			case 7: gs_sbuf_printf(&b, "%" PRIu64 "\n", e->hb_prefix_query); break;
+			case 8: gs_sbuf_printf(&b, "%" PRIu64 "\n", e->hb_prefix_evictions); break;
+			default: gs_sbuf_printf(&b, "%d\n", e->prefix_cache ? 1 : 0); break;
 			}
 		}
 	}

@@ -84,6 +84,7 @@ void creq_unref(struct gs_creq *r)
 	for (int i = 0; i < r->n_stop; i++)
 		free(r->stop[i]);
 	free(r->prompt);
+	free(r->response_format);
 	free(r->text);
 	free(r->ids);
 	free(r->lps);

@@ -107,7 +107,7 @@ enum gs_cerr coord_dispatch(struct gs_coord *c, struct gs_creq *r, const struct 
 		}
 		attach_locked(e, r);
 		pthread_mutex_unlock(&c->mu);
-		if (engine_send_submit(e, r) == GS_OK)
+		if (engine_send_submit(e, r, 1) == GS_OK)
 			return GS_CERR_NONE;
 		gs_log(GS_LOG_WARN, "coordinator: submit to engine %s failed: %s", e->id, gs_last_error());
 		gs_clear_error();
@@ -156,6 +156,23 @@ static enum gs_cerr spec_tokens(struct gs_coord *c, const struct gs_gen_spec *s,
 
 	if (s->prompt && s->n_messages > 0)
 		return invalid(why, cap, "give either prompt or messages, not both");
+	if (s->prompt_ids) {
+		int32_t n_vocab = gs_tokenizer_n_vocab(c->tok);
+		if (s->prompt || s->n_messages > 0)
+			return invalid(why, cap, "give either a token-id prompt or a text prompt, not both");
+		if (s->n_prompt_ids < 1)
+			return invalid(why, cap, "prompt: a token-id prompt must not be empty");
+		for (int32_t i = 0; i < s->n_prompt_ids; i++)
+			if (s->prompt_ids[i] < 0 || s->prompt_ids[i] >= n_vocab)
+				return invalid(why, cap, "prompt: token id %d is outside the vocabulary (0..%d)",
+					       (int)s->prompt_ids[i], (int)n_vocab - 1);
+		*ids = malloc(sizeof(int32_t) * (size_t)s->n_prompt_ids);
+		if (!*ids)
+			return GS_CERR_INTERNAL;
+		memcpy(*ids, s->prompt_ids, sizeof(int32_t) * (size_t)s->n_prompt_ids);
+		*n = (size_t)s->n_prompt_ids;
+		return GS_CERR_NONE;
+	}
 	if (s->prompt) {
 		src = s->prompt;
 		add_bos = true;
@@ -204,8 +221,107 @@ static int32_t best_context(struct gs_coord *c)
 	return best;
 }
 
+/* n > 1: all choices to one engine in one Submit (the engine prefills the prompt once, §5);
+ * like coord_dispatch otherwise. */
+static enum gs_cerr coord_dispatch_group(struct gs_coord *c, struct gs_creq **rs, int n, char *why, size_t cap)
+{
+	const struct engine *avoid = NULL;
+
+	for (int tries = 0; tries < 8; tries++) {
+		enum gs_cerr err = GS_CERR_NONE;
+		int32_t best_ctx;
+
+		pthread_mutex_lock(&c->mu);
+		struct engine *e = route_locked(c, rs[0], avoid, &err, &best_ctx);
+		if (!e) {
+			pthread_mutex_unlock(&c->mu);
+			if (err == GS_CERR_UNAVAILABLE)
+				snprintf(why, cap, "no engine is serving model \"%s\" right now", c->served_name);
+			else
+				snprintf(why, cap,
+					 "can never fit: %d prompt + %d max_tokens tokens exceed every engine's "
+					 "context (largest %d) or KV capacity",
+					 rs[0]->n_prompt, rs[0]->max_tokens, best_ctx);
+			return err;
+		}
+		if (e->max_seqs < n) { /* the engine admits all n at once or never */
+			int32_t seqs = e->max_seqs;
+			pthread_mutex_unlock(&c->mu);
+			snprintf(why, cap, "can never fit: n = %d choices run at once, more than the engine's %d sequences",
+				 n, seqs);
+			return GS_CERR_TOO_LARGE;
+		}
+		for (int i = 0; i < n; i++)
+			attach_locked(e, rs[i]);
+		pthread_mutex_unlock(&c->mu);
+		if (engine_send_submit(e, rs[0], n) == GS_OK)
+			return GS_CERR_NONE;
+		gs_log(GS_LOG_WARN, "coordinator: submit to engine %s failed: %s", e->id, gs_last_error());
+		gs_clear_error();
+		shutdown(e->fd, SHUT_RDWR);
+		int detached = 0;
+		pthread_mutex_lock(&c->mu);
+		for (int i = 0; i < n; i++)
+			if (rs[i]->eng == e) {
+				creq_detach_locked(rs[i]);
+				e->up = false;
+				detached |= 1 << i;
+			}
+		pthread_mutex_unlock(&c->mu);
+		if (!(detached & 1))
+			return GS_CERR_NONE; /* the link reader already failed or moved them */
+		for (int i = 0; i < n; i++)
+			if (detached & (1 << i))
+				creq_unref(rs[i]); /* the engine's reference */
+		avoid = e;
+	}
+	snprintf(why, cap, "no engine accepted the request");
+	return GS_CERR_UNAVAILABLE;
+}
+
+/* Choice i of an n > 1 request: a copy of r (validated, not dispatched) with seed + i. */
+static struct gs_creq *creq_clone(const struct gs_creq *r, int i)
+{
+	struct gs_creq *k = malloc(sizeof(*k));
+	bool ok;
+
+	if (!k)
+		return NULL;
+	memcpy(k, r, sizeof(*k));
+	atomic_init(&k->refs, 1);
+	k->sp.seed = r->sp.seed + (uint64_t)i;
+	k->n_stop = 0;
+	k->prompt = malloc(sizeof(int32_t) * (size_t)r->n_prompt);
+	k->response_format = r->response_format ? strdup(r->response_format) : NULL;
+	ok = k->prompt && (!r->response_format || k->response_format);
+	if (k->prompt)
+		memcpy(k->prompt, r->prompt, sizeof(int32_t) * (size_t)r->n_prompt);
+	for (int j = 0; ok && j < r->n_stop; j++, k->n_stop++)
+		ok = (k->stop[j] = strdup(r->stop[j])) != NULL;
+	if (!ok) {
+		for (int j = 0; j < k->n_stop; j++)
+			free(k->stop[j]);
+		free(k->prompt);
+		free(k->response_format);
+		free(k);
+		return NULL;
+	}
+	pthread_mutex_init(&k->mu, NULL);
+	pthread_cond_init(&k->cv, NULL);
+	gs_detok_init(&k->dt, r->c->tok);
+	creq_list_init(k);
+	return k;
+}
+
 enum gs_cerr gs_coord_submit(struct gs_coord *c, enum gs_api api, const struct gs_gen_spec *s,
 			     gs_creq_notify_fn notify_fn, void *user, struct gs_creq **out, char *why, size_t cap)
+{
+	*out = NULL;
+	return gs_coord_submit_n(c, api, s, 1, notify_fn, user, out, why, cap);
+}
+
+enum gs_cerr gs_coord_submit_n(struct gs_coord *c, enum gs_api api, const struct gs_gen_spec *s, int n,
+			       gs_creq_notify_fn notify_fn, void *user, struct gs_creq **out, char *why, size_t cap)
 {
 	const struct gs_coord_limits *L = &c->limits;
 	struct gs_creq *r = NULL;
@@ -214,8 +330,13 @@ enum gs_cerr gs_coord_submit(struct gs_coord *c, enum gs_api api, const struct g
 	enum gs_cerr err;
 	char msg[256];
 
-	*out = NULL;
 	why[0] = '\0';
+	if (n < 1 || n > GS_COORD_MAX_N) {
+		snprintf(why, cap, "n must be an integer in [1, %d], got %d", GS_COORD_MAX_N, n);
+		return GS_CERR_INVALID;
+	}
+	for (int i = 0; i < n; i++)
+		out[i] = NULL;
 	if (!coord_model_matches(c, s->model)) {
 		snprintf(why, cap, "The model `%s` does not exist; this server serves `%s`", s->model, c->served_name);
 		return GS_CERR_NOT_FOUND;
@@ -239,11 +360,23 @@ enum gs_cerr gs_coord_submit(struct gs_coord *c, enum gs_api api, const struct g
 			       s->top_logprobs);
 	if (s->top_logprobs > 0 && !s->logprobs)
 		return invalid(why, cap, "top_logprobs needs logprobs to be true");
+	if (s->n_stop_ids < 0 || s->n_stop_ids > GS_COORD_MAX_STOP_IDS)
+		return invalid(why, cap, "stop_token_ids may hold at most %d ids, got %d", GS_COORD_MAX_STOP_IDS,
+			       s->n_stop_ids);
+	int32_t n_vocab = gs_tokenizer_n_vocab(c->tok);
+	for (int i = 0; i < s->n_stop_ids; i++)
+		if (s->stop_ids[i] < 0 || s->stop_ids[i] >= n_vocab)
+			return invalid(why, cap, "stop_token_ids: token id %d is outside the vocabulary (0..%d)",
+				       (int)s->stop_ids[i], (int)n_vocab - 1);
+	if (gs_sampling_params_validate_vocab(&s->sp, n_vocab, msg, sizeof(msg)) != GS_OK) {
+		gs_clear_error();
+		return invalid(why, cap, "%s", msg);
+	}
 
 	pthread_mutex_lock(&c->mu);
-	bool busy = c->running >= L->max_concurrent;
+	bool busy = c->running + n > L->max_concurrent; /* each choice is one request in flight */
 	if (!busy)
-		c->running++;
+		c->running += n;
 	pthread_mutex_unlock(&c->mu);
 	if (busy) {
 		snprintf(why, cap, "too many requests in flight (limit %d); retry later", L->max_concurrent);
@@ -296,6 +429,14 @@ enum gs_cerr gs_coord_submit(struct gs_coord *c, enum gs_api api, const struct g
 	}
 	r->logprobs = s->logprobs;
 	r->top_logprobs = s->top_logprobs;
+	memcpy(r->stop_ids, s->stop_ids, sizeof(int32_t) * (size_t)s->n_stop_ids);
+	r->n_stop_ids = s->n_stop_ids;
+	r->ignore_eos = s->ignore_eos;
+	if (s->response_format && !(r->response_format = strdup(s->response_format))) {
+		err = GS_CERR_INTERNAL;
+		snprintf(why, cap, "coordinator: out of memory");
+		goto fail_r;
+	}
 	r->t_submit = gs_now_s();
 	r->deadline = s->deadline > 0 ? s->deadline : r->t_submit + L->default_timeout_s;
 	pthread_mutex_init(&r->mu, NULL);
@@ -303,30 +444,45 @@ enum gs_cerr gs_coord_submit(struct gs_coord *c, enum gs_api api, const struct g
 	gs_detok_init(&r->dt, c->tok);
 	creq_list_init(r);
 
-	pthread_mutex_lock(&c->mu);
-	r->id = ++c->next_id;
+	out[0] = r;
+	for (int i = 1; i < n; i++)
+		if (!(out[i] = creq_clone(r, i))) {
+			for (int j = 0; j < i; j++)
+				creq_unref(out[j]);
+			out[0] = NULL;
+			r = NULL;
+			err = GS_CERR_INTERNAL;
+			snprintf(why, cap, "coordinator: out of memory");
+			goto fail;
+		}
+	pthread_mutex_lock(&c->mu); /* consecutive ids: the engine numbers choices id + i */
+	for (int i = 0; i < n; i++)
+		out[i]->id = ++c->next_id;
 	pthread_mutex_unlock(&c->mu);
 
-	err = coord_dispatch(c, r, NULL, why, cap);
+	err = n > 1 ? coord_dispatch_group(c, out, n, why, cap) : coord_dispatch(c, r, NULL, why, cap);
 	if (err != GS_CERR_NONE) {
 		pthread_mutex_lock(&c->mu);
-		c->running--;
+		c->running -= n;
 		pthread_mutex_unlock(&c->mu);
-		creq_unref(r);
+		for (int i = 0; i < n; i++) {
+			creq_unref(out[i]);
+			out[i] = NULL;
+		}
 		return err;
 	}
-	*out = r;
 	return GS_CERR_NONE;
 
 fail_r:
 	for (int i = 0; i < r->n_stop; i++)
 		free(r->stop[i]);
 	free(r->prompt);
+	free(r->response_format);
 	free(r);
 fail:
 	free(ids);
 	pthread_mutex_lock(&c->mu);
-	c->running--;
+	c->running -= n;
 	pthread_mutex_unlock(&c->mu);
 	return err;
 }

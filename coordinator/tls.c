@@ -16,60 +16,22 @@
 #include <gnutls/x509.h>
 
 #include "gs_tls.h"
+#include "gs_util.h"
 
 #define GS_TLS_MAX_FILE (1u << 20) /* no certificate bundle or key is larger */
 
-/* Reads a whole regular file (NUL-terminated). private: refuse access by group/others. */
+/* Reads a whole PEM file (NUL-terminated); private: a key, refused when group/others may access it. */
 static enum gs_status gs_tls_read(const char *flag, const char *path, bool private, char **out, size_t *len)
 {
-	struct stat st;
-	char *buf;
-	size_t n = 0;
-	int fd;
+	char what[600];
 
-	*out = NULL;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return gs_errorf(GS_ERR_IO, "%s %s: cannot open: %s", flag, path, strerror(errno));
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-		close(fd);
-		return gs_errorf(GS_ERR_IO, "%s %s: not a regular file", flag, path);
+	snprintf(what, sizeof(what), "%s %.500s", flag, path);
+	GS_TRY(gs_read_file_checked(what, path, private, GS_TLS_MAX_FILE, out, len));
+	if (*len == 0) {
+		free(*out);
+		*out = NULL;
+		return gs_errorf(GS_ERR_FORMAT, "%s: the file is empty", what);
 	}
-	if (private && (st.st_mode & (S_IRWXG | S_IRWXO))) {
-		close(fd);
-		return gs_errorf(GS_ERR_INVALID_ARG,
-				 "%s %s: the private key is readable or writable by group or others (mode %04o); "
-				 "allow its owner only: chmod 600 %s",
-				 flag, path, (unsigned)(st.st_mode & 07777), path);
-	}
-	if (st.st_size <= 0 || (unsigned long long)st.st_size > GS_TLS_MAX_FILE) {
-		close(fd);
-		return gs_errorf(GS_ERR_FORMAT, "%s %s: %s (%lld bytes)", flag, path,
-				 st.st_size <= 0 ? "the file is empty" : "larger than any PEM file should be",
-				 (long long)st.st_size);
-	}
-	buf = malloc((size_t)st.st_size + 1);
-	if (!buf) {
-		close(fd);
-		return gs_errorf(GS_ERR_NOMEM, "%s %s: out of memory", flag, path);
-	}
-	while (n < (size_t)st.st_size) {
-		ssize_t k = read(fd, buf + n, (size_t)st.st_size - n);
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0) {
-			int err = k < 0 ? errno : EIO;
-			explicit_bzero(buf, n);
-			free(buf);
-			close(fd);
-			return gs_errorf(GS_ERR_IO, "%s %s: read failed: %s", flag, path, strerror(err));
-		}
-		n += (size_t)k;
-	}
-	close(fd);
-	buf[n] = '\0';
-	*out = buf;
-	*len = n;
 	return GS_OK;
 }
 

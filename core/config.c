@@ -7,33 +7,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gs_util.h"
+
 enum gs_status gs_read_file(const char *path, char **out, size_t *len)
 {
-	FILE *f = fopen(path, "rb");
-	char *buf;
-	long n;
+	size_t n;
 
-	if (!f)
-		return gs_errorf(GS_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-	if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
-		fclose(f);
-		return gs_errorf(GS_ERR_IO, "%s: cannot determine size", path);
-	}
-	buf = malloc((size_t)n + 1);
-	if (!buf) {
-		fclose(f);
-		return gs_errorf(GS_ERR_NOMEM, "%s: cannot allocate %ld bytes", path, n);
-	}
-	if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
-		free(buf);
-		fclose(f);
-		return gs_errorf(GS_ERR_IO, "%s: short read", path);
-	}
-	fclose(f);
-	buf[n] = '\0';
-	*out = buf;
+	GS_TRY(gs_read_file_checked(path, path, false, SIZE_MAX - 1, out, &n));
 	if (len)
-		*len = (size_t)n;
+		*len = n;
 	return GS_OK;
 }
 
@@ -136,6 +118,12 @@ static enum gs_status parse_rope_parameters(const struct cfg_ctx *c, const cJSON
 	return GS_OK;
 }
 
+/* A token id as JSON gives it: an integer that fits int32_t (NaN fails every comparison). */
+static bool is_id(double v)
+{
+	return v >= 0 && v <= INT32_MAX && v == floor(v);
+}
+
 static enum gs_status parse_eos(const struct cfg_ctx *c, const cJSON *obj, const cJSON *top,
 				struct gs_config *cfg)
 {
@@ -148,11 +136,15 @@ static enum gs_status parse_eos(const struct cfg_ctx *c, const cJSON *obj, const
 	if (!e || cJSON_IsNull(e)) {
 		cfg->eos_ids[cfg->n_eos++] = 1;
 	} else if (cJSON_IsNumber(e)) {
+		if (!is_id(e->valuedouble))
+			return gs_errorf(GS_ERR_FORMAT, "%s: eos_token_id must be an integer id in [0, %d], got %g",
+					 c->name, INT32_MAX, e->valuedouble);
 		cfg->eos_ids[cfg->n_eos++] = (int32_t)e->valuedouble;
 	} else if (cJSON_IsArray(e)) {
 		cJSON_ArrayForEach(it, e) {
-			if (!cJSON_IsNumber(it) || it->valuedouble < 0)
-				return gs_errorf(GS_ERR_FORMAT, "%s: eos_token_id entries must be ids", c->name);
+			if (!cJSON_IsNumber(it) || !is_id(it->valuedouble))
+				return gs_errorf(GS_ERR_FORMAT, "%s: eos_token_id entries must be integer ids in [0, %d]",
+						 c->name, INT32_MAX);
 			if (cfg->n_eos == GS_MAX_EOS)
 				return gs_errorf(GS_ERR_FORMAT, "%s: more than %d eos_token_id entries",
 						 c->name, GS_MAX_EOS);
@@ -221,6 +213,10 @@ static enum gs_status parse_text(const struct cfg_ctx *c, const cJSON *top, stru
 	GS_TRY(get_int(c, "hidden_size", 0, true, 1, &cfg->hidden));
 	GS_TRY(get_int(c, "intermediate_size", 0, true, 1, &cfg->intermediate));
 	GS_TRY(get_int(c, "num_hidden_layers", 0, true, 1, &cfg->n_layers));
+	/* per-layer arrays are allocated from it before any tensor is seen */
+	if (cfg->n_layers > GS_MAX_LAYERS)
+		return gs_errorf(GS_ERR_FORMAT, "%s: field \"num_hidden_layers\" must be at most %d, got %d", c->name,
+				 GS_MAX_LAYERS, cfg->n_layers);
 	GS_TRY(get_int(c, "num_attention_heads", 8, false, 1, &cfg->n_heads));
 	GS_TRY(get_int(c, "num_key_value_heads", 4, false, 1, &cfg->n_kv_heads));
 	GS_TRY(get_int(c, "head_dim", 256, false, 1, &cfg->head_dim));

@@ -13,6 +13,7 @@
 #include "gs_status.h"
 
 #define GS_MAX_EOS 8
+#define GS_MAX_LAYERS 1024 /* num_hidden_layers (Gemma 3 27B has 62) */
 
 struct gs_config {
 	char    architecture[64];      /* "Gemma3ForCausalLM" / "Gemma3ForConditionalGeneration" */

@@ -263,7 +263,7 @@ static char *gs_tok_bench_text(size_t n, size_t *len_out)
 	static const char *const freq[] = { "PO BID", "PO daily", "IV q8h", "PO TID", "SC qHS", "PRN" };
 	static const char *const line[] = {
 		"Patient is a %d y/o M with hx of HTN, T2DM and CKD stage %d, presenting with SOB x%d days.\n",
-		"Vitals: BP %d/%d mmHg, HR %d bpm, SpO2 %d%% on RA, T 37.%d \xC2\xB0""C.\n",
+		("Vitals: BP %d/%d mmHg, HR %d bpm, SpO2 %d%% on RA, T 37.%d \xC2\xB0" "C.\n"),
 		"Labs: Na %d, K 4.%d, Cr 1.%d mg/dL, eGFR %d mL/min/1.73m\xC2\xB2, troponin <0.0%d ng/mL.\n",
 		"Assessment/Plan:\t#%d Acute on chronic HFrEF (EF %d%%) - diurese, daily weights, strict I/O.\n",
 		"  - Continue home meds; f/u in %d weeks with cardiology.  Pt verbalized understanding (%d/%d).\n",

@@ -1,8 +1,12 @@
 #include "gs_util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 double gs_now_s(void)
 {
@@ -48,4 +52,66 @@ enum gs_status gs_parse_id_list(const char *s, int32_t **ids, int32_t *n)
 	*ids = v;
 	*n = (int32_t)cnt;
 	return GS_OK;
+}
+
+enum gs_status gs_read_file_checked(const char *what, const char *path, bool secret, size_t max, char **out,
+				    size_t *len)
+{
+	enum gs_status st = GS_OK;
+	struct stat sb;
+	char *buf = NULL;
+	size_t got = 0;
+	int fd;
+
+	*out = NULL;
+	*len = 0;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return gs_errorf(GS_ERR_IO, "%s: cannot open: %s", what, strerror(errno));
+	if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+		st = gs_errorf(GS_ERR_IO, "%s: not a regular file", what);
+		goto out;
+	}
+	if (secret && (sb.st_mode & (S_IRWXG | S_IRWXO))) {
+		st = gs_errorf(GS_ERR_INVALID_ARG,
+			       "%s: may be read or written by group or others (mode %04o); allow its owner only: "
+			       "chmod 600 %s",
+			       what, (unsigned)(sb.st_mode & 07777), path);
+		goto out;
+	}
+	if (sb.st_size < 0 || (unsigned long long)sb.st_size > max) {
+		st = gs_errorf(GS_ERR_FORMAT, "%s: larger than %zu bytes (%lld bytes)", what, max,
+			       (long long)sb.st_size);
+		goto out;
+	}
+	buf = malloc((size_t)sb.st_size + 1);
+	if (!buf) {
+		st = gs_errorf(GS_ERR_NOMEM, "%s: out of memory", what);
+		goto out;
+	}
+	while (got < (size_t)sb.st_size) {
+		ssize_t k = read(fd, buf + got, (size_t)sb.st_size - got);
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0) {
+			st = gs_errorf(GS_ERR_IO, "%s: read failed: %s", what, strerror(errno));
+			goto out;
+		}
+		if (k == 0) /* the file shrank while we read it: take what is there */
+			break;
+		got += (size_t)k;
+	}
+	buf[got] = '\0';
+	*out = buf;
+	*len = got;
+	buf = NULL;
+out:
+	if (buf) {
+		if (secret)
+			explicit_bzero(buf, got);
+		free(buf);
+	}
+	close(fd);
+	return st;
 }

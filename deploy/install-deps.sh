@@ -15,13 +15,18 @@ pkgs=(build-essential cmake pkg-config libcjson-dev python3 python3-numpy nodejs
       libopenmpi-dev openmpi-bin libucx-dev libprotobuf-c-dev protobuf-c-compiler
       libgrpc-dev protobuf-compiler-grpc libmicrohttpd-dev curl
       python3-grpcio python3-grpc-tools python3-protobuf
+      python3-jsonschema  # tests/engine/test_structured_tp.py validates structured output
+      python3-regex  # the same test: partial matching checks max_tokens-cut regex outputs
       libssl-dev openssl iproute2  # engine-link mTLS (net/), cluster certificates, `ss` in tests
       libgnutls28-dev  # TLS for clients: coordinator/tls.c (libmicrohttpd serves HTTPS over GnuTLS)
       # deploy/slurm/ and its tests: Slurm 22.05 (slurmctld, slurmd and the client commands of
       # the slurm-wlm set, without its heavy optional plugins), munge, and the mpi_pmix plugin
       # (slurm-wlm-basic-plugins) with libpmix2 for `srun --mpi=pmix`; systemd-analyze for
       # the deploy/systemd/ unit checks
-      slurmctld slurmd slurm-client slurm-wlm-basic-plugins munge libpmix2 systemd)
+      slurmctld slurmd slurm-client slurm-wlm-basic-plugins munge libpmix2 systemd
+      # tests/fuzz/run.sh: clang with libFuzzer and the sanitizer runtimes
+      # (libclang_rt.fuzzer-x86_64.a is in libclang-rt-14-dev)
+      clang libclang-rt-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,7 +4,8 @@
 #
 #   deploy/local-cluster.sh --model DIR [--engines N] [--tp T] [--http HOST:PORT]
 #       [--grpc HOST:PORT] [--engine-listen HOST:PORT] [--api-key-file FILE] [--served-name NAME]
-#       [--build DIR] [--threads N] [--ctx N] [--max-seqs N] [--cluster-certs DIR]
+#       [--build DIR] [--threads N] [--ctx N] [--max-seqs N] [--prefix-cache on|off] [--cluster-certs DIR]
+#       [--mpi-if IFACE [--hostfile FILE]]
 #       [--tls-cert FILE --tls-key FILE [--tls-ca FILE]
 #        [--tls-client-ca FILE --tls-client-cert FILE --tls-client-key FILE]] [-- COMMAND ...]
 #
@@ -18,6 +19,13 @@
 # when missing). Open MPI is kept on this host: shared memory between ranks, out-of-band
 # traffic over loopback.
 #
+# Engines across hosts: --mpi-if IFACE (or GS_MPI_IF) puts MPI on that interface (the TCP
+# transport between hosts and mpirun's out-of-band traffic; UCX_NET_DEVICES too), and
+# --hostfile FILE (mpirun's) says where the ranks go; --engine-listen must then be an address
+# the leaders can reach. Either way a lost peer is fatal within seconds: Open MPI's out-of-band
+# keepalive (5 s idle, 3 probes 2 s apart) ends a job whose daemon is unreachable, and each
+# rank's watchdog (gemmashard-worker --collective-timeout, 10 s) ends a rank stuck on a peer.
+#
 # Waits until every engine has registered (GET /health), prints the endpoints, then either
 # runs COMMAND (after `--`; the cluster stops when it ends, with its exit status) or serves
 # until interrupted. Whatever it started is stopped when it exits or is signalled.
@@ -26,7 +34,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 
 model="" engines=1 tp=2 http="127.0.0.1:8000" grpc="127.0.0.1:50051" elisten="127.0.0.1:50061"
-api_key_file="" served="" build="$here/build" threads="" ctx="" max_seqs="" cmd=()
+api_key_file="" served="" build="$here/build" threads="" ctx="" max_seqs="" prefix_cache="" cmd=()
+mpi_if=${GS_MPI_IF:-} hostfile=""
 tls_cert="" tls_key="" tls_client_ca="" tls_client_cert="" tls_client_key="" tls_ca=""
 certs="$here/.cache/cluster-certs"
 while [ $# -gt 0 ]; do
@@ -46,7 +55,10 @@ while [ $# -gt 0 ]; do
     --threads) threads=$2; shift 2 ;;
     --ctx) ctx=$2; shift 2 ;;
     --max-seqs) max_seqs=$2; shift 2 ;;
+    --prefix-cache) prefix_cache=$2; shift 2 ;;
     --cluster-certs) certs=$2; shift 2 ;;
+    --mpi-if) mpi_if=$2; shift 2 ;;
+    --hostfile) hostfile=$2; shift 2 ;;
     --) shift; cmd=("$@"); break ;;
     --tls-cert) tls_cert=$2; shift 2 ;;
     --tls-key) tls_key=$2; shift 2 ;;
@@ -69,7 +81,13 @@ if [ -n "$tls_client_ca" ] && { [ -z "$tls_cert" ] || [ -z "$tls_client_cert" ] 
   echo "local-cluster: --tls-client-ca needs --tls-cert/--tls-key, and --tls-client-cert/--tls-client-key" \
        "(a client certificate from that CA, for the readiness check)" >&2; exit 2
 fi
-for f in "$tls_cert" "$tls_key" "$tls_client_ca" "$tls_client_cert" "$tls_client_key" "$tls_ca"; do
+if [ -n "$hostfile" ] && [ -z "$mpi_if" ]; then
+  echo "local-cluster: --hostfile needs --mpi-if IFACE (the interface MPI uses between the hosts)" >&2; exit 2
+fi
+if [ -n "$mpi_if" ] && ! [ -e "/sys/class/net/$mpi_if" ]; then
+  echo "local-cluster: --mpi-if $mpi_if: no such network interface here (ip link)" >&2; exit 2
+fi
+for f in "$tls_cert" "$tls_key" "$tls_client_ca" "$tls_client_cert" "$tls_client_key" "$tls_ca" "$hostfile"; do
   [ -z "$f" ] || [ -r "$f" ] || { echo "local-cluster: $f: no such readable file" >&2; exit 2; }
 done
 for b in coordinator/gemmashard-coordinator worker/gemmashard-worker; do
@@ -91,8 +109,15 @@ mkdir -p "$logs"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_mpi_yield_when_idle=1
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
 # One host: ranks talk over shared memory (no TCP or libfabric transport listening on every
-# interface) and to mpirun over loopback.
-export OMPI_MCA_btl=self,vader OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
+# interface) and to mpirun over loopback. Across hosts: TCP on --mpi-if only.
+if [ -z "$mpi_if" ]; then
+  export OMPI_MCA_btl=self,vader OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
+else
+  export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include="$mpi_if" OMPI_MCA_oob_tcp_if_include="$mpi_if"
+  export UCX_NET_DEVICES="$mpi_if"
+fi
+# A daemon that stops answering ends its job in about 11 s, not the default 8 minutes.
+export OMPI_MCA_oob_tcp_keepalive_time=5 OMPI_MCA_oob_tcp_keepalive_intvl=2 OMPI_MCA_oob_tcp_keepalive_probes=3
 
 pids=()
 stop_all() {
@@ -131,8 +156,9 @@ eng_args=(--model "$model" --coordinator "$elisten"
 [ -n "$threads" ] && eng_args+=(--threads "$threads")
 [ -n "$ctx" ] && eng_args+=(--ctx "$ctx")
 [ -n "$max_seqs" ] && eng_args+=(--max-seqs "$max_seqs")
+[ -n "$prefix_cache" ] && eng_args+=(--prefix-cache "$prefix_cache")
 for i in $(seq 0 $((engines - 1))); do
-  setsid mpirun --oversubscribe --bind-to none -np "$tp" "$build/worker/gemmashard-worker" \
+  setsid mpirun --oversubscribe --bind-to none ${hostfile:+--hostfile "$hostfile"} -np "$tp" "$build/worker/gemmashard-worker" \
     "${eng_args[@]}" --engine-id "engine-$i" >"$logs/engine-$i.log" 2>&1 &
   pids+=($!)
 done

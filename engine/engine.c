@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "gs_grammar.h"
 #include "gs_kvpool.h"
 #include "gs_plan.h"
 #include "gs_util.h"
@@ -19,11 +20,17 @@ struct eng_seq {
 	int32_t             *hist;        /* prompt + generated tokens fed so far */
 	int32_t              n_hist;
 	int32_t              max_positions;
+	bool                 sampled;     /* logits wanted once: hist[0, n_hist) then was the prompt */
+	struct gs_grammar   *grammar;     /* structured output (NULL: none); p.response_format = rf */
+	char                *rf;
+	struct gs_gstate    *gst;         /* the automaton after the tokens generated so far */
+	bool                 gdead;       /* a fed token left the grammar: only eos from now on */
 	/* leader */
 	int32_t             *prompt;      /* [n_prompt] */
 	int32_t              n_prompt, n_prefilled, n_generated;
 	int32_t              next_token;  /* sampled, fed next step; -1 none */
 	bool                 finished;    /* release in the next plan */
+	uint64_t             prefill_plan; /* plan that fed its last prompt token (n > 1 siblings) */
 };
 
 struct waiting_req {
@@ -31,6 +38,10 @@ struct waiting_req {
 	int32_t             *prompt;
 	int32_t              n_prompt;
 	struct gs_req_params p;
+	char                *rf;          /* p.response_format's own copy */
+	int32_t              group_n;     /* choice 0 of n > 1: admit only when all n fit */
+	bool                 sibling;     /* choice i > 0: waits for lead_id's prefill */
+	uint64_t             lead_id;
 };
 
 /* Candidates of a rank's vocabulary slice are gathered on the leader as struct gs_cand
@@ -62,17 +73,26 @@ struct gs_engine {
 	float                   *m_proc;
 	uint8_t                 *plan_buf;
 	size_t                   plan_buf_cap;
+	double                   last_plan_s;   /* leader: when the last plan went out */
 	int32_t                  n_decode;    /* decode tokens in this step's plan */
-	/* candidates made by the backend (e->dev_cands): per-row parameters and histories
+	uint64_t                 plan_no;     /* leader: plans built */
+	/* candidates made by the backend (e->dev_cands): per-row parameters and logit edits
 	 * uploaded each step, the rows' candidates downloaded */
 	bool                     dev_cands;
 	struct gs_cand_row      *h_crow;      /* [max_seqs] */
-	int32_t                 *h_hist;
-	size_t                   hist_cap;    /* entries of h_hist and d_hist */
+	struct gs_logit_edit    *h_edit;
+	size_t                   hist_cap;    /* entries of h_edit and d_edit */
 	struct gs_cand          *d_cands;     /* backend memory: [max_seqs][K + 1] */
 	struct gs_cand_row      *d_crow;      /* backend memory: [max_seqs] */
-	int32_t                 *d_hist;      /* backend memory */
+	struct gs_logit_edit    *d_edit;      /* backend memory */
+	int32_t                 *hit;         /* leader: prefix-cache lookup [hit_cap] */
+	int32_t                  hit_cap;
 	struct gs_engine_stats   st;
+	/* structured output: this rank's vocabulary trie, built at the first grammar request */
+	const struct gs_tokenizer *tok;
+	struct gs_vocab_trie    *trie;
+	uint8_t                 *allow;       /* [shard.n_vocab]; device path: [max_seqs][...] */
+	uint8_t                 *d_allow;     /* backend memory, the same (device candidates) */
 };
 
 const char *gs_finish_str(enum gs_finish f)
@@ -124,7 +144,8 @@ enum gs_status gs_engine_create(const struct gs_model *m, struct gs_backend be, 
 		cfg.max_seqs = cfg.max_batch_tokens; /* every running sequence decodes each step */
 	if (cfg.kv_global_blocks <= 0 || cfg.kv_local_blocks <= 0) {
 		int32_t g, l;
-		gs_kv_pool_size_for(&m->cfg, cfg.max_seqs, cfg.max_context, &g, &l);
+		gs_kv_pool_size_for(&m->cfg, cfg.max_seqs, cfg.max_context, cfg.no_prefix_cache ? 0 : cfg.max_batch_tokens,
+				    &g, &l);
 		if (cfg.kv_global_blocks <= 0)
 			cfg.kv_global_blocks = g;
 		if (cfg.kv_local_blocks <= 0)
@@ -153,7 +174,11 @@ enum gs_status gs_engine_create(const struct gs_model *m, struct gs_backend be, 
 			     &be);
 	if (st != GS_OK)
 		goto out_free_engine;
-	st = gs_plan_init(&e->plan, S, cfg.max_batch_tokens);
+	/* a sequence writes at most max_batch_tokens positions a step */
+	gs_kv_pool_set_prefix_cache(&e->pool, !cfg.no_prefix_cache, cfg.max_batch_tokens);
+	e->hit_cap = gs_kv_global_blocks_for(cfg.max_context) + 1;
+	e->hit = malloc(sizeof(int32_t) * (size_t)e->hit_cap);
+	st = e->hit ? gs_plan_init(&e->plan, S, cfg.max_batch_tokens) : gs_errorf(GS_ERR_NOMEM, "out of memory");
 	if (st != GS_OK)
 		goto out_free_engine;
 	e->seqs = calloc((size_t)S, sizeof(*e->seqs));
@@ -203,6 +228,9 @@ static void seq_release(struct gs_engine *e, int32_t slot)
 	gs_sampler_free(s->smp);
 	free(s->hist);
 	free(s->prompt);
+	gs_grammar_free(s->grammar);
+	free(s->rf);
+	free(s->gst);
 	memset(s, 0, sizeof(*s));
 }
 
@@ -213,15 +241,21 @@ void gs_engine_free(struct gs_engine *e)
 	if (e->seqs)
 		for (int32_t i = 0; i < e->cfg.max_seqs; i++)
 			seq_release(e, i);
-	for (int32_t i = 0; i < e->n_waiting; i++)
+	for (int32_t i = 0; i < e->n_waiting; i++) {
 		free(e->waiting[(e->waiting_head + i) % e->waiting_cap].prompt);
+		free(e->waiting[(e->waiting_head + i) % e->waiting_cap].rf);
+	}
+	gs_vocab_trie_free(e->trie);
+	free(e->allow);
+	if (e->d_allow && e->f && e->f->be.iface->release)
+		e->f->be.iface->release(e->f->be.ctx, e->d_allow);
 	gs_kv_pool_free(&e->pool);
 	gs_plan_free(&e->plan);
 	free(e->seqs), free(e->bseqs), free(e->row_slot), free(e->logits), free(e->cands), free(e->all_cands);
 	free(e->m_ids), free(e->m_proc), free(e->waiting), free(e->cancels), free(e->plan_buf);
-	free(e->h_crow), free(e->h_hist);
+	free(e->h_crow), free(e->h_edit), free(e->hit);
 	if (e->f && e->f->be.iface->release) {
-		void *dev[] = { e->d_cands, e->d_crow, e->d_hist };
+		void *dev[] = { e->d_cands, e->d_crow, e->d_edit };
 		for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
 			if (dev[i])
 				e->f->be.iface->release(e->f->be.ctx, dev[i]);
@@ -232,11 +266,13 @@ void gs_engine_free(struct gs_engine *e)
 
 /* ---- leader: queues ------------------------------------------------------------------- */
 
+static enum gs_status grammar_setup(struct gs_engine *e);
+
 static enum gs_status check_params(const struct gs_engine *e, const struct gs_req_params *p)
 {
 	char why[256];
 
-	if (gs_sampling_params_validate(&p->sp, why, sizeof(why)) != GS_OK)
+	if (gs_sampling_params_validate_vocab(&p->sp, e->m->n_vocab, why, sizeof(why)) != GS_OK)
 		return gs_errorf(GS_ERR_INVALID_ARG, "%s", why);
 	if (p->max_tokens < 1)
 		return gs_errorf(GS_ERR_INVALID_ARG, "max_tokens must be >= 1, got %d", p->max_tokens);
@@ -247,28 +283,34 @@ static enum gs_status check_params(const struct gs_engine *e, const struct gs_re
 			return gs_errorf(GS_ERR_INVALID_ARG, "stop id %d outside the vocabulary", p->stop_ids[i]);
 	if (p->top_logprobs < 0 || p->top_logprobs > GS_MAX_TOP_LOGPROBS)
 		return gs_errorf(GS_ERR_INVALID_ARG, "top_logprobs must be in 0..%d", GS_MAX_TOP_LOGPROBS);
+	if (p->n < 0 || p->n > GS_MAX_N)
+		return gs_errorf(GS_ERR_INVALID_ARG, "n must be in 1..%d, got %d", GS_MAX_N, p->n);
+	if (p->response_format) {
+		struct gs_grammar *g = NULL;
+		if (!e->tok)
+			return gs_errorf(GS_ERR_INVALID_ARG, "response_format: this engine has no tokenizer to mask with");
+		GS_TRY(gs_grammar_get(p->response_format, strlen(p->response_format), why, sizeof(why), &g));
+		bool no_eos = g && p->ignore_eos, min_tok = g && p->sp.min_tokens > 0;
+		gs_grammar_free(g);
+		/* a finished document allows only eos: both would leave nothing to sample */
+		if (no_eos)
+			return gs_errorf(GS_ERR_INVALID_ARG, "response_format cannot be combined with ignore_eos");
+		if (min_tok)
+			return gs_errorf(GS_ERR_INVALID_ARG, "response_format cannot be combined with min_tokens");
+	}
 	return GS_OK;
 }
 
-enum gs_status gs_engine_submit(struct gs_engine *e, uint64_t id, const int32_t *prompt, int32_t n_prompt,
-				const struct gs_req_params *p)
+void gs_engine_set_tokenizer(struct gs_engine *e, const struct gs_tokenizer *t)
 {
-	int64_t need = (int64_t)n_prompt + p->max_tokens;
+	e->tok = t;
+}
+
+static enum gs_status queue_one(struct gs_engine *e, uint64_t id, const int32_t *prompt, int32_t n_prompt,
+			       const struct gs_req_params *p, int32_t group_n, bool sibling, uint64_t lead_id)
+{
 	struct waiting_req *w;
 
-	GS_ASSERT(e->leader);
-	if (n_prompt < 1)
-		return gs_errorf(GS_ERR_INVALID_ARG, "empty prompt");
-	GS_TRY(check_params(e, p));
-	for (int32_t i = 0; i < n_prompt; i++)
-		if (prompt[i] < 0 || prompt[i] >= e->m->n_vocab)
-			return gs_errorf(GS_ERR_INVALID_ARG, "token id %d outside the vocabulary (0..%d)", prompt[i],
-					 e->m->n_vocab - 1);
-	/* KV holds positions of every token fed: the prompt and all but the last generated. */
-	if (need - 1 > e->cfg.max_context || !gs_kv_could_ever_admit(&e->pool, (int32_t)(need - 1)))
-		return gs_errorf(GS_ERR_RANGE,
-				 "can never fit: %d prompt + %d max_tokens tokens exceed the engine's context of %d tokens "
-				 "(or its whole KV pool)", n_prompt, p->max_tokens, e->cfg.max_context);
 	if (e->n_waiting == e->waiting_cap) {
 		int32_t cap = e->waiting_cap * 2;
 		struct waiting_req *nw = malloc(sizeof(*nw) * (size_t)cap);
@@ -284,8 +326,56 @@ enum gs_status gs_engine_submit(struct gs_engine *e, uint64_t id, const int32_t 
 	if (!w->prompt)
 		return gs_errorf(GS_ERR_NOMEM, "out of memory");
 	memcpy(w->prompt, prompt, sizeof(int32_t) * (size_t)n_prompt);
+	w->rf = NULL;
+	if (p->response_format && !(w->rf = strdup(p->response_format))) {
+		free(w->prompt);
+		return gs_errorf(GS_ERR_NOMEM, "out of memory");
+	}
 	w->id = id, w->n_prompt = n_prompt, w->p = *p;
+	w->p.response_format = w->rf;
+	w->group_n = group_n, w->sibling = sibling, w->lead_id = lead_id;
 	e->n_waiting++;
+	return GS_OK;
+}
+
+enum gs_status gs_engine_submit(struct gs_engine *e, uint64_t id, const int32_t *prompt, int32_t n_prompt,
+				const struct gs_req_params *p)
+{
+	int64_t need = (int64_t)n_prompt + p->max_tokens;
+	int32_t n = p->n > 1 ? p->n : 1;
+
+	GS_ASSERT(e->leader);
+	if (n_prompt < 1)
+		return gs_errorf(GS_ERR_INVALID_ARG, "empty prompt");
+	GS_TRY(check_params(e, p));
+	if (p->response_format && e->tok)
+		GS_TRY(grammar_setup(e)); /* the leader's trie now: a failure is this request's */
+	for (int32_t i = 0; i < n_prompt; i++)
+		if (prompt[i] < 0 || prompt[i] >= e->m->n_vocab)
+			return gs_errorf(GS_ERR_INVALID_ARG, "token id %d outside the vocabulary (0..%d)", prompt[i],
+					 e->m->n_vocab - 1);
+	/* KV holds positions of every token fed: the prompt and all but the last generated. */
+	if (need - 1 > e->cfg.max_context || !gs_kv_could_ever_admit(&e->pool, (int32_t)(need - 1)))
+		return gs_errorf(GS_ERR_RANGE,
+				 "can never fit: %d prompt + %d max_tokens tokens exceed the engine's context of %d tokens "
+				 "(or its whole KV pool)", n_prompt, p->max_tokens, e->cfg.max_context);
+	if (n > e->cfg.max_seqs ||
+	    !gs_kv_could_ever_admit_group(&e->pool, (int32_t)(need - 1), n))
+		return gs_errorf(GS_ERR_RANGE, "can never fit: n = %d choices of %d prompt + %d max_tokens tokens exceed the "
+				 "engine's %d sequences or its whole KV pool", n, n_prompt, p->max_tokens, e->cfg.max_seqs);
+	for (int32_t i = 0; i < n; i++) {
+		struct gs_req_params pi = *p;
+		pi.n = 1;
+		pi.sp.seed = p->sp.seed + (uint64_t)i;
+		enum gs_status st = queue_one(e, id + (uint64_t)i, prompt, n_prompt, &pi, i == 0 ? n : 1, i > 0, id);
+		for (int32_t j = 0; st != GS_OK && j < i; j++) { /* all n queued or none */
+			struct waiting_req *w = &e->waiting[(e->waiting_head + --e->n_waiting) % e->waiting_cap];
+			free(w->prompt);
+			free(w->rf);
+		}
+		if (st != GS_OK)
+			return st;
+	}
 	return GS_OK;
 }
 
@@ -335,15 +425,109 @@ static int32_t sampler_capacity(const struct gs_engine *e)
 	return e->m->shard.n_vocab;
 }
 
-static enum gs_status apply_admit(struct gs_engine *e, const struct gs_plan_seq *ps)
+/* This rank's vocabulary trie and mask rows, once, at the first grammar request (the leader
+ * at its submit, so a failure is that request's error; followers at its admission). */
+static enum gs_status grammar_setup(struct gs_engine *e)
+{
+	const struct gs_shard *sh = &e->m->shard;
+	/* the host path masks one row at a time; the device path uploads every row's mask */
+	size_t bytes = (size_t)(e->dev_cands ? e->cfg.max_seqs : 1) * (size_t)sh->n_vocab + 1;
+
+	if (e->trie)
+		return GS_OK;
+	if (!e->allow && !(e->allow = malloc(bytes)))
+		return gs_errorf(GS_ERR_NOMEM, "out of memory for the grammar masks");
+	if (e->dev_cands && !e->d_allow && !(e->d_allow = e->f->be.iface->alloc(e->f->be.ctx, bytes)))
+		return gs_errorf(GS_ERR_NOMEM, "out of backend memory for the grammar masks");
+	return gs_vocab_trie_build(e->tok, sh->vocab0, sh->n_vocab, &e->trie);
+}
+
+/* Structured output on every rank: the sequence's own copy of the text, the compiled grammar
+ * (cached by text: the leader compiled it at submit), a fresh automaton, and this rank's
+ * vocabulary trie at the first such request. */
+static enum gs_status grammar_admit(struct gs_engine *e, struct eng_seq *s, const char *rf)
+{
+	char why[256];
+
+	s->p.response_format = NULL;
+	if (!(s->rf = strdup(rf)))
+		return gs_errorf(GS_ERR_NOMEM, "out of memory");
+	s->p.response_format = s->rf;
+	GS_TRY(gs_grammar_get(rf, strlen(rf), why, sizeof(why), &s->grammar));
+	if (!s->grammar)
+		return GS_OK; /* {"type": "text"} */
+	if (!e->tok)
+		return gs_errorf(GS_ERR_INVALID_ARG, "response_format: rank %d has no tokenizer to mask with",
+				 gs_comm_rank(e->comm));
+	GS_TRY(grammar_setup(e));
+	if (!(s->gst = malloc(sizeof(*s->gst))))
+		return gs_errorf(GS_ERR_NOMEM, "out of memory");
+	gs_gstate_init(s->grammar, s->gst);
+	return GS_OK;
+}
+
+/* A grammar row's mask on this rank's slice: the ids the automaton takes from its state;
+ * the ids that end the answer (eos, and the stop ids) exactly when the document may end. */
+static void grammar_allow(struct gs_engine *e, struct eng_seq *s, uint8_t *allow)
+{
+	const struct gs_shard *sh = &e->m->shard;
+	double t0 = gs_now_s();
+	/* a dead end (no byte continues, not accepting) ends like a document: the same on every
+	 * rank, as it depends on the state only */
+	bool acc = s->gdead || gs_gstate_accepting(s->grammar, s->gst) || !gs_gstate_live(s->grammar, s->gst);
+
+	if (s->gdead)
+		memset(allow, 0, (size_t)sh->n_vocab);
+	else
+		gs_grammar_mask(e->trie, s->grammar, s->gst, allow);
+	for (int32_t i = 0; i < e->m->cfg.n_eos + s->p.n_stop_ids; i++) {
+		int32_t id = (i < e->m->cfg.n_eos ? e->m->cfg.eos_ids[i] : s->p.stop_ids[i - e->m->cfg.n_eos]) - sh->vocab0;
+		if (id >= 0 && id < sh->n_vocab)
+			allow[id] = acc;
+	}
+	e->st.grammar_mask_s_total += gs_now_s() - t0;
+	e->st.grammar_masks++;
+}
+
+/* The host path: the refused ids' logits become -inf (raw too: logprobs are then over the
+ * tokens the grammar allows). */
+static void grammar_mask_row(struct gs_engine *e, struct eng_seq *s, float *lg)
+{
+	const struct gs_shard *sh = &e->m->shard;
+
+	grammar_allow(e, s, e->allow);
+	double t0 = gs_now_s();
+	for (int32_t i = 0; i < sh->n_vocab; i++)
+		if (!e->allow[i])
+			lg[i] = -INFINITY;
+	e->st.grammar_mask_s_total += gs_now_s() - t0;
+}
+
+/* Every rank: the generated tokens fed this step move the automaton (all ranks see the same). */
+static void grammar_advance(struct gs_engine *e, struct eng_seq *s, const int32_t *ids, int32_t n)
+{
+	double t0 = gs_now_s();
+	for (int32_t i = 0; i < n && !s->gdead; i++) {
+		size_t bl;
+		const uint8_t *b = gs_vocab_trie_bytes(e->trie, ids[i], &bl);
+		if (!b || !gs_gstate_step_bytes(s->grammar, s->gst, b, bl))
+			s->gdead = true; /* only a stop id can get here; the mask then allows eos only */
+	}
+	e->st.grammar_mask_s_total += gs_now_s() - t0;
+}
+
+static enum gs_status apply_admit(struct gs_engine *e, const struct gs_plan *p, const struct gs_plan_seq *ps)
 {
 	struct eng_seq *s = &e->seqs[ps->slot];
 	enum gs_status st;
 
 	if (s->used)
 		return gs_errorf(GS_ERR_FORMAT, "plan admits into busy slot %d", ps->slot);
+	if (ps->n_cached < 0 || ps->cached0 < 0 || ps->cached0 + ps->n_cached > p->n_cached)
+		return gs_errorf(GS_ERR_FORMAT, "plan admits slot %d with malformed cached blocks", ps->slot);
 	memset(s, 0, sizeof(*s));
-	st = gs_kv_seq_admit(&e->pool, &s->kv, ps->max_positions);
+	/* A cached prefix: every rank takes the blocks the leader found (and checks them). */
+	st = gs_kv_seq_admit_cached(&e->pool, &s->kv, ps->max_positions, p->cached + ps->cached0, ps->n_cached);
 	if (st != GS_OK)
 		return st;
 	s->used = true;
@@ -352,8 +536,26 @@ static enum gs_status apply_admit(struct gs_engine *e, const struct gs_plan_seq 
 	s->max_positions = ps->max_positions;
 	s->next_token = -1;
 	s->hist = malloc(sizeof(int32_t) * ((size_t)ps->max_positions + 1));
+	if (s->hist) { /* the cached prefix's tokens, as the plan carries only the rest */
+		gs_kv_cached_tokens(&e->pool, p->cached + ps->cached0, ps->n_cached, s->hist);
+		s->n_hist = s->kv.n_past;
+	}
 	st = s->hist ? gs_sampler_create(&s->p.sp, sampler_capacity(e), &s->smp)
 		     : gs_errorf(GS_ERR_NOMEM, "out of memory");
+	if (st == GS_OK)
+		st = gs_sampler_reserve(s->smp, (size_t)ps->max_positions + 1);
+	if (st == GS_OK && ps->params.response_format)
+		st = grammar_admit(e, s, ps->params.response_format);
+	if (st == GS_OK && s->p.sp.min_tokens > 0) {
+		/* min_tokens keeps away what would end the sequence: eos (unless ignored), stop ids */
+		int32_t ids[GS_MAX_EOS + GS_MAX_STOP_IDS];
+		size_t n = 0;
+		for (int32_t i = 0; !s->p.ignore_eos && i < e->m->cfg.n_eos; i++)
+			ids[n++] = e->m->cfg.eos_ids[i];
+		for (int32_t i = 0; i < s->p.n_stop_ids && i < GS_MAX_STOP_IDS; i++)
+			ids[n++] = s->p.stop_ids[i];
+		st = gs_sampler_set_min_tokens_ids(s->smp, ids, n);
+	}
 	if (st != GS_OK)
 		seq_release(e, ps->slot);
 	return st;
@@ -371,44 +573,52 @@ static enum gs_status device_candidates(struct gs_engine *e, const struct gs_pla
 	const struct gs_backend be = e->f->be;
 	const struct gs_shard *sh = &e->m->shard;
 	const float *lg;
-	size_t n_hist = 0;
+	size_t n_edit = 0;
+	bool masked = false;
 
 	GS_TRY(gs_kv_forward_batch_dev(e->f, &e->pool, p->ids, e->bseqs, p->n_seqs, &lg));
 	if (!rows)
 		return GS_OK;
-	/* Each row's parameters, from the sampler, and where its history goes; then the histories. */
+	/* Each row's parameters, from the sampler, and its logit edits (penalties, bias, min_tokens
+	 * mask) for this rank's slice, packed one row after another. */
 	for (int32_t r = 0; r < rows; r++) {
-		const struct eng_seq *s = &e->seqs[e->row_slot[r]];
+		struct eng_seq *s = &e->seqs[e->row_slot[r]];
 		struct gs_cand_row *cr = &e->h_crow[r];
-		*cr = (struct gs_cand_row){ .hist0 = (int32_t)n_hist, .want_lse = sh->n_vocab && wants_logprobs(s) };
-		gs_sampler_rank_stages(s->smp, &cr->penalty, &cr->temperature);
-		if (cr->penalty != 1.0f) {
-			cr->n_hist = s->n_hist;
-			n_hist += (size_t)s->n_hist;
+		const struct gs_logit_edit *ed;
+		size_t ne = gs_sampler_rank_edits(s->smp, sh->vocab0, sh->n_vocab, s->hist, (size_t)s->n_hist, &ed);
+		*cr = (struct gs_cand_row){ .edit0 = (int32_t)n_edit, .n_edit = (int32_t)ne,
+					    .want_lse = sh->n_vocab && wants_logprobs(s), .masked = s->grammar != NULL };
+		if (s->grammar) { /* structured output: the row's mask goes up with the parameters */
+			grammar_allow(e, s, e->allow + (size_t)r * (size_t)sh->n_vocab);
+			masked = true;
 		}
-	}
-	if (n_hist > e->hist_cap) {
-		size_t cap = n_hist > 2 * e->hist_cap ? n_hist : 2 * e->hist_cap;
-		int32_t *h = malloc(sizeof(int32_t) * cap), *d = be.iface->alloc(be.ctx, sizeof(int32_t) * cap);
-		if (!h || !d) {
-			free(h);
-			if (d)
-				be.iface->release(be.ctx, d);
-			return gs_errorf(GS_ERR_NOMEM, "engine: out of memory for %zu history ids", cap);
+		gs_sampler_rank_params(s->smp, &cr->penalty, &cr->frequency, &cr->presence, &cr->temperature);
+		if (n_edit + ne > e->hist_cap) {
+			size_t cap = n_edit + ne > 2 * e->hist_cap ? n_edit + ne : 2 * e->hist_cap;
+			struct gs_logit_edit *h = realloc(e->h_edit, sizeof(*h) * cap);
+			void *d = be.iface->alloc(be.ctx, sizeof(struct gs_logit_edit) * cap);
+			if (!h || !d) {
+				if (h)
+					e->h_edit = h;
+				if (d)
+					be.iface->release(be.ctx, d);
+				return gs_errorf(GS_ERR_NOMEM, "engine: out of memory for %zu logit edits", cap);
+			}
+			if (e->d_edit)
+				be.iface->release(be.ctx, e->d_edit);
+			e->h_edit = h, e->d_edit = d, e->hist_cap = cap;
 		}
-		free(e->h_hist);
-		if (e->d_hist)
-			be.iface->release(be.ctx, e->d_hist);
-		e->h_hist = h, e->d_hist = d, e->hist_cap = cap;
+		if (ne)
+			memcpy(e->h_edit + n_edit, ed, sizeof(*ed) * ne);
+		n_edit += ne;
 	}
-	for (int32_t r = 0; r < rows; r++)
-		if (e->h_crow[r].n_hist)
-			memcpy(e->h_hist + e->h_crow[r].hist0, e->seqs[e->row_slot[r]].hist,
-			       sizeof(int32_t) * (size_t)e->h_crow[r].n_hist);
 	be.iface->upload(be.ctx, e->d_crow, e->h_crow, sizeof(struct gs_cand_row) * (size_t)rows);
-	if (n_hist)
-		be.iface->upload(be.ctx, e->d_hist, e->h_hist, sizeof(int32_t) * n_hist);
-	struct gs_cand_args a = { .out = e->d_cands, .logits = lg, .row = e->d_crow, .hist = e->d_hist,
+	if (n_edit)
+		be.iface->upload(be.ctx, e->d_edit, e->h_edit, sizeof(struct gs_logit_edit) * n_edit);
+	if (masked)
+		be.iface->upload(be.ctx, e->d_allow, e->allow, (size_t)rows * (size_t)sh->n_vocab);
+	struct gs_cand_args a = { .out = e->d_cands, .logits = lg, .row = e->d_crow, .edit = e->d_edit,
+				  .allow = masked ? e->d_allow : NULL,
 				  .rows = rows, .cols = sh->n_vocab, .k = K, .vocab0 = sh->vocab0 };
 	be.iface->candidates(be.ctx, &a);
 	be.iface->download(be.ctx, e->cands, e->d_cands, sizeof(struct gs_cand) * (size_t)rows * (size_t)(K + 1));
@@ -429,12 +639,20 @@ static enum gs_status exec_plan(struct gs_engine *e, const struct gs_plan *p, in
 		    ps->tok0 + ps->n_tokens > p->n_ids)
 			return gs_errorf(GS_ERR_FORMAT, "malformed plan entry %d", i);
 		if (ps->admit)
-			GS_TRY(apply_admit(e, ps));
+			GS_TRY(apply_admit(e, p, ps));
 		s = &e->seqs[ps->slot];
 		if (!s->used || s->n_hist + ps->n_tokens > s->max_positions + 1)
 			return gs_errorf(GS_ERR_FORMAT, "plan runs slot %d beyond its reservation", ps->slot);
+		if (s->sampled && s->grammar)
+			grammar_advance(e, s, p->ids + ps->tok0, ps->n_tokens);
 		memcpy(s->hist + s->n_hist, p->ids + ps->tok0, sizeof(int32_t) * (size_t)ps->n_tokens);
 		s->n_hist += ps->n_tokens;
+		/* Logits are first wanted after the prompt's last chunk: every rank learns where the
+		 * prompt ends (frequency/presence penalties and min_tokens count after it). */
+		if (ps->want_logits && !s->sampled) {
+			gs_sampler_set_prompt(s->smp, (size_t)s->n_hist);
+			s->sampled = true;
+		}
 		e->bseqs[i] = (struct gs_batch_seq){ .kv = &s->kv, .n_tokens = ps->n_tokens, .want_logits = ps->want_logits };
 		if (ps->want_logits)
 			e->row_slot[rows++] = ps->slot;
@@ -445,16 +663,24 @@ static enum gs_status exec_plan(struct gs_engine *e, const struct gs_plan *p, in
 	} else if (p->n_seqs) {
 		GS_TRY(gs_kv_forward_batch(e->f, &e->pool, p->ids, e->bseqs, p->n_seqs, rows ? e->logits : NULL));
 	}
+	/* Blocks filled completely join the prefix cache (every rank alike). */
+	for (int32_t i = 0; i < p->n_seqs; i++) {
+		struct eng_seq *s = &e->seqs[p->seqs[i].slot];
+		gs_kv_seq_commit(&e->pool, &s->kv, s->hist);
+	}
 
 	/* Distributed sampling, rank side: K candidates + the slice's log-sum-exp per row. */
 	for (int32_t r = 0; r < rows && !e->dev_cands; r++) {
 		struct eng_seq *s = &e->seqs[e->row_slot[r]];
-		const float *lg = e->logits + (size_t)r * sh->n_vocab;
+		float *lg = e->logits + (size_t)r * sh->n_vocab;
 		struct gs_cand *c = e->cands + (size_t)r * (K + 1);
+		if (s->grammar)
+			grammar_mask_row(e, s, lg);
 		size_t got = gs_sampler_local_candidates(s->smp, lg, sh->vocab0, sh->n_vocab, s->hist, (size_t)s->n_hist,
 							 (size_t)K, e->m_ids, e->m_proc);
 		for (int32_t k = 0; k < K; k++) {
-			if ((size_t)k < got)
+			/* an id the grammar refuses is no candidate: the merge never sees it */
+			if ((size_t)k < got && !(s->grammar && !e->allow[e->m_ids[k] - sh->vocab0]))
 				c[k] = (struct gs_cand){ e->m_ids[k], e->m_proc[k], lg[e->m_ids[k] - sh->vocab0] };
 			else
 				c[k] = (struct gs_cand){ -1, -INFINITY, -INFINITY };
@@ -470,6 +696,9 @@ static enum gs_status exec_plan(struct gs_engine *e, const struct gs_plan *p, in
 	return GS_OK;
 }
 
+/* The length of a plan that is none: the leader's keepalive (gs_engine_keepalive). */
+#define PLAN_TICK UINT64_MAX
+
 static enum gs_status broadcast_plan(struct gs_engine *e)
 {
 	uint64_t len = 0;
@@ -480,6 +709,11 @@ static enum gs_status broadcast_plan(struct gs_engine *e)
 		GS_TRY(gs_plan_pack(&e->plan, &e->plan_buf, &e->plan_buf_cap, &len));
 	/* Followers wait here while the leader has no work: idle, not spinning. */
 	GS_TRY(gs_comm_broadcast_idle(e->comm, &len, sizeof(len), 0));
+	if (!e->leader && len == PLAN_TICK) {
+		/* the leader's keepalive: no plan, a barrier that tells each side the other lives */
+		gs_plan_reset(&e->plan);
+		return gs_comm_barrier(e->comm);
+	}
 	if (!e->leader && len > e->plan_buf_cap) {
 		uint8_t *nb = realloc(e->plan_buf, len);
 		if (!nb)
@@ -489,6 +723,23 @@ static enum gs_status broadcast_plan(struct gs_engine *e)
 	GS_TRY(e->comm->iface->broadcast(e->comm->ctx, e->plan_buf, len, 0));
 	if (!e->leader)
 		GS_TRY(gs_plan_unpack(&e->plan, e->plan_buf, len));
+	e->last_plan_s = gs_now_s();
+	return GS_OK;
+}
+
+enum gs_status gs_engine_keepalive(struct gs_engine *e)
+{
+	uint64_t len = PLAN_TICK;
+
+	GS_ASSERT(e->leader);
+	if (gs_comm_size(e->comm) == 1 || gs_now_s() - e->last_plan_s < GS_ENGINE_TICK_S)
+		return GS_OK;
+	/* A round trip, not only a broadcast: a small broadcast completes on the root even when
+	 * no follower receives it, and an idle leader must notice a lost follower too (its
+	 * watchdog; the coordinator through the heartbeats that stop meanwhile). */
+	GS_TRY(gs_comm_broadcast_idle(e->comm, &len, sizeof(len), 0));
+	GS_TRY(gs_comm_barrier(e->comm));
+	e->last_plan_s = gs_now_s();
 	return GS_OK;
 }
 
@@ -552,6 +803,7 @@ static void plan_releases(struct gs_engine *e, struct gs_token_event *ev, int32_
 			if (*n_ev < cap)
 				emit_cancel(ev, n_ev, id, w->n_prompt, 0);
 			free(w->prompt);
+			free(w->rf);
 			for (int32_t j = i; j + 1 < e->n_waiting; j++)
 				e->waiting[(e->waiting_head + j) % e->waiting_cap] =
 					e->waiting[(e->waiting_head + j + 1) % e->waiting_cap];
@@ -583,6 +835,7 @@ static void build_plan(struct gs_engine *e)
 	struct gs_plan *p = &e->plan;
 	int32_t budget = e->cfg.max_batch_tokens;
 
+	e->plan_no++;
 	/* 1. Every running decode gets its token. */
 	e->n_decode = 0;
 	for (int32_t i = 0; i < e->cfg.max_seqs && budget > 0; i++) {
@@ -601,6 +854,7 @@ static void build_plan(struct gs_engine *e)
 			int32_t c = s->n_prompt - s->n_prefilled < budget ? s->n_prompt - s->n_prefilled : budget;
 			plan_add(e, i, s->prompt + s->n_prefilled, c, s->n_prefilled + c == s->n_prompt);
 			s->n_prefilled += c;
+			s->prefill_plan = e->plan_no;
 			budget -= c;
 		}
 	}
@@ -608,31 +862,70 @@ static void build_plan(struct gs_engine *e)
 	 *    the head is never overtaken, so large requests are not starved). */
 	while (e->n_waiting > 0 && budget > 0) {
 		struct waiting_req *w = &e->waiting[e->waiting_head];
-		int32_t slot = -1, maxpos = w->n_prompt + w->p.max_tokens - 1, c;
+		int32_t slot = -1, maxpos = w->n_prompt + w->p.max_tokens - 1, c, n_hit, pre;
 		struct gs_plan_seq *ps;
 		for (int32_t i = 0; i < e->cfg.max_seqs; i++)
 			if (!e->seqs[i].used) {
 				slot = i;
 				break;
 			}
-		if (slot < 0 || !gs_kv_can_admit(&e->pool, maxpos))
+		if (slot < 0)
 			break;
-		c = w->n_prompt < budget ? w->n_prompt : budget;
-		plan_add(e, slot, w->prompt, c, c == w->n_prompt);
+		/* n > 1 (ARCHITECTURE.md §5): choice i > 0 waits at the queue head until choice 0's
+		 * prompt has been through a forward pass, so that its full blocks are in the prefix
+		 * cache; nothing behind it is admitted meanwhile, so the group's reservation holds. */
+		if (w->sibling && e->pool.prefix_cache) {
+			int32_t ls = find_slot(e, w->lead_id);
+			if (ls >= 0 && !e->seqs[ls].finished &&
+			    (e->seqs[ls].n_prefilled < e->seqs[ls].n_prompt || e->seqs[ls].prefill_plan == e->plan_no))
+				break;
+		}
+		/* The longest cached prefix, taken if the request fits with it. Without the hit
+		 * it could only need more blocks, so a miss here is not worth a second look. */
+		n_hit = gs_kv_prefix_lookup(&e->pool, w->prompt, w->n_prompt, e->hit, e->hit_cap);
+		if (!gs_kv_can_admit_cached(&e->pool, maxpos, e->hit, n_hit))
+			break;
+		if (w->group_n > 1) { /* choice 0 of n: all n slots and worst cases, or wait */
+			int32_t free_slots = 0;
+			for (int32_t i = 0; i < e->cfg.max_seqs; i++)
+				free_slots += !e->seqs[i].used;
+			if (free_slots < w->group_n ||
+			    !gs_kv_can_admit_group(&e->pool, maxpos, e->hit, n_hit, w->group_n))
+				break;
+		}
+		pre = n_hit * GS_KV_BLOCK;
+		c = w->n_prompt - pre < budget ? w->n_prompt - pre : budget;
+		plan_add(e, slot, w->prompt + pre, c, pre + c == w->n_prompt);
 		ps = &p->seqs[p->n_seqs - 1];
 		ps->admit = true;
 		ps->id = w->id;
 		ps->max_positions = maxpos;
 		ps->params = w->p;
+		if (gs_plan_add_cached(p, ps, e->hit, n_hit) != GS_OK) {
+			/* out of memory for the list: it stays queued (the next step tries again) */
+			ps->n_tokens = 0;
+			p->n_ids -= c;
+			p->n_seqs--;
+			break;
+		}
+		if (e->pool.prefix_cache) {
+			e->st.prefix_query_tokens += (uint64_t)w->n_prompt;
+			e->st.prefix_hit_tokens += (uint64_t)pre;
+		}
 		e->waiting_head = (e->waiting_head + 1) % e->waiting_cap;
 		e->n_waiting--;
 		/* The leader admits now, so the next admission check of this plan sees the
 		 * reservation; followers admit when they execute the plan. */
-		if (apply_admit(e, ps) != GS_OK)
+		if (apply_admit(e, p, ps) != GS_OK)
 			GS_ASSERT(!"admission failed after the check");
+		/* the plan now carries the sequence's copy of response_format (packed below) */
+		ps->params.response_format = e->seqs[slot].rf;
+		free(w->rf);
+		w->rf = NULL;
 		e->seqs[slot].prompt = w->prompt;
 		e->seqs[slot].n_prompt = w->n_prompt;
-		e->seqs[slot].n_prefilled = c;
+		e->seqs[slot].n_prefilled = pre + c;
+		e->seqs[slot].prefill_plan = e->plan_no;
 		budget -= c;
 	}
 }
@@ -770,29 +1063,34 @@ void gs_engine_get_stats(const struct gs_engine *e, struct gs_engine_stats *s)
 	s->device_candidates = e->dev_cands;
 	s->max_context = e->cfg.max_context;
 	s->kv_global_total = e->pool.cache.n_global_blocks;
-	s->kv_global_used = e->pool.cache.n_global_blocks - e->pool.n_gfree;
+	s->kv_global_used = e->pool.cache.n_global_blocks - e->pool.n_gfree - e->pool.glru.n;
+	s->kv_global_cached = e->pool.glru.n;
+	s->prefix_cache = e->pool.prefix_cache;
+	s->prefix_evictions = e->pool.evictions;
 	s->kv_global_reserved = e->pool.g_reserved;
 	s->kv_global_free = gs_kv_global_free(&e->pool);
 	s->kv_local_total = e->pool.cache.n_local_blocks;
-	s->kv_local_used = e->pool.cache.n_local_blocks - e->pool.n_lfree;
+	s->kv_local_used = e->pool.cache.n_local_blocks - e->pool.n_lfree - e->pool.llru.n;
 	s->kv_bytes = e->pool.cache.bytes;
 }
 
 bool gs_engine_kv_consistent(const struct gs_engine *e)
 {
-	int32_t used = 0, reserved = 0, ring = 0;
+	const struct gs_kv_seq **seqs = malloc(sizeof(*seqs) * (size_t)e->cfg.max_seqs);
+	int32_t n = 0;
+	bool ok;
 
-	for (int32_t i = 0; i < e->cfg.max_seqs; i++) {
-		const struct eng_seq *s = &e->seqs[i];
-		if (!s->used)
-			continue;
-		used += s->kv.g_used;
-		reserved += s->kv.g_reserved;
-		ring += e->pool.cache.n_local_layers ? (gs_kv_global_blocks_for(s->max_positions) < e->pool.cache.ring_blocks
-							  ? gs_kv_global_blocks_for(s->max_positions)
-							  : e->pool.cache.ring_blocks)
-					       : 0;
-	}
-	return used + e->pool.n_gfree == e->pool.cache.n_global_blocks && reserved == e->pool.g_reserved &&
-	       ring + e->pool.n_lfree == e->pool.cache.n_local_blocks;
+	if (!seqs)
+		return false;
+	for (int32_t i = 0; i < e->cfg.max_seqs; i++)
+		if (e->seqs[i].used)
+			seqs[n++] = &e->seqs[i].kv;
+	ok = gs_kv_pool_consistent(&e->pool, seqs, n);
+	free(seqs);
+	return ok;
+}
+
+void gs_engine_test_hash_mask(struct gs_engine *e, uint64_t mask)
+{
+	e->pool.hash_mask = mask;
 }

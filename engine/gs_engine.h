@@ -22,8 +22,11 @@
 #include "gs_forward.h"
 #include "gs_sampler.h"
 
-#define GS_MAX_STOP_IDS 8
+struct gs_tokenizer;
+
+#define GS_MAX_STOP_IDS 16 /* stop_token_ids (coordinator: 8) plus <end_of_turn> */
 #define GS_MAX_TOP_LOGPROBS 20
+#define GS_MAX_N 8         /* choices of one request (OpenAI's n) */
 
 struct gs_req_params {
 	struct gs_sampling_params sp;
@@ -35,6 +38,15 @@ struct gs_req_params {
 	bool    logprobs;                      /* report each token's logprob (implied by
 						  top_logprobs > 0); otherwise the event's logprob
 						  is 0 and no log-sum-exp over the vocabulary is paid */
+	const char *response_format;           /* structured output (gs_grammar.h): the
+						  response_format object's JSON text, NULL: none.
+						  Borrowed for the call that takes it; the engine
+						  keeps its own copy */
+	int32_t n;                             /* choices, 0 or 1: one. n > 1 (gs_engine_submit
+						  only): sequences id .. id + n - 1, seeds seed + i,
+						  admitted as a group (all n reserved at once) with the
+						  prompt prefilled once: choices 1.. wait for choice 0's
+						  prefill and take its full blocks from the prefix cache */
 };
 
 enum gs_finish {
@@ -67,6 +79,8 @@ struct gs_engine_config {
 	 * are (the candidates op) when they can, so only K entries per row cross to the host;
 	 * true: download the logits rows and take the candidates on the host instead (tests). */
 	bool    host_candidates;
+	/* Automatic prefix caching (ARCHITECTURE.md §5) is on unless this is set. */
+	bool    no_prefix_cache;
 };
 
 struct gs_engine_stats {
@@ -74,12 +88,19 @@ struct gs_engine_stats {
 	uint64_t tokens_generated;  /* sampled tokens (every request, cancelled ones included) */
 	int32_t  last_batch_seqs, last_batch_tokens, last_decode_tokens;
 	double   last_step_s, step_s_total, plan_s_total, sample_s_total;
+	double   grammar_mask_s_total;   /* structured output: token masks and automaton steps */
+	uint64_t grammar_masks;          /* masks computed (rows x steps, this rank)           */
 	bool     device_candidates; /* candidates made by the backend (no logits download) */
 	int32_t  running, waiting, max_seqs;
 	int32_t  max_context;       /* as configured, capped at the model's max_position */
 	int32_t  kv_global_used, kv_global_reserved, kv_global_free, kv_global_total;
 	int32_t  kv_local_used, kv_local_total;
+	int32_t  kv_global_cached;  /* unreferenced blocks kept for the prefix cache (count as free) */
 	size_t   kv_bytes;
+	bool     prefix_cache;
+	uint64_t prefix_hit_tokens;   /* prompt tokens of admitted requests taken from the cache */
+	uint64_t prefix_query_tokens; /* prompt tokens of requests admitted with the cache on */
+	uint64_t prefix_evictions;    /* cached global blocks evicted */
 };
 
 struct gs_engine;
@@ -93,24 +114,39 @@ void gs_engine_free(struct gs_engine *e);
  * step plans and sampling candidates stay on the engine's comm (host buffers, MPI). */
 void gs_engine_set_device_comm(struct gs_engine *e, const struct gs_comm *c);
 
-/* Leader only. Queue a request. GS_ERR_RANGE ("can never fit") when prompt + max_tokens
- * exceeds the context or the whole KV pool; GS_ERR_INVALID_ARG for bad params or ids. */
+/* Leader only. Queue a request (p->n > 1: its n choices, ids id .. id + n - 1, all or none).
+ * GS_ERR_RANGE ("can never fit") when prompt + max_tokens exceeds the context or the whole KV
+ * pool, or n choices exceed max_seqs or the pool; GS_ERR_INVALID_ARG for bad params or ids. */
 enum gs_status gs_engine_submit(struct gs_engine *e, uint64_t id, const int32_t *prompt, int32_t n_prompt,
 				const struct gs_req_params *p);
+/* Every rank, before requests with response_format: the tokenizer whose byte strings the
+ * grammar mask walks (the vocabulary trie of this rank's slice is built at the first such
+ * request, ~0.2 s). Without it such requests are refused. t must outlive the engine. */
+void gs_engine_set_tokenizer(struct gs_engine *e, const struct gs_tokenizer *t);
 /* Leader only. Cancel a waiting or running request; its blocks return in the next step. */
 enum gs_status gs_engine_cancel(struct gs_engine *e, uint64_t id);
 /* Leader only. One iteration; events (one per sampled token or cancellation) are written to
  * ev[0..cap) (cap >= max_seqs + pending cancellations is always enough). */
 enum gs_status gs_engine_step(struct gs_engine *e, struct gs_token_event *ev, int32_t cap, int32_t *n_ev);
 bool gs_engine_idle(const struct gs_engine *e);
+/* Leader only, while it has no step to run (idle, or waiting for the coordinator): when no
+ * plan went out for GS_ENGINE_TICK_S, a keepalive round trip with every follower (a "tick" in
+ * place of a plan, then a barrier), so that a rank's collective watchdog (gs_comm_watch_*)
+ * sees its peers alive, and sees a lost one even while idle. A no-op for T = 1 or when a plan
+ * went out recently. */
+#define GS_ENGINE_TICK_S 1.0
+enum gs_status gs_engine_keepalive(struct gs_engine *e);
 /* Leader only: tell followers to return from gs_engine_follow. */
 enum gs_status gs_engine_shutdown(struct gs_engine *e);
 /* Followers: execute plans until the leader shuts down. */
 enum gs_status gs_engine_follow(struct gs_engine *e);
 
 void gs_engine_get_stats(const struct gs_engine *e, struct gs_engine_stats *s);
-/* Whole-pool sanity: free + used + reserved accounting equals the pool (tests). */
+/* Whole-pool sanity: free + used + reserved accounting equals the pool, reference counts equal
+ * the running sequences' tables (tests). */
 bool gs_engine_kv_consistent(const struct gs_engine *e);
+/* Tests: narrow the prefix cache's hashes to `mask` bits on this rank's pool, forcing collisions. */
+void gs_engine_test_hash_mask(struct gs_engine *e, uint64_t mask);
 
 const char *gs_finish_str(enum gs_finish f);
 

@@ -17,6 +17,7 @@ struct gs_plan_seq {
 	uint64_t             id;             /* admit only */
 	int32_t              max_positions;  /* admit only */
 	struct gs_req_params params;         /* admit only */
+	int32_t              cached0, n_cached; /* admit only: its prefix-cache blocks in cached */
 };
 
 struct gs_plan {
@@ -26,6 +27,8 @@ struct gs_plan {
 	struct gs_plan_seq *seqs;            /* [max_seqs] */
 	int32_t             n_ids;
 	int32_t            *ids;             /* [max_tokens] */
+	int32_t             n_cached, cached_cap;
+	int32_t            *cached;          /* cached blocks of this plan's admissions (grown) */
 	bool                stop;            /* followers return */
 	int32_t             max_seqs, max_tokens;
 	/* Wire form: protobuf-c StepPlan (proto/engine.proto). Message structs for packing and
@@ -36,6 +39,8 @@ struct gs_plan {
 enum gs_status gs_plan_init(struct gs_plan *p, int32_t max_seqs, int32_t max_tokens);
 void gs_plan_free(struct gs_plan *p);
 void gs_plan_reset(struct gs_plan *p);
+/* Append n cached block ids for entry ps (an admission). */
+enum gs_status gs_plan_add_cached(struct gs_plan *p, struct gs_plan_seq *ps, const int32_t *blocks, int32_t n);
 
 /* Serialise as a gemmashard.engine.StepPlan into *buf (grown as needed) / parse one; unpack
  * checks every count and slot against the plan's capacity before writing (a malformed plan is

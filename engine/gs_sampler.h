@@ -1,11 +1,20 @@
 /* gemmashard worker: token sampler with Hugging Face transformers generate() semantics.
  *
- * Order of logits processors (as HF and vLLM apply them):
- *   repetition_penalty -> temperature -> top_k -> top_p -> min_p -> draw from softmax.
+ * Order of logits processors (as vLLM applies them):
+ *   min_tokens mask, logit_bias, repetition_penalty, frequency/presence penalty (one
+ *   "penalties" stage over the few ids they touch) -> temperature -> top_k -> top_p -> min_p
+ *   -> draw from softmax.
  * temperature < 1e-5 means greedy: argmax of the penalised logits, lowest id on ties;
  * top_k/top_p/min_p are then skipped (HF's do_sample=False applies no warpers either).
  *
- * Exact rules (HF equivalents in brackets):
+ * Exact rules (HF / OpenAI / vLLM equivalents in brackets):
+ *   min_tokens n: while fewer than n tokens have been generated, the eos and stop ids given
+ *     with gs_sampler_set_min_tokens_ids() get -inf                   [vLLM MinTokens].
+ *   logit_bias: logit + bias for each listed id                       [OpenAI logit_bias].
+ *   frequency_penalty f, presence_penalty p: an id generated c > 0 times (prompt tokens do
+ *     not count; gs_sampler_set_prompt() says where the prompt ends) gets
+ *     logit - c * f - p                                                [OpenAI's formula].
+ *   The exact per-token arithmetic is gs_logit_edit_value() in gs_kernels.h.
  *   repetition_penalty r: every distinct id in the history (prompt + generated) gets
  *     logit > 0 ? logit / r : logit * r, once however often it occurs  [gather/scatter].
  *   top_k k: keep every token whose logit >= the k-th largest logit, so ties at the
@@ -49,6 +58,7 @@
 #include <stdint.h>
 
 #include "gs_fmath.h"
+#include "gs_kernels.h" /* struct gs_logit_edit, gs_cand_row */
 #include "gs_params.h"
 #include "gs_status.h"
 
@@ -121,8 +131,26 @@ size_t gs_sampler_local_candidates(struct gs_sampler *s, const float *logits_sli
 
 /* The rank-side stages as numbers, for the candidates op of a device backend (gs_kernels.h,
  * struct gs_cand_row), which applies them with the same rules and bits: the repetition
- * penalty (1: none) and the temperature divisor (1: none, also when greedy). */
-void gs_sampler_rank_stages(const struct gs_sampler *s, float *penalty, float *temperature);
+ * penalty (1: none), frequency and presence penalties (0: none) and the temperature divisor
+ * (1: none, also when greedy). */
+void gs_sampler_rank_params(const struct gs_sampler *s, float *penalty, float *frequency, float *presence,
+			    float *temperature);
+/* The ids of [vocab0, vocab0 + n_slice) whose logit the penalties stage changes for this
+ * history, distinct and sorted, in the sampler's own buffer (*out, valid until the next call).
+ * Returns how many (0 when no such stage is active). */
+size_t gs_sampler_rank_edits(struct gs_sampler *s, int32_t vocab0, int32_t n_slice, const int32_t *history,
+			     size_t n_history, const struct gs_logit_edit **out);
+
+/* history[0, n_prompt) is the prompt: frequency/presence count only the ids after it, and
+ * min_tokens counts n_history - n_prompt generated tokens. Default 0 (all generated). */
+void gs_sampler_set_prompt(struct gs_sampler *s, size_t n_prompt);
+/* The ids min_tokens keeps away (the model's eos ids unless ignore_eos, and the stop ids);
+ * duplicates are dropped. GS_ERR_INVALID_ARG above 32 distinct ids. */
+enum gs_status gs_sampler_set_min_tokens_ids(struct gs_sampler *s, const int32_t *ids, size_t n);
+/* Room for the edits of a history of up to n_history ids, so the token loop does not
+ * allocate (without it the first calls grow the buffer); nothing without a penalties stage.
+ * GS_ERR_NOMEM. */
+enum gs_status gs_sampler_reserve(struct gs_sampler *s, size_t n_history);
 
 /* What the ranks left out, for the exactness check: start from GS_CANDIDATE_TAIL_NONE and
  * add each rank's result with gs_candidate_tail_add(). */

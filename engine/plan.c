@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "engine.pb-c.h"
+#include "gs_params_wire.h"
 
 typedef Gemmashard__Engine__StepPlan StepPlan;
 typedef Gemmashard__Engine__SeqStep SeqStep;
@@ -74,13 +75,31 @@ void gs_plan_free(struct gs_plan *p)
 	free(p->release);
 	free(p->seqs);
 	free(p->ids);
+	free(p->cached);
 	memset(p, 0, sizeof(*p));
 }
 
 void gs_plan_reset(struct gs_plan *p)
 {
-	p->n_release = p->n_seqs = p->n_ids = 0;
+	p->n_release = p->n_seqs = p->n_ids = p->n_cached = 0;
 	p->stop = false;
+}
+
+enum gs_status gs_plan_add_cached(struct gs_plan *p, struct gs_plan_seq *ps, const int32_t *blocks, int32_t n)
+{
+	if (p->n_cached + n > p->cached_cap) {
+		int32_t cap = (p->n_cached + n) * 2 + 64;
+		int32_t *nc = realloc(p->cached, sizeof(int32_t) * (size_t)cap);
+		if (!nc)
+			return gs_errorf(GS_ERR_NOMEM, "out of memory for %d cached blocks in a plan", p->n_cached + n);
+		p->cached = nc, p->cached_cap = cap;
+	}
+	ps->cached0 = p->n_cached;
+	ps->n_cached = n;
+	if (n)
+		memcpy(p->cached + p->n_cached, blocks, sizeof(int32_t) * (size_t)n);
+	p->n_cached += n;
+	return GS_OK;
 }
 
 enum gs_status gs_plan_pack(const struct gs_plan *p, uint8_t **buf, size_t *cap, uint64_t *len)
@@ -106,21 +125,20 @@ enum gs_status gs_plan_pack(const struct gs_plan *p, uint8_t **buf, size_t *cap,
 		if (s->admit) {
 			SamplingParams *sp = &w->params[i];
 			gemmashard__engine__sampling_params__init(sp);
-			sp->temperature = s->params.sp.temperature;
-			sp->top_k = s->params.sp.top_k;
-			sp->top_p = s->params.sp.top_p;
-			sp->min_p = s->params.sp.min_p;
-			sp->repetition_penalty = s->params.sp.repetition_penalty;
-			sp->seed = s->params.sp.seed;
+			gs_params_to_wire(sp, &s->params.sp);
 			sp->max_tokens = s->params.max_tokens;
 			sp->n_stop_ids = (size_t)s->params.n_stop_ids;
 			sp->stop_ids = (int32_t *)s->params.stop_ids;
 			sp->ignore_eos = s->params.ignore_eos;
 			sp->top_logprobs = s->params.top_logprobs;
 			sp->logprobs = s->params.logprobs;
+			if (s->params.response_format)
+				sp->response_format = (char *)s->params.response_format;
 			m->request_id = s->id;
 			m->max_positions = s->max_positions;
 			m->params = sp;
+			m->n_cached_blocks = (size_t)s->n_cached;
+			m->cached_blocks = s->n_cached ? p->cached + s->cached0 : NULL;
 		}
 		w->step_ptrs[i] = m;
 	}
@@ -148,7 +166,9 @@ static enum gs_status from_msg(struct gs_plan *p, const StepPlan *m)
 		if (s->n_tokens < 1 || s->n_tokens > (size_t)(p->max_tokens - ids) || s->slot < 0 || s->slot >= p->max_seqs)
 			return gs_errorf(GS_ERR_FORMAT, "step plan entry %zu: slot %d with %zu tokens is out of range", i,
 					 s->slot, s->n_tokens);
-		if (s->admit && (!s->params || s->params->n_stop_ids > GS_MAX_STOP_IDS))
+		if (s->admit && (!s->params || s->params->n_stop_ids > GS_MAX_STOP_IDS ||
+				 s->params->n_logit_bias_ids != s->params->n_logit_bias_values ||
+				 s->params->n_logit_bias_ids > GS_MAX_LOGIT_BIAS))
 			return gs_errorf(GS_ERR_FORMAT, "step plan entry %zu: admission without valid parameters", i);
 		ids += (int32_t)s->n_tokens;
 	}
@@ -157,7 +177,7 @@ static enum gs_status from_msg(struct gs_plan *p, const StepPlan *m)
 	if (m->n_release) /* an empty repeated field is a NULL pointer */
 		memcpy(p->release, m->release, sizeof(int32_t) * m->n_release);
 	p->n_seqs = (int32_t)m->n_seqs;
-	p->n_ids = 0;
+	p->n_ids = p->n_cached = 0;
 	for (size_t i = 0; i < m->n_seqs; i++) {
 		const SeqStep *s = m->seqs[i];
 		struct gs_plan_seq *d = &p->seqs[i];
@@ -173,10 +193,7 @@ static enum gs_status from_msg(struct gs_plan *p, const StepPlan *m)
 			const SamplingParams *sp = s->params;
 			d->id = s->request_id;
 			d->max_positions = s->max_positions;
-			d->params.sp = (struct gs_sampling_params){ .temperature = sp->temperature, .top_k = sp->top_k,
-								    .top_p = sp->top_p, .min_p = sp->min_p,
-								    .repetition_penalty = sp->repetition_penalty,
-								    .seed = sp->seed };
+			GS_TRY(gs_params_from_wire(sp, &d->params.sp)); /* counts checked above */
 			d->params.max_tokens = sp->max_tokens;
 			d->params.n_stop_ids = (int32_t)sp->n_stop_ids;
 			if (sp->n_stop_ids)
@@ -184,6 +201,12 @@ static enum gs_status from_msg(struct gs_plan *p, const StepPlan *m)
 			d->params.ignore_eos = sp->ignore_eos;
 			d->params.top_logprobs = sp->top_logprobs;
 			d->params.logprobs = sp->logprobs;
+			/* in the unpack arena: apply_admit copies it before the next plan */
+			d->params.response_format = sp->response_format && sp->response_format[0] ? sp->response_format : NULL;
+			if (s->n_cached_blocks > (size_t)INT32_MAX / 2)
+				return gs_errorf(GS_ERR_FORMAT, "step plan entry %zu: %zu cached blocks", i,
+						 s->n_cached_blocks);
+			GS_TRY(gs_plan_add_cached(p, d, s->cached_blocks, (int32_t)s->n_cached_blocks));
 		}
 	}
 	return GS_OK;
@@ -198,7 +221,9 @@ enum gs_status gs_plan_unpack(struct gs_plan *p, const uint8_t *buf, size_t len)
 	for (;;) {
 		w->arena_used = 0;
 		m = gemmashard__engine__step_plan__unpack(&w->alloc, len, buf);
-		if (m || w->arena_used + 4096 < w->arena_cap)
+		/* A parsed message is at most ~40x its wire size (a few bytes of SeqStep unpack to a
+		 * struct; a 1-byte varint to an int32): failing below that, the arena was too small. */
+		if (m || w->arena_cap >= 64 * len + 65536)
 			break;
 		/* Out of arena (an unusually large plan): grow it once, between steps. */
 		{

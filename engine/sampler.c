@@ -21,6 +21,7 @@
 
 #define GS_SAMPLER_GREEDY_T   1e-5f  /* vLLM's threshold: below it sampling is argmax   */
 #define GS_SAMPLER_MAX_STAGES 5
+#define GS_SAMPLER_MAX_MASK   32     /* eos + stop ids masked until min_tokens             */
 #define GS_HEAP_SELECT_MAX    1024   /* k above this: quickselect beats a k-heap          */
 #define GS_SORT_SMALL         16     /* insertion sort below this many                    */
 #define GS_TOPP_SORT_MAX      4096   /* top_p on sets this small: sort them outright      */
@@ -401,32 +402,20 @@ static float gs_kth_largest(const float *x, size_t n, size_t k, float *scratch)
 
 /* ---- stages ---- */
 
-/* Reads the raw logits again instead of the working copy so that an id occurring many
- * times in the history is penalised once (HF's gather/scatter), with no seen-set. */
-struct gs_penalty_ctx {
-	float          r;
-	const float   *raw;       /* [n] the caller's logits for ids base .. base+n-1 */
-	int32_t        base;
-	const int32_t *history;
-	size_t         n_history;
+/* logit_bias, repetition/frequency/presence penalties and the min_tokens mask touch few ids:
+ * the sampler lists them (struct gs_logit_edit, gs_kernels.h) and each gets its value from
+ * its raw logit by gs_logit_edit_value(), the function the candidates ops use too. Reading
+ * the raw logit makes an id that occurs many times in the history penalised once (HF's
+ * gather/scatter). */
+struct gs_edits_ctx {
+	struct gs_sampler *s;
+	const float       *raw;       /* [n] the caller's logits for ids base .. base+n-1 */
+	int32_t            base;
+	const int32_t     *history;
+	size_t             n_history;
 };
 
-static void gs_penalty_apply(void *ctx, struct gs_candidates *c)
-{
-	struct gs_penalty_ctx *pc = ctx;
-
-	/* Needs the identity layout the loader produced: entry i is id base + i. */
-	GS_ASSERT(!c->sorted && (c->n == 0 || (c->id[0] == pc->base &&
-					      c->id[c->n - 1] == pc->base + (int32_t)(c->n - 1))));
-	for (size_t h = 0; h < pc->n_history; h++) {
-		int64_t j = (int64_t)pc->history[h] - pc->base;
-		if (j < 0 || j >= (int64_t)c->n)
-			continue;
-		float v = gs_sanitize(pc->raw[j]);
-		v = v > 0.0f ? v / pc->r : v * pc->r;
-		c->logit[j] = v > FLT_MAX ? FLT_MAX : v;
-	}
-}
+static void gs_edits_apply(void *ctx, struct gs_candidates *c);
 
 struct gs_temperature_ctx {
 	float t;
@@ -610,9 +599,9 @@ static void gs_min_p_apply(void *ctx, struct gs_candidates *c)
 	c->n = j;
 }
 
-static const struct gs_sampler_stage_i gs_stage_penalty = {
-	.name = "repetition_penalty",
-	.apply = gs_penalty_apply,
+static const struct gs_sampler_stage_i gs_stage_edits = {
+	.name = "penalties",
+	.apply = gs_edits_apply,
 	.reset = NULL,
 };
 static const struct gs_sampler_stage_i gs_stage_temperature = {
@@ -646,7 +635,12 @@ struct gs_sampler {
 	struct gs_sampler_stage   stage[GS_SAMPLER_MAX_STAGES];
 	size_t                    n_stage;
 	size_t                    n_pre;    /* stages [0, n_pre) see raw logits and run on ranks */
-	struct gs_penalty_ctx     penalty;
+	struct gs_edits_ctx       edits;
+	struct gs_logit_edit     *edit;     /* [edit_cap] this call's edits (grown, see reserve) */
+	size_t                    edit_cap;
+	size_t                    n_prompt; /* history[0, n_prompt) is the prompt              */
+	int32_t                   mask_id[GS_SAMPLER_MAX_MASK]; /* eos/stop ids for min_tokens */
+	size_t                    n_mask;
 	struct gs_temperature_ctx temperature;
 	struct gs_top_k_ctx       top_k;
 	struct gs_top_p_ctx       top_p;
@@ -693,9 +687,10 @@ enum gs_status gs_sampler_create(const struct gs_sampling_params *p, int32_t n_v
 	s->greedy = p->temperature < GS_SAMPLER_GREEDY_T;
 
 	/* HF order; only active stages join, so "off" costs nothing per token. */
-	s->penalty.r = p->repetition_penalty;
-	if (p->repetition_penalty != 1.0f)
-		gs_sampler_add(s, &gs_stage_penalty, &s->penalty);
+	s->edits.s = s;
+	if (p->repetition_penalty != 1.0f || p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f ||
+	    p->n_logit_bias > 0 || p->min_tokens > 0)
+		gs_sampler_add(s, &gs_stage_edits, &s->edits);
 	if (!s->greedy) {
 		s->temperature.t = p->temperature;
 		if (p->temperature != 1.0f)
@@ -720,10 +715,133 @@ enum gs_status gs_sampler_create(const struct gs_sampling_params *p, int32_t n_v
 	return GS_OK;
 }
 
-void gs_sampler_rank_stages(const struct gs_sampler *s, float *penalty, float *temperature)
+void gs_sampler_rank_params(const struct gs_sampler *s, float *penalty, float *frequency, float *presence,
+			    float *temperature)
 {
 	*penalty = s->params.repetition_penalty;
+	*frequency = s->params.frequency_penalty;
+	*presence = s->params.presence_penalty;
 	*temperature = s->greedy ? 1.0f : s->params.temperature;
+}
+
+void gs_sampler_set_prompt(struct gs_sampler *s, size_t n_prompt)
+{
+	s->n_prompt = n_prompt;
+}
+
+enum gs_status gs_sampler_set_min_tokens_ids(struct gs_sampler *s, const int32_t *ids, size_t n)
+{
+	s->n_mask = 0;
+	for (size_t i = 0; i < n; i++) {
+		bool dup = false;
+		for (size_t j = 0; j < s->n_mask; j++)
+			dup |= s->mask_id[j] == ids[i];
+		if (dup)
+			continue;
+		if (s->n_mask == GS_SAMPLER_MAX_MASK)
+			return gs_errorf(GS_ERR_INVALID_ARG, "sampler: more than %d eos and stop ids", GS_SAMPLER_MAX_MASK);
+		s->mask_id[s->n_mask++] = ids[i];
+	}
+	return GS_OK;
+}
+
+enum gs_status gs_sampler_reserve(struct gs_sampler *s, size_t n_history)
+{
+	size_t need = n_history + (size_t)s->params.n_logit_bias + GS_SAMPLER_MAX_MASK;
+
+	if (need <= s->edit_cap || !(s->n_pre > 0 && s->stage[0].iface == &gs_stage_edits))
+		return GS_OK; /* enough, or no penalties stage: never any edits */
+	struct gs_logit_edit *e = realloc(s->edit, need * sizeof(*e));
+	if (!e)
+		return gs_errorf(GS_ERR_NOMEM, "sampler: cannot allocate %zu logit edits", need);
+	s->edit = e;
+	s->edit_cap = need;
+	return GS_OK;
+}
+
+static int gs_edit_cmp(const void *a, const void *b)
+{
+	const struct gs_logit_edit *x = a, *y = b;
+
+	return (x->id > y->id) - (x->id < y->id);
+}
+
+/* The distinct ids of [base, base + n_slice) whose logit this call changes, in s->edit
+ * (sorted by id). Grows the buffer when the caller did not reserve enough. */
+static size_t gs_sampler_build_edits(struct gs_sampler *s, int32_t base, int32_t n_slice, const int32_t *history,
+				     size_t n_history)
+{
+	const struct gs_sampling_params *p = &s->params;
+	const bool rep = p->repetition_penalty != 1.0f, fp = p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f;
+	const size_t n_gen = n_history > s->n_prompt ? n_history - s->n_prompt : 0;
+	size_t n = 0;
+
+	if (!history)
+		n_history = 0;
+	if (gs_sampler_reserve(s, n_history) != GS_OK)
+		GS_ASSERT(!"sampler: out of memory for logit edits (reserve at admission)");
+	for (size_t h = 0; h < n_history && (rep || fp); h++) {
+		int64_t j = (int64_t)history[h] - base;
+		bool gen = h >= s->n_prompt;
+		if (j < 0 || j >= n_slice || (!rep && !gen))
+			continue;
+		s->edit[n++] = (struct gs_logit_edit){ .id = history[h], .count = gen && fp ? 1 : 0,
+						       .flags = rep ? GS_EDIT_SEEN : 0 };
+	}
+	for (int32_t i = 0; i < p->n_logit_bias; i++) {
+		int64_t j = (int64_t)p->logit_bias_id[i] - base;
+		if (j >= 0 && j < n_slice)
+			s->edit[n++] = (struct gs_logit_edit){ .id = p->logit_bias_id[i], .bias = p->logit_bias[i] };
+	}
+	if (n_gen < (size_t)p->min_tokens)
+		for (size_t i = 0; i < s->n_mask; i++) {
+			int64_t j = (int64_t)s->mask_id[i] - base;
+			if (j >= 0 && j < n_slice)
+				s->edit[n++] = (struct gs_logit_edit){ .id = s->mask_id[i], .flags = GS_EDIT_MASKED };
+		}
+	if (n < 2)
+		return n;
+	qsort(s->edit, n, sizeof(*s->edit), gs_edit_cmp);
+	size_t m = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (m > 0 && s->edit[m - 1].id == s->edit[i].id) {
+			struct gs_logit_edit *d = &s->edit[m - 1];
+			d->count += s->edit[i].count;
+			d->bias += s->edit[i].bias; /* at most one entry carries a bias */
+			d->flags |= s->edit[i].flags;
+		} else {
+			s->edit[m++] = s->edit[i];
+		}
+	}
+	return m;
+}
+
+size_t gs_sampler_rank_edits(struct gs_sampler *s, int32_t vocab0, int32_t n_slice, const int32_t *history,
+			     size_t n_history, const struct gs_logit_edit **out)
+{
+	size_t n = 0;
+
+	if (s->n_pre > 0 && s->stage[0].iface == &gs_stage_edits)
+		n = gs_sampler_build_edits(s, vocab0, n_slice, history, n_history);
+	*out = s->edit;
+	return n;
+}
+
+static void gs_edits_apply(void *ctx, struct gs_candidates *c)
+{
+	struct gs_edits_ctx *ec = ctx;
+	struct gs_sampler *s = ec->s;
+
+	/* Needs the identity layout the loader produced: entry i is id base + i. */
+	GS_ASSERT(!c->sorted && (c->n == 0 || (c->id[0] == ec->base &&
+					      c->id[c->n - 1] == ec->base + (int32_t)(c->n - 1))));
+	size_t n = gs_sampler_build_edits(s, ec->base, (int32_t)c->n, ec->history, ec->n_history);
+	float r, f, p, t;
+	gs_sampler_rank_params(s, &r, &f, &p, &t);
+	for (size_t i = 0; i < n; i++) {
+		int64_t j = (int64_t)s->edit[i].id - ec->base;
+		c->logit[j] = gs_logit_edit_value(ec->raw[j], &s->edit[i], r, f, p, 1.0f);
+	}
 }
 
 void gs_sampler_free(struct gs_sampler *s)
@@ -731,6 +849,7 @@ void gs_sampler_free(struct gs_sampler *s)
 	if (!s)
 		return;
 	free(s->block);
+	free(s->edit);
 	free(s);
 }
 
@@ -754,7 +873,7 @@ static struct gs_candidates gs_sampler_scratch(struct gs_sampler *s)
 	return (struct gs_candidates){ .id = s->id, .logit = s->logit, .p = s->p, .n = 0, .sorted = false };
 }
 
-/* Copies caller logits for ids base..base+n-1 into scratch and points the penalty at them. */
+/* Copies caller logits for ids base..base+n-1 into scratch and points the edits stage at them. */
 static void gs_sampler_load(struct gs_sampler *s, struct gs_candidates *c, const float *x,
 			    int32_t base, int32_t n, const int32_t *history, size_t n_history)
 {
@@ -764,10 +883,10 @@ static void gs_sampler_load(struct gs_sampler *s, struct gs_candidates *c, const
 	}
 	c->n = (size_t)n;
 	c->sorted = false;
-	s->penalty.raw = x;
-	s->penalty.base = base;
-	s->penalty.history = history;
-	s->penalty.n_history = history ? n_history : 0;
+	s->edits.raw = x;
+	s->edits.base = base;
+	s->edits.history = history;
+	s->edits.n_history = history ? n_history : 0;
 }
 
 static void gs_sampler_run(struct gs_sampler *s, struct gs_candidates *c, size_t from, size_t to)

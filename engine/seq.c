@@ -18,7 +18,7 @@ enum gs_status gs_seq_create(const struct gs_forward *f, int32_t max_ctx, struct
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return gs_errorf(GS_ERR_NOMEM, "out of memory");
-	gs_kv_pool_size_for(cfg, 1, max_ctx, &ng, &nl);
+	gs_kv_pool_size_for(cfg, 1, max_ctx, 0, &ng, &nl);
 	st = gs_kv_pool_init(&s->pool, cfg, m->shard.n_kv_heads, ng, nl, &f->be);
 	if (st == GS_OK)
 		st = gs_kv_seq_admit(&s->pool, &s->kv, max_ctx);

@@ -1,4 +1,7 @@
 #include "gs_dtype.h"
+#include "gs_kernels.h"
+
+#include <string.h>
 
 size_t gs_dtype_size(enum gs_dtype t)
 {
@@ -76,4 +79,24 @@ uint16_t gs_f32_to_f16(float f)
 	if (rem > 0x1000u || (rem == 0x1000u && (h & 1)))
 		h++;
 	return (uint16_t)h;
+}
+
+static const char *const gs_numerics_names[GS_NUMERICS_COUNT] = {
+	[GS_NUMERICS_FP32] = "fp32",
+	[GS_NUMERICS_BF16] = "bf16",
+};
+
+const char *gs_numerics_name(enum gs_numerics n)
+{
+	return (unsigned)n < GS_NUMERICS_COUNT ? gs_numerics_names[n] : "?";
+}
+
+enum gs_status gs_numerics_parse(const char *s, const char *what, enum gs_numerics *out)
+{
+	for (int i = 0; i < GS_NUMERICS_COUNT; i++)
+		if (s && strcmp(s, gs_numerics_names[i]) == 0) {
+			*out = (enum gs_numerics)i;
+			return GS_OK;
+		}
+	return gs_errorf(GS_ERR_INVALID_ARG, "%s must be fp32 or bf16, got \"%s\"", what, s ? s : "");
 }

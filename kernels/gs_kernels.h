@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "gs_dtype.h"
+#include "gs_fmath.h"
 #include "gs_status.h"
 
 /* A plain 2-D row-major view: element (r, c) at data + (r * cols + c) * dtype size. */
@@ -70,30 +71,80 @@ struct gs_cand {
 			* logits when wanted, else -inf */
 };
 
+/* A token of a row whose logit the rank-side stages change (the sampler builds these from the
+ * history, logit_bias and min_tokens; rules in engine/gs_sampler.h): distinct ids, any order. */
+#define GS_EDIT_SEEN   1 /* in the prompt or generated: the repetition penalty applies */
+#define GS_EDIT_MASKED 2 /* min_tokens not reached and an eos/stop id: -inf          */
+struct gs_logit_edit {
+	int32_t id;     /* global token id                                         */
+	int32_t count;  /* times among the generated tokens (frequency, presence)  */
+	float   bias;   /* logit_bias; 0: none                                     */
+	int32_t flags;  /* GS_EDIT_*                                               */
+};
+
 /* Per row of a candidates call (backend memory). */
 struct gs_cand_row {
 	float   penalty;      /* repetition penalty r; 1: none */
+	float   frequency;    /* frequency penalty f; 0: none */
+	float   presence;     /* presence penalty p; 0: none */
 	float   temperature;  /* divisor; 1: none (greedy rows pass 1) */
-	int32_t hist0;        /* this row's history: hist[hist0 .. hist0 + n_hist), global ids, */
-	int32_t n_hist;       /* repeats and ids outside the slice allowed (penalised once)      */
+	int32_t edit0;        /* this row's edits: edit[edit0 .. edit0 + n_edit), ids outside */
+	int32_t n_edit;       /* the slice allowed (skipped)                                  */
 	int32_t want_lse;     /* nonzero: the trailer carries the log-sum-exp */
+	int32_t masked;       /* nonzero: structured output -- allow[r][c] == 0 drops column c */
 };
 
-/* The rank side of gs_sampler_local_candidates (worker/gs_sampler.h), for many rows at once.
- * For column c of row r (token vocab0 + c), with v = raw[c] sanitised (NaN -> -inf, +inf ->
- * FLT_MAX): if the token is in the row's history and penalty != 1, v = v > 0 ? v / r : v * r,
- * clamped to FLT_MAX; then if temperature != 1, v = v / t, clamped to FLT_MAX. out[r] gets
+static inline float gs_logit_clamp(float v)
+{
+	return v > FLT_MAX ? FLT_MAX : v;
+}
+
+/* The processed logit of an edited token, from its raw logit, in this order (vLLM's):
+ * sanitise; masked: -inf; + bias; repetition penalty (v > 0 ? v / r : v * r) when seen;
+ * when generated c > 0 times, v - c * f, then - p (two roundings, never fused); then / t.
+ * Each step clamps +overflow to FLT_MAX. The sampler (engine/sampler.c), the CPU candidates op
+ * (kernels/cpu/pick.c) use this function; the CUDA op mirrors it (kernels/cuda/sample.cu). An
+ * unedited token is sanitise, then / t. */
+static inline float gs_logit_edit_value(float raw, const struct gs_logit_edit *e, float r, float f, float p,
+					float t)
+{
+	float v = gs_sanitize(raw);
+
+	if (e->flags & GS_EDIT_MASKED)
+		return -INFINITY;
+	if (e->bias != 0.0f)
+		v = gs_logit_clamp(v + e->bias);
+	if ((e->flags & GS_EDIT_SEEN) && r != 1.0f)
+		v = gs_logit_clamp(v > 0.0f ? v / r : v * r);
+	if (e->count > 0) {
+		float cf = (float)e->count * f;
+		v = gs_logit_clamp(v - cf);
+		v = gs_logit_clamp(v - p);
+	}
+	if (t != 1.0f)
+		v = gs_logit_clamp(v / t);
+	return v;
+}
+
+/* The rank side of gs_sampler_local_candidates (engine/gs_sampler.h), for many rows at once.
+ * For column c of row r (token vocab0 + c): v = raw[c] sanitised (NaN -> -inf, +inf ->
+ * FLT_MAX), divided by the temperature when it is not 1 (clamped to FLT_MAX); a token with an
+ * edit instead gets gs_logit_edit_value(). out[r] gets
  * the top min(k, cols) columns by v (larger first, equal values by smaller id; -0.0 equals
  * +0.0) as {id, v, raw[c]}, then padding up to k, then the trailer: k + 1 entries per row.
+ * A masked row's column with allow 0 (a token the grammar refuses) is no candidate and is left
+ * out of the log-sum-exp, as if its raw logit were -inf (what the host path does to the row).
  * The same rules and bits as the sampler, so the engine's draws do not depend on where the
  * candidates were made (the log-sum-exp may differ in the last bits between backends). */
 struct gs_cand_args {
-	struct gs_cand           *out;     /* [rows][k + 1] */
-	const float              *logits;  /* [rows, cols] */
-	const struct gs_cand_row *row;     /* [rows] */
-	const int32_t            *hist;
-	int32_t                   rows, cols, k;
-	int32_t                   vocab0;  /* global id of column 0 */
+	struct gs_cand             *out;     /* [rows][k + 1] */
+	const float                *logits;  /* [rows, cols] */
+	const struct gs_cand_row   *row;     /* [rows] */
+	const struct gs_logit_edit *edit;
+	const uint8_t              *allow;   /* [rows][cols], read for rows with masked set (may be
+					      * NULL when none is) */
+	int32_t                     rows, cols, k;
+	int32_t                     vocab0;  /* global id of column 0 */
 };
 
 struct gs_backend_i {
@@ -167,5 +218,20 @@ void gs_backend_cpu_free(struct gs_backend *be);
  * as a GPU keeps it (tests of that path without a GPU). */
 void gs_backend_cpu_set_kv_dtype(struct gs_backend *be, enum gs_dtype t);
 struct gs_threadpool *gs_backend_cpu_pool(const struct gs_backend *be);
+
+/* Matmul numerics of the CPU backend (ARCHITECTURE.md §3):
+ *   fp32: x and the accumulation fp32, weights widened exactly (the default);
+ *   bf16: x rounded to bf16 at each matmul input (as a bf16 Hugging Face model does), weights
+ *         as stored, fp32 accumulation in one fixed order (vdpbf16ps; needs AVX512_BF16).
+ * Both are batch-invariant. Everything outside the matmuls stays fp32 in both. */
+enum gs_numerics { GS_NUMERICS_FP32, GS_NUMERICS_BF16, GS_NUMERICS_COUNT };
+const char *gs_numerics_name(enum gs_numerics n);          /* "fp32", "bf16" */
+/* "fp32" or "bf16" -> *out; else GS_ERR_INVALID_ARG naming `what` (e.g. "--numerics"). */
+enum gs_status gs_numerics_parse(const char *s, const char *what, enum gs_numerics *out);
+/* Select the mode of a CPU backend (plain or staged), before its first op. bf16 on a CPU without
+ * AVX512_BF16 (or with it hidden by GS_CPU_FEATURES_MASK): GS_ERR_UNSUPPORTED, and the message
+ * names the missing feature. */
+enum gs_status gs_backend_cpu_set_numerics(struct gs_backend *be, enum gs_numerics n);
+enum gs_numerics gs_backend_cpu_numerics(const struct gs_backend *be);
 
 #endif

@@ -52,6 +52,12 @@ struct gs_kv_seq {
 	int32_t *ring;                /* [cache->ring_blocks] local block ids (NULL: no sliding layers) */
 	int32_t  n_past;              /* positions already in the cache */
 	int32_t  max_positions;       /* reservation covers positions [0, max_positions) */
+	/* The pool's prefix-cache bookkeeping (engine/gs_kvpool.h); the forward pass ignores it. */
+	int32_t  n_ring;              /* ring slots taken (ring_blocks, or fewer when short) */
+	int32_t  n_reg;               /* blocks [0, n_reg) registered (or taken from the cache) */
+	uint64_t reg_hash;            /* chain hash of blocks [0, n_reg) */
+	int32_t  reg_node;            /* cached block holding block n_reg - 1 (-1: none, -2: chain lost) */
+	uint32_t reg_gen;             /* its generation */
 };
 
 /* Slabs for n_global_blocks (global layers) and n_local_blocks (sliding rings). n_kv_heads is

@@ -355,7 +355,7 @@ static enum gs_status gs_st_load_shard(struct gs_safetensors *st, int shard, con
 			goto out_free_json;
 	}
 	rc = gs_st_check_overlap(st, shard, first);
-	if (rc == GS_OK)
+	if (rc == GS_OK && st->count > first) /* a header without tensors: st->tensors may be NULL */
 		qsort(st->tensors + first, st->count - first, sizeof(*st->tensors), gs_st_cmp_tensor_name);
 out_free_json:
 	cJSON_Delete(root);
@@ -407,18 +407,26 @@ static enum gs_status gs_st_read_small_file(const char *path, char **out, size_t
 		return gs_errorf(errno == ENOENT ? GS_ERR_NOT_FOUND : GS_ERR_IO, "%s: cannot open: %s", path,
 				 strerror(errno));
 	enum gs_status rc = GS_OK;
-	char *buf = malloc(GS_ST_MAX_INDEX + 1);
+	struct stat sb;
+	/* sized by the file (an index is a few KiB), one byte more to see it grow past the limit */
+	size_t want = fstat(fileno(f), &sb) == 0 && sb.st_size >= 0 && (uint64_t)sb.st_size < GS_ST_MAX_INDEX
+			      ? (size_t)sb.st_size + 1 : (size_t)GS_ST_MAX_INDEX + 1;
+	char *buf = malloc(want + 1);
 	if (!buf) {
 		rc = gs_errorf(GS_ERR_NOMEM, "%s: out of memory", path);
 		goto out_close_file;
 	}
-	size_t n = fread(buf, 1, GS_ST_MAX_INDEX + 1, f);
+	size_t n = fread(buf, 1, want, f);
 	if (ferror(f)) {
 		rc = gs_errorf(GS_ERR_IO, "%s: read error", path);
 		goto out_free_buf;
 	}
 	if (n > GS_ST_MAX_INDEX) {
 		rc = gs_errorf(GS_ERR_FORMAT, "%s: larger than %u bytes", path, GS_ST_MAX_INDEX);
+		goto out_free_buf;
+	}
+	if (n == want) {
+		rc = gs_errorf(GS_ERR_IO, "%s: grew while it was read", path);
 		goto out_free_buf;
 	}
 	buf[n] = '\0';

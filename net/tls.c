@@ -246,32 +246,26 @@ static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
 
 static const char *const flag_of[] = { "--cluster-ca", "--cluster-cert", "--cluster-key" };
 
-/* Opens a PEM file, with a message naming the flag and the file; private: refuse access by
- * group or others. */
-static enum gs_status open_pem(int which, const char *path, bool private, FILE **out)
-{
-	struct stat st;
-	FILE *f;
+#define PEM_FILE_MAX (1u << 20) /* no certificate bundle or key is larger */
 
-	*out = NULL;
+/* Reads a PEM file into memory, with messages naming the flag and the file; private: a key,
+ * refused when group or others may access it. The caller frees it (a key: pem_free, which wipes it). */
+static enum gs_status read_pem(int which, const char *path, bool private, char **buf, size_t *len)
+{
+	char what[600];
+
+	*buf = NULL;
 	if (!path || !*path)
 		return gs_errorf(GS_ERR_INVALID_ARG, "%s: no file given", flag_of[which]);
-	f = fopen(path, "re");
-	if (!f)
-		return gs_errorf(GS_ERR_IO, "%s %s: cannot open: %s", flag_of[which], path, strerror(errno));
-	if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-		fclose(f);
-		return gs_errorf(GS_ERR_IO, "%s %s: not a regular file", flag_of[which], path);
-	}
-	if (private && (st.st_mode & (S_IRWXG | S_IRWXO))) {
-		fclose(f);
-		return gs_errorf(GS_ERR_INVALID_ARG,
-				 "%s %s: the private key is accessible by group or others (mode %04o); allow its owner "
-				 "only: chmod 600 %s",
-				 flag_of[which], path, (unsigned)(st.st_mode & 07777), path);
-	}
-	*out = f;
-	return GS_OK;
+	snprintf(what, sizeof(what), "%s %.500s", flag_of[which], path);
+	return gs_read_file_checked(what, path, private, PEM_FILE_MAX, buf, len);
+}
+
+static void pem_free(char *buf, size_t len)
+{
+	if (buf)
+		OPENSSL_cleanse(buf, len);
+	free(buf);
 }
 
 static int no_passphrase(char *buf, int size, int rwflag, void *u)
@@ -285,22 +279,32 @@ static enum gs_status load_ca(SSL_CTX *ctx, const char *path)
 {
 	X509_STORE *store = SSL_CTX_get_cert_store(ctx);
 	X509 *x;
-	FILE *f;
+	BIO *bio;
+	char *pem;
+	size_t len;
 	int n = 0;
 
-	GS_TRY(open_pem(0, path, false, &f));
-	while ((x = PEM_read_X509(f, NULL, NULL, NULL)) != NULL) {
+	GS_TRY(read_pem(0, path, false, &pem, &len));
+	bio = BIO_new_mem_buf(pem, (int)len);
+	if (!bio) {
+		free(pem);
+		return gs_errorf(GS_ERR_NOMEM, "--cluster-ca %s: out of memory", path);
+	}
+	while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
 		if (X509_STORE_add_cert(store, x) != 1) {
-			X509_free(x);
-			fclose(f);
 			char why[256];
+
+			X509_free(x);
+			BIO_free(bio);
+			free(pem);
 			openssl_reason(why, sizeof(why));
 			return gs_errorf(GS_ERR_FORMAT, "--cluster-ca %s: %s", path, why);
 		}
 		X509_free(x);
 		n++;
 	}
-	fclose(f);
+	BIO_free(bio);
+	free(pem);
 	ERR_clear_error(); /* the end of the file reads as "no start line" */
 	if (n == 0)
 		return gs_errorf(GS_ERR_FORMAT, "--cluster-ca %s: no PEM certificate in it", path);
@@ -312,17 +316,21 @@ static enum gs_status load_cert_and_key(struct gs_cluster_tls *t, const char *ce
 	char why[256];
 	bool wanted_pass = false;
 	EVP_PKEY *pk;
-	FILE *f;
+	BIO *bio;
+	char *pem;
+	size_t len;
 
-	GS_TRY(open_pem(1, cert, false, &f));
-	fclose(f);
+	GS_TRY(read_pem(1, cert, false, &pem, &len));
+	free(pem);
 	if (SSL_CTX_use_certificate_chain_file(t->ctx, cert) != 1) {
 		openssl_reason(why, sizeof(why));
 		return gs_errorf(GS_ERR_FORMAT, "--cluster-cert %s: %s", cert, why);
 	}
-	GS_TRY(open_pem(2, key, true, &f));
-	pk = PEM_read_PrivateKey(f, NULL, no_passphrase, &wanted_pass);
-	fclose(f);
+	GS_TRY(read_pem(2, key, true, &pem, &len));
+	bio = BIO_new_mem_buf(pem, (int)len);
+	pk = bio ? PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, &wanted_pass) : NULL;
+	BIO_free(bio);
+	pem_free(pem, len);
 	if (!pk) {
 		openssl_reason(why, sizeof(why));
 		if (wanted_pass)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: install dependencies, build, run every ctest.
-#   GS_BUILD_DIR (default build), GS_SANITIZE=ON for ASan/UBSan, GS_WERROR=ON for -Werror,
+#   GS_BUILD_DIR (default build), GS_SANITIZE=ON for ASan/UBSan (GS_SANITIZE_SKIP_LABELS: a
+#   label regex not rerun under the sanitizers), GS_WERROR=ON for -Werror,
 #   extra ctest arguments are passed through (e.g. -L unit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,8 +21,11 @@ if [ "${GS_SANITIZE:-OFF}" = "ON" ]; then
   # MPI, UCX, PMIx and the CUDA/NCCL runtimes keep allocations until exit from plugins they
   # dlopen and unload, which LeakSanitizer cannot attribute: the tests that run under mpirun
   # keep ASan/UBSan but not leak checking; every other test checks leaks too.
-  ctest --output-on-failure --timeout 1800 -LE mpi "$@"
-  ASAN_OPTIONS="${ASAN_OPTIONS}:detect_leaks=0" ctest --output-on-failure --timeout 1800 -L mpi "$@"
+  # GS_SANITIZE_SKIP_LABELS (a ctest label regex, e.g. "slurm|build"): tests not rerun here.
+  skip=${GS_SANITIZE_SKIP_LABELS:-}
+  ctest --output-on-failure --timeout 1800 -LE "mpi${skip:+|$skip}" "$@"
+  ASAN_OPTIONS="${ASAN_OPTIONS}:detect_leaks=0" ctest --output-on-failure --timeout 1800 -L mpi \
+    ${skip:+-LE "$skip"} "$@"
 else
   ctest --output-on-failure --timeout 900 "$@"
 fi

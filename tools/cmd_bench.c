@@ -1,5 +1,6 @@
-/* gemmashard bench: this machine's read bandwidth and FMA peak, then decode and prefill of a
- * model measured in the same run and reported as fractions of those two ceilings. */
+/* gemmashard bench: this machine's read bandwidth, fp32 FMA peak and bf16 dot-product peak, then
+ * decode and prefill of a model measured in the same run and reported as fractions of those
+ * ceilings, in the numerics chosen (--numerics). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,9 +43,31 @@ static double prefill_flops(const struct gs_model *m, int n)
 	return f + 2.0 * m->lm_head.rows * H;
 }
 
+/* The matmuls of one decode step of `batch` sequences (every layer's projections and the LM
+ * head, x of `batch` rows): the compute side of batched decode, without attention (small at
+ * short contexts). Best of 3; seconds per step. x, y: scratch of the largest shapes. */
+static double decode_step_matmuls(const struct gs_model *m, struct gs_backend be, int batch, float *x, float *y)
+{
+	double best = 1e30;
+	for (int rep = 0; rep < 3; rep++) {
+		double t0 = gs_now_s();
+		for (int l = 0; l < m->cfg.n_layers; l++) {
+			const struct gs_layer_weights *w = &m->layers[l];
+			const struct gs_tensor *t[] = { &w->q, &w->k, &w->v, &w->o, &w->gate, &w->up, &w->down };
+			for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+				be.iface->matmul(be.ctx, y, x, t[i], batch);
+		}
+		be.iface->matmul(be.ctx, y, x, &m->lm_head, batch);
+		if (gs_now_s() - t0 < best)
+			best = gs_now_s() - t0;
+	}
+	return best;
+}
+
 int gs_cmd_bench(int argc, char **argv)
 {
-	const char *model_dir = NULL, *synthetic = NULL, *tok_path = NULL;
+	const char *model_dir = NULL, *synthetic = NULL, *tok_path = NULL, *numerics_s = GS_NUMERICS_DEFAULT;
+	enum gs_numerics numerics;
 	int threads = 0, n_decode = 32, n_prompt = 512, bw_mb = 1024, rc = 1;
 	struct gs_arg args[] = {
 		{ "model", GS_ARG_STR, &model_dir, "checkpoint directory" },
@@ -54,6 +77,7 @@ int gs_cmd_bench(int argc, char **argv)
 		{ "prompt-tokens", GS_ARG_INT, &n_prompt, "prefill length (default 512)" },
 		{ "tokenizer", GS_ARG_STR, &tok_path, "also benchmark this tokenizer.json (default: the model's)" },
 		{ "bw-mb", GS_ARG_INT, &bw_mb, "buffer for the bandwidth test in MiB (default 1024)" },
+		{ "numerics", GS_ARG_STR, &numerics_s, GS_NUMERICS_HELP },
 	};
 	struct gs_model *m = NULL;
 	struct gs_backend be = { 0 };
@@ -62,7 +86,8 @@ int gs_cmd_bench(int argc, char **argv)
 	int32_t *ids = NULL;
 	float *logits = NULL;
 	char path[1024];
-	double bw, peak, t0, t_decode = 1e30, t_prefill = 1e30, bytes_tok, flops;
+	double bw, peak, bpeak, t0, t_decode = 1e30, t_prefill = 1e30, bytes_tok, flops;
+	float *bx = NULL, *by = NULL;
 	int r;
 
 	r = gs_args_parse("usage: gemmashard bench (--model DIR | --synthetic 1b) [--threads N]", args,
@@ -73,18 +98,27 @@ int gs_cmd_bench(int argc, char **argv)
 		fprintf(stderr, "gemmashard bench: exactly one of --model/--synthetic is required\n");
 		return 2;
 	}
+	if (gs_cmd_numerics("bench", numerics_s, &numerics))
+		return 2;
 	if (n_decode < 1 || n_prompt < 1 || bw_mb < 16) {
 		fprintf(stderr, "gemmashard bench: --decode-tokens/--prompt-tokens >= 1, --bw-mb >= 16\n");
 		return 2;
 	}
-	if (gs_backend_cpu_create(threads, &be) != GS_OK)
+	if (gs_cmd_cpu_backend(threads, numerics, &be) != GS_OK)
 		goto out_fail;
 
-	printf("machine: %d threads, ISA %s\n", be.iface->n_threads(be.ctx), gs_cpu_isa_name());
+	printf("machine: %d threads, ISA %s, numerics %s\n", be.iface->n_threads(be.ctx), gs_cpu_isa_name(),
+	       gs_numerics_name(numerics));
 	bw = gs_cpu_measure_read_bw(gs_backend_cpu_pool(&be), (size_t)bw_mb << 20, 5);
 	peak = gs_cpu_measure_fma_peak(gs_backend_cpu_pool(&be));
+	bpeak = gs_cpu_measure_bf16_peak(gs_backend_cpu_pool(&be));
 	printf("memory read bandwidth      %8.2f GB/s   (STREAM-like sum over %d MiB, best of 5)\n", bw / 1e9, bw_mb);
 	printf("fp32 FMA peak              %8.2f GFLOP/s\n", peak / 1e9);
+	if (bpeak > 0)
+		printf("bf16 dot-product peak      %8.2f GFLOP/s (vdpbf16ps; %.2f x the fp32 FMA peak)\n", bpeak / 1e9,
+		       bpeak / peak);
+	else
+		printf("bf16 dot-product peak           n/a  (this CPU lacks %s)\n", gs_cpu_bf16_missing());
 
 	if (synthetic ? gs_model_synthetic(synthetic, 1234, &m) : gs_model_load(model_dir, true, &m))
 		goto out_fail;
@@ -130,12 +164,15 @@ int gs_cmd_bench(int argc, char **argv)
 	{
 		double bw2 = gs_cpu_measure_read_bw(gs_backend_cpu_pool(&be), (size_t)bw_mb << 20, 5);
 		double peak2 = gs_cpu_measure_fma_peak(gs_backend_cpu_pool(&be));
-		printf("memory read bandwidth, after %6.2f GB/s; fp32 FMA peak, after %.2f GFLOP/s (max of both used)\n",
-		       bw2 / 1e9, peak2 / 1e9);
+		double bpeak2 = gs_cpu_measure_bf16_peak(gs_backend_cpu_pool(&be));
+		printf("memory read bandwidth, after %6.2f GB/s; fp32 FMA peak, after %.2f GFLOP/s; bf16 peak, after "
+		       "%.2f GFLOP/s (max of both used)\n", bw2 / 1e9, peak2 / 1e9, bpeak2 / 1e9);
 		if (bw2 > bw)
 			bw = bw2;
 		if (peak2 > peak)
 			peak = peak2;
+		if (bpeak2 > bpeak)
+			bpeak = bpeak2;
 	}
 	bytes_tok = decode_bytes_per_token(m);
 	flops = prefill_flops(m, n_prompt);
@@ -174,6 +211,46 @@ int gs_cmd_bench(int argc, char **argv)
 	printf("prefill, %4d tokens        %8.2f tok/s  (%.2f GFLOP/s)\n", n_prompt, n_prompt / t_prefill,
 	       flops / t_prefill / 1e9);
 	printf("prefill / fp32 FMA peak    %8.3f\n", flops / t_prefill / peak);
+	if (bpeak > 0)
+		printf("prefill / bf16 peak        %8.3f\n", flops / t_prefill / bpeak);
+
+	/* Batched decode, compute side: the matmuls of one step of B sequences. */
+	{
+		static const int batches[] = { 16, 64 };
+		int64_t max_cols = m->lm_head.cols, max_rows = m->lm_head.rows;
+		for (int l = 0; l < m->cfg.n_layers; l++) {
+			const struct gs_layer_weights *w = &m->layers[l];
+			const struct gs_tensor *t[] = { &w->q, &w->k, &w->v, &w->o, &w->gate, &w->up, &w->down };
+			for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+				max_cols = t[i]->cols > max_cols ? t[i]->cols : max_cols;
+				max_rows = t[i]->rows > max_rows ? t[i]->rows : max_rows;
+			}
+		}
+		bx = malloc(sizeof(float) * 64 * (size_t)max_cols);
+		by = malloc(sizeof(float) * 64 * (size_t)max_rows);
+		if (!bx || !by) {
+			gs_errorf(GS_ERR_NOMEM, "out of memory");
+			goto out_fail;
+		}
+		for (size_t i = 0; i < 64 * (size_t)max_cols; i++)
+			bx[i] = (float)((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
+		for (size_t bi = 0; bi < sizeof(batches) / sizeof(batches[0]); bi++) {
+			int B = batches[bi];
+			double dt = decode_step_matmuls(m, be, B, bx, by), fl = 0;
+			for (int l = 0; l < m->cfg.n_layers; l++) {
+				const struct gs_layer_weights *w = &m->layers[l];
+				const struct gs_tensor *t[] = { &w->q, &w->k, &w->v, &w->o, &w->gate, &w->up, &w->down };
+				for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+					fl += 2.0 * B * (double)t[i]->rows * (double)t[i]->cols;
+			}
+			fl += 2.0 * B * (double)m->lm_head.rows * (double)m->lm_head.cols;
+			printf("decode step matmuls, batch %2d %7.2f tok/s  (%.2f GFLOP/s; %.3f of fp32 peak", B, B / dt,
+			       fl / dt / 1e9, fl / dt / peak);
+			if (bpeak > 0)
+				printf(", %.3f of bf16 peak", fl / dt / bpeak);
+			printf(")\n");
+		}
+	}
 
 	if (!tok_path && model_dir) {
 		snprintf(path, sizeof(path), "%s/tokenizer.json", model_dir);
@@ -187,6 +264,8 @@ int gs_cmd_bench(int argc, char **argv)
 out_fail:
 	rc = gs_cmd_fail("bench");
 out_free:
+	free(bx);
+	free(by);
 	free(logits);
 	free(ids);
 	gs_seq_free(s);

@@ -12,7 +12,8 @@
 
 int gs_cmd_logits(int argc, char **argv)
 {
-	const char *model_dir = NULL, *tokens = NULL, *out_path = NULL, *device = "cpu";
+	const char *model_dir = NULL, *tokens = NULL, *out_path = NULL, *device = "cpu", *numerics_s = GS_NUMERICS_DEFAULT;
+	enum gs_numerics numerics;
 	int chunk = 0, threads = 0, rc = 1;
 	bool cuda = false;
 	struct gs_arg args[] = {
@@ -22,7 +23,9 @@ int gs_cmd_logits(int argc, char **argv)
 		{ "chunk", GS_ARG_INT, &chunk, "feed the tokens through the KV cache in chunks of N (1 = decode)" },
 		{ "threads", GS_ARG_INT, &threads, "CPU threads (default: all)" },
 		{ "device", GS_ARG_STR, &device, "cpu (default) or cuda (GPU 0: weights, KV and activations there)" },
+		{ "numerics", GS_ARG_STR, &numerics_s, GS_NUMERICS_HELP " (cpu only)" },
 	};
+	struct gs_arg *numerics_arg = &args[6];
 	const int n_args = sizeof(args) / sizeof(args[0]);
 	struct gs_model *m = NULL;
 	struct gs_backend be = { 0 };
@@ -46,6 +49,12 @@ int gs_cmd_logits(int argc, char **argv)
 		fprintf(stderr, "gemmashard logits: --device must be cpu or cuda, got \"%s\"\n", device);
 		return 2;
 	}
+	if (gs_cmd_numerics("logits", numerics_s, &numerics))
+		return 2;
+	if (cuda && numerics_arg->seen) {
+		fprintf(stderr, "gemmashard logits: --numerics is a CPU mode; --device cuda has its own (ARCHITECTURE.md §3)\n");
+		return 2;
+	}
 	if (chunk < 0) {
 		fprintf(stderr, "gemmashard logits: --chunk must be >= 1\n");
 		return 2;
@@ -59,7 +68,7 @@ int gs_cmd_logits(int argc, char **argv)
 			  m->cfg.max_position, model_dir);
 		goto out_fail;
 	}
-	if ((cuda ? gs_backend_cuda_create(0, &be) : gs_backend_cpu_create(threads, &be)) != GS_OK ||
+	if ((cuda ? gs_backend_cuda_create(0, &be) : gs_cmd_cpu_backend(threads, numerics, &be)) != GS_OK ||
 	    gs_model_to_backend(m, be) != GS_OK)
 		goto out_fail;
 	{
@@ -102,7 +111,7 @@ out_free:
 	gs_model_free(m); /* before its backend: a GPU holds its weights */
 	if (cuda)
 		gs_backend_cuda_free(&be);
-	else
+	else if (be.ctx)
 		gs_backend_cpu_free(&be);
 	free(ids);
 	return rc;

@@ -15,7 +15,8 @@
 #include "gs_util.h"
 
 /* --batch: the serving engine in this process (T = 1). */
-static int run_batch_local(const char *model_dir, const char *in, const char *out, int threads, int ctx)
+static int run_batch_local(const char *model_dir, const char *in, const char *out, int threads, int ctx,
+			   enum gs_numerics numerics)
 {
 	struct gs_engine_config ec = { .max_batch_tokens = 256, .max_seqs = 64, .max_context = ctx > 0 ? ctx : 4096,
 				       .candidates = 64 };
@@ -28,7 +29,7 @@ static int run_batch_local(const char *model_dir, const char *in, const char *ou
 
 	snprintf(path, sizeof(path), "%s/tokenizer.json", model_dir);
 	if (gs_model_load(model_dir, true, &m) != GS_OK || gs_tokenizer_load(path, &tok) != GS_OK ||
-	    gs_backend_cpu_create(threads, &be) != GS_OK || gs_engine_create(m, be, NULL, &ec, &e) != GS_OK ||
+	    gs_cmd_cpu_backend(threads, numerics, &be) != GS_OK || gs_engine_create(m, be, NULL, &ec, &e) != GS_OK ||
 	    gs_batch_run(e, m, tok, in, out, (struct gs_batch_split){ .k = 0, .n = 1 }) != GS_OK)
 		rc = gs_cmd_fail("run --batch");
 	else
@@ -44,6 +45,8 @@ static int run_batch_local(const char *model_dir, const char *in, const char *ou
 int gs_cmd_run(int argc, char **argv)
 {
 	const char *model_dir = NULL, *prompt = NULL, *chat = NULL, *system = NULL, *batch = NULL, *batch_out = NULL;
+	const char *numerics_s = GS_NUMERICS_DEFAULT;
+	enum gs_numerics numerics;
 	int max_tokens = 128, top_k = 64, threads = 0, ctx = 0, rc = 1;
 	double temperature = 1.0, top_p = 0.95, min_p = 0.0, rep = 1.0;
 	uint64_t seed = 0;
@@ -65,6 +68,7 @@ int gs_cmd_run(int argc, char **argv)
 		{ "quiet", GS_ARG_FLAG, &quiet, "no statistics on stderr" },
 		{ "batch", GS_ARG_STR, &batch, "JSONL requests to run through the serving engine (with --out)" },
 		{ "out", GS_ARG_STR, &batch_out, "JSONL results for --batch (resumable: done ids are skipped)" },
+		{ "numerics", GS_ARG_STR, &numerics_s, GS_NUMERICS_HELP },
 	};
 	struct gs_arg *seed_arg = &args[10];
 	struct gs_model *m = NULL;
@@ -88,8 +92,10 @@ int gs_cmd_run(int argc, char **argv)
 			  args, sizeof(args) / sizeof(args[0]), argc, argv);
 	if (r)
 		return r == 1 ? 0 : 2;
+	if (gs_cmd_numerics("run", numerics_s, &numerics))
+		return 2;
 	if (model_dir && batch && batch_out && !prompt && !chat)
-		return run_batch_local(model_dir, batch, batch_out, threads, ctx);
+		return run_batch_local(model_dir, batch, batch_out, threads, ctx, numerics);
 	if (batch || batch_out) {
 		fprintf(stderr, "gemmashard run: --batch needs --out and excludes --prompt/--chat\n");
 		return 2;
@@ -151,7 +157,7 @@ int gs_cmd_run(int argc, char **argv)
 		goto out_fail;
 	}
 
-	if (gs_backend_cpu_create(threads, &be) != GS_OK)
+	if (gs_cmd_cpu_backend(threads, numerics, &be) != GS_OK)
 		goto out_fail;
 	if (gs_forward_create(m, be, 256, &f) != GS_OK || gs_seq_create(f, ctx, &s) != GS_OK ||
 	    gs_sampler_create(&sp, m->n_vocab, &smp) != GS_OK)
@@ -167,8 +173,8 @@ int gs_cmd_run(int argc, char **argv)
 	end_of_turn = gs_tokenizer_find(tok, "<end_of_turn>");
 	gs_detok_init(&dt, tok);
 	if (!quiet)
-		fprintf(stderr, "[%zu prompt tokens, seed %llu, %d threads]\n", n_prompt, (unsigned long long)seed,
-			be.iface->n_threads(be.ctx));
+		fprintf(stderr, "[%zu prompt tokens, seed %llu, %d threads, numerics %s]\n", n_prompt,
+			(unsigned long long)seed, be.iface->n_threads(be.ctx), gs_numerics_name(numerics));
 
 	t0 = gs_now_s();
 	if (gs_forward_run(f, s, ids, (int32_t)n_prompt, logits, false) != GS_OK)

@@ -3,6 +3,8 @@
 #ifndef GS_CMDS_H
 #define GS_CMDS_H
 
+#include "gs_kernels.h"
+
 int gs_cmd_make_test_model(int argc, char **argv);
 int gs_cmd_tokenize(int argc, char **argv);
 int gs_cmd_logits(int argc, char **argv);
@@ -18,5 +20,14 @@ int gs_cmd_chat(int argc, char **argv);
 
 /* Print "gemmashard <cmd>: <last error>" on stderr and return 1. */
 int gs_cmd_fail(const char *cmd);
+
+/* --numerics fp32|bf16 (ARCHITECTURE.md §3) of the commands that compute. The default: */
+#define GS_NUMERICS_DEFAULT "fp32"
+#define GS_NUMERICS_HELP "matmul numerics: fp32 (default) or bf16 (x rounded to bf16, vdpbf16ps; needs AVX512_BF16)"
+/* Parse the flag's value: 0, or 2 with "gemmashard <cmd>: --numerics must be ..." on stderr. */
+int gs_cmd_numerics(const char *cmd, const char *s, enum gs_numerics *out);
+/* A CPU backend in that mode; a CPU without AVX512_BF16 refuses bf16 (the error names it), and
+ * then nothing is left to free. */
+enum gs_status gs_cmd_cpu_backend(int threads, enum gs_numerics numerics, struct gs_backend *be);
 
 #endif

@@ -27,6 +27,23 @@ int gs_cmd_fail(const char *cmd)
 	return 1;
 }
 
+int gs_cmd_numerics(const char *cmd, const char *s, enum gs_numerics *out)
+{
+	if (gs_numerics_parse(s, "--numerics", out) == GS_OK)
+		return 0;
+	fprintf(stderr, "gemmashard %s: %s\n", cmd, gs_last_error());
+	return 2;
+}
+
+enum gs_status gs_cmd_cpu_backend(int threads, enum gs_numerics numerics, struct gs_backend *be)
+{
+	GS_TRY(gs_backend_cpu_create(threads, be));
+	enum gs_status st = gs_backend_cpu_set_numerics(be, numerics);
+	if (st != GS_OK)
+		gs_backend_cpu_free(be); /* leaves be->ctx NULL; the error stays */
+	return st;
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: gemmashard <command> [options]   (gemmashard <command> --help)\n\ncommands:\n");

@@ -6,10 +6,15 @@
 
 #include "gs_batchio.h"
 
-/* One request in flight on the leader. */
+/* One request (one choice of a line) in flight on the leader. A line with n > 1 has its
+ * choices 1.. in more[]; engine ids are line * GS_BATCH_MAX_N + choice. */
 struct flight {
 	struct gs_batch_req *req;
 	bool                 active;
+	bool                 finished;    /* n > 1: this choice is over (fin), the others may not be */
+	enum gs_batch_finish fin;
+	int32_t              n_open;      /* choice 0: choices still running */
+	struct flight       *more;        /* choice 0 of n > 1: [n - 1] */
 	struct gs_detok      dt;
 	char                *text;
 	size_t               len, cap;
@@ -40,6 +45,11 @@ static enum gs_status append(struct flight *f, const char *s, size_t n)
 
 static void flight_free(struct flight *f)
 {
+	if (f->more) {
+		for (int i = 0; i + 1 < f->req->n; i++)
+			flight_free(&f->more[i]);
+		free(f->more);
+	}
 	for (int32_t i = 0; i < f->n_lp; i++)
 		free(f->tok_text[i]);
 	if (f->top_text)
@@ -75,15 +85,32 @@ static long find_stop(const struct flight *f, size_t added)
 	return best;
 }
 
-static enum gs_status write_result(struct gs_batch_out *out, struct flight *f, enum gs_batch_finish fin)
+static struct gs_batch_result flight_result(const struct flight *f)
 {
-	struct gs_batch_result r = {
-		.id = f->req->id, .text = f->text ? f->text : "", .finish = fin, .prompt_tokens = f->n_prompt,
+	return (struct gs_batch_result){
+		.id = f->req->id, .text = f->text ? f->text : "", .finish = f->fin, .prompt_tokens = f->n_prompt,
 		.completion_tokens = f->n_gen, .has_logprobs = f->req->logprobs, .n_tokens = (size_t)f->n_lp,
 		.tokens = (const char *const *)f->tok_text, .token_logprobs = f->tok_lp,
 		.top_n = f->req->logprobs ? (size_t)f->req->top_logprobs : 0,
 		.top_tokens = (const char *const *)f->top_text, .top_logprobs = f->top_lp,
 	};
+}
+
+/* The line's record once all its choices are over (f: choice 0). */
+static enum gs_status write_result(struct gs_batch_out *out, struct flight *f)
+{
+	struct gs_batch_result r = flight_result(f), ch[GS_BATCH_MAX_N];
+	int n = f->req->n > 1 ? f->req->n : 1;
+
+	if (n > 1) {
+		ch[0] = r;
+		for (int i = 1; i < n; i++) {
+			ch[i] = flight_result(&f->more[i - 1]);
+			r.completion_tokens += ch[i].completion_tokens;
+		}
+		r.n_choices = (size_t)n;
+		r.choices = ch;
+	}
 	return gs_batch_out_write(out, &r);
 }
 
@@ -108,6 +135,8 @@ enum gs_status gs_batch_run(struct gs_engine *e, const struct gs_model *m, const
 	enum gs_status st;
 
 	GS_ASSERT(split.n >= 1 && split.k >= 0 && split.k < split.n);
+	/* response_format lines: the leader masks with tok (followers were given theirs) */
+	gs_engine_set_tokenizer(e, tok);
 	st = gs_batch_read(in_path, &reqs, &n);
 	if (st == GS_OK)
 		st = gs_batch_out_open(out_path, &out);
@@ -147,17 +176,33 @@ enum gs_status gs_batch_run(struct gs_engine *e, const struct gs_model *m, const
 				continue;
 			f->req = r;
 			if (!r->error) {
-				if (end_of_turn >= 0)
+				int nc = r->n > 1 ? r->n : 1;
+				p.n = nc;
+				f->n_open = nc;
+				if (nc > 1 && !(f->more = calloc((size_t)nc - 1, sizeof(*f->more)))) {
+					st = gs_errorf(GS_ERR_NOMEM, "out of memory");
+					goto out_shutdown;
+				}
+				for (int i = 0; i + 1 < nc; i++)
+					f->more[i].req = r;
+				if (end_of_turn >= 0 && !r->ignore_eos)
 					p.stop_ids[p.n_stop_ids++] = end_of_turn;
+				for (int i = 0; i < r->n_stop_ids; i++)
+					p.stop_ids[p.n_stop_ids++] = r->stop_ids[i];
+				p.ignore_eos = r->ignore_eos;
+				p.response_format = r->response_format;
 				st = gs_tokenizer_encode(tok, r->text, strlen(r->text), !r->chat, &ids, &n_ids);
 				if (st == GS_OK)
-					st = gs_engine_submit(e, next - 1, ids, (int32_t)n_ids, &p);
+					st = gs_engine_submit(e, (next - 1) * GS_BATCH_MAX_N, ids, (int32_t)n_ids, &p);
 				free(ids);
 				if (st == GS_OK) {
-					f->active = true;
-					f->n_prompt = (int32_t)n_ids;
-					gs_detok_init(&f->dt, tok);
-					inflight++;
+					for (int i = 0; i < nc; i++) {
+						struct flight *fc = i ? &f->more[i - 1] : f;
+						fc->active = true;
+						fc->n_prompt = (int32_t)n_ids;
+						gs_detok_init(&fc->dt, tok);
+					}
+					inflight += nc;
 					continue;
 				}
 			}
@@ -181,11 +226,13 @@ enum gs_status gs_batch_run(struct gs_engine *e, const struct gs_model *m, const
 			goto out_shutdown;
 		for (int32_t i = 0; i < n_ev; i++) {
 			struct gs_token_event *x = &ev[i];
-			struct flight *f = &fl[x->id];
+			struct flight *f0 = &fl[x->id / GS_BATCH_MAX_N];
+			uint64_t ci = x->id % GS_BATCH_MAX_N;
+			struct flight *f = !ci ? f0 : f0->more ? &f0->more[ci - 1] : NULL; /* NULL: line written */
 			bool stop_tok = x->finish == GS_FINISH_STOP;
 			long cut = -1;
 
-			if (!f->active)
+			if (!f || !f->active)
 				continue; /* a cancellation we asked for after a stop string */
 			if (x->token >= 0) {
 				size_t k;
@@ -228,11 +275,16 @@ enum gs_status gs_batch_run(struct gs_engine *e, const struct gs_model *m, const
 				if ((st = append(f, piece, k)) != GS_OK)
 					goto out_shutdown;
 			}
-			st = write_result(out, f, cut >= 0 || stop_tok ? GS_BATCH_FINISH_STOP : GS_BATCH_FINISH_LENGTH);
+			f->fin = cut >= 0 || stop_tok ? GS_BATCH_FINISH_STOP : GS_BATCH_FINISH_LENGTH;
+			f->active = false;
+			f->finished = true;
+			inflight--;
+			if (--f0->n_open > 0)
+				continue; /* n > 1: the record waits for every choice */
+			st = write_result(out, f0);
 			if (st != GS_OK)
 				goto out_shutdown;
-			flight_free(f);
-			inflight--;
+			flight_free(f0);
 			gs_batch_progress_update(&prog, ++done, n_own, gen_tokens, stderr);
 		}
 	}

@@ -3,6 +3,7 @@
 #include "batchio_internal.h"
 #include "gs_batchio.h"
 #include "gs_chat.h"
+#include "gs_grammar.h"
 #include "gs_json.h"
 
 #include <errno.h>
@@ -26,6 +27,7 @@ void gs_batch_req_clear(struct gs_batch_req *req)
 	for (int i = 0; i < req->n_stop; i++)
 		free(req->stop[i]);
 	free(req->error);
+	free(req->response_format);
 	memset(req, 0, sizeof(*req));
 }
 
@@ -64,6 +66,8 @@ static enum gs_status gs_bio_reject(struct gs_batch_req *req, const char *fmt, .
 		req->stop[i] = NULL;
 	}
 	req->n_stop = 0;
+	free(req->response_format);
+	req->response_format = NULL;
 	free(req->error);
 	req->error = full;
 	return GS_OK;
@@ -227,6 +231,99 @@ static enum gs_status gs_bio_parse_stop(const cJSON *stop, struct gs_batch_req *
 	return GS_OK;
 }
 
+/* Every field a line may carry (as on HTTP, docs/ARCHITECTURE.md): anything else is refused
+ * naming it, and the fields accepted only with their default value are checked here. */
+static enum gs_status gs_bio_parse_openai(const cJSON *obj, struct gs_batch_req *req)
+{
+	static const char *const known[] = {
+		"id", "prompt", "messages", "model", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+		"top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "logit_bias", "seed",
+		"n", "stop", "stop_token_ids", "min_tokens", "ignore_eos", "logprobs", "top_logprobs", "user",
+		/* structured output, as on HTTP (gs_grammar_from_request) */
+		"response_format", "guided_choice", "guided_json", "structured_outputs", "guided_regex", "guided_grammar",
+	};
+	static const char *const tools[] = { "tools", "tool_choice", "functions", "function_call" };
+	const cJSON *f, *v, *e;
+
+	cJSON_ArrayForEach(f, obj) {
+		bool ok = false;
+		for (size_t i = 0; !ok && i < sizeof(known) / sizeof(known[0]); i++)
+			ok = strcmp(f->string, known[i]) == 0;
+		for (size_t i = 0; !ok && i < sizeof(tools) / sizeof(tools[0]); i++)
+			if (strcmp(f->string, tools[i]) == 0 && !cJSON_IsNull(f))
+				return gs_bio_reject(req, "%s is not supported: the Gemma 3 chat template has no tool-calling "
+						     "format", tools[i]);
+		if (!ok && !cJSON_IsNull(f))
+			return gs_bio_reject(req, "%.48s is not a supported field of a batch line", f->string);
+	}
+	{
+		char why[512];
+		enum gs_status gst = gs_grammar_from_request(obj, &req->response_format, why, sizeof(why));
+		if (gst == GS_ERR_INVALID_ARG)
+			return gs_bio_reject(req, "%s", why);
+		if (gst != GS_OK)
+			return gst;
+	}
+	if ((v = gs_bio_field(obj, "model")) && !cJSON_IsString(v))
+		return gs_bio_reject(req, "model must be a string, got %s", gs_json_type(v));
+	req->n = 1;
+	if ((v = gs_bio_field(obj, "n"))) {
+		if (!gs_bio_is_int(v, 1, GS_BATCH_MAX_N))
+			return gs_bio_reject(req, "n must be an integer in [1, %d]", GS_BATCH_MAX_N);
+		req->n = (int)v->valuedouble;
+	}
+	if ((v = gs_bio_field(obj, "user")) && !cJSON_IsString(v))
+		return gs_bio_reject(req, "user must be a string, got %s", gs_json_type(v));
+	if ((v = gs_bio_field(obj, "max_completion_tokens"))) {
+		const cJSON *mt = gs_bio_field(obj, "max_tokens");
+		if (!gs_bio_is_int(v, 1, GS_BATCH_MAX_TOKENS_LIMIT))
+			return gs_bio_reject(req, "max_completion_tokens must be an integer in [1, %d]",
+					     GS_BATCH_MAX_TOKENS_LIMIT);
+		if (mt && !(cJSON_IsNumber(mt) && mt->valuedouble == v->valuedouble))
+			return gs_bio_reject(req, "max_completion_tokens and max_tokens differ; give one of them");
+		req->max_tokens = (int32_t)v->valuedouble;
+	}
+	if ((v = gs_bio_field(obj, "min_tokens"))) {
+		if (!gs_bio_is_int(v, 0, INT32_MAX))
+			return gs_bio_reject(req, "min_tokens must be an integer >= 0");
+		req->sp.min_tokens = (int32_t)v->valuedouble;
+	}
+	if ((v = gs_bio_field(obj, "ignore_eos"))) {
+		if (!cJSON_IsBool(v))
+			return gs_bio_reject(req, "ignore_eos must be true or false, got %s", gs_json_type(v));
+		req->ignore_eos = cJSON_IsTrue(v);
+	}
+	if ((v = gs_bio_field(obj, "stop_token_ids"))) {
+		int i = 0;
+		if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) > GS_BATCH_MAX_STOP)
+			return gs_bio_reject(req, "stop_token_ids must be a list of at most %d token ids", GS_BATCH_MAX_STOP);
+		cJSON_ArrayForEach(e, v) {
+			if (!gs_bio_is_int(e, 0, INT32_MAX))
+				return gs_bio_reject(req, "stop_token_ids[%d] must be a token id (an integer >= 0)", i);
+			req->stop_ids[i++] = (int32_t)e->valuedouble;
+		}
+		req->n_stop_ids = i;
+	}
+	if ((v = gs_bio_field(obj, "logit_bias"))) {
+		if (!cJSON_IsObject(v))
+			return gs_bio_reject(req, "logit_bias must be an object {\"token id\": bias}, got %s",
+					     gs_json_type(v));
+		if (cJSON_GetArraySize(v) > GS_MAX_LOGIT_BIAS)
+			return gs_bio_reject(req, "logit_bias may hold at most %d entries", GS_MAX_LOGIT_BIAS);
+		cJSON_ArrayForEach(e, v) {
+			char *end = NULL;
+			long id = strtol(e->string, &end, 10);
+			if (!e->string[0] || *end || id < 0 || id > INT32_MAX)
+				return gs_bio_reject(req, "logit_bias: key \"%.32s\" is not a token id", e->string);
+			if (!cJSON_IsNumber(e))
+				return gs_bio_reject(req, "logit_bias: the bias of token %ld must be a number", id);
+			req->sp.logit_bias_id[req->sp.n_logit_bias] = (int32_t)id;
+			req->sp.logit_bias[req->sp.n_logit_bias++] = (float)e->valuedouble;
+		}
+	}
+	return GS_OK;
+}
+
 /* The request fields of an object whose id is settled. Returns GS_OK (maybe rejected). */
 static enum gs_status gs_bio_parse_fields(const cJSON *obj, struct gs_batch_req *req)
 {
@@ -253,8 +350,13 @@ static enum gs_status gs_bio_parse_fields(const cJSON *obj, struct gs_batch_req 
 	if (!gs_bio_float(obj, bad_key = "temperature", &req->sp.temperature, &bad) ||
 	    !gs_bio_float(obj, bad_key = "top_p", &req->sp.top_p, &bad) ||
 	    !gs_bio_float(obj, bad_key = "min_p", &req->sp.min_p, &bad) ||
-	    !gs_bio_float(obj, bad_key = "repetition_penalty", &req->sp.repetition_penalty, &bad))
+	    !gs_bio_float(obj, bad_key = "repetition_penalty", &req->sp.repetition_penalty, &bad) ||
+	    !gs_bio_float(obj, bad_key = "presence_penalty", &req->sp.presence_penalty, &bad) ||
+	    !gs_bio_float(obj, bad_key = "frequency_penalty", &req->sp.frequency_penalty, &bad))
 		return gs_bio_reject(req, "%s must be a number, got %s", bad_key, gs_json_type(bad));
+	GS_TRY(gs_bio_parse_openai(obj, req));
+	if (req->error)
+		return GS_OK;
 	if ((v = gs_bio_field(obj, "top_k"))) {
 		if (!gs_bio_is_int(v, 0, INT32_MAX)) {
 			if (cJSON_IsNumber(v))
@@ -309,26 +411,6 @@ static enum gs_status gs_bio_parse_fields(const cJSON *obj, struct gs_batch_req 
 	return GS_OK;
 }
 
-/* Column (1-based) of a "\u0000" escape inside a JSON string, or 0. cJSON hands strings
- * over NUL-terminated, so it would silently cut such a string (an id, a prompt) short. */
-static size_t gs_bio_find_nul_escape(const char *p, size_t n)
-{
-	bool in_str = false;
-
-	for (size_t i = 0; i < n; i++) {
-		if (!in_str) {
-			in_str = p[i] == '"';
-		} else if (p[i] == '"') {
-			in_str = false;
-		} else if (p[i] == '\\' && i + 1 < n) {
-			if (p[i + 1] == 'u' && i + 5 < n && memcmp(p + i + 2, "0000", 4) == 0)
-				return i + 1;
-			i++; /* the escaped character */
-		}
-	}
-	return 0;
-}
-
 enum gs_status gs_batch_parse_line(const char *line, size_t len, int64_t line_no,
 				   struct gs_batch_req *req)
 {
@@ -363,7 +445,7 @@ enum gs_status gs_batch_parse_line(const char *line, size_t len, int64_t line_no
 		st = gs_bio_reject(req, "invalid JSON near column %zu", col);
 		goto out_done;
 	}
-	size_t nul_col = gs_bio_find_nul_escape(line, (size_t)(end - line));
+	size_t nul_col = gs_json_find_nul_escape(line, (size_t)(end - line));
 	if (nul_col) {
 		st = gs_bio_reject(req, "a string contains \\u0000 (column %zu), which is not supported",
 				   nul_col);

@@ -270,6 +270,25 @@ static bool gs_bio_put_logprobs(struct gs_sbuf *b, const struct gs_batch_result 
 	return ok && gs_sbuf_put(b, "}", 1);
 }
 
+static bool gs_bio_put_choices(struct gs_sbuf *b, const struct gs_batch_result *r)
+{
+	bool ok = true;
+
+	if (!r->n_choices)
+		return true;
+	ok = gs_sbuf_puts(b, ",\"choices\":[");
+	for (size_t i = 0; ok && i < r->n_choices; i++) {
+		const struct gs_batch_result *c = &r->choices[i];
+		GS_ASSERT(c->finish >= 0 && c->finish < GS_BATCH_FINISH_COUNT);
+		ok = (i == 0 || gs_sbuf_put(b, ",", 1)) && gs_sbuf_puts(b, "{\"index\":") &&
+		     gs_bio_put_i64(b, (int64_t)i) && gs_sbuf_puts(b, ",\"text\":") && gs_bio_put_str(b, c->text) &&
+		     gs_sbuf_puts(b, ",\"finish_reason\":\"") && gs_sbuf_puts(b, gs_bio_finish_name[c->finish]) &&
+		     gs_sbuf_puts(b, "\",\"completion_tokens\":") && gs_bio_put_i64(b, c->completion_tokens) &&
+		     (!c->has_logprobs || gs_bio_put_logprobs(b, c)) && gs_sbuf_put(b, "}", 1);
+	}
+	return ok && gs_sbuf_put(b, "]", 1);
+}
+
 /* Appends the record (no '\n') to b. Fixed key order: that is what makes resumed and
  * uninterrupted runs byte-identical. */
 static bool gs_bio_put_result(struct gs_sbuf *b, const struct gs_batch_result *r)
@@ -284,7 +303,7 @@ static bool gs_bio_put_result(struct gs_sbuf *b, const struct gs_batch_result *r
 	       gs_sbuf_puts(b, ",\"completion_tokens\":") && gs_bio_put_i64(b, r->completion_tokens) &&
 	       gs_sbuf_puts(b, ",\"total_tokens\":") &&
 	       gs_bio_put_i64(b, r->prompt_tokens + r->completion_tokens) && gs_sbuf_put(b, "}", 1) &&
-	       (!r->has_logprobs || gs_bio_put_logprobs(b, r)) && gs_sbuf_put(b, "}", 1);
+	       (!r->has_logprobs || gs_bio_put_logprobs(b, r)) && gs_bio_put_choices(b, r) && gs_sbuf_put(b, "}", 1);
 }
 
 enum gs_status gs_batch_result_json(const struct gs_batch_result *r, char **line, size_t *len)

@@ -69,6 +69,7 @@
 #define GS_BATCH_MAX_TOP_LOGPROBS  20          /* OpenAI's limit                            */
 #define GS_BATCH_MAX_TOKENS_LIMIT  (1 << 20)   /* max_tokens upper bound                    */
 #define GS_BATCH_DEFAULT_MAX_TOKENS 256
+#define GS_BATCH_MAX_N             8           /* "n": choices of one line (GS_MAX_N)        */
 #define GS_BATCH_MAX_ID_BYTES      1024        /* longer ids are refused                    */
 #define GS_BATCH_MAX_STOP_BYTES    1024        /* longer stop strings are refused           */
 #define GS_BATCH_MAX_LINE_IN       (64u << 20) /* input lines above 64 MiB are refused      */
@@ -88,6 +89,11 @@ struct gs_batch_req {
 	int      n_stop;
 	bool     logprobs;                  /* report the chosen token's logprob                  */
 	int      top_logprobs;              /* 0 .. GS_BATCH_MAX_TOP_LOGPROBS alternatives         */
+	int32_t  stop_ids[GS_BATCH_MAX_STOP]; /* stop_token_ids [n_stop_ids], end like eos       */
+	int      n_stop_ids;
+	bool     ignore_eos;                /* eos and <end_of_turn> do not end the answer        */
+	char    *response_format;           /* structured output (gs_grammar.h), NULL: none       */
+	int      n;                         /* choices 1 .. GS_BATCH_MAX_N, seeds seed + i         */
 	int64_t  line_no;                   /* 1-based line in the input file                     */
 	char    *error;                     /* non-NULL: invalid; write an error record with it.
 					       text/stop are then NULL/0 and must not be used  */
@@ -139,6 +145,12 @@ struct gs_batch_result {
 	const char *const   *top_tokens;     /* [n_tokens * top_n], row-major; a NULL entry is
 					        skipped (fewer than top_n candidates)            */
 	const float         *top_logprobs;   /* [n_tokens * top_n]                                */
+	/* n > 1: every choice (text, finish, completion_tokens and logprobs of each are used),
+	 * written after the rest as "choices": [{"index", "text", "finish_reason",
+	 * "completion_tokens", "logprobs"?}]; the fields above are then choice 0's, with usage
+	 * summed over the choices (the prompt counted once). */
+	size_t                         n_choices;
+	const struct gs_batch_result  *choices;
 };
 /* Strings are escaped as JSON; invalid UTF-8 (a token that is half a character) is written as
  * U+FFFD so every line stays valid JSON. Floats use the shortest form that reads back as the

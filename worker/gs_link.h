@@ -37,6 +37,7 @@ struct gs_link_config {
 	int32_t     tp, cp;        /* parallel degrees of this engine (world = tp × cp) */
 	int32_t     vocab_size;    /* ids the engine accepts: 0 .. vocab_size-1 */
 	struct gs_cluster_tls *tls; /* engine-role credentials: mutual TLS; NULL: plaintext */
+	const char *numerics;      /* matmul numerics (EngineHello.numerics): "fp32", "bf16", "cuda" */
 };
 
 /* Split "host:port" / "[v6]:port" into host[host_cap] and port[port_cap]. GS_ERR_INVALID_ARG

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "engine.pb-c.h"
+#include "gs_params_wire.h"
 #include "gs_frame.h"
 #include "gs_util.h"
 
@@ -67,6 +68,7 @@ struct link {
 	double                       next_hb;
 	int32_t                      max_seqs;
 	int32_t                      pending_cancels; /* gs_engine_cancel calls since the last step */
+	enum gs_status               engine_st;       /* an engine failure while connecting */
 	struct req_table             reqs;
 	struct step_buf              b;
 };
@@ -91,13 +93,13 @@ static struct req_slot *req_find(struct req_table *t, uint64_t id)
 	}
 }
 
-/* Room for one more entry (so the insert after a successful submit cannot fail). */
-static enum gs_status req_reserve(struct req_table *t)
+/* Room for `more` entries (so the inserts after a successful submit cannot fail). */
+static enum gs_status req_reserve(struct req_table *t, size_t more)
 {
 	struct req_slot *old = t->s;
 	size_t old_cap = t->cap, cap = t->cap ? t->cap : 64;
 
-	while (2 * (t->n + 1) > cap)
+	while (2 * (t->n + more) > cap)
 		cap *= 2;
 	if (cap == t->cap)
 		return GS_OK;
@@ -321,6 +323,9 @@ static bool connect_loop(struct link *l)
 	unsigned failed = 0;
 
 	while (!*l->stop) {
+		/* The followers wait for plans meanwhile: keep their watchdog fed. */
+		if ((l->engine_st = gs_engine_keepalive(l->e)) != GS_OK)
+			return false;
 		if (l->backoff_s > 0)
 			sleep_s(l->backoff_s);
 		if (*l->stop)
@@ -368,6 +373,8 @@ static enum gs_status send_hello(struct link *l)
 	h.max_context = s.max_context;
 	h.vocab_size = l->cfg->vocab_size;
 	h.max_seqs = s.max_seqs;
+	h.numerics = (char *)(l->cfg->numerics ? l->cfg->numerics : "fp32");
+	h.prefix_cache = s.prefix_cache;
 	m.body_case = GEMMASHARD__ENGINE__ENGINE_MESSAGE__BODY_HELLO;
 	m.hello = &h;
 	return gs_engine_msg_send(l->s, &m);
@@ -388,6 +395,9 @@ static enum gs_status send_heartbeat(struct link *l)
 	h.last_step_ms = (float)(s.last_step_s * 1e3);
 	h.step_seconds_total = s.step_s_total;
 	h.tokens_generated = s.tokens_generated;
+	h.prefix_cache_hit_tokens = s.prefix_hit_tokens;
+	h.prefix_cache_query_tokens = s.prefix_query_tokens;
+	h.prefix_cache_evictions = s.prefix_evictions;
 	m.body_case = GEMMASHARD__ENGINE__ENGINE_MESSAGE__BODY_HEARTBEAT;
 	m.heartbeat = &h;
 	l->next_hb = gs_now_s() + GS_LINK_HEARTBEAT_S;
@@ -529,24 +539,28 @@ static enum gs_status handle_submit(struct link *l, const Gemmashard__Engine__Su
 {
 	const Gemmashard__Engine__SamplingParams *sp = s->params;
 	struct gs_req_params p = { 0 };
-	enum gs_status st;
+	enum gs_status st = GS_OK;
+	int32_t n = sp && sp->n > 1 && sp->n <= GS_MAX_N ? sp->n : 1;
 	char why[512];
 
-	if (req_find(&l->reqs, s->request_id))
+	int32_t dup = -1; /* n > 1: the request ids request_id .. + n - 1 (the choices) */
+	for (int32_t i = 0; i < n && dup < 0; i++)
+		if (req_find(&l->reqs, s->request_id + (uint64_t)i))
+			dup = i;
+	if (dup >= 0)
 		st = gs_errorf(GS_ERR_INVALID_ARG, "request_id %llu is already in flight on this engine",
-			       (unsigned long long)s->request_id);
+			       (unsigned long long)(s->request_id + (uint64_t)dup));
+	else if (sp && (sp->n < 0 || sp->n > GS_MAX_N))
+		st = gs_errorf(GS_ERR_INVALID_ARG, "n must be in 1..%d, got %d", GS_MAX_N, sp->n);
 	else if (!sp)
 		st = gs_errorf(GS_ERR_INVALID_ARG, "request %llu has no sampling params", (unsigned long long)s->request_id);
 	else if (sp->n_stop_ids > GS_MAX_STOP_IDS)
 		st = gs_errorf(GS_ERR_INVALID_ARG, "at most %d stop ids, got %zu", GS_MAX_STOP_IDS, sp->n_stop_ids);
 	else if (s->n_prompt > INT32_MAX)
 		st = gs_errorf(GS_ERR_RANGE, "prompt of %zu tokens", s->n_prompt);
-	else
-		st = req_reserve(&l->reqs);
+	else if ((st = gs_params_from_wire(sp, &p.sp)) == GS_OK)
+		st = req_reserve(&l->reqs, (size_t)n);
 	if (st == GS_OK) {
-		p.sp = (struct gs_sampling_params){ .temperature = sp->temperature, .top_k = sp->top_k, .top_p = sp->top_p,
-						    .min_p = sp->min_p, .repetition_penalty = sp->repetition_penalty,
-						    .seed = sp->seed };
 		p.max_tokens = sp->max_tokens;
 		p.n_stop_ids = (int32_t)sp->n_stop_ids;
 		if (sp->n_stop_ids)
@@ -554,15 +568,22 @@ static enum gs_status handle_submit(struct link *l, const Gemmashard__Engine__Su
 		p.ignore_eos = sp->ignore_eos;
 		p.top_logprobs = sp->top_logprobs;
 		p.logprobs = sp->logprobs;
+		p.response_format = sp->response_format && sp->response_format[0] ? sp->response_format : NULL;
+		p.n = n;
 		st = gs_engine_submit(l->e, s->request_id, s->prompt, (int32_t)s->n_prompt, &p);
 	}
 	if (st == GS_OK) {
-		req_insert(&l->reqs, s->request_id)->n_top = p.top_logprobs;
+		for (int32_t i = 0; i < n; i++)
+			req_insert(&l->reqs, s->request_id + (uint64_t)i)->n_top = p.top_logprobs;
 		return GS_OK;
 	}
 	snprintf(why, sizeof(why), "%s", gs_last_error());
 	gs_clear_error();
-	return send_request_error(l, s->request_id, why);
+	/* every choice of the Submit gets the error: each is a request on the coordinator */
+	for (int32_t i = 0; i < n; i++)
+		if ((st = send_request_error(l, s->request_id + (uint64_t)i, why)) != GS_OK)
+			return st;
+	return GS_OK;
 }
 
 static void handle_cancel(struct link *l, uint64_t id)
@@ -685,7 +706,7 @@ enum gs_status gs_link_serve(struct gs_engine *e, const struct gs_link_config *c
 	if (st == GS_OK)
 		st = step_buf_reserve(&l.b, l.max_seqs + 64);
 	if (st == GS_OK)
-		st = req_reserve(&l.reqs);
+		st = req_reserve(&l.reqs, 1);
 	if (st != GS_OK)
 		goto out_shutdown;
 	if (!cfg->tls) {
@@ -710,8 +731,11 @@ enum gs_status gs_link_serve(struct gs_engine *e, const struct gs_link_config *c
 		int timeout_ms = 0;
 
 		if (!l.s) {
-			if (!connect_loop(&l))
+			if (!connect_loop(&l)) {
+				if ((st = l.engine_st) != GS_OK)
+					goto out_engine_failed;
 				break;
+			}
 			l.up_since = gs_now_s();
 			st = send_hello(&l);
 			if (st == GS_OK)
@@ -742,6 +766,8 @@ enum gs_status gs_link_serve(struct gs_engine *e, const struct gs_link_config *c
 				continue;
 			}
 		}
+		if (gs_engine_idle(e) && (st = gs_engine_keepalive(e)) != GS_OK)
+			goto out_engine_failed;
 		if (gs_now_s() >= l.next_hb && send_heartbeat(&l) != GS_OK) {
 			gs_error_prefix(GS_ERR_IO, "sending a heartbeat");
 			if ((st = drop_link(&l, gs_last_error())) != GS_OK)

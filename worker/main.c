@@ -8,6 +8,7 @@
  * Start-up is collective and fails as a group: every rank loads its shard, then all agree
  * on success (one message per distinct error, from the rank that saw it) and on having
  * opened the same checkpoint (config + safetensors header checksums), or all exit. */
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,15 +28,20 @@
 #include "gs_safetensors.h"
 #include "gs_sampler.h"
 #include "gs_util.h"
+#include "gs_watchdog.h"
 
 #define GS_PATH_MAX 256
 
 struct worker_opts {
 	const char *model, *synthetic, *tokens, *dump, *batch, *out;
 	const char *coordinator, *engine_id, *served_name, *device;
+	const char *numerics;             /* --numerics fp32|bf16 (CPU devices); NULL: fp32 */
 	struct gs_cluster_files cluster;  /* --cluster-ca/--cluster-cert/--cluster-key (engine mode) */
 	int generate, chunk, threads, decode_steps, prompt_tokens, max_batch_tokens, max_seqs, ctx;
 	bool bench;
+	bool no_prefix_cache;        /* --prefix-cache off */
+	double collective_timeout;   /* --collective-timeout S (engine mode; 0: no watchdog) */
+	bool collective_timeout_set;
 	struct gs_sampling_params sp;
 	struct gs_batch_split split; /* --batch-split K/N */
 };
@@ -64,6 +70,8 @@ static void usage(FILE *f)
 		   "  --device cpu|cuda|cpu-staged  where each rank computes (default cpu); cuda: the GPU of the rank's\n"
 		   "                       node-local index, weights moved there, all-reduces over NCCL;\n"
 		   "                       cpu-staged: the CPU kernels on the device path (tests without a GPU)\n"
+		   "  --numerics fp32|bf16 CPU matmul numerics (default fp32); bf16: x rounded to bf16, vdpbf16ps\n"
+		   "                       (needs AVX512_BF16; refused otherwise). Not with --device cuda\n"
 		   "  --bench              time prefill (--prompt-tokens, 512) and decode (--decode-steps, 32)\n"
 		   "  --batch IN.jsonl --out OUT.jsonl   offline batch through the serving engine (resumable)\n"
 		   "  --batch-split K/N    --batch: run only the lines L with (L-1) %% N == K (job arrays; ids as in\n"
@@ -73,14 +81,19 @@ static void usage(FILE *f)
 		   "  --served-name NAME   engine mode: model id (default: the model directory's name)\n"
 		   "  --cluster-ca FILE --cluster-cert FILE --cluster-key FILE   engine mode: mutual TLS 1.3 with the\n"
 		   "                       coordinator (cluster CA, this engine's certificate and its key, mode 600)\n"
-		   "  --max-batch-tokens N (256) --max-seqs N (64) --ctx N (4096)   engine limits (--batch, engine mode)\n");
+		   "  --max-batch-tokens N (256) --max-seqs N (64) --ctx N (4096)   engine limits (--batch, engine mode)\n"
+		   "  --prefix-cache on|off  automatic prefix caching: reuse the KV blocks of a shared prompt prefix\n"
+		   "                       (--batch, engine mode; default on)\n"
+		   "  --collective-timeout S   engine mode: a rank that waits this long in a collective (a peer died or\n"
+		   "                       is unreachable) exits with status 75; a follower's wait for the next plan\n"
+		   "                       gets 10 s more (default 10; 0: off)\n");
 }
 
 /* Returns 0, 1 for --help (rank 0 prints it), 2 on a usage error (reason in gs_last_error). */
 static int parse_args(int argc, char **argv, struct worker_opts *o, int rank)
 {
 	*o = (struct worker_opts){ .chunk = 0, .decode_steps = 32, .prompt_tokens = 512, .max_batch_tokens = 256,
-				   .max_seqs = 64, .ctx = 4096 };
+				   .max_seqs = 64, .ctx = 4096, .collective_timeout = GS_WATCHDOG_DEFAULT_S };
 	o->sp = (struct gs_sampling_params){ .temperature = 0, .top_k = 0, .top_p = 1, .min_p = 0,
 					     .repetition_penalty = 1, .seed = 0 };
 	o->split = (struct gs_batch_split){ .k = 0, .n = 1 };
@@ -127,8 +140,19 @@ static int parse_args(int argc, char **argv, struct worker_opts *o, int rank)
 			o->served_name = v;
 		} else if (!strcmp(a, "--device")) {
 			o->device = v;
+		} else if (!strcmp(a, "--numerics")) {
+			enum gs_numerics nm;
+			if (gs_numerics_parse(v, "--numerics", &nm) != GS_OK)
+				return 2;
+			o->numerics = v;
 		} else if (!strcmp(a, "--max-batch-tokens")) {
 			o->max_batch_tokens = atoi(v);
+		} else if (!strcmp(a, "--prefix-cache")) {
+			if (strcmp(v, "on") && strcmp(v, "off")) {
+				gs_errorf(GS_ERR_INVALID_ARG, "--prefix-cache wants on or off, got \"%s\"", v);
+				return 2;
+			}
+			o->no_prefix_cache = !strcmp(v, "off");
 		} else if (!strcmp(a, "--max-seqs")) {
 			o->max_seqs = atoi(v);
 		} else if (!strcmp(a, "--ctx")) {
@@ -139,6 +163,16 @@ static int parse_args(int argc, char **argv, struct worker_opts *o, int rank)
 			o->generate = atoi(v);
 		} else if (!strcmp(a, "--chunk")) {
 			o->chunk = atoi(v);
+		} else if (!strcmp(a, "--collective-timeout")) {
+			char *end;
+			o->collective_timeout = strtod(v, &end);
+			o->collective_timeout_set = true;
+			if (end == v || *end || !isfinite(o->collective_timeout) || o->collective_timeout < 0 ||
+			    o->collective_timeout > 86400) {
+				gs_errorf(GS_ERR_INVALID_ARG, "--collective-timeout wants seconds in 0..86400 (0: off), "
+					  "got \"%s\"", v);
+				return 2;
+			}
 		} else if (!strcmp(a, "--threads")) {
 			o->threads = atoi(v);
 		} else if (!strcmp(a, "--decode-steps")) {
@@ -170,6 +204,10 @@ bad:
 		gs_errorf(GS_ERR_INVALID_ARG, "--batch and --out go together");
 		return 2;
 	}
+	if (o->collective_timeout_set && !o->coordinator) {
+		gs_errorf(GS_ERR_INVALID_ARG, "--collective-timeout is for engine mode (--coordinator)");
+		return 2;
+	}
 	if (o->split.n > 1 && !o->batch) {
 		gs_errorf(GS_ERR_INVALID_ARG, "--batch-split needs --batch");
 		return 2;
@@ -177,6 +215,10 @@ bad:
 	if (o->device && strcmp(o->device, "cpu") != 0 && strcmp(o->device, "cuda") != 0 &&
 	    strcmp(o->device, "cpu-staged") != 0) {
 		gs_errorf(GS_ERR_INVALID_ARG, "--device must be cpu or cuda (or cpu-staged), got \"%s\"", o->device);
+		return 2;
+	}
+	if (o->numerics && o->device && !strcmp(o->device, "cuda")) {
+		gs_errorf(GS_ERR_INVALID_ARG, "--numerics is a CPU mode; --device cuda has its own (ARCHITECTURE.md §3)");
 		return 2;
 	}
 	if (o->batch && !o->model) {
@@ -389,9 +431,10 @@ static int run_bench(const struct gs_comm *w, struct gs_forward *f, struct gs_se
 	 * head once), decode as weight bytes streamed per second. */
 	double pre_flops = np * gs_model_layer_flops(m) + 2.0 * (double)m->lm_head.rows * (double)m->lm_head.cols;
 	if (rank == 0)
-		printf("bench %s TP=%d threads/rank=%d: prefill %d tokens %.3f s (%.2f tok/s, %.2f TFLOP/s of matmuls); "
-		       "decode %.2f ms/token (%.2f tok/s, weights streamed at %.1f GB/s)\n", m->path, gs_comm_size(w),
-		       o->threads, np, t_pre, np / t_pre, pre_flops / t_pre / 1e12, t_dec * 1e3, 1.0 / t_dec,
+		printf("bench %s TP=%d threads/rank=%d numerics=%s: prefill %d tokens %.3f s (%.2f tok/s, %.2f TFLOP/s of "
+		       "matmuls); decode %.2f ms/token (%.2f tok/s, weights streamed at %.1f GB/s)\n", m->path,
+		       gs_comm_size(w), o->threads,
+		       o->device && !strcmp(o->device, "cuda") ? "cuda" : o->numerics ? o->numerics : "fp32", np, t_pre, np / t_pre, pre_flops / t_pre / 1e12, t_dec * 1e3, 1.0 / t_dec,
 		       (double)m->weight_bytes / t_dec / 1e9);
 	free(ids);
 	return 0;
@@ -415,15 +458,18 @@ static bool rank_backend_open(const struct gs_comm *w, const struct worker_opts 
 	int dev = 0;
 
 	memset(rb, 0, sizeof(*rb));
-	if (!o->device || !strcmp(o->device, "cpu")) {
-		st = gs_backend_cpu_create(o->threads, &rb->be);
-		return all_ok(w, st, "creating the CPU backend");
-	}
-	if (!strcmp(o->device, "cpu-staged")) {
-		/* weights, KV, index arrays and sampling candidates on the device path; the forward
-		 * pass's all-reduces over the MPI world (its "device" memory is host memory) */
-		st = gs_backend_cpu_create_staged(o->threads, &rb->be);
-		return all_ok(w, st, "creating the staged CPU backend");
+	if (!o->device || !strcmp(o->device, "cpu") || !strcmp(o->device, "cpu-staged")) {
+		/* cpu-staged: weights, KV, index arrays and sampling candidates on the device path;
+		 * the forward pass's all-reduces over the MPI world (its "device" memory is host memory) */
+		enum gs_numerics nm = GS_NUMERICS_FP32;
+		bool staged = o->device && !strcmp(o->device, "cpu-staged");
+		st = staged ? gs_backend_cpu_create_staged(o->threads, &rb->be) : gs_backend_cpu_create(o->threads, &rb->be);
+		if (st == GS_OK && o->numerics && (st = gs_numerics_parse(o->numerics, "--numerics", &nm)) == GS_OK)
+			st = gs_backend_cpu_set_numerics(&rb->be, nm);
+		if (st != GS_OK && rb->be.ctx)
+			gs_backend_cpu_free(&rb->be);
+		/* every rank checks its own CPU: a mixed cluster cannot run bf16 on some ranks only */
+		return all_ok(w, st, staged ? "creating the staged CPU backend" : "creating the CPU backend");
 	}
 	{
 		int n = gs_cuda_device_count();
@@ -475,7 +521,7 @@ static int run_batch(const struct gs_comm *w, const struct gs_model *m, struct r
 		     const struct worker_opts *o)
 {
 	struct gs_engine_config ec = { .max_batch_tokens = o->max_batch_tokens, .max_seqs = o->max_seqs,
-				       .max_context = o->ctx, .candidates = 64 };
+				       .max_context = o->ctx, .candidates = 64, .no_prefix_cache = o->no_prefix_cache };
 	struct gs_engine *e = NULL;
 	struct gs_tokenizer *tok = NULL;
 	char path[1024];
@@ -483,16 +529,25 @@ static int run_batch(const struct gs_comm *w, const struct gs_model *m, struct r
 	int rc = 1;
 
 	st = rank_engine(w, m, rb, &ec, &e);
-	if (st == GS_OK && gs_comm_rank(w) == 0) {
+	if (st == GS_OK) { /* every rank: structured output masks with the token bytes */
 		snprintf(path, sizeof(path), "%s/tokenizer.json", o->model);
 		st = gs_tokenizer_load(path, &tok);
+		if (st == GS_OK)
+			gs_engine_set_tokenizer(e, tok);
 	}
 	if (!all_ok(w, st, "setting up the batch engine"))
 		goto out_free;
-	if (gs_comm_rank(w) == 0)
+	if (gs_comm_rank(w) == 0) {
+		struct gs_engine_stats es;
 		st = gs_batch_run(e, m, tok, o->batch, o->out, o->split);
-	else
+		gs_engine_get_stats(e, &es);
+		if (es.prefix_cache)
+			fprintf(stderr, "prefix cache: %llu of %llu prompt tokens hit, %llu blocks evicted\n",
+				(unsigned long long)es.prefix_hit_tokens, (unsigned long long)es.prefix_query_tokens,
+				(unsigned long long)es.prefix_evictions);
+	} else {
 		st = gs_engine_follow(e);
+	}
 	rc = all_ok(w, st, "batch") ? 0 : 1;
 out_free:
 	gs_tokenizer_free(tok);
@@ -536,15 +591,26 @@ static int run_engine(const struct gs_comm *w, const struct gs_model *m, struct 
 		      const struct worker_opts *o, struct gs_cluster_tls *tls)
 {
 	struct gs_engine_config ec = { .max_batch_tokens = o->max_batch_tokens, .max_seqs = o->max_seqs,
-				       .max_context = o->ctx, .candidates = 64 };
+				       .max_context = o->ctx, .candidates = 64, .no_prefix_cache = o->no_prefix_cache };
 	struct sigaction sa = { .sa_handler = on_stop_signal }; /* no SA_RESTART: waits see EINTR */
 	struct gs_engine *e = NULL;
+	struct gs_tokenizer *tok = NULL;
 	char model_id[256];
 	enum gs_status st;
 	int rc = 1;
 
 	st = rank_engine(w, m, rb, &ec, &e);
+	if (st == GS_OK && o->model) { /* every rank: structured output masks with the token bytes */
+		char path[1024];
+		snprintf(path, sizeof(path), "%s/tokenizer.json", o->model);
+		st = gs_tokenizer_load(path, &tok);
+		if (st == GS_OK)
+			gs_engine_set_tokenizer(e, tok);
+	}
 	if (!all_ok(w, st, "setting up the engine"))
+		goto out_free;
+	/* From here on every rank waits only on its peers' steps, not on loading. */
+	if (gs_comm_size(w) > 1 && !all_ok(w, gs_watchdog_start(gs_comm_rank(w), o->collective_timeout, &stop_requested), "watchdog"))
 		goto out_free;
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGTERM, &sa, NULL);
@@ -552,7 +618,8 @@ static int run_engine(const struct gs_comm *w, const struct gs_model *m, struct 
 	signal(SIGPIPE, SIG_IGN); /* a dead coordinator is a write error, not a signal */
 	if (gs_comm_rank(w) == 0) {
 		struct gs_link_config lc = { .coordinator = o->coordinator, .engine_id = o->engine_id, .tp = gs_comm_size(w),
-					     .cp = 1, .vocab_size = m->n_vocab, .model_id = o->served_name, .tls = tls };
+					     .cp = 1, .vocab_size = m->n_vocab, .model_id = o->served_name, .tls = tls,
+					     .numerics = rb->cuda ? "cuda" : gs_numerics_name(gs_backend_cpu_numerics(&rb->be)) };
 		if (!lc.model_id || !*lc.model_id) {
 			default_model_id(o, model_id, sizeof(model_id));
 			lc.model_id = model_id;
@@ -570,6 +637,7 @@ static int run_engine(const struct gs_comm *w, const struct gs_model *m, struct 
 	rc = 0;
 out_free:
 	gs_engine_free(e);
+	gs_tokenizer_free(tok);
 	return rc;
 }
 

@@ -36,7 +36,7 @@ void gs_threadpool_run(struct gs_threadpool *tp, gs_task_fn fn, void *ctx);
 enum gs_cpu_isa {
 	GS_CPU_ISA_SCALAR, /* portable C */
 	GS_CPU_ISA_AVX2,   /* AVX2 + FMA + F16C */
-	GS_CPU_ISA_AVX512, /* AVX-512 F/BW/VL/DQ (never avx512_bf16: it rounds activations) */
+	GS_CPU_ISA_AVX512, /* AVX-512 F/BW/VL/DQ (fp32 mode: never vdpbf16ps, it rounds activations) */
 	GS_CPU_ISA_COUNT
 };
 
@@ -66,6 +66,23 @@ void gs_cpu_matmul_f16(struct gs_threadpool *tp, float *y, const float *x, const
 void gs_cpu_matmul_f32(struct gs_threadpool *tp, float *y, const float *x, const float *w,
 		       int m, int n, int k);
 
+/* ---- the bf16 mode (AVX512_BF16) ---------------------------------------------------------- */
+
+/* NULL when this CPU can run the bf16 mode; else the name of the missing feature
+ * ("AVX512_BF16", or "AVX512F/BW/VL/DQ"), for the refusal. Env GS_CPU_FEATURES_MASK (a
+ * comma list of avx512_bf16, avx512, avx2) hides features from this probe and from
+ * gs_cpu_isa_supported, so refusals and skips can be tested on any CPU. */
+const char *gs_cpu_bf16_missing(void);
+/* y[m×n] = bf16(x)[m×k] · Wᵀ for bf16 W, with vdpbf16ps: x rounded to bf16 (round to nearest
+ * even, as torch), fp32 accumulation in the one order of matmul_impl.h ("the bf16 mode's
+ * canonical order"), so y[i][j] has the same bits whatever m, the row's place, the thread count
+ * or the path. Only when gs_cpu_bf16_missing() is NULL (asserted). Grows a per-calling-thread
+ * buffer for bf16(x) on demand (amortised). */
+void gs_cpu_matmul_bf16dp(struct gs_threadpool *tp, float *y, const float *x, const uint16_t *w,
+			  int m, int n, int k);
+/* dst[i] = bf16(src[i]) (round to nearest even), split over tp when large. Same condition. */
+void gs_cpu_round_bf16(struct gs_threadpool *tp, uint16_t *dst, const float *src, size_t n);
+
 /* ---- sampling (pick.c) ------------------------------------------------------------------ */
 
 struct gs_cand_args;
@@ -82,5 +99,8 @@ double gs_cpu_measure_read_bw(struct gs_threadpool *tp, size_t bytes, int reps);
 /* fp32 FMA flops/s on all pool threads (independent accumulator chains in registers, widest
  * ISA selected by gs_cpu_isa()), best of a few reps. */
 double gs_cpu_measure_fma_peak(struct gs_threadpool *tp);
+/* bf16 dot-product flops/s (vdpbf16ps, 2 flops per multiply-add) on all pool threads, best of a
+ * few reps; 0 when gs_cpu_bf16_missing() is not NULL. */
+double gs_cpu_measure_bf16_peak(struct gs_threadpool *tp);
 
 #endif

@@ -8,6 +8,10 @@
 
 #include <math.h>
 #include <stdatomic.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- instruction set --------------------------------------------------------------------- */
@@ -28,23 +32,68 @@ static const gs_mm_range_fn gs_mm_range_by_isa[GS_CPU_ISA_COUNT] = {
 
 static _Atomic int gs_isa_sel = -1; /* enum gs_cpu_isa once chosen */
 
+/* ---- the CPUID probe ----------------------------------------------------------------------
+ * Env GS_CPU_FEATURES_MASK (comma-separated: avx512_bf16, avx512, avx2) makes the probe answer
+ * as a CPU without those features would: the tests of the refusals run on any machine. Read
+ * here only, once. An unknown name is an error (logged), never ignored quietly. */
+enum { GS_FEAT_AVX2 = 1, GS_FEAT_AVX512 = 2, GS_FEAT_AVX512_BF16 = 4 };
+
+static int gs_cpu_feature_mask(void)
+{
+	static _Atomic int mask = -1;
+	int v = atomic_load_explicit(&mask, memory_order_relaxed);
+	if (v >= 0)
+		return v;
+	v = 0;
+	const char *env = getenv("GS_CPU_FEATURES_MASK");
+	for (const char *p = env; p && *p;) {
+		size_t len = strcspn(p, ",");
+		if (len == 11 && !strncmp(p, "avx512_bf16", len))
+			v |= GS_FEAT_AVX512_BF16;
+		else if (len == 6 && !strncmp(p, "avx512", len))
+			v |= GS_FEAT_AVX512 | GS_FEAT_AVX512_BF16;
+		else if (len == 4 && !strncmp(p, "avx2", len))
+			v |= GS_FEAT_AVX2 | GS_FEAT_AVX512 | GS_FEAT_AVX512_BF16;
+		else if (len > 0)
+			gs_log(GS_LOG_ERROR, "GS_CPU_FEATURES_MASK: unknown feature \"%.*s\" (known: avx512_bf16, avx512, avx2)",
+			       (int)len, p);
+		p += len + (p[len] == ',');
+	}
+	atomic_store(&mask, v);
+	return v;
+}
+
+#if defined(__x86_64__)
+/* CPUID leaf 1, ECX bit 29 (clang 14's __builtin_cpu_supports has no "f16c"). */
+static int gs_cpu_has_f16c(void)
+{
+	unsigned a, b, c, d;
+	return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
+}
+#endif
+
 int gs_cpu_isa_supported(enum gs_cpu_isa isa)
 {
+	int masked = gs_cpu_feature_mask();
 	switch (isa) {
 	case GS_CPU_ISA_SCALAR:
 		return 1;
 	case GS_CPU_ISA_AVX2:
+		if (masked & GS_FEAT_AVX2)
+			return 0;
 #if defined(__x86_64__)
 		return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-		       __builtin_cpu_supports("f16c");
+		       gs_cpu_has_f16c();
 #else
 		return 0;
 #endif
 	case GS_CPU_ISA_AVX512:
+		if (masked & GS_FEAT_AVX512)
+			return 0;
 #if defined(__x86_64__)
 		return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
 		       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-		       __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
+		       gs_cpu_has_f16c() && __builtin_cpu_supports("fma");
 #else
 		return 0;
 #endif
@@ -52,6 +101,34 @@ int gs_cpu_isa_supported(enum gs_cpu_isa isa)
 		break;
 	}
 	return 0;
+}
+
+static const char *gs_cpu_bf16_probe(void)
+{
+	if (!gs_cpu_isa_supported(GS_CPU_ISA_AVX512))
+		return "AVX512F/BW/VL/DQ";
+#if defined(__x86_64__)
+	/* CPUID leaf 7 sub-leaf 1, EAX bit 5 (asked directly: not every compiler's
+	 * __builtin_cpu_supports knows "avx512bf16") */
+	unsigned a, b, c, d;
+	if (!(gs_cpu_feature_mask() & GS_FEAT_AVX512_BF16) && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5)))
+		return NULL;
+#endif
+	return "AVX512_BF16";
+}
+
+const char *gs_cpu_bf16_missing(void)
+{
+	/* once: CPUID traps to the hypervisor in a VM, and every bf16 matmul asks */
+	static const char *const ok = "";
+	static _Atomic(const char *) answer = NULL;
+	const char *v = atomic_load_explicit(&answer, memory_order_acquire);
+	if (!v) {
+		v = gs_cpu_bf16_probe();
+		v = v ? v : ok;
+		atomic_store_explicit(&answer, v, memory_order_release);
+	}
+	return v == ok ? NULL : v;
 }
 
 static enum gs_cpu_isa gs_isa_best(void)
@@ -218,4 +295,70 @@ void gs_cpu_matmul_f32(struct gs_threadpool *tp, float *y, const float *x, const
 		       int m, int n, int k)
 {
 	gs_mm(tp, y, x, w, m, n, k, GS_MM_W_F32);
+}
+
+/* ---- the bf16 mode ------------------------------------------------------------------------- */
+
+/* x rounded to bf16, in the calling thread's buffer: grown on demand (amortised, never per token
+ * once the largest batch has been seen), read by the pool's workers during the call. */
+static _Thread_local uint16_t *gs_xb;
+static _Thread_local size_t gs_xb_cap;
+
+struct gs_round_task {
+	uint16_t *dst;
+	const float *src;
+	size_t n;
+};
+
+static void gs_round_task_run(void *ctx, int tid, int n_threads)
+{
+	const struct gs_round_task *t = ctx;
+	size_t per = (t->n / (size_t)n_threads + 15) / 16 * 16;
+	size_t lo = per * (size_t)tid, hi = lo + per < t->n ? lo + per : t->n;
+	if (lo < hi)
+		gs_round_bf16_avx512(t->dst + lo, t->src + lo, hi - lo);
+}
+
+void gs_cpu_round_bf16(struct gs_threadpool *tp, uint16_t *dst, const float *src, size_t n)
+{
+	GS_ASSERT(gs_cpu_bf16_missing() == NULL);
+	struct gs_round_task t = { dst, src, n };
+	if (n < ((size_t)1 << 16))
+		gs_round_task_run(&t, 0, 1);
+	else
+		gs_threadpool_run(tp, gs_round_task_run, &t);
+}
+
+static void gs_mm_bf_task_run(void *ctx, int tid, int n_threads)
+{
+	const struct gs_mm_args *a = ctx;
+	int units = (a->n + GS_MM_COL_ALIGN - 1) / GS_MM_COL_ALIGN;
+	int u0 = (int)((long long)units * tid / n_threads);
+	int u1 = (int)((long long)units * (tid + 1) / n_threads);
+	int j0 = u0 * GS_MM_COL_ALIGN;
+	int j1 = u1 * GS_MM_COL_ALIGN < a->n ? u1 * GS_MM_COL_ALIGN : a->n;
+	if (j0 < j1)
+		gs_mm_bf_range_avx512bf16(a, j0, j1);
+}
+
+void gs_cpu_matmul_bf16dp(struct gs_threadpool *tp, float *y, const float *x, const uint16_t *w,
+			  int m, int n, int k)
+{
+	GS_ASSERT(m >= 0 && n >= 0 && k >= 0);
+	GS_ASSERT(gs_cpu_bf16_missing() == NULL);
+	if (m == 0 || n == 0)
+		return;
+	size_t nx = (size_t)m * (size_t)k;
+	if (nx > gs_xb_cap) {
+		uint16_t *p = realloc(gs_xb, nx * sizeof(*p));
+		GS_ASSERT(p != NULL); /* activations of one step; the arena holding x was larger */
+		gs_xb = p;
+		gs_xb_cap = nx;
+	}
+	gs_cpu_round_bf16(tp, gs_xb, x, nx);
+	struct gs_mm_args a = { .y = y, .x = x, .xb = gs_xb, .w = w, .m = m, .n = n, .k = k, .wt = GS_MM_W_BF16 };
+	if ((long long)m * n * k < GS_MM_MIN_PARALLEL_MACS || n <= GS_MM_COL_ALIGN)
+		gs_mm_bf_task_run(&a, 0, 1);
+	else
+		gs_threadpool_run(tp, gs_mm_bf_task_run, &a);
 }

@@ -33,6 +33,7 @@ enum gs_mm_wtype { GS_MM_W_F32, GS_MM_W_BF16, GS_MM_W_F16, GS_MM_W_COUNT };
 struct gs_mm_args {
 	float       *y;  /* [m × n] */
 	const float *x;  /* [m × k] */
+	const uint16_t *xb; /* bf16 mode: [m × k] x rounded to bf16 (round to nearest even) */
 	const void  *w;  /* [n × k], element type wt */
 	int          m, n, k;
 	enum gs_mm_wtype wt;
@@ -43,6 +44,25 @@ void gs_mm_range_scalar(const struct gs_mm_args *a, int j0, int j1);
 void gs_mm_range_avx2(const struct gs_mm_args *a, int j0, int j1);
 void gs_mm_range_avx512(const struct gs_mm_args *a, int j0, int j1);
 
+/* ---- the bf16 mode's canonical order (gs_cpu_matmul_bf16dp, AVX512_BF16) -------------------
+ * x is first rounded to bf16 (round to nearest even, NaN kept, as torch does); W is bf16 as
+ * stored. Each output is then summed in one order fixed by k alone, the one vdpbf16ps gives:
+ *   - k is cut into blocks of GS_MM_BF_KB (the last one shorter);
+ *   - within a block starting at k0, 16 fp32 lanes start at +0.0 and the element pair p
+ *     (elements k0 + 2p, k0 + 2p + 1) goes to lane p % 16, in increasing p, odd element first:
+ *       lane = ftz(fma(x[2p+1], w[2p+1], lane)); lane = ftz(fma(x[2p], w[2p], lane))
+ *     where bf16 subnormal inputs read as 0 and ftz flushes a subnormal result to a zero of its
+ *     sign (each product is exact; checked bit for bit against vdpbf16ps in test_matmul_bf16);
+ *     elements past the block's end are x = w = +0.0;
+ *   - the 16 lanes are reduced by the same tree as above, and y = s_0 + s_1 + ... in order.
+ * Longer blocks than the fp32 mode's: the lane tree costs as much as 45 dot steps. */
+#define GS_MM_BF_KB 512
+
+/* y[:, j0:j1] = xb · W[j0:j1, :]ᵀ for bf16 W (a->wt == GS_MM_W_BF16), in the order above. */
+void gs_mm_bf_range_avx512bf16(const struct gs_mm_args *a, int j0, int j1);
+/* dst[i] = bf16(src[i]), round to nearest even (gs_f32_to_bf16), n any. */
+void gs_round_bf16_avx512(uint16_t *dst, const float *src, size_t n);
+
 /* sysbench helpers: sum of n floats (n a multiple of 64, p 64-byte aligned), and an FMA loop of
  * `iters` iterations returning a value that depends on every result (so it is not elided)
  * and setting *flops to the floating-point operations done. */
@@ -50,5 +70,6 @@ float gs_sum_avx512(const float *p, size_t n);
 float gs_sum_avx2(const float *p, size_t n);
 float gs_fma_loop_avx512(long iters, double *flops);
 float gs_fma_loop_avx2(long iters, double *flops);
+float gs_dpbf16_loop_avx512bf16(long iters, double *flops);
 
 #endif

@@ -96,26 +96,29 @@ void gs_cpu_candidates(float **scratch, size_t *scratch_cap, const struct gs_can
 		const float *raw = a->logits + (size_t)r * (size_t)cols;
 		struct gs_cand *out = a->out + (size_t)r * (size_t)(k + 1);
 		float *v = *scratch;
+		/* structured output: refused columns are no candidates and not in the log-sum-exp */
+		const uint8_t *allow = rp->masked ? a->allow + (size_t)r * (size_t)cols : NULL;
 
-		/* processed logits: penalty (from the raw value, so repeats count once), then temperature */
+		/* processed logits: temperature everywhere, then the edited tokens from their raw values */
 		for (int32_t c = 0; c < cols; c++)
 			v[c] = gs_sanitize(raw[c]);
-		if (rp->penalty != 1.0f)
-			for (int32_t h = 0; h < rp->n_hist; h++) {
-				int64_t c = (int64_t)a->hist[rp->hist0 + h] - a->vocab0;
-				if (c < 0 || c >= cols)
-					continue;
-				float x = gs_sanitize(raw[c]);
-				v[c] = clamp_max(x > 0.0f ? x / rp->penalty : x * rp->penalty);
-			}
 		if (rp->temperature != 1.0f)
 			for (int32_t c = 0; c < cols; c++)
 				v[c] = clamp_max(v[c] / rp->temperature);
+		for (int32_t i = 0; i < rp->n_edit; i++) {
+			const struct gs_logit_edit *e = &a->edit[rp->edit0 + i];
+			int64_t c = (int64_t)e->id - a->vocab0;
+			if (c < 0 || c >= cols)
+				continue;
+			v[c] = gs_logit_edit_value(raw[c], e, rp->penalty, rp->frequency, rp->presence, rp->temperature);
+		}
 
 		/* the best kk by a k-heap over the row in id order, then sorted */
 		int32_t n = 0;
 		for (int32_t c = 0; c < cols; c++) {
 			const int32_t id = a->vocab0 + c;
+			if (allow && !allow[c])
+				continue;
 			if (n < kk) {
 				out[n++] = (struct gs_cand){ id, v[c], raw[c] };
 				if (n == kk)
@@ -126,9 +129,17 @@ void gs_cpu_candidates(float **scratch, size_t *scratch_cap, const struct gs_can
 				sift_down(out, kk, 0);
 			}
 		}
-		qsort(out, (size_t)kk, sizeof(*out), cmp_cand);
-		for (int32_t i = kk; i < k; i++)
+		qsort(out, (size_t)n, sizeof(*out), cmp_cand);
+		for (int32_t i = n; i < k; i++)
 			out[i] = (struct gs_cand){ -1, -INFINITY, -INFINITY };
-		out[k] = (struct gs_cand){ -2, 0.0f, rp->want_lse && cols ? gs_logsumexp(raw, (size_t)cols) : -INFINITY };
+		float lse = -INFINITY;
+		if (rp->want_lse && cols && !allow) {
+			lse = gs_logsumexp(raw, (size_t)cols);
+		} else if (rp->want_lse && cols) { /* over the allowed columns: the others count as -inf */
+			for (int32_t c = 0; c < cols; c++)
+				v[c] = allow[c] ? raw[c] : -INFINITY;
+			lse = gs_logsumexp(v, (size_t)cols);
+		}
+		out[k] = (struct gs_cand){ -2, 0.0f, lse };
 	}
 }

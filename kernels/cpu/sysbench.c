@@ -1,5 +1,6 @@
 /* Machine ceilings the kernels are judged against: memory read bandwidth (decode matvec is
- * bound by it) and fp32 FMA throughput (prefill GEMM is bound by it). */
+ * bound by it), fp32 FMA throughput (prefill GEMM is bound by it) and, for the bf16 mode, the
+ * vdpbf16ps dot-product throughput. */
 #include "gs_cpu.h"
 
 #include "gs_status.h"
@@ -90,6 +91,7 @@ double gs_cpu_measure_read_bw(struct gs_threadpool *tp, size_t bytes, int reps)
 struct gs_fma_task {
 	long iters;
 	enum gs_cpu_isa isa;
+	int bf16;  /* 1: the vdpbf16ps loop instead */
 	double flops[256];
 	volatile float sink[256];
 };
@@ -114,7 +116,8 @@ static void gs_fma_run(void *ctx, int tid, int n_threads)
 	struct gs_fma_task *t = ctx;
 	double fl = 0;
 	float s;
-	switch (t->isa) {
+	switch (t->bf16 ? GS_CPU_ISA_COUNT : t->isa) {
+	case GS_CPU_ISA_COUNT: s = gs_dpbf16_loop_avx512bf16(t->iters, &fl); break;
 	case GS_CPU_ISA_AVX512: s = gs_fma_loop_avx512(t->iters, &fl); break;
 	case GS_CPU_ISA_AVX2: s = gs_fma_loop_avx2(t->iters, &fl); break;
 	default: s = gs_fma_loop_scalar(t->iters, &fl); break;
@@ -125,9 +128,9 @@ static void gs_fma_run(void *ctx, int tid, int n_threads)
 	}
 }
 
-double gs_cpu_measure_fma_peak(struct gs_threadpool *tp)
+static double gs_measure_peak(struct gs_threadpool *tp, int bf16)
 {
-	struct gs_fma_task t = { .iters = 1000, .isa = gs_cpu_isa() };
+	struct gs_fma_task t = { .iters = 1000, .isa = gs_cpu_isa(), .bf16 = bf16 };
 	int nt = gs_threadpool_size(tp);
 	if (nt > 256)
 		nt = 256;
@@ -151,4 +154,14 @@ double gs_cpu_measure_fma_peak(struct gs_threadpool *tp)
 		measured++;
 	}
 	return best;
+}
+
+double gs_cpu_measure_fma_peak(struct gs_threadpool *tp)
+{
+	return gs_measure_peak(tp, 0);
+}
+
+double gs_cpu_measure_bf16_peak(struct gs_threadpool *tp)
+{
+	return gs_cpu_bf16_missing() ? 0.0 : gs_measure_peak(tp, 1);
 }

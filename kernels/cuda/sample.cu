@@ -8,7 +8,8 @@
  *
  * The backend's candidates op (gs_kernels.h, the rank side of distributed sampling) is built
  * from the same top-k: the row's processed logits into scratch (sanitised, temperature; then
- * the penalised history ids rewritten from their raw values), top-k over them, and one kernel
+ * the edited tokens -- logit_bias, penalties, min_tokens mask -- rewritten from their raw
+ * values), top-k over them, and one kernel
  * that writes the k + 1 struct gs_cand entries per row with the raw logits and the row's
  * log-sum-exp. Division and multiplication are IEEE round-to-nearest as on the CPU, so the
  * candidates are the sampler's to the bit; the log-sum-exp (device expf, another summation
@@ -247,41 +248,63 @@ static __device__ __forceinline__ float clamp_max(float v)
 	return v > FLT_MAX ? FLT_MAX : v;
 }
 
-/* proc[r][c] = the sanitised logit divided by the row's temperature (every column). */
+/* The row's structured-output mask (gs_cand_args.allow), or NULL when it has none. */
+static __device__ __forceinline__ const uint8_t *row_allow(const uint8_t *allow, const struct gs_cand_row *row, int r,
+							   int cols)
+{
+	return row[r].masked ? allow + (size_t)r * (size_t)cols : NULL;
+}
+
+/* proc[r][c] = the sanitised logit divided by the row's temperature (every column); -inf
+ * where the row's mask refuses the token. */
 __global__ void cand_proc_kernel(float *__restrict__ proc, const float *__restrict__ raw,
-				 const struct gs_cand_row *__restrict__ row, int cols)
+				 const struct gs_cand_row *__restrict__ row, const uint8_t *__restrict__ allow, int cols)
 {
 	const int r = blockIdx.y;
 	const float t = row[r].temperature;
 	const float *x = raw + (size_t)r * (size_t)cols;
+	const uint8_t *al = row_allow(allow, row, r, cols);
 	float *y = proc + (size_t)r * (size_t)cols;
 
 	for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < cols; i += gridDim.x * blockDim.x) {
 		float v = sanitize(x[i]);
 		if (t != 1.0f)
 			v = clamp_max(__fdiv_rn(v, t));
-		y[i] = v;
+		y[i] = al && !al[i] ? -INFINITY : v;
 	}
 }
 
-/* Then the penalised history ids, from their raw values (a repeat writes the same value). */
-__global__ void cand_penalty_kernel(float *__restrict__ proc, const float *__restrict__ raw,
-				    const struct gs_cand_row *__restrict__ row, const int32_t *__restrict__ hist, int cols,
-				    int vocab0)
+/* Then the edited tokens, from their raw values: gs_logit_edit_value() (gs_kernels.h) step
+ * for step, every operation rounded on its own (no contraction into an FMA). */
+__global__ void cand_edit_kernel(float *__restrict__ proc, const float *__restrict__ raw,
+				 const struct gs_cand_row *__restrict__ row, const struct gs_logit_edit *__restrict__ edit,
+				 const uint8_t *__restrict__ allow, int cols, int vocab0)
 {
 	const int r = blockIdx.y;
 	const struct gs_cand_row rp = row[r];
+	const uint8_t *al = row_allow(allow, row, r, cols);
 
-	if (rp.penalty == 1.0f)
-		return;
-	for (int h = blockIdx.x * blockDim.x + threadIdx.x; h < rp.n_hist; h += gridDim.x * blockDim.x) {
-		const long long col = (long long)hist[rp.hist0 + h] - vocab0;
-		if (col < 0 || col >= cols)
-			continue;
-		const float x = sanitize(raw[(size_t)r * (size_t)cols + (size_t)col]);
-		float v = clamp_max(x > 0.0f ? __fdiv_rn(x, rp.penalty) : __fmul_rn(x, rp.penalty));
-		if (rp.temperature != 1.0f)
-			v = clamp_max(__fdiv_rn(v, rp.temperature));
+	for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < rp.n_edit; i += gridDim.x * blockDim.x) {
+		const struct gs_logit_edit e = edit[rp.edit0 + i];
+		const long long col = (long long)e.id - vocab0;
+		if (col < 0 || col >= cols || (al && !al[col]))
+			continue; /* outside the slice, or refused by the grammar (stays -inf) */
+		float v = sanitize(raw[(size_t)r * (size_t)cols + (size_t)col]);
+		if (e.flags & GS_EDIT_MASKED) {
+			v = -INFINITY;
+		} else {
+			if (e.bias != 0.0f)
+				v = clamp_max(__fadd_rn(v, e.bias));
+			if ((e.flags & GS_EDIT_SEEN) && rp.penalty != 1.0f)
+				v = clamp_max(v > 0.0f ? __fdiv_rn(v, rp.penalty) : __fmul_rn(v, rp.penalty));
+			if (e.count > 0) {
+				const float cf = __fmul_rn((float)e.count, rp.frequency);
+				v = clamp_max(__fsub_rn(v, cf));
+				v = clamp_max(__fsub_rn(v, rp.presence));
+			}
+			if (rp.temperature != 1.0f)
+				v = clamp_max(__fdiv_rn(v, rp.temperature));
+		}
 		proc[(size_t)r * (size_t)cols + (size_t)col] = v;
 	}
 }
@@ -291,11 +314,12 @@ __global__ void cand_penalty_kernel(float *__restrict__ proc, const float *__res
  * block's sum in double. */
 __global__ void __launch_bounds__(PICK_THREADS)
 cand_lse_kernel(float *__restrict__ lse, const float *__restrict__ raw, const struct gs_cand_row *__restrict__ row,
-		int cols)
+		const uint8_t *__restrict__ allow, int cols)
 {
 	__shared__ float part[PICK_WARPS];
 	const int r = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 	const float *x = raw + (size_t)r * (size_t)cols;
+	const uint8_t *al = row_allow(allow, row, r, cols);
 	float mx = -INFINITY;
 
 	if (!row[r].want_lse || cols == 0) { /* uniform over the block */
@@ -304,7 +328,7 @@ cand_lse_kernel(float *__restrict__ lse, const float *__restrict__ raw, const st
 		return;
 	}
 	for (int i = tid; i < cols; i += PICK_THREADS)
-		mx = fmaxf(mx, sanitize(x[i]));
+		mx = fmaxf(mx, al && !al[i] ? -INFINITY : sanitize(x[i]));
 #pragma unroll
 	for (int o = 16; o > 0; o >>= 1)
 		mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
@@ -321,7 +345,7 @@ cand_lse_kernel(float *__restrict__ lse, const float *__restrict__ raw, const st
 	}
 	float acc = 0.0f;
 	for (int i = tid; i < cols; i += PICK_THREADS)
-		acc += expf(sanitize(x[i]) - mx);
+		acc += al && !al[i] ? 0.0f : expf(sanitize(x[i]) - mx);
 	const double total = gs_cu_block_sum<double>((double)acc);
 	if (tid == 0)
 		lse[r] = mx + (float)log(total);
@@ -330,18 +354,20 @@ cand_lse_kernel(float *__restrict__ lse, const float *__restrict__ raw, const st
 /* out[r] = the kk best {id, proc, raw}, padding to k, the trailer: k + 1 entries a row. */
 __global__ void cand_finish_kernel(struct gs_cand *__restrict__ out, const int32_t *__restrict__ top_col,
 				   const float *__restrict__ top_val, const float *__restrict__ raw,
-				   const float *__restrict__ lse, int cols, int k, int kk, int vocab0)
+				   const float *__restrict__ lse, const struct gs_cand_row *__restrict__ row,
+				   const uint8_t *__restrict__ allow, int cols, int k, int kk, int vocab0)
 {
 	const int r = blockIdx.x;
+	const uint8_t *al = row_allow(allow, row, r, cols);
 
 	for (int i = threadIdx.x; i <= k; i += blockDim.x) {
 		struct gs_cand e;
-		if (i < kk) {
-			const int col = top_col[(size_t)r * kk + i];
+		const int col = i < kk ? top_col[(size_t)r * kk + i] : 0;
+		if (i < kk && !(al && !al[col])) {
 			e.id = vocab0 + col;
 			e.proc = top_val[(size_t)r * kk + i];
 			e.raw = raw[(size_t)r * (size_t)cols + (size_t)col];
-		} else if (i < k) {
+		} else if (i < k) { /* padding, or a column the grammar refuses: no candidate */
 			e.id = -1;
 			e.proc = -INFINITY;
 			e.raw = -INFINITY;
@@ -370,17 +396,17 @@ void gs_cu_candidates(struct gs_cuda_ctx *c, const struct gs_cand_args *a)
 	if (kk > 0) {
 		const unsigned gx = (unsigned)((cols + CAND_THREADS - 1) / CAND_THREADS);
 		cand_proc_kernel<<<dim3(gx < 64 ? gx : 64, (unsigned)rows), CAND_THREADS, 0, c->stream>>>(proc, a->logits,
-													 a->row, cols);
+													 a->row, a->allow, cols);
 		GS_CU_LAUNCHED(c, "candidates (processed logits)");
-		cand_penalty_kernel<<<dim3(CAND_HIST_BLOCKS, (unsigned)rows), CAND_THREADS, 0, c->stream>>>(
-			proc, a->logits, a->row, a->hist, cols, a->vocab0);
-		GS_CU_LAUNCHED(c, "candidates (repetition penalty)");
+		cand_edit_kernel<<<dim3(CAND_HIST_BLOCKS, (unsigned)rows), CAND_THREADS, 0, c->stream>>>(
+			proc, a->logits, a->row, a->edit, a->allow, cols, a->vocab0);
+		GS_CU_LAUNCHED(c, "candidates (logit edits)");
 		topk_kernel<<<(unsigned)rows, PICK_THREADS, 0, c->stream>>>(proc, cols, kk, top_col, top_val);
 		GS_CU_LAUNCHED(c, "candidates (top-k)");
 	}
-	cand_lse_kernel<<<(unsigned)rows, PICK_THREADS, 0, c->stream>>>(lse, a->logits, a->row, cols);
+	cand_lse_kernel<<<(unsigned)rows, PICK_THREADS, 0, c->stream>>>(lse, a->logits, a->row, a->allow, cols);
 	GS_CU_LAUNCHED(c, "candidates (log-sum-exp)");
-	cand_finish_kernel<<<(unsigned)rows, CAND_THREADS, 0, c->stream>>>(a->out, top_col, top_val, a->logits, lse, cols,
-									     k, kk, a->vocab0);
+	cand_finish_kernel<<<(unsigned)rows, CAND_THREADS, 0, c->stream>>>(a->out, top_col, top_val, a->logits, lse,
+									     a->row, a->allow, cols, k, kk, a->vocab0);
 	GS_CU_LAUNCHED(c, "candidates (entries)");
 }

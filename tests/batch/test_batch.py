@@ -47,6 +47,13 @@ def write_input(path):
         if i % 11 == 0:
             req.update(logprobs=True, top_logprobs=3)
         lines.append(json.dumps(req))
+    # n > 1 (issue 16): choice i must equal the n = 1 line with seed + i
+    nreq = {"prompt": "Clinical note: sepsis bundle started. Assessment:", "max_tokens": 6, "temperature": 0.9,
+            "top_k": 40, "logprobs": True, "top_logprobs": 2}
+    lines.append(json.dumps({"id": "n3", "n": 3, "seed": 4000, **nreq}))
+    lines += [json.dumps({"id": f"n3-s{i}", "seed": 4000 + i, **nreq}) for i in range(3)]
+    lines.append(json.dumps({"id": "n2g", "n": 2, **nreq, "temperature": 0}))
+    lines.append(json.dumps({"id": "n2g-s", **nreq, "temperature": 0}))
     # Malformed lines: each must become an error record.
     lines += [
         '{"id": "bad-json", "prompt": "x"',
@@ -56,6 +63,7 @@ def write_input(path):
         json.dumps({"id": "bad-empty", "messages": []}),
         json.dumps({"id": "bad-top-p", "prompt": "x", "top_p": 1.5}),
         json.dumps({"id": "too-long", "prompt": "word " * 3000, "max_tokens": 10}),
+        json.dumps({"id": "bad-n", "prompt": "x", "n": 9}),
     ]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -90,7 +98,7 @@ def main():
     model = make_model(GS, TOK, os.path.join(SCRATCH, "model"), "--preset", "tiny", "--seed", "3", "--max-pos", "2048")
     inp = os.path.join(SCRATCH, "in.jsonl")
     ids = write_input(inp)
-    good = [i for i in ids if i and not i.startswith("bad") and i != "too-long"]
+    good = [i for i in ids if i and not i.startswith("bad") and i not in ("too-long", "n3", "n2g")]
 
     outs = {}
     for np_ in (1, 2):
@@ -118,7 +126,7 @@ def main():
         if not ("text" in r and r.get("finish_reason") in ("stop", "length")):
             failures.append(f"{i}: not completed: {r}")
     bad_json_id = f"line-{ids.index(None) + 1}"  # an unparsable line has no id of its own
-    for bad in ("bad-json", "bad-type", "bad-max", "bad-roles", "bad-empty", "bad-top-p", "too-long"):
+    for bad in ("bad-json", "bad-type", "bad-max", "bad-roles", "bad-empty", "bad-top-p", "too-long", "bad-n"):
         want = bad_json_id if bad == "bad-json" else bad
         errs = [r for r in ref.values() if r.get("finish_reason") == "error" and r["id"] == want]
         check(len(errs) == 1, f"malformed line {bad} -> one error record"
@@ -131,6 +139,28 @@ def main():
         diff = [i for i in good if a.get(i) != b.get(i)]
         check(not diff and len(a) == len(b) == len(ids),
               f"T={np_}: every request identical alone and among 64 others ({len(good) - len(diff)}/{len(good)})")
+
+    # n > 1: choice i is the n = 1 line with seed + i (text, finish, logprobs), usage summed;
+    # with --max-seqs 1 the 3 choices can never be admitted together: an error record
+    def choice_of(r):
+        return {k: r.get(k) for k in ("text", "finish_reason", "logprobs")}
+    for key in ((1, "together"), (2, "together"), (1, "staged"), (2, "staged")):
+        o = outs[key]
+        n3, n2g = o.get("n3", {}), o.get("n2g", {})
+        singles = [o.get(f"n3-s{i}", {}) for i in range(3)]
+        ch = [{k: c.get(k) for k in ("text", "finish_reason", "logprobs")} for c in n3.get("choices", [])]
+        check(ch == [choice_of(x) for x in singles] and [c.get("index") for c in n3.get("choices", [])] == [0, 1, 2]
+              and choice_of(n3) == ch[0] and len({x.get("text") for x in singles}) > 1 and
+              n3.get("usage", {}).get("prompt_tokens") == singles[0].get("usage", {}).get("prompt_tokens") and
+              n3.get("usage", {}).get("completion_tokens") ==
+              sum(x.get("usage", {}).get("completion_tokens", 0) for x in singles),
+              f"T={key[0]} {key[1]}: n=3 choice i equals n=1 with seed + i, usage summed")
+        check([choice_of(c) for c in n2g.get("choices", [])] == [choice_of(o.get("n2g-s", {}))] * 2,
+              f"T={key[0]} {key[1]}: greedy n=2 gives two choices equal to n=1")
+    for np_ in (1, 2):
+        e = outs[(np_, "alone")].get("n3", {})
+        check(e.get("finish_reason") == "error" and "n = 3" in e.get("error", {}).get("message", ""),
+              f"T={np_} --max-seqs 1: n=3 is an error record ({e.get('error')})")
 
     for np_ in (1, 2):
         a, b = outs[(np_, "together")], outs[(np_, "staged")]

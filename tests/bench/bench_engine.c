@@ -1,7 +1,8 @@
 /* Serving-engine throughput on a synthetic shape (default 1b):
- *   mpirun -np T build/tests/bench/bench_engine [shape] [decode_steps] [cpu|cuda] [prompt_tokens]
- * (cuda: T = 1, weights drawn on the GPU; prompt_tokens default 16, e.g. 1024 for a 1K context)
- * For batch B in 1, 8, 32, 64: B requests with 16-token prompts decode `decode_steps` tokens
+ *   mpirun -np T build/tests/bench/bench_engine [shape] [decode_steps] [cpu|cuda] [prompt_tokens] [fp32|bf16]
+ * (cuda: T = 1, weights drawn on the GPU; prompt_tokens default 16, e.g. 1024 for a 1K context;
+ * the last argument: the CPU matmul numerics, default fp32)
+ * For batch B in 1, 8, 16, 32, 64: B requests with 16-token prompts decode `decode_steps` tokens
  * each; generated tokens/s over the decode phase (timed once every prompt is prefilled), and
  * the scheduler's share of step time
  * (planning + plan broadcast + candidate merge/draw). Then a mix: 8 decoding requests while
@@ -34,20 +35,24 @@ int main(int argc, char **argv)
 	int steps = argc > 2 ? atoi(argv[2]) : 16, T, rank;
 	bool cuda = argc > 3 && strcmp(argv[3], "cuda") == 0;
 	int P = argc > 4 ? atoi(argv[4]) : 16;
-	static const int batches[] = { 1, 8, 32, 64 };
+	enum gs_numerics nm = GS_NUMERICS_FP32;
+	static const int batches[] = { 1, 8, 16, 32, 64 };
 	static struct gs_token_event ev[512];
 	double base_tps = 0;
 
 	if (gs_comm_mpi_init(&argc, &argv, &w) != GS_OK)
 		return 1;
 	T = gs_comm_size(&w), rank = gs_comm_rank(&w);
-	if (P < 1 || steps < 1 || (cuda && T != 1)) {
-		fprintf(stderr, "usage: bench_engine [shape] [decode_steps >= 1] [cpu|cuda (T = 1)] [prompt_tokens >= 1]\n");
+	if (P < 1 || steps < 1 || (cuda && T != 1) ||
+	    (argc > 5 && (cuda || gs_numerics_parse(argv[5], "numerics (5th argument)", &nm) != GS_OK))) {
+		fprintf(stderr, "usage: bench_engine [shape] [decode_steps >= 1] [cpu|cuda (T = 1)] [prompt_tokens >= 1] "
+			"[fp32|bf16 (cpu)]\n");
 		return 2;
 	}
 	if ((cuda ? gs_backend_cuda_create(0, &be)
 		  : gs_backend_cpu_create((int)(sysconf(_SC_NPROCESSORS_ONLN) / T > 0 ? sysconf(_SC_NPROCESSORS_ONLN) / T : 1),
 					  &be)) != GS_OK ||
+	    (!cuda && gs_backend_cpu_set_numerics(&be, nm) != GS_OK) ||
 	    gs_model_synthetic_on(shape, 1, rank, T, &be, &m) != GS_OK || gs_model_to_backend(m, be) != GS_OK) {
 		fprintf(stderr, "%s\n", gs_last_error());
 		return 1;
@@ -57,6 +62,10 @@ int main(int argc, char **argv)
 	 * that over the peak, which bounds the batch-B / batch-1 throughput ratio on a CPU. */
 	double tok_flops = gs_model_layer_flops(m) + 2.0 * (double)m->lm_head.rows * (double)m->lm_head.cols;
 	double peak = cuda ? 0 : gs_cpu_measure_fma_peak(gs_backend_cpu_pool(&be));
+	double bpeak = cuda ? 0 : gs_cpu_measure_bf16_peak(gs_backend_cpu_pool(&be));
+	if (!cuda)
+		printf("numerics %s; fp32 FMA peak %.1f GFLOP/s, bf16 dot-product peak %.1f GFLOP/s (this rank's threads)\n",
+		       gs_numerics_name(nm), peak / 1e9, bpeak / 1e9);
 	for (size_t bi = 0; bi <= sizeof(batches) / sizeof(batches[0]); bi++) {
 		bool mix = bi == sizeof(batches) / sizeof(batches[0]);
 		int B = mix ? 8 : batches[bi];
@@ -133,6 +142,10 @@ int main(int argc, char **argv)
 				       tps / base_tps, step_ms, 100.0 * sched / stept);
 				if (cuda) /* weights read once per step: compare with bench_cuda's copy bandwidth */
 					printf("weights streamed at %.0f GB/s\n", m->weight_bytes / (step_ms * 1e-3) / 1e9);
+				else if (bpeak > 0)
+					printf("FMA floor of the step %.1f ms (step at %.2f x the fp32 peak, %.2f of the bf16 "
+					       "peak)\n", B * tok_flops / peak * 1e3, B * tok_flops / peak * 1e3 / step_ms,
+					       B * tok_flops / bpeak * 1e3 / step_ms);
 				else
 					printf("FMA floor of the step %.1f ms (step at %.2f of it)\n", B * tok_flops / peak * 1e3,
 					       B * tok_flops / peak * 1e3 / step_ms);

@@ -155,6 +155,14 @@ def main():
                 ["run", "--model", d, "--prompt", "word " * 40, "--max-tokens", "4"], "max_position_embeddings")
     expect_fail("bad sampling value", ["run", "--model", good, "--prompt", "hi", "--top-p", "1.5"], "top_p")
     expect_fail("unknown option", ["logits", "--model", good, "--bogus", "1"], "--bogus")
+    # --numerics: an unknown mode names the flag; bf16 on a CPU without AVX512_BF16 (the probe told
+    # so by GS_CPU_FEATURES_MASK) names the missing feature, on every command that computes.
+    for cmd in (logits(good), ["run", "--model", good, "--prompt", "hi", "--max-tokens", "1"],
+                ["bench", "--model", good, "--decode-tokens", "1", "--prompt-tokens", "4", "--bw-mb", "16"]):
+        expect_fail(f"unknown numerics ({cmd[0]})", cmd + ["--numerics", "fp16"], "--numerics", "fp16")
+        os.environ["GS_CPU_FEATURES_MASK"] = "avx512_bf16"
+        expect_fail(f"bf16 numerics without AVX512_BF16 ({cmd[0]})", cmd + ["--numerics", "bf16"], "AVX512_BF16")
+        del os.environ["GS_CPU_FEATURES_MASK"]
     expect_fail("missing model dir", logits(os.path.join(SCRATCH, "nope")), "nope")
 
     # Every command answers --help with exit 0.

@@ -22,6 +22,13 @@ engine.crt/.key) makes the engine link mutual TLS: the coordinator and every eng
 --cluster-ca/--cluster-cert/--cluster-key; start_engine(i, certs=(ca, cert, key)) gives one
 engine other files, certs=() none. Open MPI stays on loopback (tp_common.mpi_env).
 
+engine_host="10.0.0.1": the coordinator's --engine-listen address (and the one engines dial)
+instead of 127.0.0.1; mpi_if="IFACE": engines get tp_common.mpi_env(IFACE) (MPI across hosts;
+mpirun= can then be a wrapper that adds a hostfile and an rsh agent). relaunch=True runs every
+engine under a relaunch loop, as systemd's Restart=on-failure would: a job that exits non-zero
+is started again after relaunch_pause s (each start logs "launcher: starting the engine" in
+the engine's log).
+
 tls={"cert": F, "key": F, "ca": F} serves gRPC and HTTPS with that certificate ("ca": the CA that
 issued it, for the cluster's own probes); add "client_ca" for mutual TLS, with "client_cert" and
 "client_key" for the probes.
@@ -63,7 +70,7 @@ def write_key_file(path, lines):
 class Cluster:
     def __init__(self, build_dir, model_dir, engines=1, tp=2, coord_args=(), engine_args=(),
                  api_key=None, mpirun="mpirun", logdir=None, health_timeout=180, tls=None, api_keys=None,
-                 cluster_certs=None):
+                 cluster_certs=None, engine_host="127.0.0.1", mpi_if=None, relaunch=False, relaunch_pause=0.5):
         self.build_dir = build_dir
         self.model_dir = model_dir
         self.n_engines = engines
@@ -73,6 +80,10 @@ class Cluster:
         self.api_key = api_key
         self.api_keys = api_keys
         self.cluster_certs = cluster_certs
+        self.engine_host = engine_host
+        self.mpi_if = mpi_if
+        self.relaunch = relaunch
+        self.relaunch_pause = relaunch_pause
         self.key_file = None
         self.tls = tls
         self.mpirun = mpirun
@@ -93,7 +104,7 @@ class Cluster:
     def start_coordinator(self):
         cmd = [self.coordinator_bin, "--model", self.model_dir,
                "--grpc", f"127.0.0.1:{self.grpc_port}", "--http", f"127.0.0.1:{self.http_port}",
-               "--engine-listen", f"127.0.0.1:{self.engine_port}", *self.coord_args]
+               "--engine-listen", f"{self.engine_host}:{self.engine_port}", *self.coord_args]
         if self.api_key or self.api_keys:
             self.key_file = os.path.join(self.logdir, "api-keys")
             lines = [self.api_key] if self.api_key else [f"{n} {k}" for n, k in self.api_keys.items()]
@@ -123,10 +134,14 @@ class Cluster:
         tls = ["--cluster-ca", certs[0], "--cluster-cert", certs[1], "--cluster-key", certs[2]] if certs else []
         cmd = [self.mpirun, "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
                "-np", str(self.tp), self.worker_bin, "--model", self.model_dir,
-               "--coordinator", f"127.0.0.1:{self.engine_port}", "--engine-id", f"engine-{i}",
+               "--coordinator", f"{self.engine_host}:{self.engine_port}", "--engine-id", f"engine-{i}",
                *tls, *self.engine_args, *extra]
+        if self.relaunch:
+            cmd = ["sh", "-c", 'while :; do echo "launcher: starting the engine" >&2; "$@"; rc=$?; '
+                   '[ $rc = 0 ] && exit 0; echo "launcher: the engine exited with status $rc; starting it '
+                   f'again in {self.relaunch_pause} s" >&2; sleep {self.relaunch_pause}; done', "launcher", *cmd]
         log = open(os.path.join(self.logdir, f"engine-{i}.log"), "ab")
-        self.engines[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=mpi_env(),
+        self.engines[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=mpi_env(self.mpi_if),
                                            start_new_session=True)
         log.close()
 

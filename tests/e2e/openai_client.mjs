@@ -69,9 +69,38 @@ const lp = await client.chat.completions.create({ model, messages, max_tokens: 5
                                                    top_logprobs: 2 });
 out.chat_logprobs = lp.choices[0].logprobs;
 
+// issue 16: logit_bias (+100 on token 4321: every token is it), the OpenAI penalties, and tools refused
+const biased = await client.completions.create({ model, prompt: "The patient presented with", max_tokens: 6,
+  temperature: 0.9, seed: 3, logit_bias: { 4321: 100 }, frequency_penalty: 0, presence_penalty: 0, logprobs: 0 });
+out.logit_bias = { tokens: biased.choices[0].logprobs.tokens, finish: biased.choices[0].finish_reason };
+out.err_tools = await errorOf(() => client.chat.completions.create({ model, messages,
+  tools: [{ type: "function", function: { name: "f", parameters: {} } }] }));
+// issue 16: structured output -- a JSON Schema the random-weight model's answer must satisfy
+const structured = await client.chat.completions.create({ model, messages, max_tokens: 48, temperature: 0,
+  response_format: { type: "json_schema", json_schema: { name: "triage", strict: true, schema: {
+    type: "object", properties: { diagnosis: { type: "string", maxLength: 12 }, urgent: { type: "boolean" } },
+    required: ["diagnosis", "urgent"], additionalProperties: false } } } });
+out.structured = { text: structured.choices[0].message.content, finish: structured.choices[0].finish_reason };
+out.err_schema = await errorOf(() => client.chat.completions.create({ model, messages, response_format: {
+  type: "json_schema", json_schema: { name: "d", schema: { type: "string", format: "date" } } } }));
 out.err_top_p = await errorOf(() => client.chat.completions.create({ model, messages, top_p: 1.5 }));
 out.err_model = await errorOf(() => client.chat.completions.create({ model: "gpt-5", messages }));
-out.err_n = await errorOf(() => client.chat.completions.create({ model, messages, n: 2 }));
+out.err_n = await errorOf(() => client.chat.completions.create({ model, messages, n: 9 }));
+// n = 2 (seeds 5 and 6): two choices, index 0 and 1, usage summed; streamed: chunks per index
+const n2 = await client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 1, seed: 5, n: 2,
+  logprobs: true });
+out.n2 = { choices: n2.choices.map((c) => ({ index: c.index, text: c.message.content, finish: c.finish_reason,
+  lps: c.logprobs.content.map((e) => e.logprob) })), usage: n2.usage };
+const n2s = await client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 1, seed: 5, n: 2,
+  stream: true, stream_options: { include_usage: true } });
+out.n2_stream = { text: ["", ""], finish: [null, null], usage: null };
+for await (const ch of n2s) {
+  if (ch.usage) out.n2_stream.usage = ch.usage;
+  for (const c of ch.choices) {
+    out.n2_stream.text[c.index] += c.delta.content ?? "";
+    if (c.finish_reason) out.n2_stream.finish[c.index] = c.finish_reason;
+  }
+}
 out.err_key = await errorOf(() => new OpenAI({ baseURL, apiKey: "wrong", maxRetries: 0 }).models.list());
 out.after_errors = (await client.chat.completions.create({ model, messages, max_tokens: 12, temperature: 0 }))
   .choices[0].message.content;

@@ -115,15 +115,16 @@ WRONG_TYPE = [("model", 5), ("model", True), ("model", ["m"]), ("max_tokens", "1
 WRONG_INPUT = {"chat": [("messages", "x"), ("messages", 5), ("messages", [1]), ("messages", {"role": "user"}),
                         ("messages", [{"role": 1, "content": "x"}]), ("messages", [{"role": "user"}]),
                         ("messages", [{"role": "user", "content": 5}])],
-               "completions": [("prompt", 5), ("prompt", {"a": "b"}), ("prompt", ["a", "b"]), ("prompt", [5]),
-                               ("prompt", True), ("prompt", [])]}
+               "completions": [("prompt", 5), ("prompt", {"a": "b"}), ("prompt", ["a", 5]), ("prompt", [5.5]),
+                               ("prompt", [[]]), ("prompt", [-1]), ("prompt", True),
+                               ("prompt", [])]}
 HUGE = {"both": [("max_tokens", "1e308"), ("max_tokens", "99999999999999999999999"),
                  ("max_tokens", "-99999999999999999999"), ("max_tokens", "1e-300"), ("temperature", "1e400"),
                  ("temperature", "-1e400"), ("top_k", "9223372036854775808"), ("top_p", "1e300"),
                  ("n", "1000000"), ("seed", "1e30"), ("repetition_penalty", "-1e308"), ("min_p", "-0.5")],
         "chat": [("top_logprobs", "1000000000")], "completions": [("logprobs", "1000000000")]}
 OUT_OF_RANGE = {"both": [("temperature", -1), ("top_p", 0), ("top_k", -2), ("stop", [""]), ("stop", ["a"] * 50),
-                         ("max_tokens", 0), ("n", 2), ("min_p", 1.5), ("stream_options", {"include_usage": True})],
+                         ("max_tokens", 0), ("n", 9), ("n", 0), ("min_p", 1.5), ("stream_options", {"include_usage": True})],
                 "chat": [("messages", []), ("messages", [{"role": "wizard", "content": "x"}]),
                          ("messages", [{"role": "assistant", "content": "x"}, {"role": "assistant", "content": "y"}]),
                          ("top_logprobs", 3)],

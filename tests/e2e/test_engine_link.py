@@ -308,6 +308,7 @@ def run_engine1(pb, srv, eng, reqs, ref, log1):
     check((hello.max_context, hello.vocab_size, hello.max_seqs) == (CTX, 262144, MAX_SEQS),
           f"max_context {CTX}, vocab 262144, max_seqs {MAX_SEQS} "
           f"({hello.max_context}, {hello.vocab_size}, {hello.max_seqs})")
+    check(hello.numerics == "fp32", f"the hello names the matmul numerics, fp32 by default ({hello.numerics!r})")
     check(hello.kv_blocks_total >= MAX_SEQS * CTX // 16,
           f"kv_blocks_total holds max_seqs x ctx ({hello.kv_blocks_total} >= {MAX_SEQS * CTX // 16})")
     total = hello.kv_blocks_total

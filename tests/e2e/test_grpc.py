@@ -90,6 +90,19 @@ def main():
                  "max_tokens": 20, "temperature": 0})
     reqs.append({"id": "lp", "prompt": prompts[0], "max_tokens": 6, "temperature": 0, "logprobs": True,
                  "top_logprobs": 3})
+    # issue 16: the OpenAI fields give the same tokens at T = 2 (gRPC) as at T = 1 (batch lines)
+    few = {str(i): 6.0 for i in range(1000, 1004)}
+    # (sampled requests use top_k <= K: exact under tensor parallelism, docs/ARCHITECTURE.md §3)
+    reqs.append({"id": "oa-bias", "prompt": prompts[1], "max_tokens": 16, "temperature": 0.9, "seed": 7,
+                 "top_k": 50, "logit_bias": {"4321": 100, "17": -100}, "ignore_eos": True})
+    reqs.append({"id": "oa-pen", "prompt": prompts[0], "max_tokens": 24, "temperature": 1.0, "seed": 11, "top_k": 40,
+                 "logit_bias": few, "frequency_penalty": 1.5, "presence_penalty": 0.5, "ignore_eos": True})
+    reqs.append({"id": "oa-pen-greedy", "prompt": prompts[2], "max_tokens": 24, "temperature": 0,
+                 "frequency_penalty": -0.5, "presence_penalty": 1.0, "repetition_penalty": 1.2})
+    reqs.append({"id": "oa-min", "prompt": prompts[3], "max_tokens": 12, "temperature": 0,
+                 "logit_bias": {"1": 100, "106": 100}, "min_tokens": 4})
+    reqs.append({"id": "oa-stopid", "prompt": prompts[0], "max_tokens": 12, "temperature": 0.8, "seed": 5,
+                 "top_k": 20, "stop_token_ids": [4321], "logit_bias": {"4321": 3}})
     ref = reference(gs, model, reqs, scratch)
     # a stop string taken from the middle of a reference answer
     g0 = ref["greedy0"]["text"]
@@ -120,6 +133,9 @@ def main():
         mi = stub.ModelInfo(pb.ModelInfoRequest(), metadata=md, timeout=5)
         check(mi.model == "tiny-medgemma" and mi.engines == 1 and mi.tensor_parallel == 2 and mi.max_context == 512,
               f"model info: {mi.model} engines={mi.engines} T={mi.tensor_parallel} ctx={mi.max_context}")
+        check(list(mi.numerics) == ["fp32"], f"model info names the engine's numerics, fp32 by default ({list(mi.numerics)})")
+        nm = [k for k in cl.metrics() if k.startswith("gemmashard_engine_numerics{")]
+        check(len(nm) == 1 and 'numerics="fp32"' in nm[0], f"/metrics labels the engine's numerics ({nm})")
 
         # tokenize against the CLI tokenizer (itself checked against HF tokenizers elsewhere)
         text = "Patient: 45 y/o, BP 140/90 — dyspnoea 😷"
@@ -135,9 +151,13 @@ def main():
             else:
                 for m in r["messages"]:
                     q.messages.messages.add(role=m["role"], content=m["content"])
-            for k in ("temperature", "top_k", "top_p", "seed"):
+            for k in ("temperature", "top_k", "top_p", "seed", "repetition_penalty", "presence_penalty",
+                      "frequency_penalty", "min_tokens", "ignore_eos"):
                 if k in r:
                     setattr(q, k, r[k])
+            for tid, b in r.get("logit_bias", {}).items():
+                q.logit_bias.add(token_id=int(tid), bias=b)
+            q.stop_token_ids.extend(r.get("stop_token_ids", []))
             if r.get("logprobs"):
                 q.logprobs = True
                 q.top_logprobs = r.get("top_logprobs", 0)
@@ -254,6 +274,75 @@ def main():
         expect("max_tokens -3", lambda: stub.Generate(pb.GenerateRequest(prompt="hi", max_tokens=-3), metadata=md,
                                                       timeout=10),
                grpc.StatusCode.INVALID_ARGUMENT, "max_tokens")
+        # issue 16: refusals name the field; token-id prompts equal their text prompts
+        expect("presence_penalty 3", lambda: stub.Generate(pb.GenerateRequest(prompt="hi", presence_penalty=3),
+                                                           metadata=md, timeout=10),
+               grpc.StatusCode.INVALID_ARGUMENT, "presence_penalty must be in [-2, 2]")
+        lb = pb.GenerateRequest(prompt="hi", max_tokens=2)
+        lb.logit_bias.add(token_id=99999999, bias=1)
+        expect("logit_bias id outside the vocabulary", lambda: stub.Generate(lb, metadata=md, timeout=10),
+               grpc.StatusCode.INVALID_ARGUMENT, "logit_bias: token id 99999999 is outside the vocabulary")
+        lb2 = pb.GenerateRequest(prompt="hi", max_tokens=2)
+        lb2.logit_bias.add(token_id=5, bias=-150)
+        expect("logit_bias -150", lambda: stub.Generate(lb2, metadata=md, timeout=10),
+               grpc.StatusCode.INVALID_ARGUMENT, "[-100, 100]")
+        expect("9 stop_token_ids", lambda: stub.Generate(pb.GenerateRequest(prompt="hi", stop_token_ids=range(9)),
+                                                         metadata=md, timeout=10),
+               grpc.StatusCode.INVALID_ARGUMENT, "stop_token_ids may hold at most 8")
+        expect("min_tokens -1", lambda: stub.Generate(pb.GenerateRequest(prompt="hi", min_tokens=-1), metadata=md,
+                                                      timeout=10),
+               grpc.StatusCode.INVALID_ARGUMENT, "min_tokens")
+        # structured output: the response_format message, compiled and enforced as on HTTP
+        schema = {"type": "object", "properties": {"code": {"type": "integer", "minimum": 1, "maximum": 9},
+                                                   "ok": {"type": "boolean"}}, "required": ["code", "ok"]}
+        so = stub.Generate(pb.GenerateRequest(prompt="Result:", max_tokens=24, temperature=0,
+                                              response_format=pb.ResponseFormat(type="json_schema", name="r",
+                                                                                json_schema=json.dumps(schema))),
+                           metadata=md, timeout=30)
+        try:
+            doc = json.loads(so.text)
+        except ValueError:
+            doc = None
+        check(so.finish_reason == pb.STOP and isinstance(doc, dict) and list(doc) == ["code", "ok"] and
+              1 <= doc["code"] <= 9 and isinstance(doc["ok"], bool), f"gRPC response_format json_schema: {so.text!r}")
+        ch_ = stub.Generate(pb.GenerateRequest(prompt="Fever?", max_tokens=6, seed=1,
+                                               response_format=pb.ResponseFormat(type="choice", choice=["yes", "no"])),
+                            metadata=md, timeout=30)
+        check(ch_.text in ("yes", "no") and ch_.finish_reason == pb.STOP, f"gRPC response_format choice: {ch_.text!r}")
+        rx = stub.Generate(pb.GenerateRequest(prompt="Code?", max_tokens=12, seed=1,
+                                              response_format=pb.ResponseFormat(type="regex", regex=r"[A-Z]{2}\d{2}")),
+                           metadata=md, timeout=30)
+        check(rx.finish_reason == pb.STOP and len(rx.text) == 4 and rx.text[:2].isupper() and rx.text[:2].isascii()
+              and rx.text[2:].isdigit(), f"gRPC response_format regex: {rx.text!r}")
+        expect("response_format regex with a lookahead",
+               lambda: stub.Generate(pb.GenerateRequest(prompt="hi", response_format=pb.ResponseFormat(
+                   type="regex", regex="a(?!b)")), metadata=md, timeout=30),
+               grpc.StatusCode.INVALID_ARGUMENT, "lookaround (?!...) is not supported")
+        expect("response_format with an unsupported keyword",
+               lambda: stub.Generate(pb.GenerateRequest(prompt="hi", response_format=pb.ResponseFormat(
+                   type="json_schema", json_schema='{"type": "string", "pattern": "a"}')), metadata=md, timeout=10),
+               grpc.StatusCode.INVALID_ARGUMENT, "unsupported keyword 'pattern'")
+        expect("response_format without type",
+               lambda: stub.Generate(pb.GenerateRequest(prompt="hi", response_format=pb.ResponseFormat()),
+                                     metadata=md, timeout=10),
+               grpc.StatusCode.INVALID_ARGUMENT, "response_format.type is required")
+        # a field number this server does not know (a newer client's): refused, not ignored
+        unknown = pb.GenerateRequest(prompt="hi", max_tokens=2).SerializeToString() + bytes([0xf8, 0x07, 0x01])
+        expect("unknown field 127", lambda: raw(unknown, metadata=md, timeout=10),
+               grpc.StatusCode.INVALID_ARGUMENT, "field number 127 is not supported")
+        ids = [int(x) for x in subprocess.run([gs, "tokenize", "--model", model, "--text", prompts[2]],
+                                              capture_output=True, text=True, check=True).stdout.split()]
+        tq = pb.GenerateRequest(max_tokens=24, temperature=0)
+        tq.prompt_ids.ids.extend(ids)
+        tg = stub.Generate(tq, metadata=md, timeout=30)
+        check(tg.text == good_text and tg.usage.prompt_tokens == len(ids) and ids[0] == 2,
+              f"token-id prompt ({len(ids)} ids) equals its text prompt: {tg.text!r}")
+        uq = pb.GenerateRequest(prompt=prompts[2], max_tokens=2, temperature=0, user="ward-3")
+        check(stub.Generate(uq, metadata=md, timeout=30).usage.completion_tokens >= 1, "user accepted")
+        time.sleep(0.3)
+        logs = "".join(open(os.path.join(scratch, "logs", f)).read() for f in os.listdir(os.path.join(scratch, "logs"))
+                       if f.endswith(".log"))
+        check("user=ward-3" in logs, "user is a label in the access log")
         expect("no prompt or messages", lambda: stub.Generate(pb.GenerateRequest(max_tokens=3), metadata=md, timeout=10),
                grpc.StatusCode.INVALID_ARGUMENT, "prompt")
         empty = pb.GenerateRequest(max_tokens=3)
@@ -319,6 +408,31 @@ def main():
                                                                     temperature=1.0, seed=77 + i),
                                                  metadata=md, timeout=60).text for i in range(32))
         check(same == 32, f"32 concurrent seeded streams equal the same requests run alone ({same}/32)")
+
+        # n = 3 (issue 16): choice i equals n = 1 with seed + i (ids and logprobs, bit for bit), unary
+        # and streamed; usage summed with the prompt once; n = 0 and 9 refused naming n
+        nq = dict(prompt=prompts[0], max_tokens=8, temperature=1.0, seed=500, logprobs=True, top_logprobs=2)
+        un = stub.Generate(pb.GenerateRequest(n=3, **nq), metadata=md, timeout=60)
+        ones = [stub.Generate(pb.GenerateRequest(**{**nq, "seed": 500 + i}), metadata=md, timeout=60) for i in range(3)]
+        key = lambda x: (x.text, list(x.token_ids), [(t.token_id, t.logprob, [(a.token_id, a.logprob) for a in t.top])
+                                                    for t in x.logprobs], x.finish_reason)  # noqa: E731
+        check([c.index for c in un.choices] == [0, 1, 2] and [key(c) for c in un.choices] == [key(o) for o in ones] and
+              key(un) == key(ones[0]) and len({o.text for o in ones}) > 1 and
+              un.usage.prompt_tokens == ones[0].usage.prompt_tokens and
+              un.usage.completion_tokens == sum(o.usage.completion_tokens for o in ones) and
+              [c.completion_tokens for c in un.choices] == [o.usage.completion_tokens for o in ones],
+              f"gRPC n=3: choice i equals n=1 with seed + i, usage summed ({un.usage})")
+        chunks = list(stub.GenerateStream(pb.GenerateRequest(n=3, **nq), metadata=md, timeout=60))
+        per = [[c for c in chunks if c.index == i] for i in range(3)]
+        check(all("".join(c.text for c in per[i]) == ones[i].text and
+                  [t for c in per[i] for t in c.token_ids] == list(ones[i].token_ids) and
+                  [c.finish_reason for c in per[i]] == [0] * (len(per[i]) - 1) + [ones[i].finish_reason] and
+                  per[i][-1].usage.completion_tokens == ones[i].usage.completion_tokens for i in range(3)) and
+              sum(len(p_) for p_ in per) == len(chunks),
+              f"gRPC GenerateStream n=3: chunks per index equal n=1 with seed + i ({len(chunks)} chunks)")
+        for bad in (0, 9):
+            expect(f"n = {bad}", lambda: stub.Generate(pb.GenerateRequest(prompt="hi", n=bad), metadata=md, timeout=30),
+                   grpc.StatusCode.INVALID_ARGUMENT, f"n must be an integer in [1, 8], got {bad}")
         m = cl.metrics()
         ok_count = m.get('gemmashard_requests_total{api="grpc",status="OK"}', 0)
         check(ok_count >= 2 * total + 64, f"metrics count OK gRPC requests ({ok_count:.0f})")

@@ -13,6 +13,7 @@ routes, methods) gets the right status and message and is followed by a good req
 usage: test_http.py BUILD_DIR TOKENIZER_JSON SCRATCH [NODE_MODULES]
 """
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -43,6 +44,15 @@ def render_chat(messages):
             content = system + "\n\n" + content
         s += f"<start_of_turn>{role}\n{content}<end_of_turn>\n"
     return s + "<start_of_turn>model\n"
+
+
+def token_ids(gs, model, text, bos, scratch):
+    path = os.path.join(scratch, "tok.txt")
+    with open(path, "w") as f:
+        f.write(text)
+    p = subprocess.run([gs, "tokenize", "--model", model, "--file", path] + ([] if bos else ["--no-bos"]),
+                       capture_output=True, text=True, check=True)
+    return [int(t) for t in p.stdout.split()]
 
 
 def n_tokens(gs, model, text, bos, scratch):
@@ -298,6 +308,77 @@ def main():
         good = {"prompt": prompt, "max_tokens": 8, "temperature": 0}
         good_text = ref["greedy"]["text"]
 
+        # ---- issue 16: each parameter changes the output as its definition says ------------------
+        def comp(extra, n=8):
+            st, c = h.post("/v1/completions", {"prompt": prompt, "max_tokens": n, "logprobs": 0, **extra})
+            check(st == 200, f"completions {extra} -> {st} {c if st != 200 else ''}")
+            return c["choices"][0] if st == 200 else {"text": None, "logprobs": {"tokens": []}, "finish_reason": None}
+
+        base = comp({"temperature": 0})
+        toks = base["logprobs"]["tokens"]
+        for tid in (1000, 4321):
+            b = comp({"temperature": 0.9, "seed": 3, "logit_bias": {str(tid): 100}, "ignore_eos": True})
+            one = token_ids(gs, model, b["logprobs"]["tokens"][0], False, scratch) if b["text"] else []
+            check(len(set(b["logprobs"]["tokens"])) == 1 and len(b["logprobs"]["tokens"]) == 8 and one == [tid],
+                  f"logit_bias +100 on {tid}: every token is it ({b['logprobs']['tokens'][:3]}..., id {one})")
+        first = token_ids(gs, model, toks[0], False, scratch)
+        if len(first) == 1:
+            b = comp({"temperature": 0, "logit_bias": {str(first[0]): -100}})
+            check(b["logprobs"]["tokens"][0] != toks[0], f"logit_bias -100 on the greedy token {first[0]} moves it "
+                  f"({toks[0]!r} -> {b['logprobs']['tokens'][0]!r})")
+        else:
+            print(f"Skipped: logit_bias -100 (greedy token {toks[0]!r} does not tokenize to one id)")
+
+        def repeats(tokens):
+            return len(tokens) - len(set(tokens))
+        # a random model rarely repeats by itself: four tokens biased up make it, then the penalties act
+        few = {str(i): 6 for i in range(1000, 1004)}
+        plain = comp({"temperature": 1.0, "seed": 11, "ignore_eos": True, "logit_bias": few}, 48)
+        pen = comp({"temperature": 1.0, "seed": 11, "ignore_eos": True, "logit_bias": few, "frequency_penalty": 2.0,
+                    "presence_penalty": 2.0}, 48)
+        check(repeats(pen["logprobs"]["tokens"]) < repeats(plain["logprobs"]["tokens"]),
+              f"frequency/presence penalty lowers repeats on seed 11: {repeats(plain['logprobs']['tokens'])} -> "
+              f"{repeats(pen['logprobs']['tokens'])}")
+        # stop_token_ids: the greedy answer's third token ends it (the stop token is not in the text)
+        # whether a stop token is listed among the logprobs tokens: eos biased up ends at once
+        eos_bias = {"1": 100, "106": 100}
+        b = comp({"temperature": 0, "logit_bias": eos_bias}, 4)
+        n_st = len(b["logprobs"]["tokens"])
+        check(b["finish_reason"] == "stop" and n_st <= 1 and b["text"] == "", f"eos biased up ends at once: {b['logprobs']['tokens']}")
+        if len(toks) >= 3:
+            stop_tid = token_ids(gs, model, toks[2], False, scratch)
+            if len(stop_tid) == 1 and toks[2] not in toks[:2]:
+                b = comp({"temperature": 0, "stop_token_ids": stop_tid})
+                check(b["finish_reason"] == "stop" and b["logprobs"]["tokens"] == toks[:2 + n_st],
+                      f"stop_token_ids {stop_tid} stops after 2 tokens ({b['logprobs']['tokens']}, {b['finish_reason']})")
+            else:
+                print("Skipped: stop_token_ids (third greedy token not a single unique id)")
+        # min_tokens keeps eos and <end_of_turn> away: bias them up so they would win at once
+        b = comp({"temperature": 0, "logit_bias": eos_bias, "min_tokens": 5}, 12)
+        check(b["finish_reason"] == "stop" and len(b["logprobs"]["tokens"]) == 5 + n_st,
+              f"min_tokens 5: eos held off for 5 tokens, then taken ({len(b['logprobs']['tokens'])} tokens)")
+        b = comp({"temperature": 0, "logit_bias": eos_bias, "ignore_eos": True}, 6)
+        check(b["finish_reason"] == "length" and len(b["logprobs"]["tokens"]) == 6, "ignore_eos: eos does not end it")
+        # token-id prompts equal their text prompts (<bos> included explicitly)
+        pids = token_ids(gs, model, prompt, True, scratch)
+        for form in (pids, [pids]):
+            st, c = h.post("/v1/completions", {"prompt": form, "max_tokens": 8, "temperature": 0, "logprobs": 0})
+            check(st == 200 and c["choices"][0]["text"] == base["text"] and c["usage"]["prompt_tokens"] == len(pids),
+                  f"token-id prompt {'list of lists' if form != pids else 'list'} equals the text prompt")
+        # a list of prompts: one choice per prompt, in order, with its index; usage is the sum
+        other = "Differential diagnosis:"
+        st, c1 = h.post("/v1/completions", {"prompt": other, "max_tokens": 8, "temperature": 0})
+        st, c = h.post("/v1/completions", {"prompt": [prompt, other, pids], "max_tokens": 8, "temperature": 0})
+        ch = c.get("choices", []) if st == 200 else []
+        check(st == 200 and [x["index"] for x in ch] == [0, 1, 2] and ch[0]["text"] == base["text"] and
+              ch[1]["text"] == c1["choices"][0]["text"] and ch[2]["text"] == base["text"] and
+              c["usage"]["prompt_tokens"] == 2 * len(pids) + c1["usage"]["prompt_tokens"],
+              f"a list of 3 prompts gives 3 choices with their indexes ({st}, {[x.get('text') for x in ch]})")
+        # max_completion_tokens is max_tokens
+        st, c = h.post("/v1/chat/completions", {"messages": chat_msgs, "max_completion_tokens": 3, "temperature": 0})
+        check(st == 200 and c["usage"]["completion_tokens"] <= 3 and
+              chat_text.startswith(c["choices"][0]["message"]["content"]), "max_completion_tokens caps the answer")
+
         def expect(name, status, needle, method="POST", path="/v1/chat/completions", body=None, key=KEY,
                    headers=(), param=False):
             st, text = h.call(method, path, body, key=key, headers=headers)
@@ -317,6 +398,9 @@ def main():
         expect("body not an object", 400, "must be a JSON object", body="[1, 2]")
         expect("empty body", 400, "empty", body="")
         expect("invalid UTF-8", 400, "UTF-8", body=b'{"prompt": "\xff\xfe"}', path="/v1/completions")
+        # cJSON would cut the string at the NUL: refused, never truncated silently
+        expect("\\u0000 in a prompt", 400, "holds \\u0000 (at byte 15)", body=b'{"prompt": "ab\\u0000cd"}',
+               path="/v1/completions")
         expect("max_tokens as a string", 400, "max_tokens must be an integer, got string",
                body={"messages": msgs, "max_tokens": "5"}, param="max_tokens")
         expect("temperature as a string", 400, "temperature must be a number, got string",
@@ -338,13 +422,56 @@ def main():
         expect("empty messages", 400, "empty", body={"messages": []}, param="messages")
         expect("roles not alternating", 400, "alternate",
                body={"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]})
-        expect("n = 2", 400, "n must be 1", body={"messages": msgs, "n": 2}, param="n")
+        expect("n = 0", 400, "n must be an integer in [1, 8], got 0", body={"messages": msgs, "n": 0}, param="n")
+        expect("n = 9", 400, "n must be an integer in [1, 8], got 9", body={"messages": msgs, "n": 9}, param="n")
+        expect("best_of 3 with n 2", 400, "best_of", body={"messages": msgs, "n": 2, "best_of": 3}, param="best_of")
         expect("9 stop strings", 400, "at most 8", body={"messages": msgs, "stop": list("abcdefghi")}, param="stop")
         expect("top_logprobs 21", 400, "top_logprobs must be <= 20",
                body={"messages": msgs, "logprobs": True, "top_logprobs": 21})
         expect("top_logprobs without logprobs", 400, "requires logprobs", body={"messages": msgs, "top_logprobs": 2})
-        expect("completions prompt of token ids", 400, "prompt must be a string", path="/v1/completions",
-               body={"prompt": [1, 2, 3]})
+        expect("a list of prompts streamed", 400, "cannot be streamed", path="/v1/completions",
+               body={"prompt": ["a", "b"], "stream": True}, param="prompt")
+        expect("9 prompts", 400, "at most 8 prompts", path="/v1/completions", body={"prompt": ["a"] * 9},
+               param="prompt")
+        expect("a bad prompt in a list", 400, "prompt[1] must be a string or a list of token ids",
+               path="/v1/completions", body={"prompt": ["a", 5]}, param="prompt")
+        expect("token-id prompt with a string in it", 400, "prompt[1] must be a token id", path="/v1/completions",
+               body={"prompt": [2, "x"]}, param="prompt")
+        expect("token-id prompt outside the vocabulary", 400, "outside the vocabulary", path="/v1/completions",
+               body={"prompt": [2, 99999999]})
+        # issue 16: nothing silently ignored -- each refusal names its field
+        for name, extra, needle in [
+                ("tools", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "no tool-calling format"),
+                ("tool_choice", {"tool_choice": "auto"}, "no tool-calling format"),
+                ("functions", {"functions": [{"name": "f"}]}, "no tool-calling format"),
+                ("response_format", {"response_format": {"type": "json_schema", "json_schema": {
+                    "name": "x", "schema": {"type": "string", "pattern": "^a"}}}}, "unsupported keyword 'pattern'"),
+                ("response_format", {"response_format": {"type": "regex"}}, "response_format.regex must be a string"),
+                ("guided_regex", {"guided_regex": "a(?=b)"}, "lookaround (?=...) is not supported at position 1"),
+                ("guided_grammar", {"guided_grammar": "root ::= x"}, "guided_grammar is not supported"),
+                ("best_of", {"best_of": 3}, "best_of"),
+                ("echo", {"echo": True}, "echo"),
+                ("store", {"store": True}, "store"),
+                ("frobnicate", {"frobnicate": 1}, "not a supported field"),
+                ("presence_penalty", {"presence_penalty": 2.5}, "presence_penalty must be in [-2, 2]"),
+                ("frequency_penalty", {"frequency_penalty": -3}, "frequency_penalty must be in [-2, 2]"),
+                ("logit_bias", {"logit_bias": {"5": 101}}, "[-100, 100]"),
+                ("logit_bias", {"logit_bias": {"x": 1}}, "is not a token id"),
+                ("logit_bias", {"logit_bias": {"99999999": 1}}, "outside the vocabulary"),
+                ("logit_bias", {"logit_bias": {str(i): 1 for i in range(301)}}, "at most 300"),
+                ("max_completion_tokens", {"max_tokens": 5, "max_completion_tokens": 6}, "differ"),
+                ("min_tokens", {"min_tokens": -1}, "min_tokens must be >= 0"),
+                ("stop_token_ids", {"stop_token_ids": [1, "a"]}, "stop_token_ids[1]"),
+                ("stop_token_ids", {"stop_token_ids": list(range(9))}, "at most 8"),
+                ("user", {"user": 5}, "user must be a string")]:
+            expect(f"{name} refused", 400, needle, body={"messages": msgs, **extra}, param=name)
+        # ... and clients' default values are accepted
+        st, _ = h.post("/v1/chat/completions", {"messages": msgs, "max_tokens": 2, "tools": [], "tool_choice": "none",
+                                                "parallel_tool_calls": True, "store": False, "metadata": None,
+                                                "response_format": {"type": "text"}, "stream_options": None,
+                                                "max_completion_tokens": 2, "n": 1, "logit_bias": {},
+                                                "service_tier": "auto", "user": "clinic-7"})
+        check(st == 200, f"default-valued OpenAI fields accepted ({st})")
         expect("completions logprobs true", 400, "logprobs must be an integer", path="/v1/completions",
                body={"prompt": "hi", "logprobs": True})
         expect("prompt + max_tokens beyond every engine's context", 400, "", path="/v1/completions",
@@ -402,6 +529,96 @@ def main():
         st, c = h.post("/v1/completions", good)
         check(st == 200, "  then a good request succeeds")
 
+        # ---- structured output (issue 16): the random-weight model answers in schema-valid JSON --
+        person = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 10},
+                                                   "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+                  "required": ["name", "age"], "additionalProperties": False}
+        for path, body in (("/v1/chat/completions", {"messages": msgs}),
+                           ("/v1/completions", {"prompt": "Patient:"})):
+            st, r = h.post(path, dict(body, max_tokens=40, temperature=0, response_format={
+                "type": "json_schema", "json_schema": {"name": "person", "schema": person, "strict": True}}))
+            ch = r["choices"][0] if st == 200 else {}
+            txt = ch.get("message", {}).get("content") if "message" in ch else ch.get("text")
+            try:
+                doc = json.loads(txt) if ch.get("finish_reason") == "stop" else None
+            except (TypeError, ValueError):
+                doc = None
+            check(st == 200 and isinstance(doc, dict) and list(doc) == ["name", "age"] and isinstance(doc["age"], int)
+                  and 0 <= doc["age"] <= 120 and len(doc["name"]) <= 10,
+                  f"response_format json_schema on {path}: {st} {txt!r} ({ch.get('finish_reason')})")
+        st, r = h.post("/v1/chat/completions", {"messages": msgs, "max_tokens": 3, "temperature": 0,
+                                                "response_format": {"type": "json_object"}})
+        txt, fin = (r["choices"][0]["message"]["content"], r["choices"][0]["finish_reason"]) if st == 200 else ("", "")
+        try:
+            whole = isinstance(json.loads(txt), dict)
+        except ValueError:
+            whole = False
+        check(st == 200 and txt.startswith("{") and (fin == "length" and not whole or fin == "stop" and whole),
+              f"json_object in 3 tokens: a whole object (stop) or a prefix (length): {txt!r} ({fin})")
+        st, r = h.post("/v1/completions", {"prompt": "Fever?", "max_tokens": 8, "seed": 2,
+                                           "guided_choice": ["yes", "no"]})
+        check(st == 200 and r["choices"][0]["text"] in ("yes", "no"), f"guided_choice: {st} {r}")
+        # regular expressions (vLLM's guided_regex / structured_outputs.regex, response_format regex)
+        for extra in ({"guided_regex": r"\d{3}-[A-Z]{2}"}, {"structured_outputs": {"regex": r"\d{3}-[A-Z]{2}"}},
+                      {"response_format": {"type": "regex", "regex": r"\d{3}-[A-Z]{2}"}}):
+            st, r = h.post("/v1/chat/completions", dict({"messages": msgs, "max_tokens": 16, "seed": 5}, **extra))
+            ch = r["choices"][0] if st == 200 else {}
+            txt = ch.get("message", {}).get("content")
+            check(st == 200 and ch.get("finish_reason") == "stop" and re.fullmatch(r"\d{3}-[A-Z]{2}", txt or "", re.ASCII),
+                  f"regex {list(extra)[0]}: {st} {txt!r} ({ch.get('finish_reason')})")
+
+        # ---- n > 1 (issue 16): choice i is the n = 1 answer with seed + i, bit for bit (logprobs
+        # too), at T = 2; the prompt is prefilled once (prefix-cache hits) -----------------------
+        def pc_hits():
+            time.sleep(0.6)  # the counters come with the engine's heartbeats (every 200 ms)
+            return sum(v for k, v in cl.metrics().items() if k.startswith("gemmashard_prefix_cache_hit_tokens_total"))
+        npr = "Clinical note: " + " ".join(f"w{i}" for i in range(40))  # a fresh prompt: no earlier hit
+        n_np = n_tokens(gs, model, npr, True, scratch)
+        hits0 = pc_hits()
+        st, g3 = h.post("/v1/completions", {"prompt": npr, "max_tokens": 6, "temperature": 0, "n": 3})
+        hits1 = pc_hits()
+        st1, g1 = h.post("/v1/completions", {"prompt": npr, "max_tokens": 6, "temperature": 0})
+        check(st == 200 and st1 == 200 and [c["index"] for c in g3["choices"]] == [0, 1, 2] and
+              all(c["text"] == g1["choices"][0]["text"] and c["finish_reason"] == g1["choices"][0]["finish_reason"]
+                  for c in g3["choices"]) and g3["usage"]["prompt_tokens"] == n_np and
+              g3["usage"]["completion_tokens"] == 3 * g1["usage"]["completion_tokens"],
+              f"greedy n=3: three choices equal n=1, usage summed ({st} {g3.get('usage')})")
+        check(hits1 - hits0 == 2 * ((n_np - 1) // 16 * 16),
+              f"n=3: choices 1 and 2 take choice 0's full prompt blocks ({hits1 - hits0:.0f} hit tokens, "
+              f"prompt {n_np})")
+        for temp in (1.0, 2.0):
+            body = {"prompt": npr, "max_tokens": 6, "temperature": temp, "top_k": 0, "logprobs": 3, "seed": 77}
+            st, g4 = h.post("/v1/completions", {**body, "n": 4})
+            one = [h.post("/v1/completions", {**body, "seed": 77 + i})[1]["choices"][0] for i in range(4)]
+            got = [{k: c[k] for k in ("text", "logprobs", "finish_reason")} for c in g4.get("choices", [])]
+            want = [{k: c[k] for k in ("text", "logprobs", "finish_reason")} for c in one]
+            check(st == 200 and got == want and len({c["text"] for c in one}) > 1,
+                  f"sampled n=4 at temperature {temp}: choice i equals n=1 with seed 77 + i (text, logprobs)")
+        # a list of prompts with n: index = prompt_index * n + i
+        st, lp = h.post("/v1/completions", {"prompt": [npr, "Fever?"], "max_tokens": 4, "temperature": 1, "seed": 3,
+                                            "n": 2})
+        singles = [h.post("/v1/completions", {"prompt": p_, "max_tokens": 4, "temperature": 1, "seed": 3 + i})[1]
+                   for p_ in (npr, "Fever?") for i in range(2)]
+        check(st == 200 and [c["index"] for c in lp["choices"]] == [0, 1, 2, 3] and
+              [c["text"] for c in lp["choices"]] == [x["choices"][0]["text"] for x in singles] and
+              lp["usage"]["prompt_tokens"] == singles[0]["usage"]["prompt_tokens"] + singles[2]["usage"]["prompt_tokens"],
+              f"2 prompts x n=2: index prompt*n+i, prompt tokens once per prompt ({st} {lp.get('usage')})")
+        # streamed n = 2 on completions: chunks carry their index; each choice one finish
+        st, ev, _ = h.stream("/v1/completions", {"prompt": npr, "max_tokens": 5, "temperature": 1, "seed": 9, "n": 2,
+                                                 "stream": True, "stream_options": {"include_usage": True}})
+        st1, w2 = h.post("/v1/completions", {"prompt": npr, "max_tokens": 5, "temperature": 1, "seed": 9, "n": 2})
+        txt, fins, usage = ["", ""], [[], []], None
+        for e in ev:
+            if isinstance(e, dict):
+                usage = e.get("usage") or usage
+                for c in e["choices"]:
+                    txt[c["index"]] += c["text"]
+                    if c["finish_reason"]:
+                        fins[c["index"]].append(c["finish_reason"])
+        check(st == 200 and ev and ev[-1] == "[DONE]" and txt == [c["text"] for c in w2["choices"]] and
+              fins == [[c["finish_reason"]] for c in w2["choices"]] and usage == w2["usage"],
+              f"streamed n=2: per-index chunks equal the whole answer ({txt}, {fins}, {usage})")
+
         # ---- the official openai client -----------------------------------------------------------
         node = shutil.which("node")
         if node and node_modules and os.path.isdir(os.path.join(node_modules, "openai")):
@@ -417,6 +634,21 @@ def main():
                 check(o["chat"]["text"] == exp_chat["choices"][0]["message"]["content"] and
                       o["chat"]["role"] == "assistant" and o["chat"]["usage"] == exp_chat["usage"],
                       f"openai: chat equals curl's ({o['chat']['text']!r})")
+                lb = o.get("logit_bias", {})
+                check(lb.get("tokens") == [" column"] * 6,
+                      f"openai: logit_bias +100 on 4321 makes every token ' column' ({lb.get('tokens')})")
+                check("tools" in str(o.get("err_tools")), f"openai: tools refused ({o.get('err_tools')})")
+                so = o.get("structured", {})
+                try:
+                    doc = json.loads(so.get("text") or "")
+                except ValueError:
+                    doc = None
+                check(so.get("finish") == "stop" and isinstance(doc, dict) and list(doc) == ["diagnosis", "urgent"]
+                      and isinstance(doc["urgent"], bool),
+                      f"openai: response_format json_schema gives a valid document ({so})")
+                e = o.get("err_schema", {})
+                check(e.get("thrown") and e.get("status") == 400 and e.get("param") == "response_format" and
+                      "format" in e.get("message", ""), f"openai: unsupported schema keyword -> 400 ({e})")
                 check(o["chat_stream"]["text"] == o["chat"]["text"] and o["chat_stream"]["role"] == "assistant" and
                       o["chat_stream"]["finish"] == o["chat"]["finish"] and o["chat_stream"]["usage"] == o["chat"]["usage"],
                       f"openai: streamed chat equals the whole answer ({o['chat_stream']['chunks']} chunks)")
@@ -434,7 +666,23 @@ def main():
                 check(e["thrown"] and e["cls"] == "NotFoundError" and e["code"] == "model_not_found",
                       f"openai: unknown model -> {e.get('cls')} {e.get('code')}")
                 e = o["err_n"]
-                check(e["thrown"] and e["status"] == 400 and e["param"] == "n", f"openai: n=2 -> {e.get('cls')}")
+                check(e["thrown"] and e["status"] == 400 and e["param"] == "n", f"openai: n=9 -> {e.get('cls')}")
+                # n = 2, seed 5: choice i is the n = 1 answer with seed 5 + i
+                one = [h.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "What is a fever?"}],
+                                                       "max_tokens": 8, "temperature": 1, "seed": 5 + i,
+                                                       "logprobs": True})[1] for i in range(2)]
+                n2 = o.get("n2", {})
+                check([c["index"] for c in n2.get("choices", [])] == [0, 1] and
+                      [c["text"] for c in n2["choices"]] == [x["choices"][0]["message"]["content"] for x in one] and
+                      [c["lps"] for c in n2["choices"]] ==
+                      [[e["logprob"] for e in x["choices"][0]["logprobs"]["content"]] for x in one] and
+                      n2["usage"]["prompt_tokens"] == one[0]["usage"]["prompt_tokens"] and
+                      n2["usage"]["completion_tokens"] == sum(x["usage"]["completion_tokens"] for x in one),
+                      f"openai: n=2 choices equal n=1 with seed + i, usage summed ({n2})")
+                n2s = o.get("n2_stream", {})
+                check(n2s.get("text") == [c["text"] for c in n2.get("choices", [])] and
+                      n2s.get("finish") == [c["finish"] for c in n2.get("choices", [])] and
+                      n2s.get("usage") == n2.get("usage"), f"openai: n=2 streamed per index equals whole ({n2s})")
                 e = o["err_key"]
                 check(e["thrown"] and e["cls"] == "AuthenticationError" and e["status"] == 401,
                       f"openai: wrong key -> {e.get('cls')}")

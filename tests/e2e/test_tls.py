@@ -145,7 +145,7 @@ def main():
     refused(["--tls-cert", c["server.pem"], "--tls-key", c["spare.key"]],
             f"--tls-key {c['spare.key']} does not match --tls-cert {c['server.pem']}", "key of another certificate")
     refused(["--tls-cert", c["server.pem"], "--tls-key", c["open.key"]],
-            f"--tls-key {c['open.key']}: the private key is readable or writable by group or others (mode 0644)",
+            f"--tls-key {c['open.key']}: may be read or written by group or others (mode 0644)",
             "key readable by others (0644)")
     refused(["--tls-cert", c["server.key"], "--tls-key", c["server.key"]],
             f"--tls-cert {c['server.key']}: no PEM certificate", "a key given as the certificate")

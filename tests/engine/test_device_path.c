@@ -159,6 +159,15 @@ static struct gs_req_params req_params(int r)
 	case 4: p.sp.temperature = 0.7f, p.sp.min_p = 0.05f, p.sp.repetition_penalty = 0.8f, p.top_logprobs = 3; break;
 	default: p.sp.temperature = 1.0f, p.sp.top_k = 8; break;
 	}
+	if (r >= 6) { /* the OpenAI stages: penalties over generated tokens, biases, min_tokens + stop id */
+		p.sp.frequency_penalty = 0.7f;
+		p.sp.presence_penalty = r % 2 ? 0.4f : -0.3f;
+		p.sp.n_logit_bias = 2;
+		p.sp.logit_bias_id[0] = 2 + (r * 977 + 131) % 262000, p.sp.logit_bias[0] = 3.0f; /* a prompt token */
+		p.sp.logit_bias_id[1] = 1000 + r, p.sp.logit_bias[1] = r % 3 ? -5.0f : 9.0f;
+		p.sp.min_tokens = 4;
+		p.stop_ids[p.n_stop_ids++] = 1000 + r + 1;
+	}
 	return p;
 }
 

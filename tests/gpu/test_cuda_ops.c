@@ -738,13 +738,14 @@ static void test_pick(void)
 /* Against the CPU backend's op (itself checked bit for bit against the sampler in test_sampler):
  * ids, processed and raw logits must be the same bits; the log-sum-exp within 2e-6 relative.
  * Rows: coarse values (ties across the cut), NaN, +-inf, -0.0 beside +0.0, greedy and tempered
- * rows, penalties above and below 1 over histories with repeats and ids outside the slice. */
+ * rows, penalties above and below 1, frequency/presence penalties, logit biases and masked ids
+ * over edit lists with ids outside the slice. */
 static void test_candidates_case(int rows, int cols, int k)
 {
 	const int32_t vocab0 = 777, hmax = 300;
 	size_t n = (size_t)rows * cols, no = (size_t)rows * (k + 1);
 	float *x = xmalloc(n * sizeof(float));
-	int32_t *hist = xmalloc((size_t)rows * hmax * sizeof(int32_t));
+	struct gs_logit_edit *hist = xmalloc((size_t)rows * hmax * sizeof(*hist));
 	struct gs_cand_row *rp = xmalloc((size_t)rows * sizeof(*rp));
 	struct gs_cand *want = xmalloc(no * sizeof(*want)), *got = xmalloc(no * sizeof(*got));
 	int32_t nh = 0;
@@ -756,25 +757,31 @@ static void test_candidates_case(int rows, int cols, int k)
 			float *xr = x + (size_t)r * cols;
 			xr[1] = NAN, xr[2] = INFINITY, xr[3] = -INFINITY, xr[4] = -0.0f, xr[5] = 0.0f, xr[6] = -0.0f;
 		}
+		int32_t ne = (r * 97) % hmax < cols + 40 ? (r * 97) % hmax : cols + 40;
 		rp[r] = (struct gs_cand_row){ .penalty = r % 3 == 0 ? 1.0f : r % 3 == 1 ? 1.3f : 0.6f,
+					      .frequency = r % 2 ? 0.7f : -1.1f, .presence = r % 3 ? 0.35f : 0.0f,
 					      .temperature = r % 4 == 0 ? 1.0f : 0.3f + 0.2f * (float)r,
-					      .hist0 = nh, .n_hist = (r * 97) % hmax, .want_lse = r % 5 != 2 };
-		for (int h = 0; h < rp[r].n_hist; h++)
-			hist[nh + h] = vocab0 - 20 + (int32_t)(rng_next() % (uint64_t)(cols + 40));
-		if (rp[r].n_hist > 2)
-			hist[nh] = vocab0 + 4, hist[nh + 1] = vocab0 + 1, hist[nh + 2] = vocab0 + 4; /* -0.0, NaN, a repeat */
-		nh += rp[r].n_hist;
+					      .edit0 = nh, .n_edit = ne, .want_lse = r % 5 != 2 };
+		/* distinct ids from 20 below the slice on, shifted so that ids 1 (NaN) and 4 (-0.0) come up */
+		for (int h = 0; h < ne; h++) {
+			uint64_t u = rng_next();
+			hist[nh + h] = (struct gs_logit_edit){ .id = vocab0 - 20 + (h + 20 * (r % 2)) % (cols + 40),
+							       .count = (int32_t)(u % 4),
+							       .bias = u % 3 == 0 ? frand() * 100.0f : 0.0f,
+							       .flags = (int32_t)((u >> 8) % 4) & (((u >> 16) % 8) ? 1 : 3) };
+		}
+		nh += ne;
 	}
-	struct gs_cand_args a = { .out = want, .logits = x, .row = rp, .hist = hist, .rows = rows, .cols = cols, .k = k,
+	struct gs_cand_args a = { .out = want, .logits = x, .row = rp, .edit = hist, .rows = rows, .cols = cols, .k = k,
 				  .vocab0 = vocab0 };
 	cpu.iface->candidates(cpu.ctx, &a);
 
 	float *dx = dup_to_dev(x, n * sizeof(float));
-	void *dh = dup_to_dev(hist, (size_t)(nh ? nh : 1) * sizeof(int32_t));
+	void *dh = dup_to_dev(hist, (size_t)(nh ? nh : 1) * sizeof(*hist));
 	void *drp = dup_to_dev(rp, (size_t)rows * sizeof(*rp));
 	void *dout = dalloc(no * sizeof(*got));
 	poison(dout, no * sizeof(*got));
-	a = (struct gs_cand_args){ .out = dout, .logits = dx, .row = drp, .hist = dh, .rows = rows, .cols = cols, .k = k,
+	a = (struct gs_cand_args){ .out = dout, .logits = dx, .row = drp, .edit = dh, .rows = rows, .cols = cols, .k = k,
 				   .vocab0 = vocab0 };
 	gpu.iface->candidates(gpu.ctx, &a);
 	down(got, dout, no * sizeof(*got));

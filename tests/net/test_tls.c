@@ -88,7 +88,7 @@ static void test_credentials(const char *scratch)
 	f = files("cluster", "engine");
 	free((void *)f.key);
 	f.key = strdup(loose);
-	expect_refused(f, GS_ROLE_ENGINE, GS_ERR_INVALID_ARG, "--cluster-key", "loose.key: the private key is accessible by group or others (mode 0644)");
+	expect_refused(f, GS_ROLE_ENGINE, GS_ERR_INVALID_ARG, "--cluster-key", "loose.key: may be read or written by group or others (mode 0644)");
 
 	f = files("cluster", "engine");
 	free((void *)f.cert);

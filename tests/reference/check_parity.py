@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gemma3_ref as R  # noqa: E402
 
 REL_L2_MAX = 1e-3        # engine vs float64 reference, every position
+REL_L2_MIN = 0.0         # --rel-l2-min: the worst position must be at least this far (mode applied)
 TOP1_MARGIN = 1e-2       # top-1 must match where the reference margin exceeds this
 CHUNK_SELF_MAX = 1e-5    # chunked vs one-shot engine runs
 POWER_MIN = 1e-2         # a broken-rule reference must be at least this far away
@@ -289,12 +290,15 @@ def run_case(name, binpath, tokenizer, workdir):
             raise Fail("case %s is vacuous on this checkpoint: '%s' changes the logits by only %.3e"
                        % (name, what, pw))
     worst = max(results.values())
+    if worst < REL_L2_MIN:
+        raise Fail("worst rel L2 %.3e is below --rel-l2-min %.0e: the engine did not compute in the numerics "
+                   "asked for (%s)" % (worst, REL_L2_MIN, " ".join(ENGINE_ARGS)))
     print("RESULT reference_%s: worst rel L2 %.3e (criterion %.0e)" % (name, worst, REL_L2_MAX))
     return worst
 
 
 def main():
-    global REL_L2_MAX
+    global REL_L2_MAX, REL_L2_MIN
     ap = argparse.ArgumentParser(description="gemmashard vs float64 reference parity")
     ap.add_argument("--gemmashard")
     ap.add_argument("--tokenizer")
@@ -307,11 +311,28 @@ def main():
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--needs-gpu", action="store_true",
                     help="exit 77 (ctest: skipped) when this machine has no NVIDIA GPU (for --engine-args '--device cuda')")
+    ap.add_argument("--rel-l2-min", type=float, default=0.0,
+                    help="the worst position must differ by at least this much: evidence that a rounding mode "
+                         "(--engine-args '--numerics bf16') was applied")
+    ap.add_argument("--needs-cpu-bf16", action="store_true",
+                    help="exit 77 (ctest: skipped) when this CPU lacks AVX512_BF16, or GS_CPU_FEATURES_MASK hides "
+                         "it (for --engine-args '--numerics bf16')")
     a = ap.parse_args()
+    if a.needs_cpu_bf16:
+        try:
+            with open("/proc/cpuinfo") as f:
+                has = any(ln.startswith("flags") and "avx512_bf16" in ln.split() for ln in f)
+        except OSError:
+            has = False
+        mask = os.environ.get("GS_CPU_FEATURES_MASK", "").split(",")
+        if not has or any(m in ("avx512_bf16", "avx512", "avx2") for m in mask):
+            print("Skipped: this CPU lacks AVX512_BF16 (the bf16 numerics mode is refused there)")
+            return 77
     if a.needs_gpu and not any(os.path.exists("/dev/nvidia%d" % i) for i in range(16)):
         print("SKIP: no NVIDIA GPU on this machine (/dev/nvidia*)")
         return 77
     REL_L2_MAX = a.rel_l2_max
+    REL_L2_MIN = a.rel_l2_min
     ENGINE_ARGS.extend(a.engine_args.split())
     if a.list:
         print("\n".join(CASES))

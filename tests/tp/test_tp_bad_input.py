@@ -47,6 +47,14 @@ def main():
            "--bogus")
     expect("unknown device", mpirun(MPIRUN, 2, [*w, "--model", a, "--device", "tpu"]),
            "--device must be cpu or cuda", "tpu")
+    expect("unknown numerics", mpirun(MPIRUN, 2, [*w, "--model", a, "--numerics", "fp16"]),
+           "--numerics must be fp32 or bf16", "fp16")
+    expect("numerics with --device cuda", mpirun(MPIRUN, 2, [*w, "--model", a, "--device", "cuda", "--numerics", "bf16"]),
+           "--numerics is a CPU mode")
+    os.environ["GS_CPU_FEATURES_MASK"] = "avx512_bf16"  # every rank's probe: no AVX512_BF16
+    expect("bf16 numerics on CPUs without AVX512_BF16", mpirun(MPIRUN, 2, [*w, "--model", a, "--numerics", "bf16"]),
+           "creating the CPU backend", "AVX512_BF16")
+    del os.environ["GS_CPU_FEATURES_MASK"]
     if not os.path.exists("/dev/nvidia0"):
         expect("--device cuda on a host without a GPU", mpirun(MPIRUN, 2, [*w, "--model", a, "--device", "cuda"]),
                "setting up the device", "--device cuda: ")

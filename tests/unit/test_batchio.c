@@ -110,6 +110,18 @@ static void test_parse_good(void)
 	CHECK(r.line_no == 7);
 	gs_batch_req_clear(&r);
 
+	/* the OpenAI fields of issue 16 */
+	r = parse("{\"id\": \"o\", \"prompt\": \"p\", \"presence_penalty\": 0.5, \"frequency_penalty\": -1,"
+		  "\"logit_bias\": {\"17\": 100, \"3\": -2.5}, \"min_tokens\": 4, \"ignore_eos\": true,"
+		  "\"stop_token_ids\": [9, 11], \"max_completion_tokens\": 33, \"user\": \"u\", \"n\": 1, \"tools\": null}");
+	CHECK_MSG(r.error == NULL, "%s", r.error ? r.error : "");
+	CHECK(r.sp.presence_penalty == 0.5f && r.sp.frequency_penalty == -1.0f && r.sp.min_tokens == 4 &&
+	      r.ignore_eos && r.max_tokens == 33);
+	CHECK(r.sp.n_logit_bias == 2 && r.sp.logit_bias_id[0] == 17 && r.sp.logit_bias[0] == 100.0f &&
+	      r.sp.logit_bias_id[1] == 3 && r.sp.logit_bias[1] == -2.5f);
+	CHECK(r.n_stop_ids == 2 && r.stop_ids[0] == 9 && r.stop_ids[1] == 11);
+	gs_batch_req_clear(&r);
+
 	/* chat with every field */
 	r = parse("{\"id\": 42, \"messages\": [{\"role\":\"system\",\"content\":\"Be brief.\"},"
 		  "{\"role\":\"user\",\"content\":\" Hi \"},{\"role\":\"assistant\",\"content\":\"Hello.\"},"
@@ -215,6 +227,26 @@ static void test_parse_bad(void)
 	expect_error("{\"id\": \"a\", \"messages\": [{\"role\":\"assistant\",\"content\":\"1\"}]}",
 		     "roles must alternate", "a");
 	expect_error("{\"id\": \"a\", \"messages\": [{\"role\":\"tool\",\"content\":\"1\"}]}", "unknown role 'tool'", "a");
+	/* issue 16: nothing silently ignored */
+	expect_error("{\"id\": \"a\", \"prompt\": \"p\", \"frobnicate\": 1}", "frobnicate is not a supported field", "a");
+	expect_error("{\"id\": \"a\", \"prompt\": \"p\", \"tools\": []}", "tools is not supported", "a");
+	expect_error("{\"id\": \"a\", \"prompt\": \"p\", \"n\": 9}", "n must be an integer in [1, 8]", "a");
+	expect_error("{\"id\": \"a\", \"prompt\": \"p\", \"n\": 0}", "n must be an integer in [1, 8]", "a");
+	expect_error("{\"id\": \"a\", \"prompt\": \"p\", \"n\": 1.5}", "n must be an integer in [1, 8]", "a");
+	{
+		struct gs_batch_req r = parse("{\"id\": \"a\", \"prompt\": \"p\", \"n\": 3}");
+		CHECK(!r.error && r.n == 3);
+		gs_batch_req_clear(&r);
+		r = parse("{\"id\": \"a\", \"prompt\": \"p\"}");
+		CHECK(!r.error && r.n == 1);
+		gs_batch_req_clear(&r);
+	}
+	expect_error("{\"id\": \"a\", \"prompt\": \"p\", \"presence_penalty\": 3}", "presence_penalty must be in [-2, 2]", "a");
+	expect_error("{\"id\": \"a\", \"prompt\": \"p\", \"logit_bias\": {\"5\": -101}}", "[-100, 100]", "a");
+	expect_error("{\"id\": \"a\", \"prompt\": \"p\", \"logit_bias\": {\"t\": 1}}", "not a token id", "a");
+	expect_error("{\"id\": \"a\", \"prompt\": \"p\", \"max_tokens\": 3, \"max_completion_tokens\": 4}", "differ", "a");
+	expect_error("{\"id\": \"a\", \"prompt\": \"p\", \"stop_token_ids\": [1, -2]}", "stop_token_ids[1]", "a");
+	expect_error("{\"id\": \"a\", \"prompt\": \"p\", \"ignore_eos\": 1}", "ignore_eos must be true or false", "a");
 	expect_error("{\"id\": \"a\", \"messages\": [{\"role\":\"user\",\"content\":\"1\"},{\"role\":\"system\",\"content\":\"2\"}]}",
 		     "system message is only allowed first", "a");
 	expect_error("{\"id\": \"a\", \"messages\": [{\"role\":\"system\",\"content\":\"1\"}]}", "only a system message", "a");
@@ -629,6 +661,29 @@ static void test_json_format(void)
 	CHECK(gs_batch_result_json(&r, &line, &len) == GS_OK);
 	CHECK(line && strstr(line, "\"logprobs\":{\"tokens\":[\"Hel\",\"lo\"],\"token_logprobs\":[null,-1e-07]}}"));
 	free(line);
+
+	/* n > 1: the choices after the rest, each with its index, finish and logprobs */
+	{
+		struct gs_batch_result ch[2] = { result("x", "Hello"), result("x", "Hi") };
+		ch[0].has_logprobs = ch[1].has_logprobs = true;
+		ch[0].n_tokens = 2, ch[0].tokens = tokens, ch[0].token_logprobs = lp;
+		ch[1].n_tokens = 1, ch[1].tokens = tokens + 1, ch[1].token_logprobs = lp + 1;
+		ch[1].finish = GS_BATCH_FINISH_LENGTH;
+		ch[1].completion_tokens = 1;
+		r = ch[0];
+		r.completion_tokens = 4;
+		r.n_choices = 2;
+		r.choices = ch;
+		CHECK(gs_batch_result_json(&r, &line, &len) == GS_OK);
+		CHECK_STREQ(line ? line : "",
+			    "{\"id\":\"x\",\"text\":\"Hello\",\"finish_reason\":\"stop\",\"usage\":{\"prompt_tokens\":10,"
+			    "\"completion_tokens\":4,\"total_tokens\":14},\"logprobs\":{\"tokens\":[\"Hel\",\"lo\"],"
+			    "\"token_logprobs\":[-0.5,-0.1]},\"choices\":[{\"index\":0,\"text\":\"Hello\",\"finish_reason\":"
+			    "\"stop\",\"completion_tokens\":3,\"logprobs\":{\"tokens\":[\"Hel\",\"lo\"],\"token_logprobs\":"
+			    "[-0.5,-0.1]}},{\"index\":1,\"text\":\"Hi\",\"finish_reason\":\"length\",\"completion_tokens\":1,"
+			    "\"logprobs\":{\"tokens\":[\"lo\"],\"token_logprobs\":[-0.1]}}]}");
+		free(line);
+	}
 
 	/* error records */
 	struct gs_batch_result e = { .id = "line-3", .error = "line 3: invalid JSON at column 1" };

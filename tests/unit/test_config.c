@@ -93,6 +93,14 @@ static void test_rejections(void)
 		     "\"intermediate_size\":128,\"num_hidden_layers\":2}", GS_ERR_FORMAT, "hidden_size");
 	expect_error("{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":64}", GS_ERR_UNSUPPORTED,
 		     "LlamaForCausalLM");
+	/* found by tests/fuzz/fuzz_config: an id outside int32_t was converted anyway (undefined),
+	 * and a huge layer count allocated gigabytes of per-layer arrays */
+	expect_error("{\"architectures\":[\"Gemma3ForCausalLM\"],\"hidden_size\":64,\"intermediate_size\":128,"
+		     "\"num_hidden_layers\":2,\"eos_token_id\":[1,1021474836486]}", GS_ERR_FORMAT, "eos_token_id");
+	expect_error("{\"architectures\":[\"Gemma3ForCausalLM\"],\"hidden_size\":64,\"intermediate_size\":128,"
+		     "\"num_hidden_layers\":2,\"eos_token_id\":1.5}", GS_ERR_FORMAT, "eos_token_id");
+	expect_error("{\"architectures\":[\"Gemma3ForCausalLM\"],\"hidden_size\":64,\"intermediate_size\":128,"
+		     "\"num_hidden_layers\":333333316}", GS_ERR_FORMAT, "num_hidden_layers");
 	expect_error("{\"hidden_size\":64,", GS_ERR_FORMAT, "not valid JSON");
 	expect_error("[1,2]", GS_ERR_FORMAT, "object");
 	expect_error("{\"architectures\":[\"Gemma3ForCausalLM\"],\"hidden_size\":64,\"intermediate_size\":128,"

@@ -9,7 +9,14 @@
  *   - config.json alone (gs_config_parse);
  *   - a batch input line (gs_batch_parse_line);
  *   - a step plan as followers receive it (gs_plan_unpack);
- *   - an engine-link frame as the coordinator and the engine receive it (gs_engine_msg_recv).
+ *   - an engine-link frame as the coordinator and the engine receive it (gs_engine_msg_recv);
+ *   - the coordinator's client requests, with a real coordinator (the real tokenizer.json, no
+ *     engine): an HTTP body of /v1/chat/completions and /v1/completions through
+ *     gs_http_parse_body (the server's way from bytes to a request) and a gRPC GenerateRequest's
+ *     packed bytes through gs_grpc_parse_generate, each then through gs_coord_submit's checks,
+ *     chat template and tokenizer; a request that passes them all is refused only for want of
+ *     an engine (UNAVAILABLE), which counts as accepted; a gRPC TokenizeRequest through unpack
+ *     and gs_coord_tokenize.
  * Each target must also see both outcomes (some mutants accepted, some refused), or the
  * mutations are not reaching it.
  *   test_fuzz [tokenizer.json] SCRATCH_DIR      (env GS_FUZZ_ITERS, default 4000 a target;
@@ -24,10 +31,14 @@
 #include <unistd.h>
 
 #include "engine.pb-c.h"
+#include "gemmashard/v1/inference.pb-c.h"
+#include "grpc_internal.h"
 #include "gs_batchio.h"
+#include "gs_coord.h"
 #include "gs_config.h"
 #include "gs_frame.h"
 #include "gs_model.h"
+#include "http_internal.h"
 #include "gs_plan.h"
 #include "gs_safetensors.h"
 #include "gs_test.h"
@@ -123,7 +134,7 @@ static void fuzz(const char *name, const uint8_t *seed, size_t n, size_t focus, 
 		enum outcome o = try(ctx, buf, m);
 		ok += o == ACCEPTED, refused += o != ACCEPTED, silent += o == SILENT;
 	}
-	printf("fuzz %-22s %6d mutants: %6d accepted, %6d refused\n", name, iters, ok, refused);
+	printf("fuzz %-28s %6d mutants: %6d accepted, %6d refused\n", name, iters, ok, refused);
 	CHECK_MSG(silent == 0, "%s: %d refusals without a message", name, silent);
 	CHECK_MSG(ok > 0 && refused > 0, "%s: the mutations never %s", name, ok ? "broke it" : "kept it valid");
 	free(buf);
@@ -364,8 +375,197 @@ static void fuzz_frames(int iters)
 	fuzz("engine-link frame", frame, (size_t)len, 4, iters, try_frame, NULL);
 }
 
+/* ---- client requests, against a coordinator without engines ---- */
+
+/* What gs_coord_submit made of a spec: UNAVAILABLE (no engine) means every check passed. */
+static enum outcome submit_outcome(struct gs_coord *c, enum gs_api api, const struct gs_gen_spec *spec)
+{
+	struct gs_creq *r = NULL;
+	char why[600];
+	enum gs_cerr e = gs_coord_submit(c, api, spec, NULL, NULL, &r, why, sizeof(why));
+
+	GS_ASSERT(e != GS_CERR_NONE && !r); /* no engine is connected */
+	if (e == GS_CERR_UNAVAILABLE)
+		return ACCEPTED;
+	return why[0] ? REFUSED : SILENT;
+}
+
+struct http_try {
+	struct gs_coord *c;
+	bool             chat;
+};
+
+static enum outcome try_http_body(void *vctx, const uint8_t *buf, size_t n)
+{
+	struct http_try *t = vctx;
+	struct gs_http_gen g = { .chat = t->chat };
+	cJSON *root;
+	enum outcome o;
+
+	if (gs_http_parse_body(&g, (const char *)buf, n, &root)) {
+		/* a list of prompts is submitted prompt by prompt, as the server does */
+		o = ACCEPTED;
+		for (int i = 0; i < (g.n_prompts > 1 ? g.n_prompts : 1) && o == ACCEPTED; i++) {
+			if (g.n_prompts > 1)
+				gs_http_use_prompt(&g, i);
+			o = submit_outcome(t->c, GS_API_HTTP, &g.spec);
+		}
+	} else
+		o = g.err != GS_CERR_NONE && g.why[0] ? REFUSED : SILENT;
+	gs_http_gen_free(&g);
+	cJSON_Delete(root);
+	return o;
+}
+
+static enum outcome try_grpc_generate(void *vctx, const uint8_t *buf, size_t n)
+{
+	struct gs_coord *c = vctx;
+	struct gs_grpc_gen g;
+	char why[600];
+	enum outcome o;
+
+	if (gs_grpc_parse_generate(&g, buf, n, gs_coord_get_limits(c), why, sizeof(why)) == GS_CERR_NONE)
+		o = submit_outcome(c, GS_API_GRPC, &g.spec);
+	else
+		o = why[0] ? REFUSED : SILENT;
+	gs_grpc_gen_free(&g);
+	return o;
+}
+
+static enum outcome try_grpc_tokenize(void *vctx, const uint8_t *buf, size_t n)
+{
+	struct gs_coord *c = vctx;
+	Gemmashard__V1__TokenizeRequest *req = gemmashard__v1__tokenize_request__unpack(NULL, n, buf);
+	int32_t *ids = NULL;
+	size_t n_ids = 0;
+	char why[600] = "";
+
+	if (!req)
+		return REFUSED; /* the server answers "malformed TokenizeRequest" */
+	enum gs_cerr e = gs_coord_tokenize(c, req->model, req->text,
+					   req->has_add_special_tokens ? req->add_special_tokens : true, &ids, &n_ids,
+					   why, sizeof(why));
+	gemmashard__v1__tokenize_request__free_unpacked(req, NULL);
+	free(ids);
+	return e == GS_CERR_NONE ? ACCEPTED : why[0] ? REFUSED : SILENT;
+}
+
+static uint8_t *pack_msg(const ProtobufCMessage *m, size_t *n)
+{
+	uint8_t *p = malloc(protobuf_c_message_get_packed_size(m) + 1);
+	GS_ASSERT(p);
+	*n = protobuf_c_message_pack(m, p);
+	return p;
+}
+
+static void fuzz_requests(const char *tokenizer, const char *scratch, int iters)
+{
+	static const char *const chat_bodies[] = {
+		"{\"model\": \"tiny\", \"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": "
+		"\"user\", \"content\": \"Explain sepsis \\u00e9\"}], \"max_tokens\": 12, \"temperature\": 0.7, "
+		"\"top_k\": 40, \"top_p\": 0.9, \"min_p\": 0.05, \"repetition_penalty\": 1.1, \"seed\": 42, "
+		"\"stop\": [\"\\n\\n\", \"END\"], \"logprobs\": true, \"top_logprobs\": 3}",
+		"{\"messages\": [{\"role\": \"developer\", \"content\": [{\"type\": \"text\", \"text\": \" hi \"}]}, "
+		"{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": \"a\"}, {\"type\": \"text\", "
+		"\"text\": \"b\"}]}, {\"role\": \"assistant\", \"content\": \"ok\"}, {\"role\": \"user\", \"content\": "
+		"\"go\"}], \"stream\": true, \"stream_options\": {\"include_usage\": true}, \"n\": 1, "
+		"\"max_completion_tokens\": 5, \"stop\": \"x\", \"seed\": null}",
+		/* structured output: mutants reach the schema compiler (every refusal names a keyword) */
+		"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"response_format\": {\"type\": "
+		"\"json_schema\", \"json_schema\": {\"name\": \"p\", \"schema\": {\"$defs\": {\"n\": {\"type\": "
+		"[\"string\", \"null\"], \"maxLength\": 4}}, \"type\": \"object\", \"properties\": {\"a\": "
+		"{\"type\": \"integer\", \"minimum\": -3}, \"b\": {\"enum\": [\"x\", 1]}, \"c\": {\"type\": "
+		"\"array\", \"items\": {\"$ref\": \"#/$defs/n\"}, \"maxItems\": 2}, \"d\": {\"anyOf\": "
+		"[{\"type\": \"boolean\"}, {\"type\": \"object\"}]}}, \"required\": [\"a\"]}}}}",
+	};
+	static const char *const completion_bodies[] = {
+		"{\"model\": \"tiny\", \"prompt\": \"The patient presented with\", \"max_tokens\": 16, \"temperature\": 0, "
+		"\"logprobs\": 2, \"stop\": [\".\"], \"seed\": -7, \"top_k\": -1}",
+		"{\"prompt\": [\"Hello \\\"world\\\" \\ud83d\\ude00\"], \"stream\": false, \"top_p\": 1, \"min_p\": 0}",
+	};
+	char dir[4096], path[4200];
+	struct gs_coord *c;
+	struct gs_coord_config cfg = {
+		.model_dir = dir, .served_name = "tiny", .engine_listen = "127.0.0.1:0",
+		.limits = { .max_body_bytes = 1 << 20, .max_prompt_tokens = 4096, .max_tokens_limit = 4096,
+			    .default_max_tokens = 64, .max_concurrent = 64, .heartbeat_timeout_s = 5,
+			    .default_timeout_s = 60, .http_idle_timeout_s = 30, .max_http_connections = 64,
+			    .max_http_header_bytes = 16384, .max_grpc_streams = 64 },
+	};
+
+	snprintf(dir, sizeof(dir), "%s/coord", scratch);
+	mkdir(dir, 0755);
+	snprintf(path, sizeof(path), "%s/config.json", dir);
+	write_file(path, config_json, strlen(config_json));
+	snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
+	char *abs = realpath(tokenizer, NULL); /* the link must not depend on the working directory */
+	GS_ASSERT(abs && symlink(abs, path) == 0);
+	free(abs);
+	if (gs_coord_create(&cfg, &c) != GS_OK) {
+		CHECK_MSG(false, "the coordinator does not start: %s", gs_last_error());
+		return;
+	}
+
+	for (int chat = 0; chat < 2; chat++) {
+		const char *const *bodies = chat ? chat_bodies : completion_bodies;
+		struct http_try t = { c, chat };
+		int n_bodies = chat ? (int)(sizeof(chat_bodies) / sizeof(chat_bodies[0]))
+				    : (int)(sizeof(completion_bodies) / sizeof(completion_bodies[0]));
+		for (int i = 0; i < n_bodies; i++) {
+			char name[32];
+			snprintf(name, sizeof(name), "http %s body %d", chat ? "chat" : "completions", i);
+			/* the seed itself passes every check */
+			CHECK_MSG(try_http_body(&t, (const uint8_t *)bodies[i], strlen(bodies[i])) == ACCEPTED,
+				  "%s: the valid body is refused", name);
+			fuzz(name, (const uint8_t *)bodies[i], strlen(bodies[i]), 0, iters / 2, try_http_body, &t);
+		}
+	}
+
+	Gemmashard__V1__GenerateRequest req = GEMMASHARD__V1__GENERATE_REQUEST__INIT;
+	Gemmashard__V1__Messages msgs = GEMMASHARD__V1__MESSAGES__INIT;
+	Gemmashard__V1__Message m[2] = { GEMMASHARD__V1__MESSAGE__INIT, GEMMASHARD__V1__MESSAGE__INIT };
+	Gemmashard__V1__Message *mp[2] = { &m[0], &m[1] };
+	char *stops[2] = { "\n\n", "END" };
+	size_t n;
+
+	req.model = "tiny";
+	req.input_case = GEMMASHARD__V1__GENERATE_REQUEST__INPUT_PROMPT;
+	req.prompt = "The patient presented with";
+	req.has_max_tokens = req.has_temperature = req.has_top_k = req.has_top_p = req.has_seed = true;
+	req.max_tokens = 16, req.temperature = 0.7f, req.top_k = 40, req.top_p = 0.9f, req.seed = 42;
+	req.n_stop = 2, req.stop = stops;
+	req.has_logprobs = req.has_top_logprobs = true;
+	req.logprobs = true, req.top_logprobs = 3;
+	uint8_t *packed = pack_msg(&req.base, &n);
+	CHECK(try_grpc_generate(c, packed, n) == ACCEPTED);
+	fuzz("grpc generate (prompt)", packed, n, 0, iters / 2, try_grpc_generate, c);
+	free(packed);
+
+	m[0].role = "system", m[0].content = "Be brief.";
+	m[1].role = "user", m[1].content = "Explain sepsis \xc3\xa9";
+	msgs.n_messages = 2, msgs.messages = mp;
+	req.input_case = GEMMASHARD__V1__GENERATE_REQUEST__INPUT_MESSAGES;
+	req.messages = &msgs;
+	req.has_min_p = req.has_repetition_penalty = true;
+	req.min_p = 0.05f, req.repetition_penalty = 1.1f;
+	packed = pack_msg(&req.base, &n);
+	CHECK(try_grpc_generate(c, packed, n) == ACCEPTED);
+	fuzz("grpc generate (messages)", packed, n, 0, iters / 2, try_grpc_generate, c);
+	free(packed);
+
+	Gemmashard__V1__TokenizeRequest tr = GEMMASHARD__V1__TOKENIZE_REQUEST__INIT;
+	tr.model = "tiny", tr.text = "<start_of_turn>user\nHello \xf0\x9f\x98\x80<end_of_turn>";
+	tr.has_add_special_tokens = true, tr.add_special_tokens = false;
+	packed = pack_msg(&tr.base, &n);
+	CHECK(try_grpc_tokenize(c, packed, n) == ACCEPTED);
+	fuzz("grpc tokenize", packed, n, 0, iters / 4, try_grpc_tokenize, c);
+	free(packed);
+	gs_coord_free(c);
+}
+
 int main(int argc, char **argv)
 {
+	const char *tokenizer = argc > 1 ? argv[1] : NULL;
 	const char *scratch = argc > 2 ? argv[2] : "scratch_test_fuzz";
 	char cmd[4200];
 	int iters = getenv("GS_FUZZ_ITERS") ? atoi(getenv("GS_FUZZ_ITERS")) : 4000;
@@ -380,5 +580,12 @@ int main(int argc, char **argv)
 	fuzz_plan(iters);
 	fuzz_frames(iters);
 	fuzz_model(scratch, iters / 2);
+	if (tokenizer) {
+		CHECK_MSG(access(tokenizer, R_OK) == 0, "%s: not readable (deploy/install-deps.sh fetches it)", tokenizer);
+		if (access(tokenizer, R_OK) == 0)
+			fuzz_requests(tokenizer, scratch, iters);
+	} else {
+		printf("fuzz client requests: Skipped (no tokenizer.json argument)\n");
+	}
 	TEST_DONE();
 }

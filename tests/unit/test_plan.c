@@ -9,6 +9,7 @@
 int main(int argc, char **argv)
 {
 	struct gs_plan a, b, small;
+	static int32_t blocks[200 * 64];
 	uint8_t *buf = NULL;
 	size_t cap = 0;
 	uint64_t len = 0;
@@ -29,10 +30,14 @@ int main(int argc, char **argv)
 			s->params.sp = (struct gs_sampling_params){ .temperature = 0.7f, .top_k = 40, .top_p = 0.9f,
 								    .min_p = 0.05f, .repetition_penalty = 1.1f,
 								    .seed = 0x123456789abcdefull };
+			/* prefix-cache blocks: up to 12600 in one entry (the unpack arena must grow) */
+			for (int k = 0; k < 200 * i; k++)
+				blocks[k] = 7 * k + i;
+			CHECK(gs_plan_add_cached(&a, s, blocks, 200 * i) == GS_OK);
 		}
 	}
 	CHECK(gs_plan_pack(&a, &buf, &cap, &len) == GS_OK);
-	fprintf(stderr, "StepPlan: 64 sequences (63 decode tokens + a 100-token chunk): %llu bytes\n",
+	fprintf(stderr, "StepPlan: 64 sequences (63 decode tokens + a 100-token chunk, 50400 cached blocks): %llu bytes\n",
 		(unsigned long long)len);
 	CHECK(gs_plan_unpack(&b, buf, len) == GS_OK);
 	CHECK(b.n_release == 2 && b.release[0] == 5 && b.release[1] == 63 && !b.stop);
@@ -45,7 +50,9 @@ int main(int argc, char **argv)
 			CHECK(y->id == x->id && y->max_positions == x->max_positions && y->params.max_tokens == 42 &&
 			      y->params.n_stop_ids == 2 && y->params.stop_ids[0] == 106 && y->params.ignore_eos &&
 			      y->params.top_logprobs == 5 && y->params.sp.seed == x->params.sp.seed &&
-			      y->params.sp.top_k == 40 && y->params.sp.temperature == 0.7f);
+			      y->params.sp.top_k == 40 && y->params.sp.temperature == 0.7f &&
+			      y->n_cached == x->n_cached &&
+			      !memcmp(b.cached + y->cached0, a.cached + x->cached0, sizeof(int32_t) * (size_t)x->n_cached));
 	}
 	/* Too big for a smaller engine: refused, nothing written past its arrays (ASan). */
 	CHECK(gs_plan_unpack(&small, buf, len) == GS_ERR_FORMAT);

@@ -327,6 +327,16 @@ static void test_header_checks(void)
 	write_raw(d, "model.safetensors", -1, "{\"w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 8);
 	expect_fail(d, GS_ERR_FORMAT, "model.safetensors", "out of range");
 
+	/* A header without tensors opens with none (found by tests/fuzz/fuzz_safetensors: it sorted
+	 * a NULL table, which UBSan reports in the sanitizer pass). */
+	d = case_dir("no_tensors");
+	write_raw(d, "model.safetensors", -1, "{\"__metadata__\":{}}", 0);
+	CHECK_MSG(gs_st_open(d, &st) == GS_OK, "%s", gs_last_error());
+	if (st) {
+		CHECK(gs_st_count(st) == 0);
+		gs_st_close(st);
+	}
+
 	d = case_dir("reversed");
 	write_raw(d, "model.safetensors", -1, "{\"w\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,0]}}", 8);
 	expect_fail(d, GS_ERR_FORMAT, "model.safetensors", "out of range");

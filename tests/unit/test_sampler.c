@@ -254,7 +254,7 @@ static void test_chain_order(void)
 	size_t n = gs_sampler_chain(s, names, 8);
 	CHECK(n == 5);
 	if (n == 5) {
-		CHECK_STREQ(names[0], "repetition_penalty");
+		CHECK_STREQ(names[0], "penalties");
 		CHECK_STREQ(names[1], "temperature");
 		CHECK_STREQ(names[2], "top_k");
 		CHECK_STREQ(names[3], "top_p");
@@ -598,6 +598,128 @@ static void test_repetition_penalty(void)
 	gs_sampler_free(s);
 }
 
+static int sample_split(struct gs_sampler *s, const float *x, int v, const int32_t *hist, size_t nh,
+			size_t K, int32_t *ids, float *lg, float *lp, bool *exact);
+
+/* OpenAI's stages against a plain float64 loop written here: logit_bias, frequency and
+ * presence over the generated tokens only, the min_tokens mask, then temperature. */
+static void test_openai_stages(void)
+{
+	enum { V = 8 };
+	const float l[V] = { 1.0f, 2.0f, 0.5f, -1.0f, 3.0f, 0.25f, 4.0f, 2.5f };
+	const int32_t hist[8] = { 0, 1, 1, /* prompt */ 1, 2, 2, 2, 5 };
+	struct gs_sampling_params sp = gs_sampling_params_default();
+	sp.temperature = 0.7f;
+	sp.frequency_penalty = 0.5f;
+	sp.presence_penalty = 0.3f;
+	sp.min_tokens = 6;
+	sp.n_logit_bias = 2;
+	sp.logit_bias_id[0] = 3, sp.logit_bias[0] = 2.5f;
+	sp.logit_bias_id[1] = 6, sp.logit_bias[1] = -100.0f;
+	const int32_t eos[2] = { 7, 7 };
+	int ids[V];
+	float pr[V];
+
+	for (int gen = 5; gen <= 6; gen++) { /* 5 generated: 7 masked; 6: min_tokens reached */
+		struct gs_sampler *s;
+		GS_ASSERT(gs_sampler_create(&sp, V, &s) == GS_OK);
+		CHECK(gs_sampler_set_min_tokens_ids(s, eos, 2) == GS_OK);
+		gs_sampler_set_prompt(s, (size_t)(8 - gen));
+		double ref[V], z = 0;
+		int count[V] = { 0 };
+		for (int h = 8 - gen; h < 8; h++)
+			count[hist[h]]++;
+		for (int i = 0; i < V; i++) {
+			ref[i] = l[i] + (i == 3 ? 2.5 : i == 6 ? -100.0 : 0.0);
+			if (count[i] > 0)
+				ref[i] -= count[i] * 0.5 + 0.3;
+			if (i == 7 && gen < 6)
+				ref[i] = -INFINITY;
+			ref[i] /= 0.7;
+			z += exp(ref[i]);
+		}
+		size_t n = gs_sampler_distribution(s, l, V, hist, 8, V, ids, pr);
+		CHECK(n == V);
+		for (size_t i = 0; i < n; i++)
+			CHECK_NEAR(pr[i], exp(ref[ids[i]]) / z, 1e-6);
+		gs_sampler_free(s);
+	}
+
+	/* +100 on one token makes greedy pick it every time; -100 on the greedy token moves it. */
+	struct gs_sampling_params g = gs_sampling_params_default();
+	g.temperature = 0.0f;
+	g.n_logit_bias = 1;
+	g.logit_bias_id[0] = 2, g.logit_bias[0] = 100.0f;
+	struct gs_sampler *s;
+	GS_ASSERT(gs_sampler_create(&g, V, &s) == GS_OK);
+	CHECK(gs_sampler_sample(s, l, V, NULL, 0, NULL) == 2);
+	gs_sampler_free(s);
+	g.logit_bias_id[0] = 6, g.logit_bias[0] = -100.0f;
+	GS_ASSERT(gs_sampler_create(&g, V, &s) == GS_OK);
+	CHECK(gs_sampler_sample(s, l, V, NULL, 0, NULL) == 4);
+	gs_sampler_free(s);
+
+	/* validation names the field */
+	struct gs_sampling_params b = gs_sampling_params_default();
+	char why[256];
+	b.presence_penalty = 2.5f;
+	CHECK(gs_sampling_params_validate(&b, why, sizeof(why)) == GS_ERR_INVALID_ARG && strstr(why, "presence_penalty"));
+	b = gs_sampling_params_default();
+	b.frequency_penalty = -2.01f;
+	CHECK(gs_sampling_params_validate(&b, why, sizeof(why)) == GS_ERR_INVALID_ARG && strstr(why, "frequency_penalty"));
+	b = gs_sampling_params_default();
+	b.n_logit_bias = 2, b.logit_bias_id[0] = 5, b.logit_bias_id[1] = 5;
+	CHECK(gs_sampling_params_validate(&b, why, sizeof(why)) == GS_ERR_INVALID_ARG && strstr(why, "logit_bias"));
+	b.logit_bias_id[1] = 9, b.logit_bias[1] = 100.5f;
+	CHECK(gs_sampling_params_validate(&b, why, sizeof(why)) == GS_ERR_INVALID_ARG && strstr(why, "[-100, 100]"));
+	b.logit_bias[1] = 1.0f;
+	CHECK(gs_sampling_params_validate_vocab(&b, 9, why, sizeof(why)) == GS_ERR_INVALID_ARG && strstr(why, "vocabulary"));
+	CHECK(gs_sampling_params_validate_vocab(&b, 10, why, sizeof(why)) == GS_OK);
+	gs_clear_error();
+
+	/* Split over 4 ranks (uneven slices, the leader's merge) = the full vocabulary, draw for
+	 * draw, with every stage on: greedy and top_k <= K are exact (gs_sampler.h). */
+	enum { VV = 5000, STEPS = 200, K = 64 };
+	static float x[VV];
+	static int32_t hh[STEPS + 32], cid[4 * K];
+	static float clg[4 * K];
+	for (int mode = 0; mode < 2; mode++) {
+		struct gs_sampling_params q = gs_sampling_params_default();
+		q.temperature = mode ? 0.9f : 0.0f;
+		q.top_k = mode ? 40 : 0;
+		q.frequency_penalty = 0.8f, q.presence_penalty = -0.5f, q.repetition_penalty = 1.1f;
+		q.min_tokens = 50;
+		q.n_logit_bias = 3;
+		q.logit_bias_id[0] = 17, q.logit_bias[0] = 6.0f;
+		q.logit_bias_id[1] = VV / 2, q.logit_bias[1] = -3.0f;
+		q.logit_bias_id[2] = VV - 1, q.logit_bias[2] = 4.0f;
+		q.seed = 99;
+		const int32_t m[2] = { 1, VV / 7 };
+		struct gs_sampler *full, *dist;
+		GS_ASSERT(gs_sampler_create(&q, VV, &full) == GS_OK && gs_sampler_create(&q, VV, &dist) == GS_OK);
+		gs_sampler_set_min_tokens_ids(full, m, 2), gs_sampler_set_min_tokens_ids(dist, m, 2);
+		size_t nh = 0;
+		for (int i = 0; i < 32; i++)
+			hh[nh++] = (int32_t)(t_next() % VV);
+		gs_sampler_set_prompt(full, nh), gs_sampler_set_prompt(dist, nh);
+		int diff = 0, masked = 0;
+		for (int step = 0; step < STEPS; step++) {
+			fill_peaked(x, VV);
+			x[1] += 30.0f, x[VV / 7] += 30.0f; /* the masked ids would win */
+			bool exact = false;
+			int a = gs_sampler_sample(full, x, VV, hh, nh, NULL);
+			int c = sample_split(dist, x, VV, hh, nh, K, cid, clg, NULL, &exact);
+			diff += a != c || !exact;
+			masked += step < 50 && (a == 1 || a == VV / 7);
+			hh[nh++] = a;
+		}
+		fprintf(stderr, "  openai stages split (%s): %d/%d draws differ\n", mode ? "top_k" : "greedy", diff, STEPS);
+		CHECK_MSG(diff == 0, "openai stages, mode %d: %d split draws differ", mode, diff);
+		CHECK_MSG(masked == 0, "min_tokens: a masked id came out %d times", masked);
+		gs_sampler_free(full), gs_sampler_free(dist);
+	}
+}
+
 /* Splits logits into 4 uneven slices, runs the rank side on each, merges, draws. */
 static int sample_split(struct gs_sampler *s, const float *x, int v, const int32_t *hist, size_t nh,
 			size_t K, int32_t *ids, float *lg, float *lp, bool *exact)
@@ -706,48 +828,81 @@ static void test_candidates(void)
 }
 
 
+/* Row r's parameters for the candidates-op test: every rank-side stage in some rows. */
+static struct gs_sampling_params op_params(int r, int32_t vocab0)
+{
+	struct gs_sampling_params sp = gs_sampling_params_default();
+	sp.temperature = r == 0 ? 0.0f : 0.5f + 0.25f * (float)r;
+	sp.repetition_penalty = r % 3 == 0 ? 1.0f : r % 3 == 1 ? 1.4f : 0.7f;
+	sp.frequency_penalty = r % 2 ? 0.6f : r == 4 ? -1.5f : 0.0f;
+	sp.presence_penalty = r % 3 == 2 ? -0.4f : r % 4 == 1 ? 1.25f : 0.0f;
+	sp.min_tokens = r >= 4 ? 1000 : 0;
+	if (r % 2 == 0) { /* biases inside and outside the slice, both signs */
+		sp.n_logit_bias = 4;
+		sp.logit_bias_id[0] = vocab0 + 20, sp.logit_bias[0] = 100.0f;
+		sp.logit_bias_id[1] = vocab0 + 21, sp.logit_bias[1] = -37.5f;
+		sp.logit_bias_id[2] = vocab0 - 3, sp.logit_bias[2] = 5.0f;
+		sp.logit_bias_id[3] = vocab0 + 10, sp.logit_bias[3] = 2.0f; /* on the NaN */
+	}
+	return sp;
+}
+
 /* The backend candidates op (gs_kernels.h; the CPU backend's, which the CUDA one is tested
  * against) against gs_sampler_local_candidates + gs_logsumexp, row by row, bit for bit: rows
  * with ties across the cut, NaN, +-inf, -0.0 next to +0.0, a vocabulary offset, histories with
- * repeats and ids outside the slice, penalties above and below 1, and a slice shorter than k. */
+ * repeats and ids outside the slice, penalties above and below 1, frequency and presence
+ * penalties, logit biases, min_tokens masks, and a slice shorter than k. The op gets the edits
+ * the sampler lists (gs_sampler_rank_edits), as the engine passes them. */
 static void test_candidates_op(void)
 {
 	enum { ROWS = 7, COLS = 3000, K = 64, HMAX = 400 };
 	static float lg[ROWS * COLS];
 	static int32_t hist[ROWS * HMAX];
+	static struct gs_logit_edit edits[ROWS * (HMAX + 64)];
 	static struct gs_cand out[ROWS * (K + 1)];
 	struct gs_cand_row rows[ROWS];
-	const int32_t vocab0 = 5000;
+	struct gs_sampler *smp[ROWS];
+	int32_t h0[ROWS], nhist[ROWS];
+	const int32_t vocab0 = 5000, mask[3] = { vocab0 + 30, vocab0 + 31, vocab0 + 99999 };
 	struct gs_backend be;
 	GS_ASSERT(gs_backend_cpu_create(1, &be) == GS_OK);
 	CHECK(be.iface->candidates != NULL);
 
-	int32_t nh = 0;
+	int32_t nh = 0, ne = 0;
 	for (int r = 0; r < ROWS; r++) {
 		float *x = lg + (size_t)r * COLS;
 		fill_normal(x, COLS, 2.0);
 		for (int i = 0; i < COLS; i++)   /* coarse values: many exact ties */
 			x[i] = roundf(x[i] * 4.0f) / 4.0f;
 		x[10] = NAN, x[11] = INFINITY, x[12] = -INFINITY, x[13] = -0.0f, x[14] = 0.0f, x[15] = -0.0f;
-		struct gs_sampling_params sp = gs_sampling_params_default();
-		sp.temperature = r == 0 ? 0.0f : 0.5f + 0.25f * (float)r;
-		sp.repetition_penalty = r % 3 == 0 ? 1.0f : r % 3 == 1 ? 1.4f : 0.7f;
-		struct gs_sampler *s;
-		GS_ASSERT(gs_sampler_create(&sp, 262144, &s) == GS_OK);
-		rows[r] = (struct gs_cand_row){ .hist0 = nh, .n_hist = r * 60, .want_lse = r != 2 };
-		gs_sampler_rank_stages(s, &rows[r].penalty, &rows[r].temperature);
-		for (int h = 0; h < rows[r].n_hist; h++) /* repeats, ids below and above the slice */
+		x[30] = 50.0f; /* masked by min_tokens in rows 4.. */
+		struct gs_sampling_params sp = op_params(r, vocab0);
+		GS_ASSERT(gs_sampler_create(&sp, 262144, &smp[r]) == GS_OK);
+		GS_ASSERT(gs_sampler_set_min_tokens_ids(smp[r], mask, 3) == GS_OK);
+		h0[r] = nh, nhist[r] = r * 60;
+		for (int h = 0; h < nhist[r]; h++) /* repeats, ids below and above the slice */
 			hist[nh + h] = vocab0 - 50 + (int32_t)(t_next() % (COLS + 100));
-		hist[nh] = vocab0 + 13, hist[nh + 1] = vocab0 + 10; /* -0.0 and NaN penalised */
-		nh += rows[r].n_hist;
-		gs_sampler_free(s);
+		if (nhist[r] > 40) /* -0.0 and NaN penalised, in the prompt and generated */
+			hist[nh] = vocab0 + 13, hist[nh + 1] = vocab0 + 10, hist[nh + 35] = vocab0 + 13;
+		gs_sampler_set_prompt(smp[r], (size_t)nhist[r] / 2);
+		const struct gs_logit_edit *ed;
+		size_t n = gs_sampler_rank_edits(smp[r], vocab0, COLS, hist + nh, (size_t)nhist[r], &ed);
+		if (n)
+			memcpy(edits + ne, ed, sizeof(*ed) * n);
+		rows[r] = (struct gs_cand_row){ .edit0 = ne, .n_edit = (int32_t)n, .want_lse = r != 2 };
+		gs_sampler_rank_params(smp[r], &rows[r].penalty, &rows[r].frequency, &rows[r].presence,
+				       &rows[r].temperature);
+		nh += nhist[r];
+		ne += (int32_t)n;
 	}
+	CHECK(rows[0].n_edit == 3); /* greedy, bias only: 3 of its 4 ids in the slice */
+	CHECK(rows[5].n_edit > 2);  /* history, and the 2 masked ids in the slice */
 	for (int pass = 0; pass < 2; pass++) {
 		/* pass 1: the last rows' slice is shorter than k (the last rank of a vocabulary split) */
 		int32_t cols = pass == 0 ? COLS : 40;
 		for (size_t i = 0; i < sizeof(out) / sizeof(out[0]); i++)
 			out[i] = (struct gs_cand){ 12345, NAN, NAN }; /* poison */
-		struct gs_cand_args a = { .out = out, .logits = lg, .row = rows, .hist = hist, .rows = ROWS,
+		struct gs_cand_args a = { .out = out, .logits = lg, .row = rows, .edit = edits, .rows = ROWS,
 					  .cols = cols, .k = K, .vocab0 = vocab0 };
 		if (pass == 1) /* rows are COLS apart in lg: copy each row's first 40 together */
 			for (int r = 1; r < ROWS; r++)
@@ -756,15 +911,10 @@ static void test_candidates_op(void)
 		for (int r = 0; r < ROWS; r++) {
 			const float *x = lg + (size_t)r * cols;
 			const struct gs_cand *o = out + (size_t)r * (K + 1);
-			struct gs_sampling_params sp = gs_sampling_params_default();
-			sp.temperature = r == 0 ? 0.0f : 0.5f + 0.25f * (float)r;
-			sp.repetition_penalty = r % 3 == 0 ? 1.0f : r % 3 == 1 ? 1.4f : 0.7f;
-			struct gs_sampler *s;
-			GS_ASSERT(gs_sampler_create(&sp, 262144, &s) == GS_OK);
 			int32_t ids[K];
 			float pl[K];
-			size_t n = gs_sampler_local_candidates(s, x, vocab0, cols, hist + rows[r].hist0,
-							       (size_t)rows[r].n_hist, K, ids, pl);
+			size_t n = gs_sampler_local_candidates(smp[r], x, vocab0, cols, hist + h0[r], (size_t)nhist[r], K,
+							       ids, pl);
 			int bad = 0;
 			for (size_t i = 0; i < n; i++)
 				bad += o[i].id != ids[i] || memcmp(&o[i].proc, &pl[i], sizeof(float)) != 0 ||
@@ -776,9 +926,10 @@ static void test_candidates_op(void)
 			CHECK_MSG(bad == 0 && n == (size_t)(cols < K ? cols : K),
 				  "candidates op, %d columns, row %d: %d entries differ from the sampler's (%zu)", cols, r,
 				  bad, n);
-			gs_sampler_free(s);
 		}
 	}
+	for (int r = 0; r < ROWS; r++)
+		gs_sampler_free(smp[r]);
 	gs_backend_cpu_free(&be);
 }
 
@@ -840,6 +991,26 @@ static void test_timing(void)
 	time_case("top_p=0.9", x, V, hist, NH, 1.0f, 0, 0.9f, 0.0f, 1.0f);
 	time_case("min_p=0.05", x, V, hist, NH, 1.0f, 0, 1.0f, 0.05f, 1.0f);
 	time_case("all: r=1.1 t=0.8 k=40 p=0.9 m=0.05", x, V, hist, NH, 0.8f, 40, 0.9f, 0.05f, 1.1f);
+	{ /* the OpenAI stages: penalties over a 1000-token history (500 generated) and 300 biases */
+		struct gs_sampling_params sp = gs_sampling_params_default();
+		sp.temperature = 0.0f;
+		sp.frequency_penalty = 0.5f, sp.presence_penalty = 0.5f, sp.repetition_penalty = 1.1f;
+		sp.n_logit_bias = GS_MAX_LOGIT_BIAS;
+		for (int i = 0; i < GS_MAX_LOGIT_BIAS; i++)
+			sp.logit_bias_id[i] = i * 800, sp.logit_bias[i] = 1.0f;
+		struct gs_sampler *o;
+		GS_ASSERT(gs_sampler_create(&sp, V, &o) == GS_OK);
+		gs_sampler_set_prompt(o, NH / 2);
+		gs_sampler_sample(o, x, V, hist, NH, NULL);
+		double best = 1e9;
+		for (int i = 0; i < 21; i++) {
+			double t0 = now_s();
+			gs_sampler_sample(o, x, V, hist, NH, NULL);
+			best = now_s() - t0 < best ? now_s() - t0 : best;
+		}
+		fprintf(stderr, "  timing V=%d %-38s min %7.3f ms/call\n", V, "greedy + freq/pres/rep + 300 biases", best * 1e3);
+		gs_sampler_free(o);
+	}
 	fprintf(stderr, "  -- broad N(0, 2) logits; p=0.9 nucleus %zu tokens (worst-case-ish) --\n", nuc_broad);
 	time_case("top_p=0.9", y, V, hist, NH, 1.0f, 0, 0.9f, 0.0f, 1.0f);
 	time_case("top_k=40", y, V, hist, NH, 1.0f, 40, 1.0f, 0.0f, 1.0f);
@@ -902,6 +1073,7 @@ int main(int argc, char **argv)
 	test_validate();
 	test_logsumexp();
 	test_chain_order();
+	test_openai_stages();
 	test_greedy();
 	test_seed();
 	test_distribution();
