@@ -119,11 +119,13 @@ def batch_faults(build, model, mpirun_bin, scratch):
                              stderr=subprocess.DEVNULL, start_new_session=True)
         t0 = time.time()
         n0 = len(records(out)[0])
-        # a random point before the end: once a random number of the records still missing (at
-        # most half of them) are written, plus up to 50 ms
-        target = n0 + rnd.randint(1, max(1, (N_BATCH - n0) // 2))
+        # a random point before the end: kill k falls once a random number of records in the
+        # (k+1)-th quarter of the file are written (so the third leaves at least a quarter to do,
+        # however fast the machine), plus up to 10 ms
+        lo = max(n0 + 1, k * N_BATCH // 4 + 1)
+        target = rnd.randint(lo, max(lo, (k + 1) * N_BATCH // 4))
         wait_for(lambda: len(records(out)[0]) >= target or p.poll() is not None, 120, 0.005)
-        time.sleep(rnd.uniform(0.0, 0.05))
+        time.sleep(rnd.uniform(0.0, 0.01))
         kill_session(p.pid)
         p.wait()
         t_runs += time.time() - t0
