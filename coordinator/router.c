@@ -83,17 +83,18 @@ void creq_detach_locked(struct gs_creq *r)
 	r->eng = NULL;
 }
 
-/* Submit r to some engine other than avoid; on failure finish it with the error. Takes and
- * drops c->mu. Returns the error class (NONE on success). */
-enum gs_cerr coord_dispatch(struct gs_coord *c, struct gs_creq *r, const struct engine *avoid, char *why,
-			    size_t cap)
+/* Submit the n choices rs[0..n) of one request to one engine other than avoid, in one Submit
+ * (for n > 1 the engine prefills the prompt once, §5). Takes and drops c->mu. Returns the error
+ * class (NONE on success). */
+static enum gs_cerr dispatch(struct gs_coord *c, struct gs_creq **rs, int n, const struct engine *avoid, char *why,
+			     size_t cap)
 {
 	for (int tries = 0; tries < 8; tries++) {
 		enum gs_cerr err = GS_CERR_NONE;
 		int32_t best_ctx;
 
 		pthread_mutex_lock(&c->mu);
-		struct engine *e = route_locked(c, r, avoid, &err, &best_ctx);
+		struct engine *e = route_locked(c, rs[0], avoid, &err, &best_ctx);
 		if (!e) {
 			pthread_mutex_unlock(&c->mu);
 			if (err == GS_CERR_UNAVAILABLE)
@@ -102,30 +103,50 @@ enum gs_cerr coord_dispatch(struct gs_coord *c, struct gs_creq *r, const struct 
 				snprintf(why, cap,
 					 "can never fit: %d prompt + %d max_tokens tokens exceed every engine's "
 					 "context (largest %d) or KV capacity",
-					 r->n_prompt, r->max_tokens, best_ctx);
+					 rs[0]->n_prompt, rs[0]->max_tokens, best_ctx);
 			return err;
 		}
-		attach_locked(e, r);
+		if (e->max_seqs < n) { /* the engine admits all n at once or never */
+			int32_t seqs = e->max_seqs;
+			pthread_mutex_unlock(&c->mu);
+			snprintf(why, cap, "can never fit: n = %d choices run at once, more than the engine's %d sequences",
+				 n, seqs);
+			return GS_CERR_TOO_LARGE;
+		}
+		for (int i = 0; i < n; i++)
+			attach_locked(e, rs[i]);
 		pthread_mutex_unlock(&c->mu);
-		if (engine_send_submit(e, r, 1) == GS_OK)
+		if (engine_send_submit(e, rs[0], n) == GS_OK)
 			return GS_CERR_NONE;
 		gs_log(GS_LOG_WARN, "coordinator: submit to engine %s failed: %s", e->id, gs_last_error());
 		gs_clear_error();
 		shutdown(e->fd, SHUT_RDWR);
+		int detached = 0;
 		pthread_mutex_lock(&c->mu);
-		bool still = r->eng == e;
-		if (still) {
-			creq_detach_locked(r);
-			e->up = false;
-		}
+		for (int i = 0; i < n; i++)
+			if (rs[i]->eng == e) {
+				creq_detach_locked(rs[i]);
+				e->up = false;
+				detached |= 1 << i;
+			}
 		pthread_mutex_unlock(&c->mu);
-		if (!still)
-			return GS_CERR_NONE; /* the link reader already failed or moved it */
-		creq_unref(r);           /* the engine's reference */
+		if (!(detached & 1))
+			return GS_CERR_NONE; /* the link reader already failed or moved them */
+		for (int i = 0; i < n; i++)
+			if (detached & (1 << i))
+				creq_unref(rs[i]); /* the engine's reference */
 		avoid = e;
 	}
 	snprintf(why, cap, "no engine accepted the request");
 	return GS_CERR_UNAVAILABLE;
+}
+
+/* Submit r to some engine other than avoid; on failure finish it with the error. Takes and
+ * drops c->mu. Returns the error class (NONE on success). */
+enum gs_cerr coord_dispatch(struct gs_coord *c, struct gs_creq *r, const struct engine *avoid, char *why,
+			    size_t cap)
+{
+	return dispatch(c, &r, 1, avoid, why, cap);
 }
 
 /* ---- submit ------------------------------------------------------------------------------ */
@@ -219,64 +240,6 @@ static int32_t best_context(struct gs_coord *c)
 			best = e->max_context;
 	pthread_mutex_unlock(&c->mu);
 	return best;
-}
-
-/* n > 1: all choices to one engine in one Submit (the engine prefills the prompt once, §5);
- * like coord_dispatch otherwise. */
-static enum gs_cerr coord_dispatch_group(struct gs_coord *c, struct gs_creq **rs, int n, char *why, size_t cap)
-{
-	const struct engine *avoid = NULL;
-
-	for (int tries = 0; tries < 8; tries++) {
-		enum gs_cerr err = GS_CERR_NONE;
-		int32_t best_ctx;
-
-		pthread_mutex_lock(&c->mu);
-		struct engine *e = route_locked(c, rs[0], avoid, &err, &best_ctx);
-		if (!e) {
-			pthread_mutex_unlock(&c->mu);
-			if (err == GS_CERR_UNAVAILABLE)
-				snprintf(why, cap, "no engine is serving model \"%s\" right now", c->served_name);
-			else
-				snprintf(why, cap,
-					 "can never fit: %d prompt + %d max_tokens tokens exceed every engine's "
-					 "context (largest %d) or KV capacity",
-					 rs[0]->n_prompt, rs[0]->max_tokens, best_ctx);
-			return err;
-		}
-		if (e->max_seqs < n) { /* the engine admits all n at once or never */
-			int32_t seqs = e->max_seqs;
-			pthread_mutex_unlock(&c->mu);
-			snprintf(why, cap, "can never fit: n = %d choices run at once, more than the engine's %d sequences",
-				 n, seqs);
-			return GS_CERR_TOO_LARGE;
-		}
-		for (int i = 0; i < n; i++)
-			attach_locked(e, rs[i]);
-		pthread_mutex_unlock(&c->mu);
-		if (engine_send_submit(e, rs[0], n) == GS_OK)
-			return GS_CERR_NONE;
-		gs_log(GS_LOG_WARN, "coordinator: submit to engine %s failed: %s", e->id, gs_last_error());
-		gs_clear_error();
-		shutdown(e->fd, SHUT_RDWR);
-		int detached = 0;
-		pthread_mutex_lock(&c->mu);
-		for (int i = 0; i < n; i++)
-			if (rs[i]->eng == e) {
-				creq_detach_locked(rs[i]);
-				e->up = false;
-				detached |= 1 << i;
-			}
-		pthread_mutex_unlock(&c->mu);
-		if (!(detached & 1))
-			return GS_CERR_NONE; /* the link reader already failed or moved them */
-		for (int i = 0; i < n; i++)
-			if (detached & (1 << i))
-				creq_unref(rs[i]); /* the engine's reference */
-		avoid = e;
-	}
-	snprintf(why, cap, "no engine accepted the request");
-	return GS_CERR_UNAVAILABLE;
 }
 
 /* Choice i of an n > 1 request: a copy of r (validated, not dispatched) with seed + i. */
@@ -460,7 +423,7 @@ enum gs_cerr gs_coord_submit_n(struct gs_coord *c, enum gs_api api, const struct
 		out[i]->id = ++c->next_id;
 	pthread_mutex_unlock(&c->mu);
 
-	err = n > 1 ? coord_dispatch_group(c, out, n, why, cap) : coord_dispatch(c, r, NULL, why, cap);
+	err = n > 1 ? dispatch(c, out, n, NULL, why, cap) : coord_dispatch(c, r, NULL, why, cap);
 	if (err != GS_CERR_NONE) {
 		pthread_mutex_lock(&c->mu);
 		c->running -= n;
