@@ -15,6 +15,23 @@
 #define GS_MAX_EOS 8
 #define GS_MAX_LAYERS 1024 /* num_hidden_layers (Gemma 3 27B has 62) */
 
+/* Gemma3ForConditionalGeneration's image side (reference/gemma3.md §1.3): the SigLIP tower's
+ * vision_config and the token ids around images. present is false for text-only models. */
+struct gs_vision_config {
+	bool    present;               /* a vision_config was given */
+	int32_t hidden;                /* vision hidden_size (1152) */
+	int32_t intermediate;          /* vision intermediate_size (4304) */
+	int32_t n_layers;              /* encoder layers (27) */
+	int32_t n_heads;               /* 16; head_dim = hidden / n_heads (72) */
+	int32_t image_size;            /* 896: images arrive as image_size^2 RGB */
+	int32_t patch_size;            /* 14 */
+	double  ln_eps;                /* layer_norm_eps (1e-6) */
+	int32_t mm_tokens_per_image;   /* 256 soft tokens per image */
+	int32_t boi_id;                /* <start_of_image> 255999 */
+	int32_t eoi_id;                /* <end_of_image> 256000 */
+	int32_t image_token_id;        /* <image_soft_token> 262144 */
+};
+
 struct gs_config {
 	char    architecture[64];      /* "Gemma3ForCausalLM" / "Gemma3ForConditionalGeneration" */
 	bool    conditional;           /* text part nested in text_config */
@@ -46,6 +63,8 @@ struct gs_config {
 	double  *rope_base;            /* base of the inverse frequencies */
 	double  *rope_scale;           /* positions are multiplied by 1/factor */
 	int32_t *window;               /* INT32_MAX on global layers */
+
+	struct gs_vision_config vision; /* present only for multimodal checkpoints */
 };
 
 /* Parse config.json at path. On failure returns a status with a message naming the file

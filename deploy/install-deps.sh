@@ -26,7 +26,10 @@ pkgs=(build-essential cmake pkg-config libcjson-dev python3 python3-numpy nodejs
       slurmctld slurmd slurm-client slurm-wlm-basic-plugins munge libpmix2 systemd
       # tests/fuzz/run.sh: clang with libFuzzer and the sanitizer runtimes
       # (libclang_rt.fuzzer-x86_64.a is in libclang-rt-14-dev)
-      clang libclang-rt-14-dev)
+      clang libclang-rt-14-dev
+      # images (issue 15): PNG and JPEG decoding (libpng, libjpeg-turbo), DICOM through DCMTK
+      # (its command-line tools are the tests' oracle), PIL and pydicom for the tests' references
+      libpng-dev libjpeg62-turbo-dev libdcmtk-dev dcmtk python3-pil python3-pydicom)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
