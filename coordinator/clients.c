@@ -91,7 +91,7 @@ void gs_coord_request_done(struct gs_coord *c, const struct gs_access *a)
 {
 	coord_count_request(c, a);
 	if (!a->probe)
-		gs_alog_request(c->alog, a, a->request_id ? c->served_name : NULL);
+		gs_alog_request(c->alog, a, a->model ? a->model : a->request_id && c->n_models == 1 ? c->models[0].name : NULL);
 }
 
 void coord_log_content(struct gs_creq *r)
@@ -102,7 +102,7 @@ void coord_log_content(struct gs_creq *r)
 
 	if (!c->log_content)
 		return;
-	if (gs_tokenizer_decode(c->tok, r->prompt, (size_t)r->n_prompt, &prompt, &prompt_len) != GS_OK)
+	if (gs_tokenizer_decode(r->model->tok, r->prompt, (size_t)r->n_prompt, &prompt, &prompt_len) != GS_OK)
 		gs_clear_error();
 	pthread_mutex_lock(&r->mu);
 	gs_alog_content(c->alog, r->id, prompt, prompt_len, r->text, r->len);

@@ -29,15 +29,28 @@
 #include "gs_tokenizer.h"
 
 #define GS_KV_BLOCK_TOKENS 16
+#define GS_LINK_MAX_FRAME  (16u << 20) /* largest engine-link frame (worker/gs_link.h says the same):
+					  a Submit's images must fit, GS_LINK_IMAGE_ROOM of it */
+#define GS_LINK_IMAGE_ROOM (GS_LINK_MAX_FRAME - (1u << 20)) /* the rest: prompt ids and params */
 
 /* ---- state ------------------------------------------------------------------------------- */
 
 struct engine;
 
+/* A request's preprocessed images (gs_gen_spec.images), shared by its n choices: immutable,
+ * freed with the last reference. */
+struct gs_creq_images {
+	atomic_int refs;
+	int32_t    n;
+	size_t     each;               /* S*S*3 bytes per image */
+	uint8_t    px[];               /* [n * each] */
+};
+
 struct gs_creq {
 	struct gs_coord *c;
 	uint64_t         id;
 	enum gs_api      api;
+	const struct gs_coord_model *model; /* the model it runs (routes only to its engines) */
 	atomic_int       refs;
 	gs_creq_notify_fn notify;      /* r->mu; NULL once released */
 	void            *user;
@@ -57,6 +70,7 @@ struct gs_creq {
 	int              n_stop_ids;
 	bool             ignore_eos;
 	char            *response_format; /* structured output text (gs_grammar.h), NULL: none */
+	struct gs_creq_images *images; /* NULL: none; Submit.images */
 	double           t_submit, deadline;
 
 	/* c->mu */
@@ -91,10 +105,12 @@ struct engine {
 	pthread_mutex_t  wmu;
 	char             id[128];
 	char             peer[64];
+	const struct gs_coord_model *model; /* the model it serves (from its hello); NULL before */
 	bool             up;           /* registered and healthy */
 	bool             gone;         /* reader finished; entry awaits reaping */
 	int32_t          tp, max_context, kv_blocks_total, max_seqs, vocab;
 	char             numerics[8];  /* matmul numerics from its hello: "fp32", "bf16", "cuda" */
+	bool             vision;       /* from its hello: a vision tower is loaded */
 	/* last heartbeat */
 	double           last_hb;
 	int32_t          hb_running, hb_waiting, hb_kv_free;
@@ -129,9 +145,17 @@ struct key_count {
 	uint64_t    n;
 };
 
+/* A served model's counters (c->mu). */
+struct model_stats {
+	uint64_t         requests;         /* client requests accepted (n choices count n) */
+	uint64_t         generated_tokens;
+};
+
 struct gs_coord {
 	struct gs_coord_limits limits;
-	char            *served_name;
+	struct gs_coord_model *models; /* [n_models], immutable after create (strings malloc'd) */
+	int              n_models;
+	struct model_stats *mstats;    /* [n_models], c->mu */
 	/* API keys (gs_apikeys.h): keys_lock guards the pointer, which a reload swaps */
 	pthread_rwlock_t keys_lock;
 	struct gs_apikeys *keys;       /* NULL: no key needed */
@@ -139,11 +163,6 @@ struct gs_coord {
 	char            *env_key;      /* GEMMASHARD_API_KEY (wiped when freed); NULL: none */
 	struct gs_alog  *alog;         /* the access log (gs_access_log.h) */
 	bool             log_content;  /* --log-content */
-	char             architecture[64];
-	int32_t          vocab;
-	struct gs_tokenizer *tok;
-	int32_t          end_of_turn;
-	size_t           detok_cap;
 	double           created;
 
 	int              listen_fd;
@@ -159,6 +178,7 @@ struct gs_coord {
 	uint64_t         next_id;
 	uint64_t         engines_lost, generated_tokens, moved;
 	uint64_t         auth_failures[GS_AUTH_COUNT]; /* engines refused, by reason */
+	uint64_t         hello_refused; /* engines refused at their hello (unknown model, shape) */
 	double           auth_logged[GS_AUTH_COUNT];   /* last log line per reason (rate limit) */
 	uint64_t         auth_unlogged[GS_AUTH_COUNT]; /* refusals since that line */
 	struct status_count counts[64];
@@ -212,8 +232,6 @@ void creq_detach_locked(struct gs_creq *r);
  * drops c->mu. Returns the error class (NONE on success). */
 enum gs_cerr coord_dispatch(struct gs_coord *c, struct gs_creq *r, const struct engine *avoid, char *why,
 			    size_t cap);
-/* NULL, "" or the served name. */
-bool coord_model_matches(const struct gs_coord *c, const char *model);
 
 /* ---- clients.c (API keys, access log) --------------------------------------------------- */
 

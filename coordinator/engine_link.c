@@ -11,6 +11,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,7 +25,6 @@
 #include "gs_params_wire.h"
 #include "gs_util.h"
 
-#define GS_LINK_MAX_FRAME  (16u << 20)
 #define GS_HELLO_TIMEOUT_MS 5000
 #define GS_HANDSHAKE_TIMEOUT_MS 5000 /* TLS, before the hello's own 5 s */
 #define GS_MAX_HANDSHAKING  64       /* connections not yet authenticated */
@@ -62,7 +62,7 @@ enum gs_status engine_send_submit(struct engine *e, struct gs_creq *r, int n)
 	Gemmashard__Engine__SamplingParams sp = GEMMASHARD__ENGINE__SAMPLING_PARAMS__INIT;
 	Gemmashard__Engine__Submit sub = GEMMASHARD__ENGINE__SUBMIT__INIT;
 	Gemmashard__Engine__EngineMessage m = GEMMASHARD__ENGINE__ENGINE_MESSAGE__INIT;
-	int32_t stop_id = r->c->end_of_turn, stop_ids[GS_COORD_MAX_STOP_IDS + 1];
+	int32_t stop_id = r->model->end_of_turn, stop_ids[GS_COORD_MAX_STOP_IDS + 1];
 	int n_stop = 0;
 
 	gs_params_to_wire(&sp, &r->sp);
@@ -85,6 +85,14 @@ enum gs_status engine_send_submit(struct engine *e, struct gs_creq *r, int n)
 	sub.n_prompt = (size_t)r->n_prompt;
 	sub.prompt = r->prompt;
 	sub.params = &sp;
+	ProtobufCBinaryData imgs[GS_COORD_MAX_IMAGES];
+	if (r->images) { /* views into the shared blob, no copy */
+		for (int32_t i = 0; i < r->images->n && i < GS_COORD_MAX_IMAGES; i++)
+			imgs[i] = (ProtobufCBinaryData){ .len = r->images->each,
+							 .data = r->images->px + r->images->each * (size_t)i };
+		sub.n_images = (size_t)(r->images->n < GS_COORD_MAX_IMAGES ? r->images->n : GS_COORD_MAX_IMAGES);
+		sub.images = imgs;
+	}
 	m.body_case = GEMMASHARD__ENGINE__ENGINE_MESSAGE__BODY_SUBMIT;
 	m.submit = &sub;
 	return engine_send(e, &m);
@@ -122,6 +130,7 @@ static void handle_events(struct engine *e, const Gemmashard__Engine__TokenEvent
 		done = creq_apply_event(r, ev, &cancel, &n_new);
 		pthread_mutex_lock(&c->mu);
 		c->generated_tokens += (uint64_t)n_new;
+		c->mstats[r->model->index].generated_tokens += (uint64_t)n_new;
 		bool send_cancel = cancel && !r->cancel_sent && r->eng == e;
 		if (send_cancel)
 			r->cancel_sent = true;
@@ -203,36 +212,87 @@ static void engine_lost(struct engine *e, const char *reason)
 	}
 }
 
+/* The engine is refused at its hello: the reason goes to the log, is counted, and is sent to the
+ * engine as an Error frame so that its own log says why (it reconnects later, with backoff). */
+static bool hello_refuse(struct engine *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static bool hello_refuse(struct engine *e, const char *fmt, ...)
+{
+	Gemmashard__Engine__Error er = GEMMASHARD__ENGINE__ERROR__INIT;
+	Gemmashard__Engine__EngineMessage m = GEMMASHARD__ENGINE__ENGINE_MESSAGE__INIT;
+	char msg[600];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	gs_log(GS_LOG_WARN, "coordinator: engine %s (%s) refused: %s", e->id, e->peer, msg);
+	pthread_mutex_lock(&e->c->mu);
+	e->c->hello_refused++;
+	pthread_mutex_unlock(&e->c->mu);
+	er.code = GS_ERR_INVALID_ARG;
+	er.message = msg;
+	m.body_case = GEMMASHARD__ENGINE__ENGINE_MESSAGE__BODY_ERROR;
+	m.error = &er;
+	gs_stream_set_send_timeout(e->s, 200);
+	if (engine_send(e, &m) == GS_OK) {
+		/* Close gently: a reset would discard the frame before the engine reads it. What the
+		 * engine sends meanwhile (heartbeats) is read and thrown away, for 0.5 s at most. */
+		double end = gs_now_s() + 0.5;
+		char junk[4096];
+		size_t got = 1;
+		shutdown(e->fd, SHUT_WR);
+		while (got > 0 && gs_now_s() < end)
+			if (gs_stream_read(e->s, junk, sizeof(junk), (int)((end - gs_now_s()) * 1e3) + 1, &got) != GS_OK)
+				break;
+	}
+	gs_clear_error();
+	return false;
+}
+
 static bool hello_ok(struct gs_coord *c, struct engine *e, const Gemmashard__Engine__EngineHello *h)
 {
+	const struct gs_coord_model *m = NULL;
+
 	snprintf(e->id, sizeof(e->id), "%s", h->engine_id && h->engine_id[0] ? h->engine_id : e->peer);
-	if (!h->model_id || strcmp(h->model_id, c->served_name) != 0) {
-		gs_log(GS_LOG_WARN, "coordinator: engine %s serves model \"%s\", this coordinator serves \"%s\": refused",
-		       e->id, h->model_id ? h->model_id : "", c->served_name);
-		return false;
+	for (int i = 0; i < c->n_models && h->model_id; i++)
+		if (strcmp(h->model_id, c->models[i].name) == 0)
+			m = &c->models[i];
+	if (!m) {
+		char names[512];
+		size_t k = 0;
+		names[0] = '\0';
+		for (int i = 0; i < c->n_models && k < sizeof(names); i++)
+			k += (size_t)snprintf(names + k, sizeof(names) - k, "%s\"%s\"", i ? ", " : "", c->models[i].name);
+		return hello_refuse(e, "the engine serves model \"%.128s\", which this coordinator does not serve "
+				    "(it serves %s): start the engine with --served-name set to one of those, or the "
+				    "coordinator with --model for it", h->model_id ? h->model_id : "", names);
 	}
-	if (h->tp < 1 || h->max_context < 2 || h->kv_blocks_total < 1 || h->max_seqs < 1) {
-		gs_log(GS_LOG_WARN, "coordinator: engine %s sent an invalid hello (tp %d, context %d, blocks %d, seqs %d)",
-		       e->id, h->tp, h->max_context, h->kv_blocks_total, h->max_seqs);
-		return false;
-	}
-	if (h->kv_block_tokens != GS_KV_BLOCK_TOKENS) {
-		gs_log(GS_LOG_WARN, "coordinator: engine %s uses %d-token KV blocks, expected %d: refused", e->id,
-		       h->kv_block_tokens, GS_KV_BLOCK_TOKENS);
-		return false;
-	}
-	if (h->vocab_size < gs_tokenizer_n_vocab(c->tok) - 1 && h->vocab_size < c->vocab) {
-		gs_log(GS_LOG_WARN, "coordinator: engine %s has a vocabulary of %d, the tokenizer needs %d: refused",
-		       e->id, h->vocab_size, c->vocab);
-		return false;
-	}
+	if (h->tp < 1 || h->max_context < 2 || h->kv_blocks_total < 1 || h->max_seqs < 1)
+		return hello_refuse(e, "invalid hello (tp %d, context %d, blocks %d, seqs %d)", h->tp, h->max_context,
+				    h->kv_blocks_total, h->max_seqs);
+	if (h->kv_block_tokens != GS_KV_BLOCK_TOKENS)
+		return hello_refuse(e, "the engine uses %d-token KV blocks, the coordinator %d", h->kv_block_tokens,
+				    GS_KV_BLOCK_TOKENS);
+	if (h->vocab_size < gs_tokenizer_n_vocab(m->tok) - 1 && h->vocab_size < m->vocab_size)
+		return hello_refuse(e, "the engine has a vocabulary of %d, model \"%s\"'s tokenizer needs %d", h->vocab_size,
+				    m->name, m->vocab_size);
+	/* vision: the engine's tower must take the images the coordinator prepares for this model */
+	if (h->vision != m->vision.present)
+		return hello_refuse(e, "the engine %s a vision tower, but model \"%s\"'s config.json (%s) %s one: the "
+				    "engine and the coordinator load different checkpoints", h->vision ? "has" : "has no",
+				    m->name, m->dir, m->vision.present ? "has" : "has no");
+	if (m->vision.present && (h->image_size != m->vision.image_size ||
+				  h->mm_tokens_per_image != m->vision.mm_tokens_per_image))
+		return hello_refuse(e, "the engine's vision tower takes %dx%d images as %d tokens, model \"%s\"'s "
+				    "config.json (%s) says %dx%d as %d", h->image_size, h->image_size,
+				    h->mm_tokens_per_image, m->name, m->dir, m->vision.image_size, m->vision.image_size,
+				    m->vision.mm_tokens_per_image);
 	/* an engine built before the field existed computes in fp32 */
 	const char *nm = h->numerics && h->numerics[0] ? h->numerics : "fp32";
-	if (strcmp(nm, "fp32") != 0 && strcmp(nm, "bf16") != 0 && strcmp(nm, "cuda") != 0) {
-		gs_log(GS_LOG_WARN, "coordinator: engine %s sent unknown numerics \"%.16s\" (fp32, bf16, cuda): refused",
-		       e->id, nm);
-		return false;
-	}
+	if (strcmp(nm, "fp32") != 0 && strcmp(nm, "bf16") != 0 && strcmp(nm, "cuda") != 0)
+		return hello_refuse(e, "unknown numerics \"%.16s\" (fp32, bf16, cuda)", nm);
+	e->model = m;
+	e->vision = h->vision;
 	snprintf(e->numerics, sizeof(e->numerics), "%s", nm);
 	e->tp = h->tp;
 	e->max_context = h->max_context;
@@ -394,8 +454,9 @@ static void *engine_reader(void *arg)
 	e->up = true;
 	e->last_hb = gs_now_s();
 	pthread_mutex_unlock(&c->mu);
-	gs_log(GS_LOG_INFO, "coordinator: engine %s (%s) up over %s: T=%d, context %d, %d KV blocks, %d seqs", e->id,
-	       e->peer, gs_stream_describe(e->s), e->tp, e->max_context, e->kv_blocks_total, e->max_seqs);
+	gs_log(GS_LOG_INFO, "coordinator: engine %s (%s) up over %s for model \"%s\": T=%d, context %d, %d KV blocks, "
+	       "%d seqs, %s%s", e->id, e->peer, gs_stream_describe(e->s), e->model->name, e->tp, e->max_context,
+	       e->kv_blocks_total, e->max_seqs, e->numerics, e->vision ? ", vision" : "");
 
 	while (!atomic_load(&c->stopping)) {
 		int pr = gs_stream_wait(e->s, 200);

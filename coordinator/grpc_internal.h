@@ -9,12 +9,16 @@
 #include <stdint.h>
 
 #include "gemmashard/v1/inference.pb-c.h"
+#include "gs_chat.h"
 #include "gs_coord.h"
 
 struct gs_grpc_gen {
 	Gemmashard__V1__GenerateRequest *req; /* unpacked; spec borrows its strings */
 	struct gs_gen_spec               spec;
-	const char                     **roles, **contents; /* [spec.n_messages] */
+	struct gs_chat_msg              *msgs;               /* [spec.n_messages] (spec.messages) */
+	struct gs_chat_part             *parts;              /* every message's parts */
+	struct gs_coord_image_in        *images_in;          /* [n_images_in], borrowed from req */
+	int                              n_images_in;
 	char                             user[64];           /* OpenAI "user", sanitised (label) */
 	char                            *response_format;    /* owned: spec.response_format */
 	int                              n;                  /* choices, 1..GS_COORD_MAX_N */

@@ -8,6 +8,7 @@
  * for the completion-queue thread. A call's memory is freed when every batch it started has
  * completed and its status has been sent. */
 #include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -165,7 +166,8 @@ static void call_done(struct call *c, const char *status)
 	gs_coord_request_done(c->g->coord, &(struct gs_access){
 		.api = GS_API_GRPC, .key = c->key, .user = c->user, .method = "POST",
 		.route = c->method == M_UNKNOWN ? "unknown" : method_path[c->method], .status = status,
-		.request_id = c->creq ? gs_creq_id(c->creq) : 0, .prompt_tokens = c->prompt_tokens,
+		.request_id = c->creq ? gs_creq_id(c->creq) : 0, .model = c->creq ? gs_creq_model(c->creq)->name : NULL,
+		.prompt_tokens = c->prompt_tokens,
 		.completion_tokens = c->completion_tokens, .finish = c->finish,
 		.latency_s = gs_now_s() - c->t_start, .probe = c->method == M_HEALTH });
 }
@@ -259,7 +261,7 @@ static void lp_free(struct lp_msgs *l)
 	memset(l, 0, sizeof(*l));
 }
 
-static bool lp_build(struct gs_coord *coord, const int32_t *ids, const struct gs_tok_lp *lps, size_t n,
+static bool lp_build(const struct gs_coord_model *model, const int32_t *ids, const struct gs_tok_lp *lps, size_t n,
 		     struct lp_msgs *l)
 {
 	size_t n_top = 0;
@@ -283,7 +285,7 @@ static bool lp_build(struct gs_coord *coord, const int32_t *ids, const struct gs
 		m->token_id = ids[i];
 		m->has_logprob = true;
 		m->logprob = lps[i].logprob;
-		m->text = l->texts[l->n_texts++] = gs_coord_token_text(coord, ids[i]);
+		m->text = l->texts[l->n_texts++] = gs_coord_model_token_text(model, ids[i]);
 		m->n_top = (size_t)lps[i].n_top;
 		m->top = &l->top_ptrs[t];
 		for (int32_t j = 0; j < lps[i].n_top; j++, t++) {
@@ -293,7 +295,7 @@ static bool lp_build(struct gs_coord *coord, const int32_t *ids, const struct gs
 			tp->token_id = lps[i].top_ids[j];
 			tp->has_logprob = true;
 			tp->logprob = lps[i].top_logprobs[j];
-			tp->text = l->texts[l->n_texts++] = gs_coord_token_text(coord, lps[i].top_ids[j]);
+			tp->text = l->texts[l->n_texts++] = gs_coord_model_token_text(model, lps[i].top_ids[j]);
 			l->top_ptrs[t] = tp;
 		}
 		l->ptrs[i] = m;
@@ -376,7 +378,7 @@ static void stream_pump(struct call *c)
 		ch.has_index = true;
 		ch.index = i;
 	}
-	if (o.lps && o.n_ids && lp_build(c->g->coord, o.ids, o.lps, (size_t)o.n_ids, &l)) {
+	if (o.lps && o.n_ids && lp_build(o.model, o.ids, o.lps, (size_t)o.n_ids, &l)) {
 		ch.n_logprobs = (size_t)o.n_ids;
 		ch.logprobs = l.ptrs;
 	}
@@ -449,7 +451,7 @@ static void unary_send(struct call *c)
 		chs[i].finish_reason = finish_reason(g->finish);
 		chs[i].has_completion_tokens = true;
 		chs[i].completion_tokens = g->completion_tokens;
-		if (c->want_lps && g->n_ids && lp_build(c->g->coord, g->ids, g->lps, g->n_ids, &l[i])) {
+		if (c->want_lps && g->n_ids && lp_build(gs_creq_model(c->creq), g->ids, g->lps, g->n_ids, &l[i])) {
 			chs[i].n_logprobs = g->n_ids;
 			chs[i].logprobs = l[i].ptrs;
 		}
@@ -549,8 +551,9 @@ static void on_output(struct gs_creq *r, void *user)
 
 void gs_grpc_gen_free(struct gs_grpc_gen *g)
 {
-	free(g->roles);
-	free(g->contents);
+	free(g->msgs);
+	free(g->parts);
+	free(g->images_in);
 	free(g->response_format);
 	if (g->req)
 		gemmashard__v1__generate_request__free_unpacked(g->req, NULL);
@@ -717,23 +720,76 @@ enum gs_cerr gs_grpc_parse_generate(struct gs_grpc_gen *g, const uint8_t *data, 
 			snprintf(why, cap, "messages has %zu entries, more than %d", n, INT_MAX);
 			return GS_CERR_INVALID;
 		}
-		g->roles = calloc(n, sizeof(*g->roles));
-		g->contents = calloc(n, sizeof(*g->contents));
-		if (!g->roles || !g->contents) {
+		size_t n_parts = 0, n_images = 0;
+		for (size_t i = 0; i < n; i++) {
+			const Gemmashard__V1__Message *m = req->messages->messages[i];
+			n_parts += m->n_parts;
+			for (size_t k = 0; k < m->n_parts; k++)
+				n_images += m->parts[k]->part_case == GEMMASHARD__V1__CONTENT_PART__PART_IMAGE;
+		}
+		if (n_images > GS_COORD_MAX_IMAGES) {
+			snprintf(why, cap, "messages: %zu images in one request, more than the limit of %d", n_images,
+				 GS_COORD_MAX_IMAGES);
+			return GS_CERR_INVALID;
+		}
+		g->msgs = calloc(n, sizeof(*g->msgs));
+		g->parts = calloc(n_parts + 1, sizeof(*g->parts));
+		g->images_in = calloc(n_images + 1, sizeof(*g->images_in));
+		if (!g->msgs || !g->parts || !g->images_in) {
 			snprintf(why, cap, "coordinator: out of memory");
 			return GS_CERR_INTERNAL;
 		}
+		n_parts = 0;
 		for (size_t i = 0; i < n; i++) {
 			const Gemmashard__V1__Message *m = req->messages->messages[i];
-			if (!m->role || !m->content) {
-				snprintf(why, cap, "messages[%zu] needs both role and content", i);
+			if (!m->role) {
+				snprintf(why, cap, "messages[%zu] needs a role", i);
 				return GS_CERR_INVALID;
 			}
-			g->roles[i] = m->role;
-			g->contents[i] = m->content;
+			if (m->content && m->n_parts) {
+				snprintf(why, cap, "messages[%zu]: give content or parts, not both", i);
+				return GS_CERR_INVALID;
+			}
+			if (!m->content && !m->n_parts) {
+				snprintf(why, cap, "messages[%zu] needs content or parts", i);
+				return GS_CERR_INVALID;
+			}
+			g->msgs[i].role = m->role;
+			g->msgs[i].content = m->content;
+			if (m->content)
+				continue;
+			g->msgs[i].parts = &g->parts[n_parts];
+			g->msgs[i].n_parts = m->n_parts;
+			for (size_t k = 0; k < m->n_parts; k++, n_parts++) {
+				const Gemmashard__V1__ContentPart *p = m->parts[k];
+				const Gemmashard__V1__Image *im = p->image;
+				if (p->part_case == GEMMASHARD__V1__CONTENT_PART__PART_TEXT) {
+					g->parts[n_parts] = (struct gs_chat_part){ GS_CHAT_PART_TEXT, p->text };
+					continue;
+				}
+				if (p->part_case != GEMMASHARD__V1__CONTENT_PART__PART_IMAGE) {
+					snprintf(why, cap, "messages[%zu].parts[%zu] is empty (set text or image)", i, k);
+					return GS_CERR_INVALID;
+				}
+				if (!im->has_data || im->data.len == 0) {
+					snprintf(why, cap, "messages[%zu].parts[%zu].image.data is empty", i, k);
+					return GS_CERR_INVALID;
+				}
+				if (im->has_window_center != im->has_window_width ||
+				    (im->has_window_width && !(im->window_width > 0 && isfinite(im->window_center)))) {
+					snprintf(why, cap, "messages[%zu].parts[%zu].image: give window_center and "
+						 "window_width together, the width > 0", i, k);
+					return GS_CERR_INVALID;
+				}
+				g->parts[n_parts] = (struct gs_chat_part){ GS_CHAT_PART_IMAGE, NULL };
+				g->images_in[g->n_images_in++] = (struct gs_coord_image_in){
+					.data = im->data.data, .n = im->data.len,
+					.mime = im->mime_type && im->mime_type[0] ? im->mime_type : NULL,
+					.has_window = im->has_window_width, .window_center = im->window_center,
+					.window_width = im->window_width };
+			}
 		}
-		s->roles = g->roles;
-		s->contents = g->contents;
+		s->messages = g->msgs;
 		s->n_messages = (int)n;
 	} else {
 		snprintf(why, cap, "missing prompt or messages");
@@ -802,9 +858,19 @@ static void do_generate(struct call *c, const uint8_t *data, size_t len)
 		g.spec.deadline = gs_now_s() + gpr_timespec_to_micros(left) * 1e-6;
 	}
 
+	uint8_t *images = NULL; /* decoded and resized now: a bad image is refused before admission */
+	e = gs_coord_prepare_images(coord, g.spec.model, g.images_in, g.n_images_in, &images, why, sizeof(why));
+	if (e != GS_CERR_NONE) {
+		send_error(c, e, why);
+		goto out;
+	}
+	g.spec.images = images;
+	g.spec.n_images = g.n_images_in;
+
 	struct gs_creq *rs[GS_COORD_MAX_N];
 	int n = g.n > 1 ? g.n : 1;
 	e = gs_coord_submit_n(coord, GS_API_GRPC, &g.spec, n, on_output, c, rs, why, sizeof(why));
+	free(images);
 	if (e != GS_CERR_NONE) {
 		send_error(c, e, why);
 		goto out;
@@ -850,22 +916,32 @@ static void do_model_info(struct call *c, const uint8_t *data, size_t len)
 {
 	Gemmashard__V1__ModelInfoRequest *req = gemmashard__v1__model_info_request__unpack(NULL, len, data);
 	Gemmashard__V1__ModelInfoResponse resp = GEMMASHARD__V1__MODEL_INFO_RESPONSE__INIT;
+	struct gs_coord *coord = c->g->coord;
+	const struct gs_coord_model *m;
 	struct gs_model_info info;
+	const char *names[GS_COORD_MAX_MODELS];
 	char why[600];
+	enum gs_cerr e;
 
 	if (!req) {
 		send_error(c, GS_CERR_INVALID, "malformed ModelInfoRequest (not a valid protobuf message)");
 		return;
 	}
-	if (gs_coord_model_info(c->g->coord, req->model, &info) != GS_CERR_NONE) {
-		snprintf(why, sizeof(why), "The model `%s` does not exist", req->model ? req->model : "");
-		send_error(c, GS_CERR_NOT_FOUND, why);
+	if ((e = gs_coord_model_find(coord, req->model, &m, why, sizeof(why))) != GS_CERR_NONE ||
+	    (e = gs_coord_model_info(coord, m->name, &info)) != GS_CERR_NONE) {
+		send_error(c, e, why);
 	} else {
+		/* the requested model, and every served one by name */
+		resp.has_vision = true;
+		resp.vision = info.vision;
+		for (int i = 0; i < gs_coord_n_models(coord) && i < (int)(sizeof(names) / sizeof(names[0])); i++)
+			names[resp.n_models++] = gs_coord_model_at(coord, i)->name;
+		resp.models = (char **)names;
 		resp.model = (char *)info.name;
 		resp.architecture = (char *)info.architecture;
 		resp.has_vocab_size = resp.has_max_context = resp.has_engines = resp.has_tensor_parallel = true;
 		resp.vocab_size = info.vocab_size;
-		resp.max_context = info.max_context;
+		resp.max_context = info.max_model_len;
 		resp.engines = info.engines;
 		resp.tensor_parallel = info.tensor_parallel;
 		resp.n_numerics = (size_t)info.n_numerics;

@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gs_config.h"
 #include "gs_params.h"
 #include "gs_status.h"
 
@@ -32,6 +33,7 @@
 #define GS_COORD_MAX_STOP_BYTES   1024
 #define GS_COORD_MAX_TOP_LOGPROBS 20
 #define GS_COORD_MAX_STOP_IDS     8   /* stop_token_ids per request */
+#define GS_COORD_MAX_IMAGES       64  /* --max-images-per-request at most this */
 
 /* Where a request came from (metrics labels). */
 enum gs_api { GS_API_GRPC, GS_API_HTTP, GS_API_COUNT };
@@ -79,11 +81,15 @@ struct gs_coord_limits {
 	int32_t max_http_connections;  /* more are closed as soon as accepted */
 	size_t  max_http_header_bytes; /* per connection (request line + headers); more: 431 */
 	int32_t max_grpc_streams;      /* concurrent calls per gRPC connection (HTTP/2 streams) */
+	int32_t max_images;            /* images per request (--max-images-per-request); 0: 4 */
 };
+
+struct gs_chat_msg;
 
 /* A client request in front-end terms. All pointers are borrowed for the call only. */
 struct gs_gen_spec {
-	const char *model;                     /* NULL or "": the served model */
+	const char *model;                     /* served name (gs_coord_model_find); NULL or "": the
+						  only model, INVALID when several are served */
 	const char *prompt;                    /* raw text (<bos> is prepended), or NULL ...   */
 	const char *const *roles;              /* ... chat messages: roles[i], contents[i]     */
 	const char *const *contents;
@@ -104,6 +110,12 @@ struct gs_gen_spec {
 	const char *user;                      /* OpenAI "user": a label for the access log only */
 	const char *response_format;           /* structured output: response_format JSON text
 						  (gs_grammar_from_request), NULL: none */
+	const struct gs_chat_msg *messages;    /* chat messages with content parts (gs_chat.h),
+						  instead of roles/contents; n_messages of them */
+	const uint8_t *images;                 /* n_images preprocessed images, one per image part in
+						  order: n_images * S*S*3 RGB bytes, S = the model's
+						  image_size (gs_coord_prepare_images) */
+	int32_t     n_images;
 };
 
 /* What gs_creq_take() hands over: everything new since the previous take. Free with
@@ -126,11 +138,41 @@ struct gs_creq_out {
 	char             err_msg[512];
 	int32_t          prompt_tokens, completion_tokens;
 	double           ttft_s;      /* submit -> first token (once known) */
+	const struct gs_coord_model *model; /* the request's model (token texts: gs_coord_model_token_text) */
 };
 void gs_creq_out_clear(struct gs_creq_out *o);
 
 struct gs_coord;
 struct gs_creq;
+struct gs_tokenizer;
+
+/* ---- the model table (ARCHITECTURE.md §6 "Several models") ---------------------------------
+ * One served model: --model DIR [--served-name NAME], repeatable. Lives as long as the
+ * coordinator; front ends read it, never write it. Engines register for one model (their
+ * EngineHello.model_id) and get only its requests. */
+struct gs_coord_model {
+	const char *name;                /* served name: what requests put in "model" */
+	const char *dir;                 /* checkpoint folder */
+	const char *architecture;        /* config.json's, e.g. "Gemma3ForConditionalGeneration" */
+	int32_t     vocab_size;
+	int32_t     max_position;        /* config's max_position_embeddings */
+	int32_t     index;               /* 0.. in --model order */
+	struct gs_vision_config vision;  /* present: takes images (image_size, mm_tokens_per_image, ids) */
+	struct gs_tokenizer *tok;        /* its tokenizer (shared by models with the same file) */
+	int32_t     end_of_turn;         /* <end_of_turn> id, -1 if none */
+	size_t      detok_cap;           /* gs_detok_max_out(tok) */
+};
+/* The model a request names. NULL or "" is the served model only when exactly one is served.
+ * Errors (message in why): GS_CERR_NOT_FOUND "The model `X` does not exist (served: a, b)",
+ * GS_CERR_INVALID "model is required when 2 models are served (a, b)". */
+enum gs_cerr gs_coord_model_find(struct gs_coord *c, const char *name, const struct gs_coord_model **out, char *why,
+				 size_t cap);
+/* GS_CERR_INVALID "model `X` does not take images" when n_images > 0 and m has no vision. */
+enum gs_cerr gs_coord_model_images_ok(const struct gs_coord_model *m, int n_images, char *why, size_t cap);
+int gs_coord_n_models(const struct gs_coord *c);
+const struct gs_coord_model *gs_coord_model_at(const struct gs_coord *c, int i);
+/* The model a request runs (never NULL). */
+const struct gs_coord_model *gs_creq_model(const struct gs_creq *r);
 
 typedef void (*gs_creq_notify_fn)(struct gs_creq *r, void *user);
 
@@ -163,9 +205,9 @@ void gs_creq_cancel(struct gs_creq *r);
  * notify callback. */
 void gs_creq_release(struct gs_creq *r);
 uint64_t gs_creq_id(const struct gs_creq *r);
-/* Token text for logprobs (a token may be half a UTF-8 character: such bytes come back as
- * "\ufffd"-free hex escapes "<0xNN>"). Returns a malloc'd string. */
-char *gs_coord_token_text(struct gs_coord *c, int32_t id);
+/* Token text for logprobs, of m's tokenizer (a token may be half a UTF-8 character: such bytes
+ * come back as "\ufffd"-free hex escapes "<0xNN>"). Returns a malloc'd string. */
+char *gs_coord_model_token_text(const struct gs_coord_model *m, int32_t id);
 
 /* One finished client request as its front end saw it, for /metrics and the access log
  * (gs_access_log.h). Strings are the server's own, never text from the client. */
@@ -179,6 +221,8 @@ struct gs_access {
 					  "unknown" */
 	const char     *status;        /* what the client saw: HTTP status or gRPC code name */
 	uint64_t        request_id;    /* gs_creq_id(); 0: never submitted */
+	const char     *model;         /* gs_creq_model()->name; NULL: never submitted (with one model
+					  served, a submitted request without it counts for that one) */
 	int32_t         prompt_tokens, completion_tokens;
 	enum gs_cfinish finish;        /* NONE: never submitted, or no finish reached the client */
 	double          latency_s;     /* arrival to the final status (or the client leaving) */
@@ -200,7 +244,23 @@ bool gs_coord_authorized(struct gs_coord *c, const char *authorization, char *ke
  * the access log file again (log rotation). GS_OK, or the status of the failed reload. */
 enum gs_status gs_coord_reload(struct gs_coord *c);
 
-/* Tokenize (GS_CERR_NOT_FOUND for an unknown model). *ids is malloc'd. */
+/* One image as a client sent it: the encoded file (PNG, JPEG, DICOM), borrowed. */
+struct gs_coord_image_in {
+	const void *data;
+	size_t      n;
+	const char *mime;              /* "image/png", "image/jpeg", "application/dicom"; NULL: sniff */
+	bool        has_window;        /* DICOM: this VOI window instead of the file's */
+	double      window_center, window_width;
+};
+/* Images of a request to the named model, decoded and resized to its image_size
+ * (gs_image_prepare) before admission, so that every problem is a 400 / INVALID_ARGUMENT now:
+ * model errors as gs_coord_model_find, an image to a text-only model, more than
+ * limits.max_images, a bad image (the message names image i, counted from 0). *out: malloc'd
+ * n * S*S*3 bytes (NULL when n == 0). */
+enum gs_cerr gs_coord_prepare_images(struct gs_coord *c, const char *model, const struct gs_coord_image_in *in, int n,
+				     uint8_t **out, char *why, size_t cap);
+
+/* Tokenize with the named model's tokenizer (model errors as gs_coord_model_find). *ids is malloc'd. */
 enum gs_cerr gs_coord_tokenize(struct gs_coord *c, const char *model, const char *text, bool add_bos,
 			       int32_t **ids, size_t *n, char *why, size_t cap);
 
@@ -214,8 +274,13 @@ struct gs_model_info {
 	double      created;         /* unix time the coordinator started */
 	const char *numerics[3];     /* matmul numerics of the healthy engines, each once: "fp32", "bf16", "cuda" */
 	int32_t     n_numerics;
+	bool        vision;          /* the model takes images */
+	int32_t     image_size;      /* vision: images are image_size^2 RGB */
+	int32_t     mm_tokens_per_image;
+	int32_t     max_model_len;   /* max_context, or the checkpoint's max_position_embeddings when no
+					engine is up */
 };
-/* GS_CERR_NOT_FOUND for an unknown model (NULL or "" is the served one). */
+/* Model errors as gs_coord_model_find (NULL or "": the only served model). */
 enum gs_cerr gs_coord_model_info(struct gs_coord *c, const char *model, struct gs_model_info *info);
 /* Engines up (for health checks). */
 int gs_coord_healthy_engines(struct gs_coord *c);
@@ -227,9 +292,16 @@ char *gs_coord_metrics(struct gs_coord *c);
 const struct gs_coord_limits *gs_coord_get_limits(const struct gs_coord *c);
 
 /* ---- life cycle (main.c) ----------------------------------------------------------------- */
-struct gs_coord_config {
-	const char *model_dir;        /* config.json + tokenizer.json */
+#define GS_COORD_MAX_MODELS 16 /* --model flags */
+struct gs_coord_model_dir {
+	const char *dir;              /* config.json + tokenizer.json */
 	const char *served_name;      /* NULL: the model folder's name */
+};
+struct gs_coord_config {
+	const char *model_dir;        /* one model: config.json + tokenizer.json ... */
+	const char *served_name;      /* ... and its name (NULL: the model folder's name) */
+	const struct gs_coord_model_dir *models; /* n_models > 0: these models (--model repeated) */
+	int         n_models;         /*   instead of model_dir / served_name; names must differ */
 	const char *engine_listen;    /* "127.0.0.1:50061" */
 	const char *api_key;          /* GEMMASHARD_API_KEY (key name "env"); NULL: none */
 	const char *api_key_file;     /* --api-key-file (gs_apikeys.h); NULL: none */

@@ -98,14 +98,23 @@ enum MHD_Result gs_http_cerr_reply(struct MHD_Connection *conn, struct gs_http_r
 
 /* ---- routes ------------------------------------------------------------------------------- */
 
+/* OpenAI's model object, plus vLLM's max_model_len, "capabilities": {"vision": bool} (takes
+ * images), and the healthy engines with their matmul numerics (README "Several models"). */
 static cJSON *gs_http_model_json(const struct gs_model_info *info)
 {
-	cJSON *m = cJSON_CreateObject();
+	cJSON *m = cJSON_CreateObject(), *caps, *nums;
 
 	cJSON_AddStringToObject(m, "id", info->name ? info->name : "");
 	cJSON_AddStringToObject(m, "object", "model");
 	cJSON_AddNumberToObject(m, "created", floor(info->created));
 	cJSON_AddStringToObject(m, "owned_by", GS_HTTP_OWNER);
+	cJSON_AddNumberToObject(m, "max_model_len", info->max_model_len);
+	caps = cJSON_AddObjectToObject(m, "capabilities");
+	cJSON_AddBoolToObject(caps, "vision", info->vision);
+	cJSON_AddNumberToObject(m, "engines", info->engines);
+	nums = cJSON_AddArrayToObject(m, "numerics");
+	for (int i = 0; i < info->n_numerics; i++)
+		cJSON_AddItemToArray(nums, cJSON_CreateString(info->numerics[i]));
 	return m;
 }
 
@@ -120,17 +129,21 @@ static enum MHD_Result gs_http_models(struct gs_http *h, struct MHD_Connection *
 
 	if (id && !id[0])
 		return gs_http_error(conn, q, 404, "model", "model_not_found", "no model id given after /v1/models/");
-	e = gs_coord_model_info(h->coord, id, &info);
-	if (e != GS_CERR_NONE) {
-		snprintf(why, sizeof(why), e == GS_CERR_NOT_FOUND ? "the model '%.200s' does not exist" : "%s",
-			 e == GS_CERR_NOT_FOUND ? id : gs_cerr_str(e));
-		return gs_http_cerr_reply(conn, q, e, "model", why);
-	}
-	if (id)
+	if (id) {
+		const struct gs_coord_model *m;
+		e = gs_coord_model_find(h->coord, id, &m, why, sizeof(why));
+		if (e == GS_CERR_NONE)
+			e = gs_coord_model_info(h->coord, id, &info);
+		if (e != GS_CERR_NONE)
+			return gs_http_cerr_reply(conn, q, e, "model", why);
 		return gs_http_reply_json(conn, q, MHD_HTTP_OK, gs_http_model_json(&info));
+	}
 	root = cJSON_CreateObject();
 	cJSON_AddStringToObject(root, "object", "list");
-	cJSON_AddItemToArray(cJSON_AddArrayToObject(root, "data"), gs_http_model_json(&info));
+	cJSON *data = cJSON_AddArrayToObject(root, "data");
+	for (int i = 0; i < gs_coord_n_models(h->coord); i++)
+		if (gs_coord_model_info(h->coord, gs_coord_model_at(h->coord, i)->name, &info) == GS_CERR_NONE)
+			cJSON_AddItemToArray(data, gs_http_model_json(&info));
 	return gs_http_reply_json(conn, q, MHD_HTTP_OK, root);
 }
 
@@ -140,6 +153,14 @@ static enum MHD_Result gs_http_health(struct gs_http *h, struct MHD_Connection *
 	cJSON *root = cJSON_CreateObject();
 
 	cJSON_AddStringToObject(root, "status", n > 0 ? "ok" : "unavailable");
+	/* served name -> healthy engines; before "engines", which scripts take as the last match */
+	cJSON *per_model = cJSON_AddObjectToObject(root, "models");
+	for (int i = 0; i < gs_coord_n_models(h->coord); i++) {
+		struct gs_model_info info;
+		const char *name = gs_coord_model_at(h->coord, i)->name;
+		if (gs_coord_model_info(h->coord, name, &info) == GS_CERR_NONE)
+			cJSON_AddNumberToObject(per_model, name, info.engines);
+	}
 	cJSON_AddNumberToObject(root, "engines", n > 0 ? n : 0);
 	cJSON_AddStringToObject(root, "engine_link", gs_coord_engine_link_mode(h->coord));
 	if (!strcmp(gs_coord_engine_link_mode(h->coord), "plaintext-insecure"))
@@ -376,7 +397,8 @@ static void gs_http_completed(void *cls, struct MHD_Connection *conn, void **con
 		gs_coord_request_done(h->coord, &(struct gs_access){
 			.api = GS_API_HTTP, .key = q->key, .user = q->user, .method = q->method,
 			.route = route_name[q->route],
-			.status = status, .request_id = q->req_id, .prompt_tokens = q->prompt_tokens,
+			.status = status, .request_id = q->req_id, .model = q->req_id ? q->model : NULL,
+			.prompt_tokens = q->prompt_tokens,
 			.completion_tokens = q->completion_tokens, .finish = q->finish,
 			.latency_s = gs_now_s() - q->t_start });
 	}

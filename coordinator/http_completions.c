@@ -139,7 +139,7 @@ static enum MHD_Result gs_http_complete(struct gs_http *h, struct MHD_Connection
 		if (ok && o.text_len)
 			ok = gs_sbuf_put(&text, o.text, o.text_len);
 		if (lps.obj)
-			gs_http_lps_add(&lps, h->coord, &o);
+			gs_http_lps_add(&lps, &o);
 		prompt_tokens = o.prompt_tokens;
 		completion_tokens = o.completion_tokens;
 		finish = o.finish;
@@ -209,7 +209,7 @@ static enum MHD_Result gs_http_complete_many(struct gs_http *h, struct MHD_Conne
 			if (ok && o.text_len)
 				ok = gs_sbuf_put(&text, o.text, o.text_len);
 			if (lps.obj)
-				gs_http_lps_add(&lps, h->coord, &o);
+				gs_http_lps_add(&lps, &o);
 			prompt_tokens += o.finish != GS_CFIN_NONE && i % n_per == 0 ? o.prompt_tokens : 0;
 			completion_tokens += o.finish != GS_CFIN_NONE ? o.completion_tokens : 0;
 			finish = o.finish;
@@ -308,7 +308,7 @@ static bool gs_http_stream_out(struct gs_http_stream *s, const struct gs_creq_ou
 
 		if (s->logprobs && o->lps && gs_http_lps_init(&lps, s->chat)) {
 			lps.text_off = s->text_off[i];
-			gs_http_lps_add(&lps, c, o);
+			gs_http_lps_add(&lps, o);
 			s->text_off[i] = lps.text_off;
 		}
 		ok = gs_http_sse(s, gs_http_chunk(s, gs_http_indexed(gs_http_choice(s->chat, true, false, o->text,
@@ -499,7 +499,7 @@ static enum MHD_Result gs_http_stream(struct gs_http *h, struct MHD_Connection *
 enum MHD_Result gs_http_generate(struct gs_http *h, struct MHD_Connection *conn, struct gs_http_req *q)
 {
 	struct gs_http_gen g = { .chat = q->route == GS_HTTP_ROUTE_CHAT };
-	struct gs_model_info info;
+	const struct gs_coord_model *gm;
 	struct gs_creq *r = NULL;
 	long long created = (long long)time(NULL);
 	char model[256], why[512] = "", param[64];
@@ -512,16 +512,30 @@ enum MHD_Result gs_http_generate(struct gs_http *h, struct MHD_Connection *conn,
 		goto out_free_root;
 	}
 	snprintf(q->user, sizeof(q->user), "%s", g.user);
-	e = gs_coord_model_info(h->coord, g.spec.model, &info);
+	e = gs_coord_model_find(h->coord, g.spec.model, &gm, why, sizeof(why));
 	if (e != GS_CERR_NONE) {
-		if (e == GS_CERR_NOT_FOUND)
-			snprintf(why, sizeof(why), "the model '%.200s' does not exist", g.spec.model);
-		else
-			snprintf(why, sizeof(why), "%s", gs_cerr_str(e));
 		ret = gs_http_cerr_reply(conn, q, e, "model", why);
 		goto out_free_root;
 	}
-	snprintf(model, sizeof(model), "%s", info.name ? info.name : "");
+	snprintf(model, sizeof(model), "%s", gm->name);
+	q->model = gm->name;
+	if (g.chat_in.n_images > 0) { /* decoded and resized now: a bad image is a 400 before admission */
+		struct gs_coord_image_in in[GS_COORD_MAX_IMAGES];
+		for (int i = 0; i < g.chat_in.n_images; i++) {
+			const struct gs_chat_image *im = &g.chat_in.images[i];
+			in[i] = (struct gs_coord_image_in){ .data = im->data, .n = im->n, .mime = im->mime,
+							    .has_window = im->has_window,
+							    .window_center = im->window_center,
+							    .window_width = im->window_width };
+		}
+		e = gs_coord_prepare_images(h->coord, g.spec.model, in, g.chat_in.n_images, &g.images, why, sizeof(why));
+		if (e != GS_CERR_NONE) {
+			ret = gs_http_cerr_reply(conn, q, e, "messages", why);
+			goto out_free_root;
+		}
+		g.spec.images = g.images;
+		g.spec.n_images = g.chat_in.n_images;
+	}
 
 	if (g.n_prompts > 1 || g.n > 1) {
 		struct gs_creq *rs[GS_HTTP_MAX_CHOICES];

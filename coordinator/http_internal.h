@@ -16,6 +16,7 @@
 #include <microhttpd.h>
 
 #include "gs_apikeys.h"
+#include "gs_chat_openai.h"
 #include "gs_coord.h"
 #include "gs_http.h"
 
@@ -63,6 +64,7 @@ struct gs_http_req {
 	char               key[GS_APIKEY_NAME_MAX + 1]; /* name of the API key used ("" none) */
 	char               user[64];      /* the request's OpenAI "user" label ("" none) */
 	uint64_t           req_id;    /* the submitted request's id; 0: none */
+	const char        *model;     /* its model's served name (gs_coord_model); NULL: none */
 	int32_t            prompt_tokens, completion_tokens;
 	enum gs_cfinish    finish;    /* how the answer ended, as the client saw it */
 };
@@ -76,8 +78,8 @@ struct gs_http_gen {
 	bool               chat;          /* /v1/chat/completions (else /v1/completions) */
 	bool               stream;
 	bool               include_usage; /* stream_options.include_usage */
-	const char       **roles;         /* [spec.n_messages] */
-	char             **contents;      /* [spec.n_messages] owned: text parts joined */
+	struct gs_chat_openai chat_in;    /* owned: messages with parts, images still encoded */
+	uint8_t           *images;        /* owned: spec.images, prepared for the model */
 	/* /v1/completions with a list of prompts: one choice each (index i); spec holds prompt 0 */
 	int                n_prompts;     /* 1..GS_HTTP_MAX_PROMPTS */
 	int                n;             /* choices per prompt, 1..GS_COORD_MAX_N: choice index
@@ -136,7 +138,7 @@ void gs_http_gen_free(struct gs_http_gen *g);
 void gs_http_use_prompt(struct gs_http_gen *g, int i);
 /* Logprobs in the shape of the API: init (false: out of memory), then add each output. */
 bool gs_http_lps_init(struct gs_http_lps *a, bool chat);
-void gs_http_lps_add(struct gs_http_lps *a, struct gs_coord *c, const struct gs_creq_out *o);
+void gs_http_lps_add(struct gs_http_lps *a, const struct gs_creq_out *o);
 cJSON *gs_http_usage(int32_t prompt_tokens, int32_t completion_tokens);
 /* {"id", "object", "created", "model", "choices": []}; *choices gets the array. */
 cJSON *gs_http_envelope(const char *id, const char *object, long long created, const char *model, cJSON **choices);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "http_internal.h"
+#include "gs_chat_openai.h"
 #include "gs_grammar.h"
 #include "gs_json.h"
 #include "gs_sbuf.h"
@@ -189,119 +190,27 @@ static bool gs_http_get_bool(struct gs_http_gen *g, const cJSON *obj, const char
 	return true;
 }
 
-/* Joins the "text" parts of a content array, each trimmed of ASCII white space as the Gemma
- * template's `item['text'] | trim` does. Other part types (images, audio) are refused. */
-static bool gs_http_join_parts(struct gs_http_gen *g, int mi, const cJSON *parts, char **out)
-{
-	struct gs_sbuf b = { 0 };
-	const cJSON *part;
-	char param[64];
-	int pi = 0;
-
-	snprintf(param, sizeof(param), "messages[%d].content", mi);
-	if (!gs_sbuf_put(&b, "", 0))
-		goto out_nomem;
-	cJSON_ArrayForEach(part, parts) {
-		const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
-		const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
-		const char *s, *e;
-
-		if (!cJSON_IsObject(part)) {
-			gs_http_bad(g, param, "messages[%d].content[%d] must be an object, got %s", mi, pi,
-				    gs_json_type(part));
-			goto out_free_buf;
-		}
-		if (!cJSON_IsString(type)) {
-			gs_http_bad(g, param, "messages[%d].content[%d].type must be a string, got %s", mi, pi,
-				    gs_json_type(type));
-			goto out_free_buf;
-		}
-		if (strcmp(type->valuestring, "text") != 0) {
-			gs_http_bad(g, param,
-				    "messages[%d].content[%d]: content parts of type \"%.64s\" are not supported "
-				    "(only \"text\")", mi, pi, type->valuestring);
-			goto out_free_buf;
-		}
-		if (!cJSON_IsString(text)) {
-			gs_http_bad(g, param, "messages[%d].content[%d].text must be a string, got %s", mi, pi,
-				    gs_json_type(text));
-			goto out_free_buf;
-		}
-		s = text->valuestring;
-		e = s + strlen(s);
-		while (s < e && strchr(" \t\n\r\f\v", *s))
-			s++;
-		while (e > s && strchr(" \t\n\r\f\v", e[-1]))
-			e--;
-		if (!gs_sbuf_put(&b, s, (size_t)(e - s)))
-			goto out_nomem;
-		pi++;
-	}
-	*out = b.p;
-	return true;
-
-out_nomem:
-	g->err = GS_CERR_INTERNAL;
-	snprintf(g->why, sizeof(g->why), "out of memory");
-	g->param[0] = '\0';
-out_free_buf:
-	free(b.p);
-	return false;
-}
-
+/* messages: OpenAI's shape with text and image_url parts (gs_chat_openai.h); images stay
+ * encoded here, the coordinator decodes them once the model is known. */
 static bool gs_http_parse_messages(struct gs_http_gen *g, const cJSON *root)
 {
-	const cJSON *msgs = gs_http_field(root, "messages"), *m;
-	int n, i = 0;
+	enum gs_status st = gs_chat_openai_parse(gs_http_field(root, "messages"), GS_COORD_MAX_IMAGES, &g->chat_in,
+						 g->why, sizeof(g->why), g->param, sizeof(g->param));
 
-	if (!cJSON_IsArray(msgs))
-		return gs_http_bad(g, "messages", "messages must be an array of {\"role\", \"content\"} objects, got %s",
-				   gs_json_type(msgs));
-	n = cJSON_GetArraySize(msgs);
-	if (n == 0)
-		return gs_http_bad(g, "messages", "messages must not be empty");
-	g->roles = calloc((size_t)n, sizeof(*g->roles));
-	g->contents = calloc((size_t)n, sizeof(*g->contents));
-	if (!g->roles || !g->contents) {
-		g->err = GS_CERR_INTERNAL;
-		snprintf(g->why, sizeof(g->why), "out of memory");
+	if (st == GS_ERR_INVALID_ARG) {
+		g->err = GS_CERR_INVALID;
 		return false;
 	}
-	g->spec.n_messages = n;
-	cJSON_ArrayForEach(m, msgs) {
-		const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
-		const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
-		char param[64];
-
-		snprintf(param, sizeof(param), "messages[%d]", i);
-		if (!cJSON_IsObject(m))
-			return gs_http_bad(g, param, "messages[%d] must be an object, got %s", i, gs_json_type(m));
-		snprintf(param, sizeof(param), "messages[%d].role", i);
-		if (!cJSON_IsString(role))
-			return gs_http_bad(g, param, "messages[%d].role must be a string, got %s", i,
-					   gs_json_type(role));
-		/* OpenAI's newer name for the system prompt. */
-		g->roles[i] = strcmp(role->valuestring, "developer") == 0 ? "system" : role->valuestring;
-		snprintf(param, sizeof(param), "messages[%d].content", i);
-		if (cJSON_IsString(content)) {
-			g->contents[i] = strdup(content->valuestring);
-			if (!g->contents[i]) {
-				g->err = GS_CERR_INTERNAL;
-				snprintf(g->why, sizeof(g->why), "out of memory");
-				return false;
-			}
-		} else if (cJSON_IsArray(content)) {
-			if (!gs_http_join_parts(g, i, content, &g->contents[i]))
-				return false;
-		} else {
-			return gs_http_bad(g, param,
-					   "messages[%d].content must be a string or an array of text parts, got %s",
-					   i, gs_json_type(content));
-		}
-		i++;
+	if (st != GS_OK) {
+		g->err = GS_CERR_INTERNAL;
+		snprintf(g->why, sizeof(g->why), "out of memory");
+		g->param[0] = '\0';
+		gs_clear_error();
+		return false;
 	}
-	g->spec.roles = g->roles;
-	g->spec.contents = (const char *const *)g->contents;
+	g->param[0] = '\0';
+	g->spec.messages = g->chat_in.msgs;
+	g->spec.n_messages = g->chat_in.n_msgs;
 	return true;
 }
 
@@ -705,11 +614,9 @@ bool gs_http_parse_body(struct gs_http_gen *g, const char *body, size_t len, cJS
 
 void gs_http_gen_free(struct gs_http_gen *g)
 {
-	if (g->contents)
-		for (int i = 0; i < g->spec.n_messages; i++)
-			free(g->contents[i]);
-	free(g->contents);
-	free(g->roles);
+	gs_chat_openai_free(&g->chat_in);
+	free(g->images);
+	g->images = NULL;
 	for (int i = 0; i < GS_HTTP_MAX_PROMPTS; i++)
 		free(g->prompt_idv[i]);
 	free(g->response_format);
@@ -739,18 +646,18 @@ static double gs_http_logprob(float v)
 	return isfinite(v) ? v : -9999.0; /* what OpenAI sends for "impossible" */
 }
 
-static char *gs_http_token_text(struct gs_coord *c, int32_t id)
+static char *gs_http_token_text(const struct gs_coord_model *m, int32_t id)
 {
-	char *t = gs_coord_token_text(c, id);
+	char *t = gs_coord_model_token_text(m, id);
 
 	return t ? t : strdup("");
 }
 
 /* {token, logprob, bytes} (chat). */
-static cJSON *gs_http_chat_token(struct gs_coord *c, int32_t id, float logprob)
+static cJSON *gs_http_chat_token(const struct gs_coord_model *m, int32_t id, float logprob)
 {
 	cJSON *e = cJSON_CreateObject();
-	char *t = gs_http_token_text(c, id);
+	char *t = gs_http_token_text(m, id);
 
 	cJSON_AddStringToObject(e, "token", t ? t : "");
 	cJSON_AddNumberToObject(e, "logprob", gs_http_logprob(logprob));
@@ -782,22 +689,24 @@ bool gs_http_lps_init(struct gs_http_lps *a, bool chat)
 	return false;
 }
 
-void gs_http_lps_add(struct gs_http_lps *a, struct gs_coord *c, const struct gs_creq_out *o)
+void gs_http_lps_add(struct gs_http_lps *a, const struct gs_creq_out *o)
 {
+	const struct gs_coord_model *m = o->model; /* token texts of the request's model */
+
 	if (!o->lps)
 		return;
 	for (int32_t i = 0; i < o->n_ids; i++) {
 		const struct gs_tok_lp *lp = &o->lps[i];
 
 		if (a->content) {
-			cJSON *e = gs_http_chat_token(c, lp->id, lp->logprob);
+			cJSON *e = gs_http_chat_token(m, lp->id, lp->logprob);
 			cJSON *tops = cJSON_AddArrayToObject(e, "top_logprobs");
 
 			for (int32_t k = 0; k < lp->n_top; k++)
-				cJSON_AddItemToArray(tops, gs_http_chat_token(c, lp->top_ids[k], lp->top_logprobs[k]));
+				cJSON_AddItemToArray(tops, gs_http_chat_token(m, lp->top_ids[k], lp->top_logprobs[k]));
 			cJSON_AddItemToArray(a->content, e);
 		} else {
-			char *t = gs_http_token_text(c, lp->id);
+			char *t = gs_http_token_text(m, lp->id);
 			cJSON *top = cJSON_CreateObject();
 			unsigned v;
 			int n = 0;
@@ -809,7 +718,7 @@ void gs_http_lps_add(struct gs_http_lps *a, struct gs_coord *c, const struct gs_
 				a->text_off += sscanf(t, "<0x%2x>%n", &v, &n) == 1 && n == 6 ? 1 : strlen(t);
 			free(t);
 			for (int32_t k = 0; k < lp->n_top; k++) {
-				char *tt = gs_http_token_text(c, lp->top_ids[k]);
+				char *tt = gs_http_token_text(m, lp->top_ids[k]);
 
 				if (tt && !cJSON_HasObjectItem(top, tt))
 					cJSON_AddNumberToObject(top, tt, gs_http_logprob(lp->top_logprobs[k]));

@@ -1,11 +1,13 @@
 /* gemmashard-coordinator: clients' gRPC and HTTP endpoints in front of the engines.
  *
- *   gemmashard-coordinator --model DIR [--served-name NAME] [--grpc HOST:PORT]
+ *   gemmashard-coordinator --model DIR [--served-name NAME] [--model DIR [--served-name NAME]]...
+ *       [--grpc HOST:PORT]
  *       [--http HOST:PORT] [--engine-listen HOST:PORT] [--api-key-file FILE] [limits...]
  *       [--access-log FILE] [--log-content]
  *       [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
  *       [--cluster-ca FILE --cluster-cert FILE --cluster-key FILE | --insecure-engine-link]
  *
+ * Each --model adds a served model (its --served-name follows it); requests pick one by name.
  * Listens on 127.0.0.1 unless told otherwise. Engines (gemmashard-worker --coordinator
  * HOST:PORT) connect to --engine-listen and register. SIGINT/SIGTERM stop it cleanly; SIGHUP
  * reads the API key file again and reopens the access log file (gs_coord_reload). */
@@ -26,9 +28,13 @@
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: gemmashard-coordinator --model DIR [options]\n"
-		"  --model DIR               checkpoint folder (config.json, tokenizer.json)\n"
-		"  --served-name NAME        model name clients use (default: the folder's name)\n"
+		"usage: gemmashard-coordinator --model DIR [--served-name NAME] [--model DIR [--served-name NAME]]... "
+		"[options]\n"
+		"  --model DIR               checkpoint folder (config.json, tokenizer.json); repeat it to serve several\n"
+		"                            models (at most %d), each with its own engines; requests name one in\n"
+		"                            \"model\" (required when more than one is served)\n"
+		"  --served-name NAME        name clients use for the --model before it (default: the folder's name;\n"
+		"                            before any --model: the first one's)\n"
 		"  --grpc HOST:PORT          gRPC endpoint (default 127.0.0.1:50051)\n"
 		"  --http HOST:PORT          OpenAI-compatible HTTP endpoint (default 127.0.0.1:8000)\n"
 		"  --engine-listen HOST:PORT where engine leaders connect (default 127.0.0.1:50061)\n"
@@ -44,7 +50,9 @@ static void usage(FILE *f)
 		"  --tls-cert FILE           serve gRPC and HTTPS over TLS 1.2+ with this PEM certificate (chain)\n"
 		"  --tls-key FILE            its PEM private key (mode 600: no access for group or others)\n"
 		"  --tls-client-ca FILE      mutual TLS: clients must present a certificate issued by this CA\n"
-		"  --max-body-bytes N        largest HTTP body / gRPC message (default 4194304)\n"
+		"  --max-body-bytes N        largest HTTP body / gRPC message (default 33554432: room for images)\n"
+		"  --max-images-per-request N images in one request (default 4; each travels to the engine as\n"
+		"                            image_size^2 x 3 bytes, so N x that must fit the 16 MiB engine link frame)\n"
 		"  --max-prompt-tokens N     longest prompt accepted (default 131072)\n"
 		"  --max-tokens-limit N      largest max_tokens accepted (default 131072)\n"
 		"  --default-max-tokens N    max_tokens when a request gives none (default 512)\n"
@@ -55,7 +63,8 @@ static void usage(FILE *f)
 		"                            complete S seconds after its headers (default 60)\n"
 		"  --max-http-connections N  open HTTP connections; more are closed at once (default 1024)\n"
 		"  --max-http-header-bytes N request line + headers per HTTP request; more get 431 (default 32768)\n"
-		"  --max-grpc-streams N      concurrent calls per gRPC connection; clients queue the rest (default 128)\n");
+		"  --max-grpc-streams N      concurrent calls per gRPC connection; clients queue the rest (default 128)\n",
+		GS_COORD_MAX_MODELS);
 }
 
 static bool split_addr(const char *s, char *host, size_t cap, int *port)
@@ -92,7 +101,7 @@ int main(int argc, char **argv)
 		.engine_listen = "127.0.0.1:50061",
 		.api_key = getenv("GEMMASHARD_API_KEY"),
 		.limits = {
-			.max_body_bytes = 4u << 20,
+			.max_body_bytes = 32u << 20, /* base64 images: 4 x 6 MiB files fit */
 			.max_prompt_tokens = 131072,
 			.max_tokens_limit = 131072,
 			.default_max_tokens = 512,
@@ -107,6 +116,9 @@ int main(int argc, char **argv)
 	};
 	const char *grpc_addr = "127.0.0.1:50051", *http_addr = "127.0.0.1:8000";
 	const char *tls_cert = NULL, *tls_key = NULL, *tls_client_ca = NULL;
+	struct gs_coord_model_dir models[GS_COORD_MAX_MODELS];
+	const char *early_name = NULL; /* --served-name before any --model */
+	int n_models = 0;
 	char http_host[256];
 	int http_port;
 
@@ -138,10 +150,29 @@ int main(int argc, char **argv)
 		}
 		const char *v = argv[++i];
 		double d;
-		if (!strcmp(a, "--model"))
-			cfg.model_dir = v;
-		else if (!strcmp(a, "--served-name"))
-			cfg.served_name = v;
+		if (!strcmp(a, "--model")) {
+			if (n_models == GS_COORD_MAX_MODELS) {
+				fprintf(stderr, "gemmashard-coordinator: at most %d --model flags\n", GS_COORD_MAX_MODELS);
+				return 2;
+			}
+			/* a --served-name before the first --model names that one (the one-model usage) */
+			models[n_models] = (struct gs_coord_model_dir){ .dir = v,
+									.served_name = n_models ? NULL : early_name };
+			n_models++;
+		} else if (!strcmp(a, "--served-name")) {
+			const char **slot = n_models ? &models[n_models - 1].served_name : &early_name;
+			if (*slot) {
+				fprintf(stderr, "gemmashard-coordinator: %s%s has two --served-name flags (each names the "
+					"--model before it)\n", n_models ? "--model " : "the first --model",
+					n_models ? models[n_models - 1].dir : "");
+				return 2;
+			}
+			if (!v[0]) {
+				fprintf(stderr, "gemmashard-coordinator: --served-name must not be empty\n");
+				return 2;
+			}
+			*slot = v;
+		}
 		else if (!strcmp(a, "--grpc"))
 			grpc_addr = v;
 		else if (!strcmp(a, "--http"))
@@ -208,6 +239,10 @@ int main(int argc, char **argv)
 			if (!num(a, v, 4096, 1 << 24, &d))
 				return 2;
 			cfg.limits.max_http_header_bytes = (size_t)d;
+		} else if (!strcmp(a, "--max-images-per-request")) {
+			if (!num(a, v, 0, GS_COORD_MAX_IMAGES, &d))
+				return 2;
+			cfg.limits.max_images = d == 0 ? -1 : (int32_t)d; /* 0: no images at all */
 		} else if (!strcmp(a, "--max-grpc-streams")) {
 			if (!num(a, v, 1, 1 << 20, &d))
 				return 2;
@@ -218,11 +253,13 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (!cfg.model_dir) {
+	if (!n_models) {
 		fprintf(stderr, "gemmashard-coordinator: --model DIR is required\n");
 		usage(stderr);
 		return 2;
 	}
+	cfg.models = models;
+	cfg.n_models = n_models;
 	if (cfg.limits.default_max_tokens > cfg.limits.max_tokens_limit)
 		cfg.limits.default_max_tokens = cfg.limits.max_tokens_limit;
 	if (!split_addr(http_addr, http_host, sizeof(http_host), &http_port)) {
@@ -264,11 +301,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "gemmashard-coordinator: %s\n", gs_last_error());
 		goto out;
 	}
-	struct gs_model_info info;
-	gs_coord_model_info(coord, NULL, &info);
-	gs_log(GS_LOG_INFO, "coordinator: serving model \"%s\" (%s): gRPC %s%s, HTTP %s://%s:%d, engines connect to %s%s",
-	       info.name, info.architecture, grpc_addr, tls ? " (TLS)" : "", tls ? "https" : "http", http_host,
-	       http_port, cfg.engine_listen,
+	for (int i = 0; i < gs_coord_n_models(coord); i++) {
+		const struct gs_coord_model *m = gs_coord_model_at(coord, i);
+		gs_log(GS_LOG_INFO, "coordinator: serving model \"%s\" (%s, %s%s)", m->name, m->architecture, m->dir,
+		       m->vision.present ? ", takes images" : "");
+	}
+	gs_log(GS_LOG_INFO, "coordinator: gRPC %s%s, HTTP %s://%s:%d, engines connect to %s%s", grpc_addr,
+	       tls ? " (TLS)" : "", tls ? "https" : "http", http_host, http_port, cfg.engine_listen,
 	       cfg.api_key_file || (cfg.api_key && cfg.api_key[0]) ? ", API key required" : "");
 	if (tls)
 		gs_log(GS_LOG_INFO, "coordinator: TLS certificate \"%s\"%s", tls->subject,

@@ -112,7 +112,6 @@ char *gs_coord_metrics(struct gs_coord *c)
 {
 	static const char *const api_name[GS_API_COUNT] = { "grpc", "http" };
 	struct gs_sbuf b = { 0 };
-	const char *m = c->served_name;
 
 	pthread_mutex_lock(&c->mu);
 	gs_sbuf_printf(&b, "# HELP gemmashard_requests_total Client requests finished, by API and status.\n"
@@ -130,23 +129,56 @@ char *gs_coord_metrics(struct gs_coord *c)
 		ttft_buckets, GS_N_TTFT_BUCKETS);
 	sb_hist(&b, "gemmashard_time_per_output_token_seconds", "Time between streamed tokens.", &c->tpot, tpot_buckets,
 		GS_N_TPOT_BUCKETS);
-	int32_t waiting = 0, running = 0, up = 0;
-	for (struct engine *e = c->engines; e; e = e->next) {
-		if (!e->up)
-			continue;
-		up++;
-		waiting += e->hb_waiting;
-		running += e->hb_running;
+	/* per model (ARCHITECTURE.md §6 "Several models"): each series once per served model */
+	static const struct {
+		const char *name, *type, *help;
+	} per_model[] = {
+		{ "gemmashard_queue_depth", "gauge", "Requests waiting for admission in the engines." },
+		{ "gemmashard_requests_running", "gauge", "Requests running in the engines." },
+		{ "gemmashard_engines_healthy", "gauge", "Engines registered and healthy." },
+		{ "gemmashard_model_kv_blocks_used", "gauge", "KV blocks (global layers, per rank) in use, summed over the "
+		  "model's engines." },
+		{ "gemmashard_model_kv_blocks_free", "gauge", "KV blocks (global layers, per rank) free, summed over the "
+		  "model's engines." },
+		{ "gemmashard_model_requests_total", "counter",
+		  "Client requests accepted for the model (n choices count n)." },
+		{ "gemmashard_model_generated_tokens_total", "counter", "Tokens generated for the model's clients." },
+		{ "gemmashard_model_info", "gauge", "1 per served model, labelled with whether it takes images." },
+	};
+	for (size_t k = 0; k < sizeof(per_model) / sizeof(per_model[0]); k++) {
+		gs_sbuf_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", per_model[k].name, per_model[k].help, per_model[k].name,
+			       per_model[k].type);
+		for (int i = 0; i < c->n_models; i++) {
+			const struct gs_coord_model *m = &c->models[i];
+			int64_t waiting = 0, running = 0, up = 0, used = 0, free_b = 0;
+			for (struct engine *e = c->engines; e; e = e->next) {
+				if (!e->up || e->model != m)
+					continue;
+				up++;
+				waiting += e->hb_waiting;
+				running += e->hb_running;
+				used += e->kv_blocks_total - e->hb_kv_free;
+				free_b += e->hb_kv_free;
+			}
+			if (k == 7) {
+				gs_sbuf_printf(&b, "%s{model=\"%s\",vision=\"%s\"} 1\n", per_model[k].name, m->name,
+					       m->vision.present ? "true" : "false");
+				continue;
+			}
+			gs_sbuf_printf(&b, "%s{model=\"%s\"} ", per_model[k].name, m->name);
+			switch (k) {
+			case 0: gs_sbuf_printf(&b, "%" PRId64 "\n", waiting); break;
+			case 1: gs_sbuf_printf(&b, "%" PRId64 "\n", running); break;
+			case 2: gs_sbuf_printf(&b, "%" PRId64 "\n", up); break;
+			case 3: gs_sbuf_printf(&b, "%" PRId64 "\n", used); break;
+			case 4: gs_sbuf_printf(&b, "%" PRId64 "\n", free_b); break;
+			case 5: gs_sbuf_printf(&b, "%" PRIu64 "\n", c->mstats[i].requests); break;
+			default: gs_sbuf_printf(&b, "%" PRIu64 "\n", c->mstats[i].generated_tokens); break;
+			}
+		}
 	}
-	gs_sbuf_printf(&b, "# HELP gemmashard_queue_depth Requests waiting for admission in the engines.\n"
-		      "# TYPE gemmashard_queue_depth gauge\ngemmashard_queue_depth{model=\"%s\"} %d\n", m, waiting);
-	gs_sbuf_printf(&b, "# HELP gemmashard_requests_running Requests running in the engines.\n"
-		      "# TYPE gemmashard_requests_running gauge\ngemmashard_requests_running{model=\"%s\"} %d\n", m,
-		  running);
 	gs_sbuf_printf(&b, "# HELP gemmashard_requests_in_flight Client requests accepted and not yet finished.\n"
 		      "# TYPE gemmashard_requests_in_flight gauge\ngemmashard_requests_in_flight %d\n", c->running);
-	gs_sbuf_printf(&b, "# HELP gemmashard_engines_healthy Engines registered and healthy.\n"
-		      "# TYPE gemmashard_engines_healthy gauge\ngemmashard_engines_healthy{model=\"%s\"} %d\n", m, up);
 	gs_sbuf_printf(&b, "# HELP gemmashard_engines_lost_total Engines marked down (link lost or heartbeats stopped).\n"
 		      "# TYPE gemmashard_engines_lost_total counter\ngemmashard_engines_lost_total %" PRIu64 "\n",
 		  c->engines_lost);
@@ -158,6 +190,10 @@ char *gs_coord_metrics(struct gs_coord *c)
 	gs_sbuf_printf(&b, "# HELP gemmashard_engine_link_secure 1 when engines must authenticate with mutual TLS; 0 "
 		      "for a plaintext link (mode says which).\n# TYPE gemmashard_engine_link_secure gauge\n"
 		      "gemmashard_engine_link_secure{mode=\"%s\"} %d\n", gs_coord_engine_link_mode(c), c->tls != NULL);
+	gs_sbuf_printf(&b, "# HELP gemmashard_engines_refused_total Engines refused at their hello (a model this "
+		       "coordinator does not serve, a vision shape or vocabulary that does not match its config).\n"
+		       "# TYPE gemmashard_engines_refused_total counter\ngemmashard_engines_refused_total %" PRIu64 "\n",
+		       c->hello_refused);
 	gs_sbuf_printf(&b, "# HELP gemmashard_requests_moved_total Requests resubmitted to another engine.\n"
 		      "# TYPE gemmashard_requests_moved_total counter\ngemmashard_requests_moved_total %" PRIu64 "\n",
 		  c->moved);
@@ -173,6 +209,8 @@ char *gs_coord_metrics(struct gs_coord *c)
 		{ "gemmashard_engine_step_seconds_total", "counter", "Engine time spent in steps." },
 		{ "gemmashard_engine_tokens_total", "counter", "Tokens the engine sampled." },
 		{ "gemmashard_engine_numerics", "gauge", "1, labelled with the engine's matmul numerics (fp32, bf16, cuda)." },
+		{ "gemmashard_engine_info", "gauge", "1 per healthy engine, labelled with its model, matmul numerics, "
+		  "tensor-parallel degree and whether it takes images." },
 		{ "gemmashard_prefix_cache_hit_tokens_total", "counter",
 		  "Prompt tokens whose KV came from the prefix cache (admitted requests)." },
 		{ "gemmashard_prefix_cache_query_tokens_total", "counter",
@@ -192,6 +230,12 @@ char *gs_coord_metrics(struct gs_coord *c)
 					       e->numerics);
 				continue;
 			}
+			if (k == 6) {
+				gs_sbuf_printf(&b, "%s{engine=\"%s\",model=\"%s\",numerics=\"%s\",tp=\"%d\","
+					       "vision=\"%s\"} 1\n", per_engine[k].name, e->id, e->model->name,
+					       e->numerics, e->tp, e->vision ? "true" : "false");
+				continue;
+			}
 			gs_sbuf_printf(&b, "%s{engine=\"%s\"} ", per_engine[k].name, e->id);
 			switch (k) {
 			case 0: gs_sbuf_printf(&b, "%d\n", e->kv_blocks_total - e->hb_kv_free); break;
@@ -199,9 +243,9 @@ char *gs_coord_metrics(struct gs_coord *c)
 			case 2: gs_sbuf_printf(&b, "%" PRIu64 "\n", e->hb_steps); break;
 			case 3: gs_sbuf_printf(&b, "%.9g\n", e->hb_step_s); break;
 			case 4: gs_sbuf_printf(&b, "%" PRIu64 "\n", e->hb_tokens); break;
-			case 6: gs_sbuf_printf(&b, "%" PRIu64 "\n", e->hb_prefix_hit); break;
-			case 7: gs_sbuf_printf(&b, "%" PRIu64 "\n", e->hb_prefix_query); break;
-			case 8: gs_sbuf_printf(&b, "%" PRIu64 "\n", e->hb_prefix_evictions); break;
+			case 7: gs_sbuf_printf(&b, "%" PRIu64 "\n", e->hb_prefix_hit); break;
+			case 8: gs_sbuf_printf(&b, "%" PRIu64 "\n", e->hb_prefix_query); break;
+			case 9: gs_sbuf_printf(&b, "%" PRIu64 "\n", e->hb_prefix_evictions); break;
 			default: gs_sbuf_printf(&b, "%d\n", e->prefix_cache ? 1 : 0); break;
 			}
 		}

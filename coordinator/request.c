@@ -85,6 +85,8 @@ void creq_unref(struct gs_creq *r)
 		free(r->stop[i]);
 	free(r->prompt);
 	free(r->response_format);
+	if (r->images && atomic_fetch_sub(&r->images->refs, 1) == 1)
+		free(r->images);
 	free(r->text);
 	free(r->ids);
 	free(r->lps);
@@ -203,7 +205,7 @@ static bool ids_push(struct gs_creq *r, int32_t id, const struct gs_tok_lp *lp)
  * *cancel when a stop string ended it here (the engine must be told). */
 bool creq_apply_event(struct gs_creq *r, const Gemmashard__Engine__TokenEvent *ev, bool *cancel, int32_t *n_new)
 {
-	struct gs_coord *c = r->c;
+	const struct gs_coord_model *m = r->model;
 	bool engine_done = ev->finish != GEMMASHARD__ENGINE__FINISH__FINISH_NONE;
 	char *piece = NULL;
 
@@ -214,7 +216,7 @@ bool creq_apply_event(struct gs_creq *r, const Gemmashard__Engine__TokenEvent *e
 		goto out; /* finished here already (stop string, cancel, deadline): drop */
 	if (ev->n_tokens && r->ttft == 0)
 		r->ttft = gs_now_s() - r->t_submit;
-	piece = malloc(c->detok_cap);
+	piece = malloc(m->detok_cap);
 	if (!piece) {
 		creq_finish_locked(r, GS_CFIN_ERROR, GS_CERR_INTERNAL, "coordinator: out of memory");
 		*cancel = !engine_done;
@@ -244,7 +246,7 @@ bool creq_apply_event(struct gs_creq *r, const Gemmashard__Engine__TokenEvent *e
 		}
 		if (!ids_push(r, id, &lp))
 			goto oom;
-		size_t k = gs_detok_push(&r->dt, id, piece, c->detok_cap);
+		size_t k = gs_detok_push(&r->dt, id, piece, m->detok_cap);
 		if (!text_reserve(r, k))
 			goto oom;
 		memcpy(r->text + r->len, piece, k);
@@ -266,7 +268,7 @@ bool creq_apply_event(struct gs_creq *r, const Gemmashard__Engine__TokenEvent *e
 		switch (ev->finish) {
 		case GEMMASHARD__ENGINE__FINISH__FINISH_STOP:
 		case GEMMASHARD__ENGINE__FINISH__FINISH_LENGTH: {
-			size_t k = gs_detok_flush(&r->dt, piece, c->detok_cap);
+			size_t k = gs_detok_flush(&r->dt, piece, m->detok_cap);
 			if (!text_reserve(r, k))
 				goto oom;
 			memcpy(r->text + r->len, piece, k);
@@ -315,6 +317,7 @@ bool gs_creq_take(struct gs_creq *r, struct gs_creq_out *o)
 	bool any;
 
 	memset(o, 0, sizeof(*o));
+	o->model = r->model; /* immutable */
 	pthread_mutex_lock(&r->mu);
 	size_t upto = r->finish != GS_CFIN_NONE ? r->len : r->len - stop_holdback(r);
 	if (upto < r->emitted)

@@ -33,7 +33,7 @@ static struct engine *route_locked(struct gs_coord *c, const struct gs_creq *r, 
 
 	*best_ctx = 0;
 	for (struct engine *e = c->engines; e; e = e->next) {
-		if (!e->up || e == avoid)
+		if (!e->up || e == avoid || e->model != r->model)
 			continue;
 		any_up = true;
 		if (e->max_context > *best_ctx)
@@ -98,7 +98,7 @@ static enum gs_cerr dispatch(struct gs_coord *c, struct gs_creq **rs, int n, con
 		if (!e) {
 			pthread_mutex_unlock(&c->mu);
 			if (err == GS_CERR_UNAVAILABLE)
-				snprintf(why, cap, "no engine is serving model \"%s\" right now", c->served_name);
+				snprintf(why, cap, "no engine is serving model \"%s\" right now", rs[0]->model->name);
 			else
 				snprintf(why, cap,
 					 "can never fit: %d prompt + %d max_tokens tokens exceed every engine's "
@@ -161,14 +161,10 @@ static enum gs_cerr invalid(char *why, size_t cap, const char *fmt, ...)
 	return GS_CERR_INVALID;
 }
 
-bool coord_model_matches(const struct gs_coord *c, const char *model)
-{
-	return !model || !model[0] || strcmp(model, c->served_name) == 0;
-}
-
-/* Text to tokens: chat messages through the template, or a raw prompt with <bos>. */
-static enum gs_cerr spec_tokens(struct gs_coord *c, const struct gs_gen_spec *s, int32_t **ids, size_t *n,
-				char *why, size_t cap)
+/* Text to tokens with m's tokenizer: chat messages through the template, or a raw prompt with
+ * <bos>. */
+static enum gs_cerr spec_tokens(const struct gs_coord_model *m, const struct gs_gen_spec *s, int32_t **ids,
+				size_t *n, char *why, size_t cap)
 {
 	char *text = NULL;
 	const char *src;
@@ -178,7 +174,7 @@ static enum gs_cerr spec_tokens(struct gs_coord *c, const struct gs_gen_spec *s,
 	if (s->prompt && s->n_messages > 0)
 		return invalid(why, cap, "give either prompt or messages, not both");
 	if (s->prompt_ids) {
-		int32_t n_vocab = gs_tokenizer_n_vocab(c->tok);
+		int32_t n_vocab = gs_tokenizer_n_vocab(m->tok);
 		if (s->prompt || s->n_messages > 0)
 			return invalid(why, cap, "give either a token-id prompt or a text prompt, not both");
 		if (s->n_prompt_ids < 1)
@@ -200,43 +196,73 @@ static enum gs_cerr spec_tokens(struct gs_coord *c, const struct gs_gen_spec *s,
 	} else {
 		if (s->n_messages <= 0)
 			return invalid(why, cap, "messages must not be empty");
-		struct gs_chat_msg *m = calloc((size_t)s->n_messages, sizeof(*m));
-		if (!m)
+		struct gs_chat_msg *cm = calloc((size_t)s->n_messages, sizeof(*cm));
+		if (!cm)
 			return GS_CERR_INTERNAL;
-		for (int i = 0; i < s->n_messages; i++) {
-			m[i].role = s->roles[i];
-			m[i].content = s->contents[i];
-		}
-		if (s->n_messages == 1 && s->roles[0] && strcmp(s->roles[0], "system") == 0) {
-			free(m);
+		for (int i = 0; i < s->n_messages; i++)
+			cm[i] = s->messages ? s->messages[i] : (struct gs_chat_msg){ s->roles[i], s->contents[i], NULL, 0 };
+		if (s->n_messages == 1 && cm[0].role && strcmp(cm[0].role, "system") == 0) {
+			free(cm);
 			return invalid(why, cap, "messages has only a system message; add a user message");
 		}
-		st = gs_chat_render(m, (size_t)s->n_messages, true, &text);
-		free(m);
+		st = gs_chat_render(cm, (size_t)s->n_messages, true, &text);
+		free(cm);
 		if (st != GS_OK) {
 			snprintf(why, cap, "%s", gs_last_error());
 			gs_clear_error();
 			return st == GS_ERR_INVALID_ARG ? GS_CERR_INVALID : GS_CERR_INTERNAL;
 		}
+		if (s->n_images > 0) { /* the processor step: image sequences into the TEXT */
+			char *x = NULL;
+			int32_t markers = 0;
+			st = gs_chat_expand_images(text, m->vision.mm_tokens_per_image, &x, &markers);
+			free(text);
+			text = x;
+			if (st != GS_OK) {
+				snprintf(why, cap, "%s", gs_last_error());
+				gs_clear_error();
+				return st == GS_ERR_INVALID_ARG ? GS_CERR_INVALID : GS_CERR_INTERNAL;
+			}
+			if (markers != s->n_images) {
+				free(text);
+				return invalid(why, cap, "messages: the text holds %d \"<start_of_image>\" markers for %d "
+					       "images; send images only as image parts", (int)markers,
+					       (int)s->n_images);
+			}
+		}
 		src = text;
 		add_bos = false;
 	}
-	st = gs_tokenizer_encode(c->tok, src, strlen(src), add_bos, ids, n);
+	if (s->n_images > 0 && !text)
+		return invalid(why, cap, "images need chat messages (not a prompt)");
+	st = gs_tokenizer_encode(m->tok, src, strlen(src), add_bos, ids, n);
 	free(text);
 	if (st != GS_OK) {
 		snprintf(why, cap, "%s", gs_last_error());
 		gs_clear_error();
 		return st == GS_ERR_INVALID_ARG ? GS_CERR_INVALID : GS_CERR_INTERNAL;
 	}
+	if (m->vision.present) { /* soft tokens only where images go (the engine checks the runs) */
+		int64_t soft = 0;
+		for (size_t i = 0; i < *n; i++)
+			soft += (*ids)[i] == m->vision.image_token_id;
+		if (soft != (int64_t)s->n_images * m->vision.mm_tokens_per_image) {
+			free(*ids);
+			*ids = NULL;
+			return invalid(why, cap, "the prompt holds %lld \"<image_soft_token>\" tokens where %d images need "
+				       "%lld; send images only as image parts, never their tokens as text", (long long)soft,
+				       (int)s->n_images, (long long)s->n_images * m->vision.mm_tokens_per_image);
+		}
+	}
 	return GS_CERR_NONE;
 }
 
-static int32_t best_context(struct gs_coord *c)
+static int32_t best_context(struct gs_coord *c, const struct gs_coord_model *m)
 {
 	int32_t best = 0;
 	pthread_mutex_lock(&c->mu);
 	for (struct engine *e = c->engines; e; e = e->next)
-		if (e->up && e->max_context > best)
+		if (e->up && e->model == m && e->max_context > best)
 			best = e->max_context;
 	pthread_mutex_unlock(&c->mu);
 	return best;
@@ -269,9 +295,11 @@ static struct gs_creq *creq_clone(const struct gs_creq *r, int i)
 		free(k);
 		return NULL;
 	}
+	if (k->images)
+		atomic_fetch_add(&k->images->refs, 1);
 	pthread_mutex_init(&k->mu, NULL);
 	pthread_cond_init(&k->cv, NULL);
-	gs_detok_init(&k->dt, r->c->tok);
+	gs_detok_init(&k->dt, r->model->tok);
 	creq_list_init(k);
 	return k;
 }
@@ -287,6 +315,7 @@ enum gs_cerr gs_coord_submit_n(struct gs_coord *c, enum gs_api api, const struct
 			       gs_creq_notify_fn notify_fn, void *user, struct gs_creq **out, char *why, size_t cap)
 {
 	const struct gs_coord_limits *L = &c->limits;
+	const struct gs_coord_model *model;
 	struct gs_creq *r = NULL;
 	int32_t *ids = NULL;
 	size_t n_ids = 0;
@@ -300,10 +329,9 @@ enum gs_cerr gs_coord_submit_n(struct gs_coord *c, enum gs_api api, const struct
 	}
 	for (int i = 0; i < n; i++)
 		out[i] = NULL;
-	if (!coord_model_matches(c, s->model)) {
-		snprintf(why, cap, "The model `%s` does not exist; this server serves `%s`", s->model, c->served_name);
-		return GS_CERR_NOT_FOUND;
-	}
+	if ((err = gs_coord_model_find(c, s->model, &model, why, cap)) != GS_CERR_NONE ||
+	    (err = gs_coord_model_images_ok(model, s->n_images, why, cap)) != GS_CERR_NONE)
+		return err;
 	if (s->max_tokens > L->max_tokens_limit)
 		return invalid(why, cap, "max_tokens must be at most %d, got %d", L->max_tokens_limit, s->max_tokens);
 	if (gs_sampling_params_validate(&s->sp, msg, sizeof(msg)) != GS_OK) {
@@ -326,7 +354,7 @@ enum gs_cerr gs_coord_submit_n(struct gs_coord *c, enum gs_api api, const struct
 	if (s->n_stop_ids < 0 || s->n_stop_ids > GS_COORD_MAX_STOP_IDS)
 		return invalid(why, cap, "stop_token_ids may hold at most %d ids, got %d", GS_COORD_MAX_STOP_IDS,
 			       s->n_stop_ids);
-	int32_t n_vocab = gs_tokenizer_n_vocab(c->tok);
+	int32_t n_vocab = gs_tokenizer_n_vocab(model->tok);
 	for (int i = 0; i < s->n_stop_ids; i++)
 		if (s->stop_ids[i] < 0 || s->stop_ids[i] >= n_vocab)
 			return invalid(why, cap, "stop_token_ids: token id %d is outside the vocabulary (0..%d)",
@@ -346,7 +374,7 @@ enum gs_cerr gs_coord_submit_n(struct gs_coord *c, enum gs_api api, const struct
 		return GS_CERR_BUSY;
 	}
 
-	err = spec_tokens(c, s, &ids, &n_ids, why, cap);
+	err = spec_tokens(model, s, &ids, &n_ids, why, cap);
 	if (err != GS_CERR_NONE)
 		goto fail;
 	if ((int64_t)n_ids > L->max_prompt_tokens) {
@@ -355,7 +383,7 @@ enum gs_cerr gs_coord_submit_n(struct gs_coord *c, enum gs_api api, const struct
 	}
 	int32_t max_tokens = s->max_tokens;
 	if (max_tokens <= 0) {
-		int32_t ctx = best_context(c);
+		int32_t ctx = best_context(c, model);
 		max_tokens = L->default_max_tokens;
 		if (ctx > 0 && ctx - (int32_t)n_ids < max_tokens)
 			max_tokens = ctx - (int32_t)n_ids;
@@ -371,6 +399,7 @@ enum gs_cerr gs_coord_submit_n(struct gs_coord *c, enum gs_api api, const struct
 	}
 	r->c = c;
 	r->api = api;
+	r->model = model;
 	atomic_init(&r->refs, 1);
 	r->notify = notify_fn;
 	r->user = user;
@@ -400,11 +429,24 @@ enum gs_cerr gs_coord_submit_n(struct gs_coord *c, enum gs_api api, const struct
 		snprintf(why, cap, "coordinator: out of memory");
 		goto fail_r;
 	}
+	if (s->n_images > 0) {
+		size_t each = (size_t)model->vision.image_size * (size_t)model->vision.image_size * 3;
+		r->images = malloc(sizeof(*r->images) + each * (size_t)s->n_images);
+		if (!r->images) {
+			err = GS_CERR_INTERNAL;
+			snprintf(why, cap, "coordinator: out of memory");
+			goto fail_r;
+		}
+		atomic_init(&r->images->refs, 1);
+		r->images->n = s->n_images;
+		r->images->each = each;
+		memcpy(r->images->px, s->images, each * (size_t)s->n_images);
+	}
 	r->t_submit = gs_now_s();
 	r->deadline = s->deadline > 0 ? s->deadline : r->t_submit + L->default_timeout_s;
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_cond_init(&r->cv, NULL);
-	gs_detok_init(&r->dt, c->tok);
+	gs_detok_init(&r->dt, model->tok);
 	creq_list_init(r);
 
 	out[0] = r;
@@ -434,11 +476,15 @@ enum gs_cerr gs_coord_submit_n(struct gs_coord *c, enum gs_api api, const struct
 		}
 		return err;
 	}
+	pthread_mutex_lock(&c->mu);
+	c->mstats[model->index].requests += (uint64_t)n;
+	pthread_mutex_unlock(&c->mu);
 	return GS_CERR_NONE;
 
 fail_r:
 	for (int i = 0; i < r->n_stop; i++)
 		free(r->stop[i]);
+	free(r->images);
 	free(r->prompt);
 	free(r->response_format);
 	free(r);

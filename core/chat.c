@@ -1,4 +1,5 @@
-/* Gemma 3 chat template, a line-by-line transcription of the Jinja in reference/gemma3.md 5.1. */
+/* Gemma 3 chat template, a line-by-line transcription of the Jinja in reference/gemma3.md 5.1,
+ * and the processor's image expansion (4.4). */
 #include "gs_chat.h"
 
 #include <stdint.h>
@@ -96,9 +97,12 @@ enum gs_status gs_chat_render(const struct gs_chat_msg *msgs, size_t n, bool add
 	if (!msgs || n == 0)
 		return gs_errorf(GS_ERR_INVALID_ARG, "chat: no messages");
 	for (size_t i = 0; i < n; i++) {
-		if (!msgs[i].role || !msgs[i].content)
+		if (!msgs[i].role || (!msgs[i].content && !msgs[i].parts))
 			return gs_errorf(GS_ERR_INVALID_ARG, "chat: message %zu has no %s", i,
 					 msgs[i].role ? "content" : "role");
+		for (size_t k = 0; !msgs[i].content && k < msgs[i].n_parts; k++)
+			if (msgs[i].parts[k].kind == GS_CHAT_PART_TEXT && !msgs[i].parts[k].text)
+				return gs_errorf(GS_ERR_INVALID_ARG, "chat: message %zu part %zu has no text", i, k);
 		if (strcmp(msgs[i].role, "system") != 0 && strcmp(msgs[i].role, "user") != 0 &&
 		    strcmp(msgs[i].role, "assistant") != 0)
 			return gs_errorf(GS_ERR_INVALID_ARG, "chat: message %zu has unknown role '%s'", i,
@@ -107,6 +111,17 @@ enum gs_status gs_chat_render(const struct gs_chat_msg *msgs, size_t n, bool add
 	/* {%- if messages[0]['role'] == 'system' -%} first_user_prefix = content + '\n\n' */
 	if (strcmp(msgs[0].role, "system") == 0) {
 		system = msgs[0].content;
+		/* else: messages[0]['content'][0]['text']; further parts would be dropped, so refused */
+		if (!system) {
+			if (msgs[0].n_parts != 1 || msgs[0].parts[0].kind != GS_CHAT_PART_TEXT)
+				return gs_errorf(GS_ERR_INVALID_ARG,
+						 "chat: a system message's content must be a string or one text part "
+						 "(the Gemma 3 template reads only the first part's text; got %zu parts%s)",
+						 msgs[0].n_parts,
+						 msgs[0].n_parts && msgs[0].parts[0].kind == GS_CHAT_PART_IMAGE ?
+							 ", the first an image" : "");
+			system = msgs[0].parts[0].text;
+		}
 		first = 1;
 	}
 	ok = gs_chat_puts(&b, "<bos>");
@@ -129,8 +144,20 @@ enum gs_status gs_chat_render(const struct gs_chat_msg *msgs, size_t n, bool add
 		     gs_chat_puts(&b, "\n");
 		if (ok && system && i == first)
 			ok = gs_chat_puts(&b, system) && gs_chat_puts(&b, "\n\n");
-		gs_chat_trim(m->content, &lo, &hi);
-		ok = ok && gs_chat_put(&b, m->content + lo, hi - lo) && gs_chat_puts(&b, "<end_of_turn>\n");
+		if (m->content) { /* {{ message['content'] | trim }} */
+			gs_chat_trim(m->content, &lo, &hi);
+			ok = ok && gs_chat_put(&b, m->content + lo, hi - lo);
+		}
+		for (size_t k = 0; !m->content && k < m->n_parts && ok; k++) {
+			const struct gs_chat_part *p = &m->parts[k];
+			if (p->kind == GS_CHAT_PART_IMAGE) {
+				ok = gs_chat_puts(&b, "<start_of_image>");
+			} else {
+				gs_chat_trim(p->text, &lo, &hi);
+				ok = gs_chat_put(&b, p->text + lo, hi - lo);
+			}
+		}
+		ok = ok && gs_chat_puts(&b, "<end_of_turn>\n");
 	}
 	if (ok && add_generation_prompt)
 		ok = gs_chat_puts(&b, "<start_of_turn>model\n");
@@ -139,5 +166,36 @@ enum gs_status gs_chat_render(const struct gs_chat_msg *msgs, size_t n, bool add
 		return gs_errorf(GS_ERR_NOMEM, "chat: out of memory rendering %zu messages", n);
 	}
 	*out = b.p;
+	return GS_OK;
+}
+
+enum gs_status gs_chat_expand_images(const char *text, int32_t n_soft, char **out, int32_t *n_images)
+{
+	static const char boi[] = "<start_of_image>", soft[] = "<image_soft_token>", eoi[] = "<end_of_image>";
+	struct gs_chat_buf b = { 0 };
+	const char *p = text, *hit;
+	int32_t count = 0;
+	bool ok = true;
+
+	*out = NULL;
+	*n_images = 0;
+	if (n_soft < 1)
+		return gs_errorf(GS_ERR_INVALID_ARG, "chat: mm_tokens_per_image must be >= 1, got %d", (int)n_soft);
+	ok = gs_chat_put(&b, "", 0);
+	while (ok && (hit = strstr(p, boi)) != NULL) {
+		ok = gs_chat_put(&b, p, (size_t)(hit - p)) && gs_chat_puts(&b, "\n\n") && gs_chat_puts(&b, boi);
+		for (int32_t i = 0; i < n_soft && ok; i++)
+			ok = gs_chat_put(&b, soft, sizeof(soft) - 1);
+		ok = ok && gs_chat_puts(&b, eoi) && gs_chat_puts(&b, "\n\n");
+		p = hit + sizeof(boi) - 1;
+		count++;
+	}
+	ok = ok && gs_chat_puts(&b, p);
+	if (!ok) {
+		free(b.p);
+		return gs_errorf(GS_ERR_NOMEM, "chat: out of memory expanding %d images", (int)count);
+	}
+	*out = b.p;
+	*n_images = count;
 	return GS_OK;
 }

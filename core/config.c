@@ -287,6 +287,82 @@ static enum gs_status parse_text(const struct cfg_ctx *c, const cJSON *top, stru
 	return parse_layers(c, cfg);
 }
 
+/* vision_config (SiglipVisionConfig: absent keys take its defaults) and the top-level image
+ * token ids of Gemma3Config (reference/gemma3.md §1.3). */
+static enum gs_status parse_vision(const char *name, const cJSON *root, const cJSON *vc, struct gs_config *cfg)
+{
+	char vname[300];
+	struct cfg_ctx c = { .name = vname, .obj = vc };
+	struct cfg_ctx top = { .name = name, .obj = root };
+	struct gs_vision_config *v = &cfg->vision;
+	const cJSON *it;
+	int32_t ch, grid, side;
+
+	snprintf(vname, sizeof(vname), "%s: vision_config", name);
+	if (!cJSON_IsObject(vc))
+		return gs_errorf(GS_ERR_FORMAT, "%s must be an object", vname);
+	GS_TRY(get_int(&c, "hidden_size", 768, false, 1, &v->hidden));
+	GS_TRY(get_int(&c, "intermediate_size", 3072, false, 1, &v->intermediate));
+	GS_TRY(get_int(&c, "num_hidden_layers", 12, false, 1, &v->n_layers));
+	if (v->n_layers > GS_MAX_LAYERS)
+		return gs_errorf(GS_ERR_FORMAT, "%s: field \"num_hidden_layers\" must be at most %d, got %d", vname,
+				 GS_MAX_LAYERS, v->n_layers);
+	GS_TRY(get_int(&c, "num_attention_heads", 12, false, 1, &v->n_heads));
+	GS_TRY(get_int(&c, "image_size", 224, false, 1, &v->image_size));
+	GS_TRY(get_int(&c, "patch_size", 16, false, 1, &v->patch_size));
+	GS_TRY(get_int(&c, "num_channels", 3, false, 1, &ch));
+	GS_TRY(get_num(&c, "layer_norm_eps", 1e-6, false, &v->ln_eps));
+	if (ch != 3)
+		return gs_errorf(GS_ERR_UNSUPPORTED, "%s: num_channels %d is not supported (RGB images: 3)", vname, ch);
+	it = cJSON_GetObjectItemCaseSensitive(vc, "vision_use_head");
+	if (it && !cJSON_IsNull(it) && !cJSON_IsBool(it))
+		return gs_errorf(GS_ERR_FORMAT, "%s: vision_use_head must be true or false", vname);
+	if (cJSON_IsTrue(it))
+		return gs_errorf(GS_ERR_UNSUPPORTED,
+				 "%s: vision_use_head true (an attention-pooling head) is not supported: Gemma 3 "
+				 "uses the patch outputs (vision_use_head false)", vname);
+	it = cJSON_GetObjectItemCaseSensitive(vc, "hidden_act");
+	if (it && !cJSON_IsNull(it) &&
+	    (!cJSON_IsString(it) || (strcmp(it->valuestring, "gelu_pytorch_tanh") != 0 &&
+				     strcmp(it->valuestring, "gelu_tanh") != 0)))
+		return gs_errorf(GS_ERR_UNSUPPORTED, "%s: hidden_act must be \"gelu_pytorch_tanh\"", vname);
+
+	GS_TRY(get_int(&top, "mm_tokens_per_image", 256, false, 1, &v->mm_tokens_per_image));
+	GS_TRY(get_int(&top, "boi_token_index", 255999, false, 0, &v->boi_id));
+	GS_TRY(get_int(&top, "eoi_token_index", 256000, false, 0, &v->eoi_id));
+	if (cJSON_GetObjectItemCaseSensitive(root, "image_token_index"))
+		GS_TRY(get_int(&top, "image_token_index", 262144, false, 0, &v->image_token_id));
+	else
+		GS_TRY(get_int(&top, "image_token_id", 262144, false, 0, &v->image_token_id));
+
+	/* Shapes the tower and the pooling need. */
+	if (v->hidden % v->n_heads)
+		return gs_errorf(GS_ERR_FORMAT, "%s: hidden_size %d is not divisible by num_attention_heads %d", vname,
+				 v->hidden, v->n_heads);
+	if (v->image_size % v->patch_size)
+		return gs_errorf(GS_ERR_FORMAT, "%s: image_size %d is not divisible by patch_size %d", vname,
+				 v->image_size, v->patch_size);
+	if (!(v->ln_eps > 0) || v->ln_eps > 1)
+		return gs_errorf(GS_ERR_FORMAT, "%s: layer_norm_eps %g out of range", vname, v->ln_eps);
+	grid = v->image_size / v->patch_size;
+	for (side = 1; (int64_t)side * side < v->mm_tokens_per_image; side++)
+		;
+	if ((int64_t)side * side != v->mm_tokens_per_image)
+		return gs_errorf(GS_ERR_FORMAT, "%s: mm_tokens_per_image %d is not a square number", name,
+				 v->mm_tokens_per_image);
+	if (grid % side)
+		return gs_errorf(GS_ERR_FORMAT,
+				 "%s: mm_tokens_per_image %d (%d per side) does not divide the %d x %d patch grid "
+				 "(image_size %d / patch_size %d)", name, v->mm_tokens_per_image, side, grid, grid,
+				 v->image_size, v->patch_size);
+	if (v->boi_id >= cfg->vocab_size || v->eoi_id >= cfg->vocab_size || v->image_token_id >= cfg->vocab_size)
+		return gs_errorf(GS_ERR_FORMAT,
+				 "%s: image token ids (boi %d, eoi %d, image %d) must be below vocab_size %d", name,
+				 v->boi_id, v->eoi_id, v->image_token_id, cfg->vocab_size);
+	v->present = true;
+	return GS_OK;
+}
+
 enum gs_status gs_config_parse(const char *json, size_t len, const char *name, struct gs_config *cfg)
 {
 	cJSON *root;
@@ -340,6 +416,10 @@ enum gs_status gs_config_parse(const char *json, size_t len, const char *name, s
 		goto out_free_json;
 	}
 	st = parse_text(&c, cfg->conditional ? root : NULL, cfg);
+	/* a conditional checkpoint without vision_config is text-only (no tower tensors) */
+	if (st == GS_OK && cfg->conditional && cJSON_GetObjectItemCaseSensitive(root, "vision_config") &&
+	    !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "vision_config")))
+		st = parse_vision(name, root, cJSON_GetObjectItemCaseSensitive(root, "vision_config"), cfg);
 	if (st != GS_OK)
 		gs_config_free(cfg);
 out_free_json:

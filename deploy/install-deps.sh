@@ -29,7 +29,9 @@ pkgs=(build-essential cmake pkg-config libcjson-dev python3 python3-numpy nodejs
       clang libclang-rt-14-dev
       # images (issue 15): PNG and JPEG decoding (libpng, libjpeg-turbo), DICOM through DCMTK
       # (its command-line tools are the tests' oracle), PIL and pydicom for the tests' references
-      libpng-dev libjpeg62-turbo-dev libdcmtk-dev dcmtk python3-pil python3-pydicom)
+      libpng-dev libjpeg62-turbo-dev libdcmtk-dev dcmtk python3-pil python3-pydicom
+      # the reference Jinja chat template for image prompts (tests/tokenizer/chat_images.py)
+      python3-jinja2)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,8 +2,8 @@
 # A gemmashard cluster on this machine: one coordinator plus N engines of T ranks each
 # (every engine is its own `mpirun -np T gemmashard-worker --coordinator ...` job).
 #
-#   deploy/local-cluster.sh --model DIR [--engines N] [--tp T] [--http HOST:PORT]
-#       [--grpc HOST:PORT] [--engine-listen HOST:PORT] [--api-key-file FILE] [--served-name NAME]
+#   deploy/local-cluster.sh --model DIR [--served-name NAME] [--engines N] [--model DIR ...] [--tp T]
+#       [--http HOST:PORT] [--grpc HOST:PORT] [--engine-listen HOST:PORT] [--api-key-file FILE]
 #       [--build DIR] [--threads N] [--ctx N] [--max-seqs N] [--prefix-cache on|off] [--cluster-certs DIR]
 #       [--mpi-if IFACE [--hostfile FILE]]
 #       [--tls-cert FILE --tls-key FILE [--tls-ca FILE]
@@ -26,6 +26,13 @@
 # keepalive (5 s idle, 3 probes 2 s apart) ends a job whose daemon is unreachable, and each
 # rank's watchdog (gemmashard-worker --collective-timeout, 10 s) ends a rank stuck on a peer.
 #
+# Several models behind the one coordinator: repeat --model DIR. --served-name NAME and
+# --engines N after a --model apply to that model; given before any --model they are the
+# default of every model. E.g. a text model on two engines and an image model on one:
+#   deploy/local-cluster.sh --model gemma-27b --engines 2 --model medgemma-4b --served-name medgemma
+# Requests then name the model ("model": "gemma-27b"); engines are numbered engine-0, engine-1, ...
+# across the models, in order.
+#
 # Waits until every engine has registered (GET /health), prints the endpoints, then either
 # runs COMMAND (after `--`; the cluster stops when it ends, with its exit status) or serves
 # until interrupted. Whatever it started is stopped when it exits or is signalled.
@@ -33,15 +40,15 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 
-model="" engines=1 tp=2 http="127.0.0.1:8000" grpc="127.0.0.1:50051" elisten="127.0.0.1:50061"
-api_key_file="" served="" build="$here/build" threads="" ctx="" max_seqs="" prefix_cache="" cmd=()
+models=() names=() neng=() engines=1 served="" tp=2 http="127.0.0.1:8000" grpc="127.0.0.1:50051" elisten="127.0.0.1:50061"
+api_key_file="" build="$here/build" threads="" ctx="" max_seqs="" prefix_cache="" cmd=()
 mpi_if=${GS_MPI_IF:-} hostfile=""
 tls_cert="" tls_key="" tls_client_ca="" tls_client_cert="" tls_client_key="" tls_ca=""
 certs="$here/.cache/cluster-certs"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --model) model=$2; shift 2 ;;
-    --engines) engines=$2; shift 2 ;;
+    --model) models+=("$2"); names+=(""); neng+=(""); shift 2 ;;
+    --engines) if [ ${#models[@]} -eq 0 ]; then engines=$2; else neng[${#models[@]}-1]=$2; fi; shift 2 ;;
     --tp) tp=$2; shift 2 ;;
     --http) http=$2; shift 2 ;;
     --grpc) grpc=$2; shift 2 ;;
@@ -50,7 +57,7 @@ while [ $# -gt 0 ]; do
     --api-key) echo "local-cluster: --api-key is gone (a key in argv is visible to every local user):" \
                     "put it in a file of mode 600 (lines \"NAME KEY\" or \"KEY\") and give --api-key-file FILE" >&2
                exit 2 ;;
-    --served-name) served=$2; shift 2 ;;
+    --served-name) if [ ${#models[@]} -eq 0 ]; then served=$2; else names[${#models[@]}-1]=$2; fi; shift 2 ;;
     --build) build=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --ctx) ctx=$2; shift 2 ;;
@@ -70,10 +77,16 @@ while [ $# -gt 0 ]; do
     *) echo "local-cluster: unknown option $1" >&2; exit 2 ;;
   esac
 done
-[ -n "$model" ] || { echo "local-cluster: --model DIR is required" >&2; exit 2; }
-[ -f "$model/config.json" ] || { echo "local-cluster: $model/config.json not found" >&2; exit 2; }
-case "$engines$tp" in *[!0-9]*) echo "local-cluster: --engines and --tp must be integers" >&2; exit 2 ;; esac
-[ "$engines" -ge 1 ] && [ "$tp" -ge 1 ] || { echo "local-cluster: --engines and --tp must be >= 1" >&2; exit 2; }
+[ ${#models[@]} -gt 0 ] || { echo "local-cluster: --model DIR is required" >&2; exit 2; }
+total=0
+for k in "${!models[@]}"; do
+  [ -f "${models[$k]}/config.json" ] || { echo "local-cluster: ${models[$k]}/config.json not found" >&2; exit 2; }
+  [ -n "${names[$k]}" ] || names[$k]=${served:-$(basename "$(cd "${models[$k]}" && pwd)")}
+  [ -n "${neng[$k]}" ] || neng[$k]=$engines
+  case "${neng[$k]}$tp" in *[!0-9]*) echo "local-cluster: --engines and --tp must be integers" >&2; exit 2 ;; esac
+  [ "${neng[$k]}" -ge 1 ] && [ "$tp" -ge 1 ] || { echo "local-cluster: --engines and --tp must be >= 1" >&2; exit 2; }
+  total=$((total + neng[k]))
+done
 if [ -n "$tls_cert$tls_key" ] && { [ -z "$tls_cert" ] || [ -z "$tls_key" ]; }; then
   echo "local-cluster: --tls-cert and --tls-key go together (give both, or neither)" >&2; exit 2
 fi
@@ -141,26 +154,31 @@ trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-coord_args=(--model "$model" --http "$http" --grpc "$grpc" --engine-listen "$elisten"
+coord_args=()
+for k in "${!models[@]}"; do coord_args+=(--model "${models[$k]}" --served-name "${names[$k]}"); done
+coord_args+=(--http "$http" --grpc "$grpc" --engine-listen "$elisten"
             --cluster-ca "$certs/ca.crt" --cluster-cert "$certs/coordinator.crt" --cluster-key "$certs/coordinator.key")
 [ -n "$api_key_file" ] && coord_args+=(--api-key-file "$api_key_file")
-[ -n "$served" ] && coord_args+=(--served-name "$served")
 [ -n "$tls_cert" ] && coord_args+=(--tls-cert "$tls_cert" --tls-key "$tls_key")
 [ -n "$tls_client_ca" ] && coord_args+=(--tls-client-ca "$tls_client_ca")
 setsid "$build/coordinator/gemmashard-coordinator" "${coord_args[@]}" >"$logs/coordinator.log" 2>&1 &
 pids+=($!)
 
-eng_args=(--model "$model" --coordinator "$elisten"
+eng_args=(--coordinator "$elisten"
           --cluster-ca "$certs/ca.crt" --cluster-cert "$certs/engine.crt" --cluster-key "$certs/engine.key")
-[ -n "$served" ] && eng_args+=(--served-name "$served")
 [ -n "$threads" ] && eng_args+=(--threads "$threads")
 [ -n "$ctx" ] && eng_args+=(--ctx "$ctx")
 [ -n "$max_seqs" ] && eng_args+=(--max-seqs "$max_seqs")
 [ -n "$prefix_cache" ] && eng_args+=(--prefix-cache "$prefix_cache")
-for i in $(seq 0 $((engines - 1))); do
-  setsid mpirun --oversubscribe --bind-to none ${hostfile:+--hostfile "$hostfile"} -np "$tp" "$build/worker/gemmashard-worker" \
-    "${eng_args[@]}" --engine-id "engine-$i" >"$logs/engine-$i.log" 2>&1 &
-  pids+=($!)
+i=0
+for k in "${!models[@]}"; do
+  for _ in $(seq 1 "${neng[$k]}"); do
+    setsid mpirun --oversubscribe --bind-to none ${hostfile:+--hostfile "$hostfile"} -np "$tp" "$build/worker/gemmashard-worker" \
+      --model "${models[$k]}" --served-name "${names[$k]}" "${eng_args[@]}" --engine-id "engine-$i" \
+      >"$logs/engine-$i.log" 2>&1 &
+    pids+=($!)
+    i=$((i + 1))
+  done
 done
 
 scheme=http probe=()
@@ -177,7 +195,7 @@ for _ in $(seq 1 1800); do
     echo "local-cluster: curl does not trust the coordinator's certificate: pass --tls-ca FILE (the CA that issued --tls-cert)" >&2; exit 1
   fi
   n=$(printf '%s' "$body" | sed -n 's/.*"engines":[ ]*\([0-9]*\).*/\1/p')
-  if [ "${n:-0}" -ge "$engines" ]; then healthy=1; break; fi
+  if [ "${n:-0}" -ge "$total" ]; then healthy=1; break; fi
   sleep 0.1
 done
 if [ $healthy != 1 ]; then
@@ -186,9 +204,10 @@ if [ $healthy != 1 ]; then
   exit 1
 fi
 
-name=${served:-$(basename "$(cd "$model" && pwd)")}
+for k in "${!models[@]}"; do
+  echo "local-cluster: model \"${names[$k]}\", ${neng[$k]} engine(s) x $tp rank(s) healthy" >&2
+done
 cat >&2 <<EOF
-local-cluster: model "$name", $engines engine(s) x $tp rank(s) healthy
   HTTP (OpenAI API)  $scheme://$http/v1   (GET /health, GET /metrics)
   gRPC               $grpc   (gemmashard.v1.Inference, grpc.health.v1.Health${tls_cert:+, TLS: gemmashard generate --tls-ca CA})
   engines connect to $elisten (mutual TLS, certificates in $certs); logs in $logs

@@ -8,7 +8,9 @@
 #include "gs_grammar.h"
 #include "gs_kvpool.h"
 #include "gs_plan.h"
+#include "gs_sha256.h"
 #include "gs_util.h"
+#include "gs_vision.h"
 
 /* A sequence as every rank sees it (slot in e->seqs). Leader-only fields are marked. */
 struct eng_seq {
@@ -25,7 +27,17 @@ struct eng_seq {
 	char                *rf;
 	struct gs_gstate    *gst;         /* the automaton after the tokens generated so far */
 	bool                 gdead;       /* a fed token left the grammar: only eos from now on */
+	/* images (ARCHITECTURE.md "Image tokens") */
+	int32_t              n_images;
+	uint64_t            *img_key;     /* [n_images] pixel digests: the prefix cache's image keys */
+	int32_t             *img_pos;     /* [n_images] first soft-token position, n_img_pos found so far */
+	int32_t              n_img_pos;
+	int32_t              img_first;   /* images before it came with the cached prefix */
+	int32_t              img_fed;     /* prompt image tokens fed so far (cached prefix included) */
+	float               *img_rows;    /* backend memory: projector rows of images img_first..,
+					   * encoded at admission, released when the prompt is in */
 	/* leader */
+	uint8_t             *pixels;      /* the request's images until they are encoded */
 	int32_t             *prompt;      /* [n_prompt] */
 	int32_t              n_prompt, n_prefilled, n_generated;
 	int32_t              next_token;  /* sampled, fed next step; -1 none */
@@ -42,6 +54,10 @@ struct waiting_req {
 	int32_t              group_n;     /* choice 0 of n > 1: admit only when all n fit */
 	bool                 sibling;     /* choice i > 0: waits for lead_id's prefill */
 	uint64_t             lead_id;
+	uint8_t             *pixels;      /* n_images preprocessed images (own copy); NULL: none */
+	int32_t              n_images;
+	uint64_t            *img_key;     /* [n_images] */
+	int32_t             *img_pos;     /* [n_images] */
 };
 
 /* Candidates of a rank's vocabulary slice are gathered on the leader as struct gs_cand
@@ -93,6 +109,8 @@ struct gs_engine {
 	struct gs_vocab_trie    *trie;
 	uint8_t                 *allow;       /* [shard.n_vocab]; device path: [max_seqs][...] */
 	uint8_t                 *d_allow;     /* backend memory, the same (device candidates) */
+	/* images: the vision tower's workspace, made at the first admission with images */
+	struct gs_vision        *vis;
 };
 
 const char *gs_finish_str(enum gs_finish f)
@@ -142,6 +160,14 @@ enum gs_status gs_engine_create(const struct gs_model *m, struct gs_backend be, 
 		cfg.candidates = 64;
 	if (cfg.max_seqs > cfg.max_batch_tokens)
 		cfg.max_seqs = cfg.max_batch_tokens; /* every running sequence decodes each step */
+	if (m->cfg.vision.present && cfg.max_batch_tokens < m->cfg.vision.mm_tokens_per_image + cfg.max_seqs - 1) {
+		/* An image is computed in one step (the chunk rule), beside the decodes of the other
+		 * sequences: with less, a prompt could wait forever behind running decodes. */
+		int32_t need = m->cfg.vision.mm_tokens_per_image + cfg.max_seqs - 1;
+		gs_log(GS_LOG_INFO, "engine: token budget per step raised from %d to %d (one image's %d tokens beside "
+		       "%d decodes)", cfg.max_batch_tokens, need, m->cfg.vision.mm_tokens_per_image, cfg.max_seqs - 1);
+		cfg.max_batch_tokens = need;
+	}
 	if (cfg.kv_global_blocks <= 0 || cfg.kv_local_blocks <= 0) {
 		int32_t g, l;
 		gs_kv_pool_size_for(&m->cfg, cfg.max_seqs, cfg.max_context, cfg.no_prefix_cache ? 0 : cfg.max_batch_tokens,
@@ -231,7 +257,22 @@ static void seq_release(struct gs_engine *e, int32_t slot)
 	gs_grammar_free(s->grammar);
 	free(s->rf);
 	free(s->gst);
+	free(s->img_key);
+	free(s->img_pos);
+	free(s->pixels);
+	if (s->img_rows && e->f->be.iface->release)
+		e->f->be.iface->release(e->f->be.ctx, s->img_rows);
 	memset(s, 0, sizeof(*s));
+}
+
+static void waiting_free(struct waiting_req *w)
+{
+	free(w->prompt);
+	free(w->rf);
+	free(w->pixels);
+	free(w->img_key);
+	free(w->img_pos);
+	w->prompt = NULL, w->rf = NULL, w->pixels = NULL, w->img_key = NULL, w->img_pos = NULL;
 }
 
 void gs_engine_free(struct gs_engine *e)
@@ -241,10 +282,10 @@ void gs_engine_free(struct gs_engine *e)
 	if (e->seqs)
 		for (int32_t i = 0; i < e->cfg.max_seqs; i++)
 			seq_release(e, i);
-	for (int32_t i = 0; i < e->n_waiting; i++) {
-		free(e->waiting[(e->waiting_head + i) % e->waiting_cap].prompt);
-		free(e->waiting[(e->waiting_head + i) % e->waiting_cap].rf);
-	}
+	for (int32_t i = 0; i < e->n_waiting; i++)
+		waiting_free(&e->waiting[(e->waiting_head + i) % e->waiting_cap]);
+	if (e->vis)
+		gs_vision_free(e->vis);
 	gs_vocab_trie_free(e->trie);
 	free(e->allow);
 	if (e->d_allow && e->f && e->f->be.iface->release)
@@ -306,8 +347,63 @@ void gs_engine_set_tokenizer(struct gs_engine *e, const struct gs_tokenizer *t)
 	e->tok = t;
 }
 
+/* Bytes of one preprocessed image of this model. */
+static size_t image_bytes(const struct gs_engine *e)
+{
+	size_t S = (size_t)e->m->cfg.vision.image_size;
+	return S * S * 3;
+}
+
+/* The prefix cache's key of an image: the first 8 bytes of its pixels' SHA-256 (a different
+ * image with the same key would have to be found by a 2^64 search). */
+static uint64_t image_key(const uint8_t *px, size_t n)
+{
+	uint8_t d[32];
+	uint64_t k = 0;
+
+	gs_sha256(px, n, d);
+	memcpy(&k, d, sizeof(k));
+	return k;
+}
+
+/* The prompt's images (seam 5): exactly n_images runs of boi, mm_tokens_per_image x
+ * image_token_id, eoi, and no image token elsewhere. pos (may be NULL) gets each run's first
+ * soft-token position. */
+static enum gs_status check_image_runs(const struct gs_engine *e, const int32_t *prompt, int32_t n, int32_t n_images,
+				       int32_t *pos)
+{
+	const struct gs_vision_config *v = &e->m->cfg.vision;
+	int32_t runs = 0;
+
+	if (!v->present) {
+		if (n_images)
+			return gs_errorf(GS_ERR_INVALID_ARG, "this model takes no images (%d given)", n_images);
+		return GS_OK;
+	}
+	for (int32_t i = 0, j; i < n; i = j) {
+		j = i + 1;
+		if (prompt[i] != v->image_token_id)
+			continue;
+		while (j < n && prompt[j] == v->image_token_id)
+			j++;
+		if (j - i != v->mm_tokens_per_image || i == 0 || prompt[i - 1] != v->boi_id || j == n ||
+		    prompt[j] != v->eoi_id)
+			return gs_errorf(GS_ERR_INVALID_ARG, "image tokens at prompt index %d..%d: an image must be "
+					 "<start_of_image> (%d), %d x <image_soft_token> (%d), <end_of_image> (%d)", i,
+					 j - 1, v->boi_id, v->mm_tokens_per_image, v->image_token_id, v->eoi_id);
+		if (pos && runs < n_images)
+			pos[runs] = i;
+		runs++;
+	}
+	if (runs != n_images)
+		return gs_errorf(GS_ERR_INVALID_ARG, "the prompt holds %d images (<start_of_image>, %d image tokens, "
+				 "<end_of_image>) but %d were given", runs, v->mm_tokens_per_image, n_images);
+	return GS_OK;
+}
+
 static enum gs_status queue_one(struct gs_engine *e, uint64_t id, const int32_t *prompt, int32_t n_prompt,
-			       const struct gs_req_params *p, int32_t group_n, bool sibling, uint64_t lead_id)
+			       const struct gs_req_params *p, int32_t group_n, bool sibling, uint64_t lead_id,
+			       const uint8_t *pixels, int32_t n_images, const uint64_t *img_key, const int32_t *img_pos)
 {
 	struct waiting_req *w;
 
@@ -322,14 +418,28 @@ static enum gs_status queue_one(struct gs_engine *e, uint64_t id, const int32_t 
 		e->waiting = nw, e->waiting_cap = cap, e->waiting_head = 0;
 	}
 	w = &e->waiting[(e->waiting_head + e->n_waiting) % e->waiting_cap];
+	memset(w, 0, sizeof(*w));
 	w->prompt = malloc(sizeof(int32_t) * (size_t)n_prompt);
 	if (!w->prompt)
 		return gs_errorf(GS_ERR_NOMEM, "out of memory");
 	memcpy(w->prompt, prompt, sizeof(int32_t) * (size_t)n_prompt);
-	w->rf = NULL;
 	if (p->response_format && !(w->rf = strdup(p->response_format))) {
-		free(w->prompt);
+		waiting_free(w);
 		return gs_errorf(GS_ERR_NOMEM, "out of memory");
+	}
+	if (n_images > 0) {
+		size_t nb = image_bytes(e) * (size_t)n_images;
+		w->pixels = malloc(nb);
+		w->img_key = malloc(sizeof(uint64_t) * (size_t)n_images);
+		w->img_pos = malloc(sizeof(int32_t) * (size_t)n_images);
+		if (!w->pixels || !w->img_key || !w->img_pos) {
+			waiting_free(w);
+			return gs_errorf(GS_ERR_NOMEM, "out of memory for %d images", n_images);
+		}
+		memcpy(w->pixels, pixels, nb);
+		memcpy(w->img_key, img_key, sizeof(uint64_t) * (size_t)n_images);
+		memcpy(w->img_pos, img_pos, sizeof(int32_t) * (size_t)n_images);
+		w->n_images = n_images;
 	}
 	w->id = id, w->n_prompt = n_prompt, w->p = *p;
 	w->p.response_format = w->rf;
@@ -341,19 +451,32 @@ static enum gs_status queue_one(struct gs_engine *e, uint64_t id, const int32_t 
 enum gs_status gs_engine_submit(struct gs_engine *e, uint64_t id, const int32_t *prompt, int32_t n_prompt,
 				const struct gs_req_params *p)
 {
+	return gs_engine_submit_images(e, id, prompt, n_prompt, p, NULL, 0);
+}
+
+enum gs_status gs_engine_submit_images(struct gs_engine *e, uint64_t id, const int32_t *prompt, int32_t n_prompt,
+				       const struct gs_req_params *p, const uint8_t *images, int32_t n_images)
+{
 	int64_t need = (int64_t)n_prompt + p->max_tokens;
 	int32_t n = p->n > 1 ? p->n : 1;
+	const struct gs_vision_config *v = &e->m->cfg.vision;
+	uint64_t *keys = NULL;
+	int32_t *pos = NULL;
+	enum gs_status st = GS_OK;
 
 	GS_ASSERT(e->leader);
 	if (n_prompt < 1)
 		return gs_errorf(GS_ERR_INVALID_ARG, "empty prompt");
+	if (n_images < 0 || (n_images > 0 && !images))
+		return gs_errorf(GS_ERR_INVALID_ARG, "%d images without pixels", n_images);
 	GS_TRY(check_params(e, p));
 	if (p->response_format && e->tok)
 		GS_TRY(grammar_setup(e)); /* the leader's trie now: a failure is this request's */
 	for (int32_t i = 0; i < n_prompt; i++)
-		if (prompt[i] < 0 || prompt[i] >= e->m->n_vocab)
+		if ((prompt[i] < 0 || prompt[i] >= e->m->n_vocab) && !(v->present && prompt[i] == v->image_token_id))
 			return gs_errorf(GS_ERR_INVALID_ARG, "token id %d outside the vocabulary (0..%d)", prompt[i],
 					 e->m->n_vocab - 1);
+	GS_TRY(check_image_runs(e, prompt, n_prompt, n_images, NULL));
 	/* KV holds positions of every token fed: the prompt and all but the last generated. */
 	if (need - 1 > e->cfg.max_context || !gs_kv_could_ever_admit(&e->pool, (int32_t)(need - 1)))
 		return gs_errorf(GS_ERR_RANGE,
@@ -363,20 +486,32 @@ enum gs_status gs_engine_submit(struct gs_engine *e, uint64_t id, const int32_t 
 	    !gs_kv_could_ever_admit_group(&e->pool, (int32_t)(need - 1), n))
 		return gs_errorf(GS_ERR_RANGE, "can never fit: n = %d choices of %d prompt + %d max_tokens tokens exceed the "
 				 "engine's %d sequences or its whole KV pool", n, n_prompt, p->max_tokens, e->cfg.max_seqs);
+	if (n_images > 0) { /* the prefix cache's image keys and where each image's tokens start */
+		keys = malloc(sizeof(uint64_t) * (size_t)n_images);
+		pos = malloc(sizeof(int32_t) * (size_t)n_images);
+		if (!keys || !pos) {
+			st = gs_errorf(GS_ERR_NOMEM, "out of memory for %d images", n_images);
+			goto out_free_keys;
+		}
+		GS_ASSERT(check_image_runs(e, prompt, n_prompt, n_images, pos) == GS_OK);
+		for (int32_t i = 0; i < n_images; i++)
+			keys[i] = image_key(images + (size_t)i * image_bytes(e), image_bytes(e));
+	}
 	for (int32_t i = 0; i < n; i++) {
 		struct gs_req_params pi = *p;
 		pi.n = 1;
 		pi.sp.seed = p->sp.seed + (uint64_t)i;
-		enum gs_status st = queue_one(e, id + (uint64_t)i, prompt, n_prompt, &pi, i == 0 ? n : 1, i > 0, id);
-		for (int32_t j = 0; st != GS_OK && j < i; j++) { /* all n queued or none */
-			struct waiting_req *w = &e->waiting[(e->waiting_head + --e->n_waiting) % e->waiting_cap];
-			free(w->prompt);
-			free(w->rf);
-		}
+		st = queue_one(e, id + (uint64_t)i, prompt, n_prompt, &pi, i == 0 ? n : 1, i > 0, id, images, n_images,
+			       keys, pos);
+		for (int32_t j = 0; st != GS_OK && j < i; j++) /* all n queued or none */
+			waiting_free(&e->waiting[(e->waiting_head + --e->n_waiting) % e->waiting_cap]);
 		if (st != GS_OK)
-			return st;
+			break;
 	}
-	return GS_OK;
+out_free_keys:
+	free(keys);
+	free(pos);
+	return st;
 }
 
 enum gs_status gs_engine_cancel(struct gs_engine *e, uint64_t id)
@@ -516,6 +651,64 @@ static void grammar_advance(struct gs_engine *e, struct eng_seq *s, const int32_
 	e->st.grammar_mask_s_total += gs_now_s() - t0;
 }
 
+/* Every rank, for the ids just appended to s->hist at [from, to): where its images start, and
+ * the prompt's image tokens fed so far (generated tokens are never image rows). */
+static void images_scan(const struct gs_engine *e, struct eng_seq *s, int32_t from, int32_t to)
+{
+	int32_t img = e->m->cfg.vision.image_token_id;
+
+	for (int32_t j = from; j < to; j++) {
+		if (s->hist[j] != img || s->sampled)
+			continue;
+		if ((j == 0 || s->hist[j - 1] != img) && s->n_img_pos < s->n_images)
+			s->img_pos[s->n_img_pos++] = j;
+		s->img_fed++;
+	}
+}
+
+/* Every rank, at admission: the image keys (digests of the plan's pixels), the images of the
+ * cached prefix (not encoded again: a cached prefix never ends inside an image). */
+static enum gs_status images_admit(struct gs_engine *e, struct eng_seq *s, const struct gs_plan_seq *ps)
+{
+	const struct gs_vision_config *v = &e->m->cfg.vision;
+
+	if (!v->present || ps->image_bytes != (int64_t)image_bytes(e))
+		return gs_errorf(GS_ERR_FORMAT, "plan admits slot %d with %d images of %lld bytes (the model takes %s)",
+				 ps->slot, ps->n_images, (long long)ps->image_bytes, v->present ? "other sizes" : "none");
+	s->img_key = malloc(sizeof(uint64_t) * (size_t)ps->n_images);
+	s->img_pos = malloc(sizeof(int32_t) * (size_t)ps->n_images);
+	if (!s->img_key || !s->img_pos)
+		return gs_errorf(GS_ERR_NOMEM, "out of memory for %d images", ps->n_images);
+	s->n_images = ps->n_images;
+	for (int32_t i = 0; i < s->n_images; i++)
+		s->img_key[i] = image_key(ps->images + (size_t)i * image_bytes(e), image_bytes(e));
+	images_scan(e, s, 0, s->n_hist);
+	s->img_first = s->img_fed / v->mm_tokens_per_image;
+	return GS_OK;
+}
+
+/* Every rank, at the admission step: the projector rows of the images its prompt still feeds
+ * (collective over the forward's TP group), kept until the prompt is in. */
+static enum gs_status images_encode(struct gs_engine *e, struct eng_seq *s, const struct gs_plan_seq *ps)
+{
+	const struct gs_backend be = e->f->be;
+	int32_t n = s->n_images - s->img_first;
+	size_t rows = (size_t)n * (size_t)e->m->cfg.vision.mm_tokens_per_image;
+	double t0 = gs_now_s();
+
+	if (!e->vis)
+		GS_TRY(gs_vision_create(e->m, be, e->f->comm, &e->vis));
+	s->img_rows = be.iface->alloc(be.ctx, sizeof(float) * rows * (size_t)e->m->cfg.hidden);
+	if (!s->img_rows)
+		return gs_errorf(GS_ERR_NOMEM, "out of backend memory for the %zu projector rows of %d images", rows, n);
+	GS_TRY(gs_vision_encode(e->vis, ps->images + (size_t)s->img_first * image_bytes(e), n, s->img_rows));
+	free(s->pixels); /* the leader's copy (the plan's entry is not read again) */
+	s->pixels = NULL;
+	e->st.images_encoded += (uint64_t)n;
+	e->st.vision_s_total += gs_now_s() - t0;
+	return GS_OK;
+}
+
 static enum gs_status apply_admit(struct gs_engine *e, const struct gs_plan *p, const struct gs_plan_seq *ps)
 {
 	struct eng_seq *s = &e->seqs[ps->slot];
@@ -546,6 +739,8 @@ static enum gs_status apply_admit(struct gs_engine *e, const struct gs_plan *p, 
 		st = gs_sampler_reserve(s->smp, (size_t)ps->max_positions + 1);
 	if (st == GS_OK && ps->params.response_format)
 		st = grammar_admit(e, s, ps->params.response_format);
+	if (st == GS_OK && ps->n_images > 0)
+		st = images_admit(e, s, ps);
 	if (st == GS_OK && s->p.sp.min_tokens > 0) {
 		/* min_tokens keeps away what would end the sequence: eos (unless ignored), stop ids */
 		int32_t ids[GS_MAX_EOS + GS_MAX_STOP_IDS];
@@ -643,17 +838,25 @@ static enum gs_status exec_plan(struct gs_engine *e, const struct gs_plan *p, in
 		s = &e->seqs[ps->slot];
 		if (!s->used || s->n_hist + ps->n_tokens > s->max_positions + 1)
 			return gs_errorf(GS_ERR_FORMAT, "plan runs slot %d beyond its reservation", ps->slot);
+		if (ps->images && s->n_images > s->img_first && !s->img_rows)
+			GS_TRY(images_encode(e, s, ps));
 		if (s->sampled && s->grammar)
 			grammar_advance(e, s, p->ids + ps->tok0, ps->n_tokens);
 		memcpy(s->hist + s->n_hist, p->ids + ps->tok0, sizeof(int32_t) * (size_t)ps->n_tokens);
 		s->n_hist += ps->n_tokens;
+		int32_t img_row0 = s->img_fed - s->img_first * e->m->cfg.vision.mm_tokens_per_image;
+		if (s->n_images)
+			images_scan(e, s, s->n_hist - ps->n_tokens, s->n_hist);
 		/* Logits are first wanted after the prompt's last chunk: every rank learns where the
 		 * prompt ends (frequency/presence penalties and min_tokens count after it). */
 		if (ps->want_logits && !s->sampled) {
 			gs_sampler_set_prompt(s->smp, (size_t)s->n_hist);
 			s->sampled = true;
 		}
-		e->bseqs[i] = (struct gs_batch_seq){ .kv = &s->kv, .n_tokens = ps->n_tokens, .want_logits = ps->want_logits };
+		e->bseqs[i] = (struct gs_batch_seq){
+			.kv = &s->kv, .n_tokens = ps->n_tokens, .want_logits = ps->want_logits, .img_rows = s->img_rows,
+			.n_img_rows = s->img_rows ? (s->n_images - s->img_first) * e->m->cfg.vision.mm_tokens_per_image : 0,
+			.img_row0 = img_row0 };
 		if (ps->want_logits)
 			e->row_slot[rows++] = ps->slot;
 	}
@@ -663,10 +866,17 @@ static enum gs_status exec_plan(struct gs_engine *e, const struct gs_plan *p, in
 	} else if (p->n_seqs) {
 		GS_TRY(gs_kv_forward_batch(e->f, &e->pool, p->ids, e->bseqs, p->n_seqs, rows ? e->logits : NULL));
 	}
-	/* Blocks filled completely join the prefix cache (every rank alike). */
+	/* Blocks filled completely join the prefix cache (every rank alike); a prompt that is in
+	 * needs its projector rows no more. */
 	for (int32_t i = 0; i < p->n_seqs; i++) {
 		struct eng_seq *s = &e->seqs[p->seqs[i].slot];
-		gs_kv_seq_commit(&e->pool, &s->kv, s->hist);
+		struct gs_kv_images im = { s->n_img_pos, s->img_pos, e->m->cfg.vision.mm_tokens_per_image, s->img_key };
+		gs_kv_seq_commit(&e->pool, &s->kv, s->hist, s->n_images ? &im : NULL);
+		if (s->img_rows && s->sampled) {
+			if (e->f->be.iface->release)
+				e->f->be.iface->release(e->f->be.ctx, s->img_rows);
+			s->img_rows = NULL;
+		}
 	}
 
 	/* Distributed sampling, rank side: K candidates + the slice's log-sum-exp per row. */
@@ -802,8 +1012,7 @@ static void plan_releases(struct gs_engine *e, struct gs_token_event *ev, int32_
 				continue;
 			if (*n_ev < cap)
 				emit_cancel(ev, n_ev, id, w->n_prompt, 0);
-			free(w->prompt);
-			free(w->rf);
+			waiting_free(w);
 			for (int32_t j = i; j + 1 < e->n_waiting; j++)
 				e->waiting[(e->waiting_head + j) % e->waiting_cap] =
 					e->waiting[(e->waiting_head + j + 1) % e->waiting_cap];
@@ -851,7 +1060,10 @@ static void build_plan(struct gs_engine *e)
 	for (int32_t i = 0; i < e->cfg.max_seqs && budget > 0; i++) {
 		struct eng_seq *s = &e->seqs[i];
 		if (s->used && s->n_prefilled < s->n_prompt) {
-			int32_t c = s->n_prompt - s->n_prefilled < budget ? s->n_prompt - s->n_prefilled : budget;
+			/* an image is fed whole in one step (its tokens attend to each other both ways) */
+			int32_t c = gs_forward_chunk_len(e->m, s->prompt, s->n_prompt, s->n_prefilled, budget);
+			if (c < 1)
+				continue;
 			plan_add(e, i, s->prompt + s->n_prefilled, c, s->n_prefilled + c == s->n_prompt);
 			s->n_prefilled += c;
 			s->prefill_plan = e->plan_no;
@@ -882,7 +1094,8 @@ static void build_plan(struct gs_engine *e)
 		}
 		/* The longest cached prefix, taken if the request fits with it. Without the hit
 		 * it could only need more blocks, so a miss here is not worth a second look. */
-		n_hit = gs_kv_prefix_lookup(&e->pool, w->prompt, w->n_prompt, e->hit, e->hit_cap);
+		struct gs_kv_images im = { w->n_images, w->img_pos, e->m->cfg.vision.mm_tokens_per_image, w->img_key };
+		n_hit = gs_kv_prefix_lookup(&e->pool, w->prompt, w->n_prompt, w->n_images ? &im : NULL, e->hit, e->hit_cap);
 		if (!gs_kv_can_admit_cached(&e->pool, maxpos, e->hit, n_hit))
 			break;
 		if (w->group_n > 1) { /* choice 0 of n: all n slots and worst cases, or wait */
@@ -894,13 +1107,18 @@ static void build_plan(struct gs_engine *e)
 				break;
 		}
 		pre = n_hit * GS_KV_BLOCK;
-		c = w->n_prompt - pre < budget ? w->n_prompt - pre : budget;
+		c = gs_forward_chunk_len(e->m, w->prompt, w->n_prompt, pre, budget);
+		if (c < 1) /* an image right at the start does not fit this step's budget: next step */
+			break;
 		plan_add(e, slot, w->prompt + pre, c, pre + c == w->n_prompt);
 		ps = &p->seqs[p->n_seqs - 1];
 		ps->admit = true;
 		ps->id = w->id;
 		ps->max_positions = maxpos;
 		ps->params = w->p;
+		ps->images = w->pixels;
+		ps->n_images = w->n_images;
+		ps->image_bytes = w->n_images ? (int64_t)image_bytes(e) : 0;
 		if (gs_plan_add_cached(p, ps, e->hit, n_hit) != GS_OK) {
 			/* out of memory for the list: it stays queued (the next step tries again) */
 			ps->n_tokens = 0;
@@ -920,9 +1138,11 @@ static void build_plan(struct gs_engine *e)
 			GS_ASSERT(!"admission failed after the check");
 		/* the plan now carries the sequence's copy of response_format (packed below) */
 		ps->params.response_format = e->seqs[slot].rf;
-		free(w->rf);
-		w->rf = NULL;
+		e->seqs[slot].pixels = w->pixels; /* the plan's images until they are encoded */
+		w->pixels = NULL;
 		e->seqs[slot].prompt = w->prompt;
+		w->prompt = NULL;
+		waiting_free(w);
 		e->seqs[slot].n_prompt = w->n_prompt;
 		e->seqs[slot].n_prefilled = pre + c;
 		e->seqs[slot].prefill_plan = e->plan_no;

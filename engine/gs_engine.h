@@ -11,7 +11,9 @@
  * does not fit waits in FIFO order (no overtaking: big requests are not starved), and one that
  * could never fit is refused at submit. Each step first gives every running decode its one
  * token, then fills the remaining token budget with prefill chunks (chunked prefill), so a
- * long prompt never stalls the running decodes. */
+ * long prompt never stalls the running decodes. A chunk never ends inside an image's tokens
+ * (they attend to each other both ways); on a vision model the budget is at least one image
+ * plus max_seqs - 1 decodes. */
 #ifndef GS_ENGINE_H
 #define GS_ENGINE_H
 
@@ -101,6 +103,8 @@ struct gs_engine_stats {
 	uint64_t prefix_hit_tokens;   /* prompt tokens of admitted requests taken from the cache */
 	uint64_t prefix_query_tokens; /* prompt tokens of requests admitted with the cache on */
 	uint64_t prefix_evictions;    /* cached global blocks evicted */
+	uint64_t images_encoded;      /* images through the vision tower (this rank) */
+	double   vision_s_total;      /* time spent encoding them */
 };
 
 struct gs_engine;
@@ -119,6 +123,15 @@ void gs_engine_set_device_comm(struct gs_engine *e, const struct gs_comm *c);
  * pool, or n choices exceed max_seqs or the pool; GS_ERR_INVALID_ARG for bad params or ids. */
 enum gs_status gs_engine_submit(struct gs_engine *e, uint64_t id, const int32_t *prompt, int32_t n_prompt,
 				const struct gs_req_params *p);
+/* Leader only. The same with images (ARCHITECTURE.md "Image tokens"): images holds n_images
+ * preprocessed images of image_size^2 x 3 RGB bytes each (seam 1), copied. The prompt must hold
+ * exactly n_images runs of boi_id, mm_tokens_per_image x image_token_id, eoi_id, in the images'
+ * order, and no other image_token_id (gs_engine_submit: none at all on a vision model); else
+ * GS_ERR_INVALID_ARG naming the problem (also for images to a model without a vision tower).
+ * Each rank encodes the images at the request's admission; a prefix-cache hit covers an image
+ * only when its pixels are the same. */
+enum gs_status gs_engine_submit_images(struct gs_engine *e, uint64_t id, const int32_t *prompt, int32_t n_prompt,
+				       const struct gs_req_params *p, const uint8_t *images, int32_t n_images);
 /* Every rank, before requests with response_format: the tokenizer whose byte strings the
  * grammar mask walks (the vocabulary trie of this rank's slice is built at the first such
  * request, ~0.2 s). Without it such requests are refused. t must outlive the engine. */

@@ -31,8 +31,22 @@ struct gs_kv_gblock {
 	int32_t  parent;              /* cached block of the previous 16 positions (-1: first) */
 	uint32_t parent_gen;
 	int32_t  local;               /* local block with this block's sliding-layer KV (-1: none) */
+	uint64_t mm;                  /* images among its positions (gs_kv_images; 0: none) */
 	int32_t  next;                /* in its hash bucket */
 	int32_t  tokens[GS_KV_BLOCK];
+};
+
+/* A sequence's images for the prefix cache: the token ids of two images are the same
+ * (image_token_id), so a block holding soft tokens of image i also carries key[i] (a digest of
+ * its pixels) and its position, in its hash and in the check of a hit (as vLLM's mm hashes);
+ * blocks after it differ through the chain. Image i's soft tokens are positions
+ * [pos[i], pos[i] + len). A cached prefix never ends inside an image (the whole image is then
+ * computed in one step: its bidirectional attention needs every key of it fresh). */
+struct gs_kv_images {
+	int32_t         n;
+	const int32_t  *pos;          /* [n] ascending */
+	int32_t         len;          /* soft tokens per image */
+	const uint64_t *key;          /* [n] */
 };
 
 struct gs_kv_lblock {
@@ -104,8 +118,10 @@ int32_t gs_kv_ring_blocks_cached(int32_t window, int32_t max_chunk);
 uint64_t gs_kv_block_hash(const struct gs_kv_pool *p, uint64_t parent, const int32_t *tokens);
 /* Leader: the longest cached prefix of prompt[0, n) a new sequence can take, in whole blocks and
  * at most n - 1 positions (the last prompt token is always computed, for its logits), with the
- * sliding layers' window blocks held too. Writes its block ids to out[0, cap); returns the count. */
-int32_t gs_kv_prefix_lookup(const struct gs_kv_pool *p, const int32_t *prompt, int32_t n, int32_t *out, int32_t cap);
+ * sliding layers' window blocks held too, never ending inside an image of im (NULL: none).
+ * Writes its block ids to out[0, cap); returns the count. */
+int32_t gs_kv_prefix_lookup(const struct gs_kv_pool *p, const int32_t *prompt, int32_t n,
+			    const struct gs_kv_images *im, int32_t *out, int32_t cap);
 /* gs_kv_can_admit / gs_kv_seq_admit for a sequence that starts with the cached blocks
  * blocks[0, n) (from gs_kv_prefix_lookup; a reused block counts as held, not reserved).
  * Admission checks the chain again (every rank: a block that is not the cached chain is
@@ -122,8 +138,9 @@ bool gs_kv_could_ever_admit_group(const struct gs_kv_pool *p, int32_t max_positi
 /* The token ids of cached blocks blocks[0, n): out[0, n * GS_KV_BLOCK). */
 void gs_kv_cached_tokens(const struct gs_kv_pool *p, const int32_t *blocks, int32_t n, int32_t *out);
 /* After a forward pass: register the blocks s filled completely; hist holds the token ids of
- * its positions [0, n_past). */
-void gs_kv_seq_commit(struct gs_kv_pool *p, struct gs_kv_seq *s, const int32_t *hist);
+ * its positions [0, n_past), im its images (NULL: none; at least those before n_past). */
+void gs_kv_seq_commit(struct gs_kv_pool *p, struct gs_kv_seq *s, const int32_t *hist,
+		      const struct gs_kv_images *im);
 /* Every block accounted for: reference counts equal the tables of seqs[0, n), unreferenced
  * blocks are free or cached (LRU), reservations and ring slots add up, cached blocks are
  * findable. With n = 0: the pool is whole (nothing held, reserved or committed). */

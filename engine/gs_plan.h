@@ -18,6 +18,11 @@ struct gs_plan_seq {
 	int32_t              max_positions;  /* admit only */
 	struct gs_req_params params;         /* admit only */
 	int32_t              cached0, n_cached; /* admit only: its prefix-cache blocks in cached */
+	const uint8_t       *images;         /* admit only: n_images images of image_bytes each, one
+					      * after another (leader: the request's copy; followers:
+					      * the plan's img_buf); NULL: none */
+	int32_t              n_images;
+	int64_t              image_bytes;
 };
 
 struct gs_plan {
@@ -29,6 +34,8 @@ struct gs_plan {
 	int32_t            *ids;             /* [max_tokens] */
 	int32_t             n_cached, cached_cap;
 	int32_t            *cached;          /* cached blocks of this plan's admissions (grown) */
+	uint8_t            *img_buf;         /* followers: the admissions' images of the last unpack */
+	size_t              img_cap;
 	bool                stop;            /* followers return */
 	int32_t             max_seqs, max_tokens;
 	/* Wire form: protobuf-c StepPlan (proto/engine.proto). Message structs for packing and

@@ -170,6 +170,26 @@ uint64_t gs_kv_block_hash(const struct gs_kv_pool *p, uint64_t parent, const int
 	return h & p->hash_mask;
 }
 
+/* The image key of logical block b: the images with soft tokens in it (0: none). */
+static uint64_t block_mm(const struct gs_kv_images *im, int32_t b)
+{
+	int64_t lo = (int64_t)b * GS_KV_BLOCK, hi = lo + GS_KV_BLOCK;
+	uint64_t k = 0;
+
+	for (int32_t i = 0; im && i < im->n; i++)
+		if (im->pos[i] < hi && (int64_t)im->pos[i] + im->len > lo)
+			k = mix64(k ^ im->key[i]) + (uint64_t)im->pos[i] + 1;
+	return k;
+}
+
+/* gs_kv_block_hash with the block's image key mixed in (a text block's hash is unchanged). */
+static uint64_t block_hash_mm(const struct gs_kv_pool *p, uint64_t parent, const int32_t *tokens, uint64_t mm)
+{
+	uint64_t h = gs_kv_block_hash(p, parent, tokens);
+
+	return mm ? mix64(h ^ mm) & p->hash_mask : h;
+}
+
 static uint32_t bucket_of(const struct gs_kv_pool *p, uint64_t h)
 {
 	return (uint32_t)(mix64(h) & (p->n_buckets - 1));
@@ -177,11 +197,11 @@ static uint32_t bucket_of(const struct gs_kv_pool *p, uint64_t h)
 
 /* The cached block for (hash, tokens) whose parent is (parent, parent_gen): -1 if none. */
 static int32_t find_block(const struct gs_kv_pool *p, uint64_t h, const int32_t *tokens, int32_t parent,
-			  uint32_t parent_gen)
+			  uint32_t parent_gen, uint64_t mm)
 {
 	for (int32_t b = p->buckets[bucket_of(p, h)]; b >= 0; b = p->gb[b].next) {
 		const struct gs_kv_gblock *g = &p->gb[b];
-		if (g->hash == h && g->parent == parent && (parent < 0 || g->parent_gen == parent_gen) &&
+		if (g->hash == h && g->parent == parent && (parent < 0 || g->parent_gen == parent_gen) && g->mm == mm &&
 		    !memcmp(g->tokens, tokens, sizeof(g->tokens)))
 			return b;
 	}
@@ -318,31 +338,49 @@ static int32_t window_first_block(const struct gs_kv_pool *p, int32_t pos)
 	return lo > 0 ? (int32_t)(lo / GS_KV_BLOCK) : 0;
 }
 
-int32_t gs_kv_prefix_lookup(const struct gs_kv_pool *p, const int32_t *prompt, int32_t n, int32_t *out, int32_t cap)
+/* The longest prefix of nb blocks (or fewer) that does not end inside an image. */
+static int32_t image_back_off(const struct gs_kv_images *im, int32_t nb)
 {
-	int32_t nb = 0, parent = -1;
+	for (int32_t i = 0; im && i < im->n; i++) {
+		int64_t end = (int64_t)nb * GS_KV_BLOCK;
+		if (im->pos[i] < end && (int64_t)im->pos[i] + im->len > end)
+			nb = im->pos[i] / GS_KV_BLOCK;
+	}
+	return nb;
+}
+
+int32_t gs_kv_prefix_lookup(const struct gs_kv_pool *p, const int32_t *prompt, int32_t n,
+			    const struct gs_kv_images *im, int32_t *out, int32_t cap)
+{
+	int32_t nb = 0, parent = -1, prev;
 	uint64_t h = 0;
 
 	if (!p->prefix_cache || n < 2)
 		return 0;
 	while (nb < cap && (int64_t)(nb + 1) * GS_KV_BLOCK <= n - 1) {
 		const int32_t *t = prompt + (size_t)nb * GS_KV_BLOCK;
+		uint64_t mm = block_mm(im, nb);
 		int32_t b;
-		h = gs_kv_block_hash(p, h, t);
-		b = find_block(p, h, t, parent, parent >= 0 ? p->gb[parent].gen : 0);
+		h = block_hash_mm(p, h, t, mm);
+		b = find_block(p, h, t, parent, parent >= 0 ? p->gb[parent].gen : 0, mm);
 		if (b < 0)
 			break;
 		out[nb++] = parent = b;
 	}
-	/* Sliding layers: back off to the longest prefix whose window blocks are all held. */
-	while (p->cache.n_local_layers && nb > 0) {
-		bool held = true;
-		for (int32_t i = window_first_block(p, nb * GS_KV_BLOCK); i < nb && held; i++)
-			held = p->gb[out[i]].local >= 0;
-		if (held)
-			break;
-		nb--;
-	}
+	do {
+		prev = nb;
+		/* An image is computed whole in one step: never start inside one. */
+		nb = image_back_off(im, nb);
+		/* Sliding layers: back off to the longest prefix whose window blocks are all held. */
+		while (p->cache.n_local_layers && nb > 0) {
+			bool held = true;
+			for (int32_t i = window_first_block(p, nb * GS_KV_BLOCK); i < nb && held; i++)
+				held = p->gb[out[i]].local >= 0;
+			if (held)
+				break;
+			nb--;
+		}
+	} while (nb != prev);
 	return nb;
 }
 
@@ -513,7 +551,8 @@ enum gs_status gs_kv_seq_prepare(struct gs_kv_pool *p, struct gs_kv_seq *s, int3
 	return GS_OK;
 }
 
-void gs_kv_seq_commit(struct gs_kv_pool *p, struct gs_kv_seq *s, const int32_t *hist)
+void gs_kv_seq_commit(struct gs_kv_pool *p, struct gs_kv_seq *s, const int32_t *hist,
+		      const struct gs_kv_images *im)
 {
 	int32_t full = s->n_past / GS_KV_BLOCK, last = s->n_past ? (s->n_past - 1) / GS_KV_BLOCK : 0;
 
@@ -522,7 +561,7 @@ void gs_kv_seq_commit(struct gs_kv_pool *p, struct gs_kv_seq *s, const int32_t *
 	while (s->n_reg < full && s->reg_node != -2) {
 		int32_t i = s->n_reg, own = s->gtable[i], c;
 		const int32_t *t = hist + (size_t)i * GS_KV_BLOCK;
-		uint64_t h;
+		uint64_t h, mm = block_mm(im, i);
 
 		/* The chain goes through the cached block of the previous 16 positions, which may be
 		 * another sequence's (same tokens, registered first); if that left the cache, stop. */
@@ -530,8 +569,8 @@ void gs_kv_seq_commit(struct gs_kv_pool *p, struct gs_kv_seq *s, const int32_t *
 			s->reg_node = -2;
 			break;
 		}
-		h = gs_kv_block_hash(p, i ? s->reg_hash : 0, t);
-		c = find_block(p, h, t, i ? s->reg_node : -1, s->reg_gen);
+		h = block_hash_mm(p, i ? s->reg_hash : 0, t, mm);
+		c = find_block(p, h, t, i ? s->reg_node : -1, s->reg_gen, mm);
 		if (c < 0 && !p->gb[own].cached) {
 			struct gs_kv_gblock *g = &p->gb[own];
 			uint32_t bk = bucket_of(p, h);
@@ -541,6 +580,7 @@ void gs_kv_seq_commit(struct gs_kv_pool *p, struct gs_kv_seq *s, const int32_t *
 			g->parent = i ? s->reg_node : -1;
 			g->parent_gen = i ? s->reg_gen : 0;
 			g->local = -1;
+			g->mm = mm;
 			memcpy(g->tokens, t, sizeof(g->tokens));
 			g->next = p->buckets[bk];
 			p->buckets[bk] = own;
@@ -608,7 +648,7 @@ bool gs_kv_pool_consistent(const struct gs_kv_pool *p, const struct gs_kv_seq *c
 		held_g += g->ref > 0;
 		ok = g->ref >= 0 && gref[b] == (in_free ? 1 : g->ref) && lru_has(&p->glru, b) == (!g->ref && g->cached);
 		if (ok && g->cached)
-			ok = find_block(p, g->hash, g->tokens, g->parent, g->parent_gen) == b &&
+			ok = find_block(p, g->hash, g->tokens, g->parent, g->parent_gen, g->mm) == b &&
 			     (g->local < 0 || p->lb[g->local].owner == b);
 	}
 	for (int32_t l = 0; ok && l < L; l++) {

@@ -17,6 +17,8 @@ struct plan_wire {
 	SeqStep        *steps;      /* [max_seqs] */
 	SeqStep       **step_ptrs;  /* [max_seqs] */
 	SamplingParams *params;     /* [max_seqs] */
+	ProtobufCBinaryData *bins;  /* the admissions' images (grown at an admission with images) */
+	size_t          bins_cap;
 	uint8_t        *arena;
 	size_t          arena_cap, arena_used;
 	ProtobufCAllocator alloc;
@@ -69,6 +71,7 @@ void gs_plan_free(struct gs_plan *p)
 		free(w->steps);
 		free(w->step_ptrs);
 		free(w->params);
+		free(w->bins);
 		free(w->arena);
 		free(w);
 	}
@@ -76,6 +79,7 @@ void gs_plan_free(struct gs_plan *p)
 	free(p->seqs);
 	free(p->ids);
 	free(p->cached);
+	free(p->img_buf);
 	memset(p, 0, sizeof(*p));
 }
 
@@ -105,8 +109,17 @@ enum gs_status gs_plan_add_cached(struct gs_plan *p, struct gs_plan_seq *ps, con
 enum gs_status gs_plan_pack(const struct gs_plan *p, uint8_t **buf, size_t *cap, uint64_t *len)
 {
 	struct plan_wire *w = p->wire;
-	size_t need;
+	size_t need, n_bins = 0;
 
+	for (int32_t i = 0; i < p->n_seqs; i++)
+		n_bins += p->seqs[i].admit && p->seqs[i].images ? (size_t)p->seqs[i].n_images : 0;
+	if (n_bins > w->bins_cap) {
+		ProtobufCBinaryData *nb = realloc(w->bins, sizeof(*nb) * n_bins);
+		if (!nb)
+			return gs_errorf(GS_ERR_NOMEM, "out of memory for %zu images in a plan", n_bins);
+		w->bins = nb, w->bins_cap = n_bins;
+	}
+	n_bins = 0;
 	gemmashard__engine__step_plan__init(&w->msg);
 	w->msg.n_release = (size_t)p->n_release;
 	w->msg.release = p->release;
@@ -139,6 +152,14 @@ enum gs_status gs_plan_pack(const struct gs_plan *p, uint8_t **buf, size_t *cap,
 			m->params = sp;
 			m->n_cached_blocks = (size_t)s->n_cached;
 			m->cached_blocks = s->n_cached ? p->cached + s->cached0 : NULL;
+			if (s->images && s->n_images > 0) {
+				m->n_images = (size_t)s->n_images;
+				m->images = w->bins + n_bins;
+				for (int32_t k = 0; k < s->n_images; k++)
+					w->bins[n_bins++] = (ProtobufCBinaryData){
+						.len = (size_t)s->image_bytes,
+						.data = (uint8_t *)s->images + (size_t)k * (size_t)s->image_bytes };
+			}
 		}
 		w->step_ptrs[i] = m;
 	}
@@ -157,6 +178,7 @@ enum gs_status gs_plan_pack(const struct gs_plan *p, uint8_t **buf, size_t *cap,
 static enum gs_status from_msg(struct gs_plan *p, const StepPlan *m)
 {
 	int32_t ids = 0;
+	size_t img_bytes = 0;
 
 	if (m->n_release > (size_t)p->max_seqs || m->n_seqs > (size_t)p->max_seqs)
 		return gs_errorf(GS_ERR_FORMAT, "step plan exceeds the engine's limits (%zu releases, %zu seqs)",
@@ -170,8 +192,23 @@ static enum gs_status from_msg(struct gs_plan *p, const StepPlan *m)
 				 s->params->n_logit_bias_ids != s->params->n_logit_bias_values ||
 				 s->params->n_logit_bias_ids > GS_MAX_LOGIT_BIAS))
 			return gs_errorf(GS_ERR_FORMAT, "step plan entry %zu: admission without valid parameters", i);
+		if (s->n_images && (!s->admit || s->n_images > INT32_MAX))
+			return gs_errorf(GS_ERR_FORMAT, "step plan entry %zu: images outside an admission", i);
+		for (size_t k = 0; k < s->n_images; k++) { /* all of one size (the engine checks which) */
+			if (!s->images[k].len || s->images[k].len != s->images[0].len)
+				return gs_errorf(GS_ERR_FORMAT, "step plan entry %zu: image %zu has %zu bytes, image 0 %zu",
+						 i, k, s->images[k].len, s->images[0].len);
+			img_bytes += s->images[k].len;
+		}
 		ids += (int32_t)s->n_tokens;
 	}
+	if (img_bytes > p->img_cap) {
+		uint8_t *nb = realloc(p->img_buf, img_bytes);
+		if (!nb)
+			return gs_errorf(GS_ERR_NOMEM, "out of memory for %zu bytes of images in a plan", img_bytes);
+		p->img_buf = nb, p->img_cap = img_bytes;
+	}
+	img_bytes = 0;
 	p->stop = m->stop;
 	p->n_release = (int32_t)m->n_release;
 	if (m->n_release) /* an empty repeated field is a NULL pointer */
@@ -207,6 +244,15 @@ static enum gs_status from_msg(struct gs_plan *p, const StepPlan *m)
 				return gs_errorf(GS_ERR_FORMAT, "step plan entry %zu: %zu cached blocks", i,
 						 s->n_cached_blocks);
 			GS_TRY(gs_plan_add_cached(p, d, s->cached_blocks, (int32_t)s->n_cached_blocks));
+			if (s->n_images) {
+				d->images = p->img_buf + img_bytes;
+				d->n_images = (int32_t)s->n_images;
+				d->image_bytes = (int64_t)s->images[0].len;
+				for (size_t k = 0; k < s->n_images; k++) {
+					memcpy(p->img_buf + img_bytes, s->images[k].data, s->images[k].len);
+					img_bytes += s->images[k].len;
+				}
+			}
 		}
 	}
 	return GS_OK;

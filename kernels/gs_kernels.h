@@ -38,7 +38,10 @@ struct gs_attn_seq {
 };
 
 /* Attention of a ragged batch over one layer (STYLE.md 3: plain data). Query t sees key
- * positions j with j <= pos(t) and pos(t) - j < window. */
+ * positions j with j <= pos(t) and pos(t) - j < window, and, with span, also every j in
+ * [span[2t], span[2t + 1]) (the soft tokens of the image it belongs to, in both directions, in
+ * every layer; ARCHITECTURE.md "Image tokens"). The union is one interval, as pos(t) lies in
+ * the span. */
 struct gs_attn_args {
 	float                    *out;        /* [n_tokens, n_heads * head_dim] */
 	const float              *q;          /* [n_tokens, n_heads * head_dim], normed + rotated */
@@ -58,6 +61,9 @@ struct gs_attn_args {
 	int32_t                   window;     /* INT32_MAX: plain causal */
 	float                     scale;      /* multiplies q·k */
 	float                     softcap;    /* 0: none; else cap * tanh(s / cap) */
+	const int32_t            *span;       /* [n_tokens][2] or NULL (text: the causal rule only);
+					       * lo == hi: none for that row. Keys past pos(t) must
+					       * be this step's fresh rows of the same sequence */
 };
 
 /* Sampling candidates (ARCHITECTURE.md §1 step 4), reduced where the logits are so that only k
@@ -201,6 +207,29 @@ struct gs_backend_i {
 	/* The element type this backend keeps its KV cache in (attention and scatter_rows take
 	 * it). Optional: NULL means GS_DTYPE_F32. */
 	enum gs_dtype (*kv_dtype)(void *ctx);
+
+	/* ---- the vision tower's ops (model/vision.c); every pointer in backend memory ----
+	 * y[r] = (x[r] - mean) * rsqrt(var + eps) * w + b, the biased variance over dim (LayerNorm
+	 * with weight and bias); mean and variance in double. y may be x. */
+	void (*layernorm)(void *ctx, float *y, const float *x, const float *w, const float *b, int rows, int dim,
+			  float eps);
+	/* y[r, c] += x[r, c] + b[c], the sum x + b first; x or b may be NULL (that term left out). */
+	void (*add_rows)(void *ctx, float *y, const float *x, const float *b, int rows, int cols);
+	/* y[i] = gelu_tanh(x[i]) (the geglu op's GELU); y may be x. */
+	void (*gelu)(void *ctx, float *y, const float *x, size_t n);
+	/* Bidirectional attention over one sequence of n rows (no mask, no cache): for each head h,
+	 * out[t, h] = sum_j softmax_j(q[t, h] · k[j, h] * scale) v[j, h]; q, k, v, out are
+	 * [n, n_heads * head_dim] and out does not alias them. */
+	void (*attention_full)(void *ctx, float *out, const float *q, const float *k, const float *v, int n,
+			       int n_heads, int head_dim, float scale);
+	/* Average pooling of a side x side grid of rows (row r * side + c, dim wide) over k x k
+	 * blocks: y[R * (side / k) + C] = mean of x rows (R·k + i) * side + C·k + j; k divides side. */
+	void (*avgpool)(void *ctx, float *y, const float *x, int side, int k, int dim);
+	/* The patches of one RGB8 image (px: S·S·3 bytes, row-major, interleaved), normalised as the
+	 * reference processor does in fp32, (p * 0.00392156862745098f - 0.5f) / 0.5f, unfolded
+	 * channel-major to match a conv weight [out, 3, P, P]: y[r·g + c, ch·P·P + ky·P + kx] =
+	 * norm(px[((r·P + ky)·S + c·P + kx)·3 + ch]), g = S / P. */
+	void (*patches)(void *ctx, float *y, const uint8_t *px, int image_size, int patch);
 };
 
 struct gs_backend {

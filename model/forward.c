@@ -36,13 +36,19 @@ enum gs_status gs_forward_create(const struct gs_model *m, struct gs_backend be,
 	f->out_rows = be_alloc(&be, sizeof(int32_t) * C);
 	f->kv_rows = be_alloc(&be, sizeof(int64_t) * 2 * C);
 	f->aseq = be_alloc(&be, sizeof(*f->aseq) * 2 * C);
+	f->span = be_alloc(&be, sizeof(int32_t) * 2 * C);
+	f->img_dst = be_alloc(&be, sizeof(int64_t) * C);
+	f->h_ids = malloc(sizeof(int32_t) * C);
+	f->h_span = malloc(sizeof(int32_t) * 2 * C);
+	f->h_img_dst = malloc(sizeof(int64_t) * C);
 	f->h_pos = malloc(sizeof(int32_t) * C);
 	f->h_tok_seq = malloc(sizeof(int32_t) * C);
 	f->h_out_rows = malloc(sizeof(int32_t) * C);
 	f->h_kv_rows = malloc(sizeof(int64_t) * 2 * C);
 	f->h_aseq = malloc(sizeof(*f->h_aseq) * 2 * C);
 	if (!f->slab || !f->ids || !f->pos || !f->tok_seq || !f->out_rows || !f->kv_rows || !f->aseq || !f->h_pos ||
-	    !f->h_tok_seq || !f->h_out_rows || !f->h_kv_rows || !f->h_aseq) {
+	    !f->h_tok_seq || !f->h_out_rows || !f->h_kv_rows || !f->h_aseq || !f->span || !f->img_dst || !f->h_ids ||
+	    !f->h_span || !f->h_img_dst) {
 		gs_forward_free(f);
 		return gs_errorf(GS_ERR_NOMEM, "cannot allocate activations for %d-token batches", max_tokens);
 	}
@@ -65,7 +71,8 @@ void gs_forward_free(struct gs_forward *f)
 {
 	if (!f)
 		return;
-	void *dev[] = { f->slab, f->ids, f->pos, f->tok_seq, f->out_rows, f->kv_rows, f->aseq, f->tables, f->logits };
+	void *dev[] = { f->slab, f->ids, f->pos, f->tok_seq, f->out_rows, f->kv_rows, f->aseq, f->tables, f->logits,
+			f->span, f->img_dst };
 	for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
 		if (dev[i])
 			f->be.iface->release(f->be.ctx, dev[i]);
@@ -75,6 +82,9 @@ void gs_forward_free(struct gs_forward *f)
 	free(f->h_kv_rows);
 	free(f->h_aseq);
 	free(f->h_tables);
+	free(f->h_ids);
+	free(f->h_span);
+	free(f->h_img_dst);
 	free(f);
 }
 
@@ -111,6 +121,38 @@ static enum gs_status grow(struct gs_forward *f, void **dev, void **host, size_t
 	return GS_OK;
 }
 
+/* Is row t of part b an image token that takes a projector row? */
+static inline bool is_img_row(const struct gs_model *m, const struct gs_batch_seq *b, const int32_t *ids, int32_t t)
+{
+	return b->img_rows && ids[t] == m->cfg.vision.image_token_id;
+}
+
+/* A part's image tokens: runs that start and end on image boundaries, rows that exist. */
+static enum gs_status check_images(const struct gs_model *m, const struct gs_batch_seq *b, const int32_t *ids,
+				   int32_t row)
+{
+	int32_t mm = m->cfg.vision.mm_tokens_per_image, k = b->img_row0;
+
+	if (!m->cfg.vision.present || mm < 1)
+		return gs_errorf(GS_ERR_INVALID_ARG, "image rows given to a model without a vision tower");
+	if (b->img_row0 < 0 || b->n_img_rows < b->img_row0)
+		return gs_errorf(GS_ERR_INVALID_ARG, "image row %d of %d", b->img_row0, b->n_img_rows);
+	for (int32_t t = 0; t < b->n_tokens; t++) {
+		if (!is_img_row(m, b, ids, t))
+			continue;
+		if ((t == 0 || !is_img_row(m, b, ids, t - 1)) && k % mm)
+			return gs_errorf(GS_ERR_INVALID_ARG, "image tokens at index %d start inside an image "
+					 "(projector row %d, %d per image)", row + t, k, mm);
+		if (++k > b->n_img_rows)
+			return gs_errorf(GS_ERR_INVALID_ARG, "more image tokens than the %d projector rows given",
+					 b->n_img_rows);
+		if ((t == b->n_tokens - 1 || !is_img_row(m, b, ids, t + 1)) && k % mm)
+			return gs_errorf(GS_ERR_INVALID_ARG, "image tokens at index %d end inside an image (a chunk "
+					 "may not cut an image's %d tokens)", row + t, mm);
+	}
+	return GS_OK;
+}
+
 enum gs_status gs_forward_check(const struct gs_forward *f, const int32_t *ids, const struct gs_batch_seq *seqs,
 				int32_t n_seqs)
 {
@@ -124,8 +166,10 @@ enum gs_status gs_forward_check(const struct gs_forward *f, const int32_t *ids, 
 		if ((int64_t)b->kv->n_past + b->n_tokens > b->kv->max_positions)
 			return gs_errorf(GS_ERR_RANGE, "sequence of %lld positions exceeds its reservation of %d",
 					 (long long)b->kv->n_past + b->n_tokens, b->kv->max_positions);
+		if (b->img_rows)
+			GS_TRY(check_images(m, b, ids + row, row));
 		for (int32_t t = 0; t < b->n_tokens; t++)
-			if (ids[row + t] < 0 || ids[row + t] >= m->n_vocab)
+			if ((ids[row + t] < 0 || ids[row + t] >= m->n_vocab) && !is_img_row(m, b, ids + row, t))
 				return gs_errorf(GS_ERR_RANGE, "token id %d at index %d is outside the vocabulary (0..%d)",
 						 ids[row + t], row + t, m->n_vocab - 1);
 		row += b->n_tokens;
@@ -133,14 +177,28 @@ enum gs_status gs_forward_check(const struct gs_forward *f, const int32_t *ids, 
 	return GS_OK;
 }
 
+int32_t gs_forward_chunk_len(const struct gs_model *m, const int32_t *ids, int32_t n, int32_t start, int32_t want)
+{
+	int32_t end = n - start < want ? n : start + want, img = m->cfg.vision.image_token_id;
+
+	if (!m->cfg.vision.present || end >= n || end <= start)
+		return end > start ? end - start : 0;
+	/* the boundary between end - 1 and end cuts a run: back to the run's start */
+	if (ids[end - 1] == img && ids[end] == img)
+		while (end > start && ids[end - 1] == img)
+			end--;
+	return end - start;
+}
+
 /* Rows, positions and block tables of this batch; checks everything before any work, then
  * uploads the step's index arrays to the backend. */
 static enum gs_status plan_rows(struct gs_forward *f, const struct gs_kv_cache *cache, const int32_t *ids,
-				const struct gs_batch_seq *seqs, int32_t n_seqs, int32_t *n_rows, int32_t *n_out)
+				const struct gs_batch_seq *seqs, int32_t n_seqs, int32_t *n_rows, int32_t *n_out,
+				int32_t *n_img)
 {
 	const struct gs_backend_i *be = f->be.iface;
 	size_t C = (size_t)f->max_tokens, n_tab = 0;
-	int32_t row = 0, out = 0;
+	int32_t row = 0, out = 0, img = 0;
 
 	GS_TRY(gs_forward_check(f, ids, seqs, n_seqs));
 	for (int32_t i = 0; i < n_seqs; i++) {
@@ -155,8 +213,26 @@ static enum gs_status plan_rows(struct gs_forward *f, const struct gs_kv_cache *
 		for (int32_t t = 0; t < b->n_tokens; t++) {
 			f->h_pos[row + t] = b->kv->n_past + t;
 			f->h_tok_seq[row + t] = i;
+			f->h_ids[row + t] = ids[row + t];
+			f->h_span[2 * (row + t)] = f->h_span[2 * (row + t) + 1] = 0;
 			if (b->all_logits || (b->want_logits && t == b->n_tokens - 1))
 				f->h_out_rows[out++] = row + t;
+		}
+		/* Image tokens: looked up as id 0 (the row is replaced; HF does the same for an id past
+		 * the vocabulary), their x rows listed in order, each run one bidirectional span. */
+		for (int32_t t = 0; b->img_rows && t < b->n_tokens; t++) {
+			int32_t e = t;
+			if (!is_img_row(f->m, b, ids + row, t))
+				continue;
+			while (e + 1 < b->n_tokens && is_img_row(f->m, b, ids + row, e + 1))
+				e++;
+			for (int32_t u = t; u <= e; u++) {
+				f->h_ids[row + u] = 0;
+				f->h_img_dst[img++] = row + u;
+				f->h_span[2 * (row + u)] = b->kv->n_past + t;
+				f->h_span[2 * (row + u) + 1] = b->kv->n_past + e + 1;
+			}
+			t = e;
 		}
 		row += b->n_tokens;
 	}
@@ -187,7 +263,11 @@ static enum gs_status plan_rows(struct gs_forward *f, const struct gs_kv_cache *
 		}
 		row += seqs[i].n_tokens;
 	}
-	be->upload(f->be.ctx, f->ids, ids, sizeof(int32_t) * (size_t)row);
+	be->upload(f->be.ctx, f->ids, f->h_ids, sizeof(int32_t) * (size_t)row);
+	if (img) {
+		be->upload(f->be.ctx, f->img_dst, f->h_img_dst, sizeof(int64_t) * (size_t)img);
+		be->upload(f->be.ctx, f->span, f->h_span, sizeof(int32_t) * 2 * (size_t)row);
+	}
 	be->upload(f->be.ctx, f->pos, f->h_pos, sizeof(int32_t) * (size_t)row);
 	be->upload(f->be.ctx, f->tok_seq, f->h_tok_seq, sizeof(int32_t) * (size_t)row);
 	be->upload(f->be.ctx, f->out_rows, f->h_out_rows, sizeof(int32_t) * (size_t)out);
@@ -198,6 +278,7 @@ static enum gs_status plan_rows(struct gs_forward *f, const struct gs_kv_cache *
 	be->upload(f->be.ctx, f->tables, f->h_tables, sizeof(int32_t) * off);
 	*n_rows = row;
 	*n_out = out;
+	*n_img = img;
 	return GS_OK;
 }
 
@@ -213,7 +294,7 @@ static enum gs_status forward(struct gs_forward *f, const struct gs_kv_cache *ca
 	int H = cfg->hidden, D = cfg->head_dim, Nq = m->shard.n_heads, Nkv = m->shard.n_kv_heads;
 	size_t KD = (size_t)Nkv * D, F = (size_t)m->shard.n_f, C = (size_t)f->max_tokens;
 	float eps = (float)cfg->rms_eps;
-	int32_t n = 0, n_out = 0;
+	int32_t n = 0, n_out = 0, n_img = 0;
 
 	/* Logits of the rows that want them: straight into the caller's buffer when the backend
 	 * works in host memory, else into a backend buffer downloaded at the end. */
@@ -223,12 +304,24 @@ static enum gs_status forward(struct gs_forward *f, const struct gs_kv_cache *ca
 			want += seqs[i].all_logits ? (size_t)seqs[i].n_tokens : seqs[i].want_logits ? 1 : 0;
 		GS_TRY(grow(f, (void **)&f->logits, NULL, &f->logits_cap, want, sizeof(float) * (size_t)m->shard.n_vocab));
 	}
-	GS_TRY(plan_rows(f, cache, ids, seqs, n_seqs, &n, &n_out));
+	GS_TRY(plan_rows(f, cache, ids, seqs, n_seqs, &n, &n_out, &n_img));
 
 	/* Token embeddings times bf16(sqrt(H)) (HF rounds the normalizer to the model dtype);
 	 * with a vocabulary split the owning rank writes the row, the others zeros, then sum. */
 	be->embed(bc, f->x, &m->embed, f->ids, n, m->embed_scale, m->shard.vocab0);
 	GS_TRY(reduce(f, f->x, (size_t)n * H));
+
+	/* Image soft tokens: each sequence's projector rows, in order, replace those rows as they
+	 * are (every rank holds all of them). */
+	for (int32_t i = 0, r = 0, k = 0; n_img && i < n_seqs; r += seqs[i].n_tokens, i++) {
+		int32_t c = 0;
+		for (int32_t t = 0; seqs[i].img_rows && t < seqs[i].n_tokens; t++)
+			c += is_img_row(m, &seqs[i], ids + r, t);
+		if (c)
+			be->scatter_rows(bc, f->x, GS_DTYPE_F32, seqs[i].img_rows + (size_t)seqs[i].img_row0 * H,
+					 f->img_dst + k, c, (size_t)H);
+		k += c;
+	}
 
 	for (int l = 0; l < cfg->n_layers; l++) {
 		const struct gs_layer_weights *lw = &m->layers[l];
@@ -253,7 +346,7 @@ static enum gs_status forward(struct gs_forward *f, const struct gs_kv_cache *ca
 			.n_seqs = n_seqs,
 			.tok_seq = f->tok_seq, .n_tokens = n, .n_heads = Nq, .n_kv_heads = Nkv, .head_dim = D,
 			.window = cfg->window[l], .scale = (float)(1.0 / sqrt(cfg->query_pre_attn_scalar)),
-			.softcap = (float)cfg->attn_softcap,
+			.softcap = (float)cfg->attn_softcap, .span = n_img ? f->span : NULL,
 		};
 		be->attention(bc, &a);
 

@@ -11,12 +11,21 @@
 #include "gs_kvcache.h"
 #include "gs_model.h"
 
-/* One sequence's part of a batch: the next n_tokens rows of ids, at positions kv->n_past.. */
+/* One sequence's part of a batch: the next n_tokens rows of ids, at positions kv->n_past..
+ *
+ * Images (reference/gemma3.md §4.4, §4.5): with img_rows set, the rows whose id is the model's
+ * image_token_id take rows img_row0, img_row0 + 1, ... of img_rows in order instead of their
+ * embedding (not scaled by sqrt(H)), and each run of them (one image, mm_tokens_per_image rows)
+ * attends to itself in both directions in every layer. The caller keeps each image's run whole
+ * inside one part (gs_forward_chunk_len); gs_forward_check refuses a cut one. */
 struct gs_batch_seq {
 	struct gs_kv_seq *kv;
 	int32_t           n_tokens;
 	bool              want_logits;  /* logits of its last row */
 	bool              all_logits;   /* logits of every row (parity checks) */
+	const float      *img_rows;     /* backend memory [n_img_rows, H]: projector outputs; NULL: none */
+	int32_t           n_img_rows;
+	int32_t           img_row0;     /* row of img_rows for this part's first image token */
 };
 
 /* Activation arena for batches of up to max_tokens rows. Everything an op reads or writes lives
@@ -46,12 +55,16 @@ struct gs_forward {
 	int64_t *kv_rows;   /* [2][C] slab row of each row's K/V: global layers, sliding layers */
 	struct gs_attn_seq *aseq; /* [2][C] global layers, sliding layers (tables point into tables) */
 	int32_t *tables;    /* block tables of the step's sequences */
+	int32_t *span;      /* [C][2] image span of each row (attention), when the step has images */
+	int64_t *img_dst;   /* [C] rows of x that take projector rows, sequence by sequence */
 	size_t   tables_cap;
 	float   *logits;    /* [logits_cap rows, shard vocab] when the backend's memory is not the host's */
 	size_t   logits_cap;  /* rows */
 	/* host copies */
 	int32_t *h_pos, *h_tok_seq, *h_out_rows, *h_tables; /* h_tables: tables_cap entries */
-	int64_t *h_kv_rows;
+	int32_t *h_ids;     /* ids as looked up: image tokens as 0 (their rows are replaced) */
+	int32_t *h_span;
+	int64_t *h_kv_rows, *h_img_dst;
 	struct gs_attn_seq *h_aseq;
 };
 
@@ -63,11 +76,17 @@ void gs_forward_free(struct gs_forward *f);
  * then run the same batches (all-reduces after o_proj, down_proj and the embedding). */
 static inline void gs_forward_set_comm(struct gs_forward *f, const struct gs_comm *comm) { f->comm = comm; }
 
-/* Is this batch well formed for f: 1..max_tokens rows in all, every id inside the vocabulary,
- * no sequence past its reservation (kv->max_positions)? GS_ERR_INVALID_ARG / GS_ERR_RANGE with
- * the reason; nothing is touched. gs_forward_batch checks it again. */
+/* Is this batch well formed for f: 1..max_tokens rows in all, every id inside the vocabulary
+ * (or an image token with its projector row), no sequence past its reservation
+ * (kv->max_positions), images whole and their rows there? GS_ERR_INVALID_ARG / GS_ERR_RANGE
+ * with the reason; nothing is touched. gs_forward_batch checks it again. */
 enum gs_status gs_forward_check(const struct gs_forward *f, const int32_t *ids, const struct gs_batch_seq *seqs,
 				int32_t n_seqs);
+
+/* The chunk rule of prompts with images: the longest chunk ids[start, start + c), c <= want, that
+ * does not end inside a run of image tokens (ids[0, n) is the whole prompt). 0 when a run that
+ * starts at `start` is longer than want. Text (or a model without vision): min(want, n - start). */
+int32_t gs_forward_chunk_len(const struct gs_model *m, const int32_t *ids, int32_t n, int32_t start, int32_t want);
 
 /* Run one batch: ids holds the rows of seqs[0], then seqs[1], ... (sum of n_tokens <=
  * max_tokens). Each sequence's tables must already hold the blocks of its new positions (the

@@ -11,6 +11,7 @@
 #include "gs_status.h"
 
 struct gs_safetensors;
+struct gs_vision_weights;
 
 struct gs_layer_weights {
 	struct gs_tensor q, k, v, o;         /* [Nq·D, H], [Nkv·D, H], [Nkv·D, H], [H, Nq·D] */
@@ -62,6 +63,7 @@ struct gs_model {
 	struct gs_backend        dev;        /* after gs_model_to_backend: whose memory holds it */
 	void                    *dev_slab;   /* every weight there (NULL: host memory) */
 	void                    *dev_gains;  /* every norm gain there (NULL: host memory) */
+	struct gs_vision_weights *vision;    /* SigLIP tower + projector (gs_vision.h); NULL: text-only */
 	char                     path[512];
 };
 

@@ -8,6 +8,7 @@
 
 #include "gs_safetensors.h"
 #include "gs_util.h"
+#include "gs_vision.h"
 
 /* ---- shard plan -------------------------------------------------------------------- */
 
@@ -318,6 +319,9 @@ enum gs_status gs_model_load_tp(const char *dir, int rank, int size, bool touch_
 	st = load_weights(m, dir, rank, size);
 	if (st != GS_OK)
 		goto out_free_model;
+	st = gs_vision_load(m, m->st, dir); /* no-op without a vision_config */
+	if (st != GS_OK)
+		goto out_free_model;
 	if (m->n_vocab != m->cfg.vocab_size)
 		gs_log(GS_LOG_DEBUG, "%s: embed_tokens has %d rows, config vocab_size %d: using the tensor",
 		       dir, m->n_vocab, m->cfg.vocab_size);
@@ -414,6 +418,7 @@ enum gs_status gs_model_to_backend(struct gs_model *m, struct gs_backend be)
 	if ((m->dev_slab || m->dev_gains) && m->dev.iface != be.iface)
 		return gs_errorf(GS_ERR_INVALID_ARG, "model already lives in %s memory", m->dev.iface->name);
 	m->dev = be;
+	GS_TRY(gs_vision_to_backend(m, be)); /* first: it reads the mmap, which the move closes */
 	if (!m->dev_slab) /* drawn on the device already: only the gains are left */
 		GS_TRY(move_weights(m, be));
 	if (m->gains) {
@@ -429,6 +434,7 @@ void gs_model_free(struct gs_model *m)
 {
 	if (!m)
 		return;
+	gs_vision_weights_free(m->vision, &m->dev);
 	if (m->dev_slab)
 		m->dev.iface->release(m->dev.ctx, m->dev_slab);
 	if (m->dev_gains)

@@ -8,6 +8,7 @@
 #include "gs_cmds.h"
 #include "gs_model.h"
 #include "gs_safetensors.h"
+#include "gs_vision.h"
 
 static const char *tp_invalid_reason(const struct gs_config *c, int tp)
 {
@@ -83,6 +84,21 @@ int gs_cmd_inspect(int argc, char **argv)
 	printf("weights          %.3f GB (%s), %d file(s), header checksum %016llx\n", (double)m->weight_bytes / 1e9,
 	       gs_dtype_name(m->embed.dtype), gs_st_shard_count(m->st),
 	       (unsigned long long)gs_st_header_checksum(m->st));
+
+	if (c->vision.present) {
+		const struct gs_vision_config *v = &c->vision;
+		int g = v->image_size / v->patch_size, side = 1;
+		while (side * side < v->mm_tokens_per_image)
+			side++;
+		printf("vision           SigLIP hidden %d, %d layers, %d heads x %d, ffn %d, ln eps %g; image %d / patch %d "
+		       "= %d x %d patches\n", v->hidden, v->n_layers, v->n_heads, v->hidden / v->n_heads, v->intermediate,
+		       v->ln_eps, v->image_size, v->patch_size, g, g);
+		printf("image tokens     %d per image (avg pool %d x %d), ids boi %d eoi %d image %d; %.1f GFLOP per image; "
+		       "tower + projector %.3f GB (in the weights above); TP splits heads and ffn: T must divide %d and %d\n",
+		       v->mm_tokens_per_image, g / side, g / side, v->boi_id, v->eoi_id, v->image_token_id,
+		       gs_vision_flops(m) / 1e9, m->vision ? (double)m->vision->weight_bytes / 1e9 : 0.0, v->n_heads,
+		       v->intermediate);
+	}
 
 	if (!no_tensors) {
 		printf("\n%-64s %-5s %-18s %12s\n", "tensor", "dtype", "shape", "bytes");

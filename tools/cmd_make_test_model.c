@@ -37,12 +37,16 @@ struct gs_mtm_opts {
 	bool        conditional;   /* Gemma3ForConditionalGeneration layout */
 	bool        names_new;     /* model.language_model.* instead of language_model.model.* */
 	const char *layer_types;   /* NULL: sliding_window_pattern 6 */
+	/* the SigLIP tower (tiny-vision preset or any --vision-* flag; conditional layout) */
+	bool        vision;
+	long        v_hidden, v_layers, v_heads, v_intermediate, v_image, v_patch, v_mm;
 };
 
 /* Per-tensor generator state; one per tensor, alive until the writer is done. */
 struct gs_mtm_gen {
 	uint64_t key;
 	double   std;
+	double   mean;   /* LayerNorm weights: 1 + N(0, std²) */
 };
 
 static void gs_mtm_usage(FILE *f)
@@ -53,13 +57,16 @@ static void gs_mtm_usage(FILE *f)
 		"Writes DIR/config.json, DIR/model.safetensors (or shards + index) with random bf16\n"
 		"weights, and DIR/tokenizer.json (a copy of PATH).\n"
 		"\n"
-		"  --preset tiny|small|1b   base shape (default tiny); flags below override it\n"
+		"  --preset tiny|small|1b|tiny-vision   base shape (default tiny); flags below override it\n"
 		"                           tiny:  6 layers, hidden 64, 4/2 heads, head_dim 16, ffn 128,\n"
 		"                                  window 8, qpas 16\n"
 		"                           small: 8 layers, hidden 256, 4/1 heads, head_dim 64, ffn 512,\n"
 		"                                  window 32, qpas 64, rope-scaling 8\n"
 		"                           1b:    26 layers, hidden 1152, 4/1 heads, head_dim 256, ffn 6912,\n"
 		"                                  window 512, qpas 256 (the Gemma 3 1B shape)\n"
+		"                           tiny-vision: tiny with vocab 262208 (the image token ids) and a\n"
+		"                                  SigLIP tower (Gemma3ForConditionalGeneration): hidden 32,\n"
+		"                                  2 layers, 4 heads, ffn 64, image 56, patch 14, 4 mm tokens\n"
 		"  --seed N                 RNG seed (default 0)\n"
 		"  --layers N --hidden N --heads N --kv-heads N --head-dim N --intermediate N\n"
 		"  --window N               sliding_window\n"
@@ -70,7 +77,14 @@ static void gs_mtm_usage(FILE *f)
 		"  --layout causal|conditional\n"
 		"                           Gemma3ForCausalLM (model.*) or Gemma3ForConditionalGeneration\n"
 		"                           (language_model.model.*, config under text_config)\n"
-		"  --names orig|new         conditional only: 'new' names tensors model.language_model.*\n"
+		"  --names orig|new         conditional only: 'new' names tensors model.language_model.*,\n"
+		"                           model.vision_tower.*, model.multi_modal_projector.* (also\n"
+		"                           spelled --name-scheme original|new)\n"
+		"  --vision-hidden N --vision-layers N --vision-heads N --vision-intermediate N\n"
+		"  --vision-image-size N --vision-patch N --vision-mm-tokens N\n"
+		"                           the vision tower's shape (implies the tiny-vision tower and the\n"
+		"                           conditional layout); mm tokens: a square whose side divides\n"
+		"                           image-size / patch\n"
 		"  --shards N               write N shards + model.safetensors.index.json (default 1)\n"
 		"  --layer-types PATTERN    write layer_types instead of sliding_window_pattern; PATTERN is\n"
 		"                           a string of s (sliding) and f (full) repeated over the layers,\n"
@@ -82,6 +96,9 @@ static int gs_mtm_preset(struct gs_mtm_opts *o, const char *name)
 {
 	o->vocab = 262144;
 	o->rope_scaling = 0;
+	/* the tower of tiny-vision, also the base of --vision-* flags on another preset */
+	o->v_hidden = 32, o->v_layers = 2, o->v_heads = 4, o->v_intermediate = 64;
+	o->v_image = 56, o->v_patch = 14, o->v_mm = 4;
 	if (strcmp(name, "tiny") == 0) {
 		o->layers = 6, o->hidden = 64, o->heads = 4, o->kv_heads = 2, o->head_dim = 16;
 		o->intermediate = 128, o->window = 8, o->qpas = 16, o->max_pos = 4096;
@@ -89,6 +106,10 @@ static int gs_mtm_preset(struct gs_mtm_opts *o, const char *name)
 		o->layers = 8, o->hidden = 256, o->heads = 4, o->kv_heads = 1, o->head_dim = 64;
 		o->intermediate = 512, o->window = 32, o->qpas = 64, o->max_pos = 32768;
 		o->rope_scaling = 8;
+	} else if (strcmp(name, "tiny-vision") == 0) {
+		o->layers = 6, o->hidden = 64, o->heads = 4, o->kv_heads = 2, o->head_dim = 16;
+		o->intermediate = 128, o->window = 8, o->qpas = 16, o->max_pos = 4096;
+		o->vocab = 262208, o->conditional = true, o->vision = true;
 	} else if (strcmp(name, "1b") == 0) {
 		o->layers = 26, o->hidden = 1152, o->heads = 4, o->kv_heads = 1, o->head_dim = 256;
 		o->intermediate = 6912, o->window = 512, o->qpas = 256, o->max_pos = 32768;
@@ -138,7 +159,7 @@ static int gs_mtm_parse(int argc, char **argv, struct gs_mtm_opts *o, bool *help
 			preset = argv[i + 1];
 	}
 	if (!gs_mtm_preset(o, preset)) {
-		fprintf(stderr, "make-test-model: unknown preset '%s' (tiny, small, 1b)\n", preset);
+		fprintf(stderr, "make-test-model: unknown preset '%s' (tiny, small, 1b, tiny-vision)\n", preset);
 		return 0;
 	}
 	for (int i = 1; i < argc; i++) {
@@ -196,8 +217,8 @@ static int gs_mtm_parse(int argc, char **argv, struct gs_mtm_opts *o, bool *help
 				fprintf(stderr, "make-test-model: --layout expects causal or conditional, got '%s'\n", v);
 				return 0;
 			}
-		} else if (strcmp(f, "--names") == 0) {
-			if (strcmp(v, "orig") == 0)
+		} else if (strcmp(f, "--names") == 0 || strcmp(f, "--name-scheme") == 0) {
+			if (strcmp(v, "orig") == 0 || strcmp(v, "original") == 0)
 				o->names_new = false;
 			else if (strcmp(v, "new") == 0)
 				o->names_new = true;
@@ -207,7 +228,21 @@ static int gs_mtm_parse(int argc, char **argv, struct gs_mtm_opts *o, bool *help
 			}
 		} else if (strcmp(f, "--layer-types") == 0)
 			o->layer_types = v;
-		else {
+		else if (strncmp(f, "--vision-", 9) == 0) {
+			static const char *const vf[] = { "hidden", "layers", "heads", "intermediate", "image-size", "patch",
+							  "mm-tokens" };
+			long *dst[] = { &o->v_hidden, &o->v_layers, &o->v_heads, &o->v_intermediate, &o->v_image, &o->v_patch,
+					&o->v_mm };
+			size_t k = 0;
+			while (k < 7 && strcmp(f + 9, vf[k]) != 0)
+				k++;
+			if (k == 7) {
+				fprintf(stderr, "make-test-model: unknown option '%s' (see --help)\n", f);
+				return 0;
+			}
+			ok = gs_mtm_long(f, v, 1, 1 << 16, dst[k]);
+			o->vision = o->conditional = true;
+		} else {
 			fprintf(stderr, "make-test-model: unknown option '%s' (see --help)\n", f);
 			return 0;
 		}
@@ -250,6 +285,27 @@ static int gs_mtm_validate(const struct gs_mtm_opts *o)
 		if (n == 0 || n > GS_MTM_MAX_PATTERN || strspn(o->layer_types, "sfSF") != n) {
 			fprintf(stderr, "make-test-model: --layer-types '%s' must be 1..%d letters s (sliding) or "
 				"f (full), e.g. sssssf\n", o->layer_types, GS_MTM_MAX_PATTERN);
+			return 0;
+		}
+	}
+	if (o->vision) {
+		long g = o->v_image / o->v_patch, side = 1;
+		while (side * side < o->v_mm)
+			side++;
+		if (o->v_hidden % o->v_heads || o->v_image % o->v_patch || side * side != o->v_mm || g % side) {
+			fprintf(stderr, "make-test-model: vision shape: --vision-hidden %ld must be a multiple of "
+				"--vision-heads %ld, --vision-image-size %ld of --vision-patch %ld, and --vision-mm-tokens "
+				"%ld a square whose side divides %ld\n", o->v_hidden, o->v_heads, o->v_image, o->v_patch,
+				o->v_mm, g);
+			return 0;
+		}
+		if (!o->conditional) {
+			fprintf(stderr, "make-test-model: a vision tower needs --layout conditional\n");
+			return 0;
+		}
+		if (o->vocab <= 262144) {
+			fprintf(stderr, "make-test-model: a vision tower needs --vocab above 262144 (the image token "
+				"ids 255999, 256000, 262144 must have rows), got %ld\n", o->vocab);
 			return 0;
 		}
 	}
@@ -301,16 +357,16 @@ static void gs_mtm_gen_normal(void *ctx, const char *name, size_t first, size_t 
 	(void)name;
 	if (first % 2 == 1 && count > 0) {
 		gs_mtm_normal_pair(g->key, first / 2, (float)g->std, z);
-		out[i++] = gs_f32_to_bf16(z[1]);
+		out[i++] = gs_f32_to_bf16((float)g->mean + z[1]);
 	}
 	for (; i + 1 < count; i += 2) {
 		gs_mtm_normal_pair(g->key, (first + i) / 2, (float)g->std, z);
-		out[i] = gs_f32_to_bf16(z[0]);
-		out[i + 1] = gs_f32_to_bf16(z[1]);
+		out[i] = gs_f32_to_bf16((float)g->mean + z[0]);
+		out[i + 1] = gs_f32_to_bf16((float)g->mean + z[1]);
 	}
 	if (i < count) {
 		gs_mtm_normal_pair(g->key, (first + i) / 2, (float)g->std, z);
-		out[i] = gs_f32_to_bf16(z[0]);
+		out[i] = gs_f32_to_bf16((float)g->mean + z[0]);
 	}
 }
 
@@ -324,18 +380,79 @@ struct gs_mtm_model {
 	uint64_t             seed;
 };
 
-static enum gs_status gs_mtm_add(struct gs_mtm_model *m, const char *suffix, int ndim, int64_t d0, int64_t d1,
-				 double std)
+/* A bf16 tensor prefix + suffix of up to 4 dims (dims[ndim..] ignored), N(mean, std²). */
+static enum gs_status gs_mtm_add_nd(struct gs_mtm_model *m, const char *prefix, const char *suffix, int ndim,
+				    const int64_t *shape, double mean, double std)
 {
 	char name[256];
-	int64_t shape[2] = { d0, d1 };
-	snprintf(name, sizeof(name), "%s%s", m->prefix, suffix);
+	uint64_t n = 1;
+	snprintf(name, sizeof(name), "%s%s", prefix, suffix);
 	GS_ASSERT(m->ngens < m->capgens);
 	struct gs_mtm_gen *g = &m->gens[m->ngens++];
 	g->key = gs_mtm_name_key(m->seed, name);
 	g->std = std;
-	m->params += (uint64_t)d0 * (uint64_t)(ndim == 2 ? d1 : 1);
+	g->mean = mean;
+	for (int i = 0; i < ndim; i++)
+		n *= (uint64_t)shape[i];
+	m->params += n;
 	return gs_st_writer_add_gen(m->w, name, GS_DTYPE_BF16, ndim, shape, gs_mtm_gen_normal, g);
+}
+
+static enum gs_status gs_mtm_add(struct gs_mtm_model *m, const char *suffix, int ndim, int64_t d0, int64_t d1,
+				 double std)
+{
+	int64_t shape[2] = { d0, d1 };
+	return gs_mtm_add_nd(m, m->prefix, suffix, ndim, shape, 0.0, std);
+}
+
+#define GS_MTM_VISION_PER_LAYER 16
+
+/* The SigLIP tower and the projector (reference/gemma3.md §3.2), names in m->prefix's scheme.
+ * LayerNorm weights N(1, 0.1²), biases N(0, 0.1²) (so a missed bias shows), positions
+ * N(0, 0.3²), the soft-embedding norm's raw w N(0, 0.1²) like the text norms. */
+static enum gs_status gs_mtm_add_vision(struct gs_mtm_model *m, const struct gs_mtm_opts *o)
+{
+	const bool nw = strcmp(m->prefix, "model.language_model.") == 0;
+	const char *tw = nw ? "model.vision_tower.vision_model." : "vision_tower.vision_model.";
+	const char *pj = nw ? "model.multi_modal_projector." : "multi_modal_projector.";
+	const int64_t Hv = o->v_hidden, F = o->v_intermediate, P = o->v_patch, g = o->v_image / o->v_patch;
+	const double b = 0.1;
+	char s[160];
+
+	GS_TRY(gs_mtm_add_nd(m, tw, "embeddings.patch_embedding.weight", 4, (int64_t[]){ Hv, 3, P, P }, 0,
+			     1.0 / sqrt(3.0 * (double)(P * P))));
+	GS_TRY(gs_mtm_add_nd(m, tw, "embeddings.patch_embedding.bias", 1, (int64_t[]){ Hv }, 0, b));
+	GS_TRY(gs_mtm_add_nd(m, tw, "embeddings.position_embedding.weight", 2, (int64_t[]){ g * g, Hv }, 0, 0.3));
+	for (long l = 0; l < o->v_layers; l++) {
+#define GS_MTM_VLAYER(suffix, nd, a, bb, mean, std)                                               \
+	do {                                                                                      \
+		snprintf(s, sizeof(s), "encoder.layers.%ld.%s", l, suffix);                       \
+		GS_TRY(gs_mtm_add_nd(m, tw, s, nd, (int64_t[]){ a, bb }, mean, std));              \
+	} while (0)
+		GS_MTM_VLAYER("layer_norm1.weight", 1, Hv, 0, 1.0, b);
+		GS_MTM_VLAYER("layer_norm1.bias", 1, Hv, 0, 0.0, b);
+		GS_MTM_VLAYER("self_attn.q_proj.weight", 2, Hv, Hv, 0.0, 1.0 / sqrt((double)Hv));
+		GS_MTM_VLAYER("self_attn.q_proj.bias", 1, Hv, 0, 0.0, b);
+		GS_MTM_VLAYER("self_attn.k_proj.weight", 2, Hv, Hv, 0.0, 1.0 / sqrt((double)Hv));
+		GS_MTM_VLAYER("self_attn.k_proj.bias", 1, Hv, 0, 0.0, b);
+		GS_MTM_VLAYER("self_attn.v_proj.weight", 2, Hv, Hv, 0.0, 1.0 / sqrt((double)Hv));
+		GS_MTM_VLAYER("self_attn.v_proj.bias", 1, Hv, 0, 0.0, b);
+		GS_MTM_VLAYER("self_attn.out_proj.weight", 2, Hv, Hv, 0.0, 1.0 / sqrt((double)Hv));
+		GS_MTM_VLAYER("self_attn.out_proj.bias", 1, Hv, 0, 0.0, b);
+		GS_MTM_VLAYER("layer_norm2.weight", 1, Hv, 0, 1.0, b);
+		GS_MTM_VLAYER("layer_norm2.bias", 1, Hv, 0, 0.0, b);
+		GS_MTM_VLAYER("mlp.fc1.weight", 2, F, Hv, 0.0, 1.0 / sqrt((double)Hv));
+		GS_MTM_VLAYER("mlp.fc1.bias", 1, F, 0, 0.0, b);
+		GS_MTM_VLAYER("mlp.fc2.weight", 2, Hv, F, 0.0, 1.0 / sqrt((double)F));
+		GS_MTM_VLAYER("mlp.fc2.bias", 1, Hv, 0, 0.0, b);
+#undef GS_MTM_VLAYER
+	}
+	GS_TRY(gs_mtm_add_nd(m, tw, "post_layernorm.weight", 1, (int64_t[]){ Hv }, 1.0, b));
+	GS_TRY(gs_mtm_add_nd(m, tw, "post_layernorm.bias", 1, (int64_t[]){ Hv }, 0.0, b));
+	GS_TRY(gs_mtm_add_nd(m, pj, "mm_soft_emb_norm.weight", 1, (int64_t[]){ Hv }, 0.0, b));
+	/* [in = Hv, out = H]: used as x @ W */
+	return gs_mtm_add_nd(m, pj, "mm_input_projection_weight", 2, (int64_t[]){ Hv, o->hidden }, 0.0,
+			     1.0 / sqrt((double)Hv));
 }
 
 static enum gs_status gs_mtm_add_tensors(struct gs_mtm_model *m, const struct gs_mtm_opts *o)
@@ -469,6 +586,26 @@ static enum gs_status gs_mtm_write_config(const struct gs_mtm_opts *o, const cha
 		cJSON_AddNumberToObject(root, "pad_token_id", 0);
 		cJSON_AddTrueToObject(root, "tie_word_embeddings");
 		cJSON_AddStringToObject(root, "torch_dtype", "bfloat16");
+		if (o->vision) {
+			/* as google/medgemma-4b-it writes them (reference/gemma3.md §1.3) */
+			cJSON *vc = cJSON_AddObjectToObject(root, "vision_config");
+			if (vc) {
+				cJSON_AddStringToObject(vc, "model_type", "siglip_vision_model");
+				cJSON_AddNumberToObject(vc, "hidden_size", (double)o->v_hidden);
+				cJSON_AddNumberToObject(vc, "intermediate_size", (double)o->v_intermediate);
+				cJSON_AddNumberToObject(vc, "num_hidden_layers", (double)o->v_layers);
+				cJSON_AddNumberToObject(vc, "num_attention_heads", (double)o->v_heads);
+				cJSON_AddNumberToObject(vc, "image_size", (double)o->v_image);
+				cJSON_AddNumberToObject(vc, "patch_size", (double)o->v_patch);
+				cJSON_AddNumberToObject(vc, "layer_norm_eps", 1e-6);
+				cJSON_AddStringToObject(vc, "hidden_act", "gelu_pytorch_tanh");
+				cJSON_AddFalseToObject(vc, "vision_use_head");
+			}
+			cJSON_AddNumberToObject(root, "mm_tokens_per_image", (double)o->v_mm);
+			cJSON_AddNumberToObject(root, "boi_token_index", 255999);
+			cJSON_AddNumberToObject(root, "eoi_token_index", 256000);
+			cJSON_AddNumberToObject(root, "image_token_index", 262144);
+		}
 	}
 	cJSON *archs = cJSON_CreateArray();
 	if (archs) {
@@ -552,7 +689,8 @@ static enum gs_status gs_mtm_run(const struct gs_mtm_opts *o)
 
 	m.seed = o->seed;
 	m.prefix = !o->conditional ? "model." : o->names_new ? "model.language_model." : "language_model.model.";
-	m.capgens = (size_t)o->layers * GS_MTM_TENSORS_PER_LAYER + 2;
+	m.capgens = (size_t)o->layers * GS_MTM_TENSORS_PER_LAYER + 2 +
+		    (o->vision ? (size_t)o->v_layers * GS_MTM_VISION_PER_LAYER + 7 : 0);
 	m.gens = calloc(m.capgens, sizeof(*m.gens));
 	if (!m.gens)
 		return gs_errorf(GS_ERR_NOMEM, "make-test-model: out of memory");
@@ -560,6 +698,8 @@ static enum gs_status gs_mtm_run(const struct gs_mtm_opts *o)
 	if (rc != GS_OK)
 		goto out_free_gens;
 	rc = gs_mtm_add_tensors(&m, o);
+	if (rc == GS_OK && o->vision)
+		rc = gs_mtm_add_vision(&m, o);
 	if (rc != GS_OK)
 		goto out_free_writer;
 
@@ -583,7 +723,8 @@ static enum gs_status gs_mtm_run(const struct gs_mtm_opts *o)
 	printf("make-test-model: %s: preset %s, %ld layers, hidden %ld, %.2fM params, %.1f MB bf16 in %ld "
 	       "file%s, %s layout (%.1f s)\n",
 	       o->out, o->preset, o->layers, o->hidden, (double)m.params / 1e6, (double)bytes / 1e6, o->shards,
-	       o->shards > 1 ? "s" : "", o->conditional ? "conditional" : "causal", secs);
+	       o->shards > 1 ? "s" : "", o->vision ? "conditional with vision" : o->conditional ? "conditional" : "causal",
+	       secs);
 out_free_writer:
 	gs_st_writer_free(m.w);
 out_free_gens:

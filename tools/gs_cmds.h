@@ -8,9 +8,13 @@
 int gs_cmd_make_test_model(int argc, char **argv);
 int gs_cmd_tokenize(int argc, char **argv);
 int gs_cmd_logits(int argc, char **argv);
+/* image RGB bytes -> the vision tower's projector rows (cmd_vision.c) */
+int gs_cmd_vision_embed(int argc, char **argv);
 int gs_cmd_run(int argc, char **argv);
 int gs_cmd_inspect(int argc, char **argv);
 int gs_cmd_bench(int argc, char **argv);
+/* image file -> the S x S x 3 RGB bytes the engines receive (cmd_image.c) */
+int gs_cmd_image_prep(int argc, char **argv);
 /* Joins the outputs of a split batch; besides 0/1/2 returns 3 (missing ids) and 4 (conflicts). */
 int gs_cmd_batch_merge(int argc, char **argv);
 /* Clients of a running coordinator's gRPC API (cmd_client.c). Besides 0/1/2 they return

@@ -14,9 +14,11 @@ static const struct {
 	{ "chat", gs_cmd_chat, "chat with a running coordinator (gRPC; interactive with no MESSAGE)" },
 	{ "run", gs_cmd_run, "generate locally from a prompt or a chat message (streams the answer)" },
 	{ "logits", gs_cmd_logits, "write float32 logits of every position for a token list" },
+	{ "vision-embed", gs_cmd_vision_embed, "write the vision tower's projector rows for RGB images (tests)" },
 	{ "tokenize", gs_cmd_tokenize, "print the token ids of a text" },
 	{ "inspect", gs_cmd_inspect, "config summary, tensor table, memory per rank" },
 	{ "bench", gs_cmd_bench, "memory bandwidth, decode and prefill throughput, tokenizer speed" },
+	{ "image-prep", gs_cmd_image_prep, "decode and resize an image file to the RGB bytes the model gets" },
 	{ "make-test-model", gs_cmd_make_test_model, "write a random-weight checkpoint in the HF layout" },
 	{ "batch-merge", gs_cmd_batch_merge, "join the outputs of a split batch (job array), every id exactly once" },
 };

@@ -5,6 +5,9 @@
 #include <string.h>
 
 #include "gs_batchio.h"
+#include "gs_chat.h"
+#include "gs_image.h"
+#include "gs_model.h"
 
 /* One request (one choice of a line) in flight on the leader. A line with n > 1 has its
  * choices 1.. in more[]; engine ids are line * GS_BATCH_MAX_N + choice. */
@@ -119,6 +122,56 @@ static bool split_owns(struct gs_batch_split split, const struct gs_batch_req *r
 	return (r->line_no - 1) % split.n == split.k;
 }
 
+/* A line with images: its text with the image sequences (the processor step), its images
+ * decoded and resized for the model; the encoded files are freed either way. A problem fails
+ * the line (GS_ERR_INVALID_ARG with the reason). */
+static enum gs_status submit_images(struct gs_engine *e, const struct gs_model *m, const struct gs_tokenizer *tok,
+				    struct gs_batch_req *r, uint64_t id, const struct gs_req_params *p, size_t *n_ids)
+{
+	const struct gs_vision_config *v = &m->cfg.vision;
+	size_t each = (size_t)v->image_size * (size_t)v->image_size * 3;
+	int32_t *ids = NULL, markers = 0;
+	uint8_t *px = NULL;
+	char *text = NULL;
+	enum gs_status st = GS_OK;
+
+	if (!v->present) {
+		st = gs_errorf(GS_ERR_INVALID_ARG, "the model does not take images (its config has no vision_config)");
+		goto out_free;
+	}
+	if ((st = gs_chat_expand_images(r->text, v->mm_tokens_per_image, &text, &markers)) != GS_OK)
+		goto out_free;
+	if (markers != r->n_images) {
+		st = gs_errorf(GS_ERR_INVALID_ARG, "the text holds %d \"<start_of_image>\" markers for %d images; send "
+			       "images only as image_url parts", (int)markers, r->n_images);
+		goto out_free;
+	}
+	if (!(px = malloc(each * (size_t)r->n_images))) {
+		st = gs_errorf(GS_ERR_NOMEM, "out of memory for %d images", r->n_images);
+		goto out_free;
+	}
+	for (int i = 0; i < r->n_images && st == GS_OK; i++) {
+		const struct gs_chat_image *im = &r->images[i];
+		struct gs_image_opts o = { .has_window = im->has_window, .window_center = im->window_center,
+					   .window_width = im->window_width };
+		st = gs_image_prepare(im->data, im->n, im->mime, &o, v->image_size, px + each * (size_t)i);
+		if (st != GS_OK)
+			gs_error_prefix(st, "image %d", i);
+	}
+	if (st == GS_OK && (st = gs_tokenizer_encode(tok, text, strlen(text), false, &ids, n_ids)) == GS_OK)
+		st = gs_engine_submit_images(e, id, ids, (int32_t)*n_ids, p, px, r->n_images);
+out_free:
+	for (int i = 0; i < r->n_images; i++)
+		free(r->images[i].data);
+	free(r->images);
+	r->images = NULL;
+	r->n_images = 0;
+	free(ids);
+	free(px);
+	free(text);
+	return st;
+}
+
 enum gs_status gs_batch_run(struct gs_engine *e, const struct gs_model *m, const struct gs_tokenizer *tok,
 			    const char *in_path, const char *out_path, struct gs_batch_split split)
 {
@@ -191,8 +244,10 @@ enum gs_status gs_batch_run(struct gs_engine *e, const struct gs_model *m, const
 					p.stop_ids[p.n_stop_ids++] = r->stop_ids[i];
 				p.ignore_eos = r->ignore_eos;
 				p.response_format = r->response_format;
-				st = gs_tokenizer_encode(tok, r->text, strlen(r->text), !r->chat, &ids, &n_ids);
-				if (st == GS_OK)
+				if (r->n_images)
+					st = submit_images(e, m, tok, r, (next - 1) * GS_BATCH_MAX_N, &p, &n_ids);
+				else if ((st = gs_tokenizer_encode(tok, r->text, strlen(r->text), !r->chat, &ids, &n_ids)) ==
+					 GS_OK)
 					st = gs_engine_submit(e, (next - 1) * GS_BATCH_MAX_N, ids, (int32_t)n_ids, &p);
 				free(ids);
 				if (st == GS_OK) {

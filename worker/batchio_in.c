@@ -20,8 +20,18 @@
 
 /* ---- 1. input ----------------------------------------------------------------------------- */
 
+static void gs_bio_free_images(struct gs_batch_req *req)
+{
+	for (int i = 0; i < req->n_images; i++)
+		free(req->images[i].data);
+	free(req->images);
+	req->images = NULL;
+	req->n_images = 0;
+}
+
 void gs_batch_req_clear(struct gs_batch_req *req)
 {
+	gs_bio_free_images(req);
 	free(req->id);
 	free(req->text);
 	for (int i = 0; i < req->n_stop; i++)
@@ -61,6 +71,7 @@ static enum gs_status gs_bio_reject(struct gs_batch_req *req, const char *fmt, .
 		return gs_errorf(GS_ERR_NOMEM, "batch: out of memory describing line %" PRId64, req->line_no);
 	free(req->text);
 	req->text = NULL;
+	gs_bio_free_images(req);
 	for (int i = 0; i < req->n_stop; i++) {
 		free(req->stop[i]);
 		req->stop[i] = NULL;
@@ -138,60 +149,39 @@ static bool gs_bio_float(const cJSON *obj, const char *key, float *dst, const cJ
 	return true;
 }
 
+/* messages in OpenAI's shape, text and image_url (data: URL) parts (gs_chat_openai.h). */
 static enum gs_status gs_bio_parse_messages(const cJSON *msgs, struct gs_batch_req *req)
 {
-	struct gs_chat_msg *m;
-	int n = cJSON_GetArraySize(msgs), i = 0;
-	const cJSON *it;
+	struct gs_chat_openai c;
 	enum gs_status st;
+	char why[512];
 	char *text = NULL;
 
-	if (!cJSON_IsArray(msgs))
-		return gs_bio_reject(req, "messages must be an array, got %s", gs_json_type(msgs));
-	if (n == 0)
-		return gs_bio_reject(req, "messages must not be empty");
-	m = calloc((size_t)n, sizeof(*m));
-	if (!m)
-		return gs_errorf(GS_ERR_NOMEM, "batch: out of memory for %d messages", n);
-	cJSON_ArrayForEach(it, msgs) {
-		const cJSON *role, *content;
-
-		if (!cJSON_IsObject(it)) {
-			st = gs_bio_reject(req, "messages[%d] must be an object, got %s", i, gs_json_type(it));
-			goto out_free_msgs;
-		}
-		role = cJSON_GetObjectItemCaseSensitive(it, "role");
-		content = cJSON_GetObjectItemCaseSensitive(it, "content");
-		if (!cJSON_IsString(role)) {
-			st = gs_bio_reject(req, "messages[%d].role must be a string, got %s", i,
-					   role ? gs_json_type(role) : "nothing");
-			goto out_free_msgs;
-		}
-		if (!cJSON_IsString(content)) {
-			st = gs_bio_reject(req, "messages[%d].content must be a string, got %s%s", i,
-					   content ? gs_json_type(content) : "nothing",
-					   cJSON_IsArray(content) ? " (content parts are not supported in batch mode)"
-								  : "");
-			goto out_free_msgs;
-		}
-		m[i].role = role->valuestring;
-		m[i].content = content->valuestring;
-		i++;
+	st = gs_chat_openai_parse(msgs, GS_BATCH_MAX_IMAGES, &c, why, sizeof(why), NULL, 0);
+	if (st == GS_ERR_INVALID_ARG) {
+		st = gs_bio_reject(req, "%s", why);
+		goto out_free;
 	}
-	if (n == 1 && strcmp(m[0].role, "system") == 0) {
+	if (st != GS_OK)
+		goto out_free;
+	if (c.n_msgs == 1 && strcmp(c.msgs[0].role, "system") == 0) {
 		st = gs_bio_reject(req, "messages has only a system message; add a user message");
-		goto out_free_msgs;
+		goto out_free;
 	}
-	st = gs_chat_render(m, (size_t)n, true, &text);
+	st = gs_chat_render(c.msgs, (size_t)c.n_msgs, true, &text);
 	if (st == GS_ERR_INVALID_ARG) {
 		st = gs_bio_reject(req, "%s", gs_last_error());
 		gs_clear_error();
 	} else if (st == GS_OK) {
 		req->text = text;
 		req->chat = true;
+		req->images = c.images; /* taken */
+		req->n_images = c.n_images;
+		c.images = NULL;
+		c.n_images = 0;
 	}
-out_free_msgs:
-	free(m);
+out_free:
+	gs_chat_openai_free(&c);
 	return st;
 }
 

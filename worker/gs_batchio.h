@@ -57,6 +57,7 @@
 #ifndef GS_BATCHIO_H
 #define GS_BATCHIO_H
 
+#include "gs_chat_openai.h"
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -70,6 +71,7 @@
 #define GS_BATCH_MAX_TOKENS_LIMIT  (1 << 20)   /* max_tokens upper bound                    */
 #define GS_BATCH_DEFAULT_MAX_TOKENS 256
 #define GS_BATCH_MAX_N             8           /* "n": choices of one line (GS_MAX_N)        */
+#define GS_BATCH_MAX_IMAGES        8           /* image_url parts of one line               */
 #define GS_BATCH_MAX_ID_BYTES      1024        /* longer ids are refused                    */
 #define GS_BATCH_MAX_STOP_BYTES    1024        /* longer stop strings are refused           */
 #define GS_BATCH_MAX_LINE_IN       (64u << 20) /* input lines above 64 MiB are refused      */
@@ -95,6 +97,10 @@ struct gs_batch_req {
 	char    *response_format;           /* structured output (gs_grammar.h), NULL: none       */
 	int      n;                         /* choices 1 .. GS_BATCH_MAX_N, seeds seed + i         */
 	int64_t  line_no;                   /* 1-based line in the input file                     */
+	struct gs_chat_image *images;       /* image_url parts [n_images], still encoded: decoded
+					       at submission (gs_image_prepare), then freed; the
+					       chat text holds one "<start_of_image>" each      */
+	int      n_images;
 	char    *error;                     /* non-NULL: invalid; write an error record with it.
 					       text/stop are then NULL/0 and must not be used  */
 };

@@ -4,7 +4,8 @@
  * Rank 0 connects over TCP (length-prefixed EngineMessage frames, proto/gs_frame.h), with
  * mutual TLS 1.3 when it has the cluster certificates (net/gs_net.h: the coordinator must
  * present a coordinator certificate of the cluster CA naming the address it was given, and
- * accept this engine's), says EngineHello, then serves: Submit → gs_engine_submit, Cancel → gs_engine_cancel; after each
+ * accept this engine's), says EngineHello, then serves: Submit → gs_engine_submit (with images:
+ * gs_engine_submit_images, each image checked to be image_size² × 3 bytes), Cancel → gs_engine_cancel; after each
  * engine step one TokenEvents frame (one TokenEvent per request of the step); a Heartbeat at
  * least every 250 ms, busy or idle. A request the engine refuses gets a TokenEvent with
  * FINISH_ERROR and the reason at once.
@@ -20,13 +21,16 @@
 #define GS_LINK_H
 
 #include <signal.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "gs_engine.h"
 #include "gs_net.h"
 
-#define GS_LINK_MAX_FRAME      (16u << 20)  /* largest frame accepted from the coordinator */
+#define GS_LINK_MAX_FRAME      (16u << 20)  /* largest frame accepted from the coordinator (a Submit
+						with its images: the coordinator keeps those under
+						15 MiB, coordinator/coord_internal.h) */
 #define GS_LINK_HEARTBEAT_S    0.2          /* heartbeat period (the promise is 250 ms) */
 #define GS_LINK_SEND_TIMEOUT_S 5            /* a write blocked this long is a lost link */
 
@@ -38,6 +42,9 @@ struct gs_link_config {
 	int32_t     vocab_size;    /* ids the engine accepts: 0 .. vocab_size-1 */
 	struct gs_cluster_tls *tls; /* engine-role credentials: mutual TLS; NULL: plaintext */
 	const char *numerics;      /* matmul numerics (EngineHello.numerics): "fp32", "bf16", "cuda" */
+	bool        vision;        /* a vision tower is loaded (EngineHello.vision) ... */
+	int32_t     image_size;    /* ... taking image_size^2 RGB images ... */
+	int32_t     mm_tokens_per_image; /* ... as this many soft tokens each */
 };
 
 /* Split "host:port" / "[v6]:port" into host[host_cap] and port[port_cap]. GS_ERR_INVALID_ARG

@@ -375,6 +375,9 @@ static enum gs_status send_hello(struct link *l)
 	h.max_seqs = s.max_seqs;
 	h.numerics = (char *)(l->cfg->numerics ? l->cfg->numerics : "fp32");
 	h.prefix_cache = s.prefix_cache;
+	h.vision = l->cfg->vision; /* the coordinator checks the shape against its config.json */
+	h.image_size = l->cfg->vision ? l->cfg->image_size : 0;
+	h.mm_tokens_per_image = l->cfg->vision ? l->cfg->mm_tokens_per_image : 0;
 	m.body_case = GEMMASHARD__ENGINE__ENGINE_MESSAGE__BODY_HELLO;
 	m.hello = &h;
 	return gs_engine_msg_send(l->s, &m);
@@ -534,6 +537,27 @@ static enum gs_status step_once(struct link *l, bool send, bool *lost)
 
 /* ---- messages in --------------------------------------------------------------------- */
 
+/* Submit.images (each image_size^2 x 3 RGB bytes, seam 1) side by side for the engine, which
+ * copies them. */
+static enum gs_status submit_images(struct link *l, const Gemmashard__Engine__Submit *s, const struct gs_req_params *p)
+{
+	size_t each = (size_t)l->cfg->image_size * (size_t)l->cfg->image_size * 3;
+	enum gs_status st;
+	uint8_t *px;
+
+	for (size_t i = 0; i < s->n_images; i++)
+		if (s->images[i].len != each)
+			return gs_errorf(GS_ERR_INVALID_ARG, "image %zu has %zu bytes, expected %zu (%dx%d RGB)", i,
+					 s->images[i].len, each, (int)l->cfg->image_size, (int)l->cfg->image_size);
+	if (!(px = malloc(each * s->n_images)))
+		return gs_errorf(GS_ERR_NOMEM, "out of memory for %zu images", s->n_images);
+	for (size_t i = 0; i < s->n_images; i++)
+		memcpy(px + each * i, s->images[i].data, each);
+	st = gs_engine_submit_images(l->e, s->request_id, s->prompt, (int32_t)s->n_prompt, p, px, (int32_t)s->n_images);
+	free(px);
+	return st;
+}
+
 /* A request problem is answered on the link; only a failed send is returned. */
 static enum gs_status handle_submit(struct link *l, const Gemmashard__Engine__Submit *s)
 {
@@ -558,6 +582,10 @@ static enum gs_status handle_submit(struct link *l, const Gemmashard__Engine__Su
 		st = gs_errorf(GS_ERR_INVALID_ARG, "at most %d stop ids, got %zu", GS_MAX_STOP_IDS, sp->n_stop_ids);
 	else if (s->n_prompt > INT32_MAX)
 		st = gs_errorf(GS_ERR_RANGE, "prompt of %zu tokens", s->n_prompt);
+	else if (s->n_images && !l->cfg->vision)
+		st = gs_errorf(GS_ERR_INVALID_ARG, "model `%s` does not take images (no vision tower)", l->cfg->model_id);
+	else if (s->n_images > INT32_MAX / 2)
+		st = gs_errorf(GS_ERR_INVALID_ARG, "%zu images in one request", s->n_images);
 	else if ((st = gs_params_from_wire(sp, &p.sp)) == GS_OK)
 		st = req_reserve(&l->reqs, (size_t)n);
 	if (st == GS_OK) {
@@ -570,7 +598,10 @@ static enum gs_status handle_submit(struct link *l, const Gemmashard__Engine__Su
 		p.logprobs = sp->logprobs;
 		p.response_format = sp->response_format && sp->response_format[0] ? sp->response_format : NULL;
 		p.n = n;
-		st = gs_engine_submit(l->e, s->request_id, s->prompt, (int32_t)s->n_prompt, &p);
+		if (s->n_images)
+			st = submit_images(l, s, &p);
+		else
+			st = gs_engine_submit(l->e, s->request_id, s->prompt, (int32_t)s->n_prompt, &p);
 	}
 	if (st == GS_OK) {
 		for (int32_t i = 0; i < n; i++)

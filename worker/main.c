@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "gs_batch.h"
+#include "gs_cli_images.h"
 #include "gs_comm.h"
 #include "gs_config.h"
 #include "gs_cpu.h"
@@ -28,6 +29,7 @@
 #include "gs_safetensors.h"
 #include "gs_sampler.h"
 #include "gs_util.h"
+#include "gs_vision.h"
 #include "gs_watchdog.h"
 
 #define GS_PATH_MAX 256
@@ -36,6 +38,7 @@ struct worker_opts {
 	const char *model, *synthetic, *tokens, *dump, *batch, *out;
 	const char *coordinator, *engine_id, *served_name, *device;
 	const char *numerics;             /* --numerics fp32|bf16 (CPU devices); NULL: fp32 */
+	const char *images;               /* --image FILE,... with --tokens (gs_cli_images.h) */
 	struct gs_cluster_files cluster;  /* --cluster-ca/--cluster-cert/--cluster-key (engine mode) */
 	int generate, chunk, threads, decode_steps, prompt_tokens, max_batch_tokens, max_seqs, ctx;
 	bool bench;
@@ -65,7 +68,9 @@ static void usage(FILE *f)
 		   "  --dump-logits FILE   rank 0 writes float32 logits [n_tokens x vocab] of every position\n"
 		   "  --generate N         print N generated token ids (greedy unless --temperature > 0)\n"
 		   "  --temperature X --top-k N --top-p X --min-p X --repetition-penalty X --seed N\n"
-		   "  --chunk N            feed the prompt in chunks of N tokens (1 = decode only)\n"
+		   "  --chunk N            feed the prompt in chunks of N tokens (1 = decode only; an image in one piece)\n"
+		   "  --image FILE,...     with --tokens: one image per <start_of_image> id, expanded to its tokens as\n"
+		   "                       `gemmashard logits --image` does (every rank encodes them; TP collective)\n"
 		   "  --threads N          CPU threads per rank (default: all cores / ranks on this host)\n"
 		   "  --device cpu|cuda|cpu-staged  where each rank computes (default cpu); cuda: the GPU of the rank's\n"
 		   "                       node-local index, weights moved there, all-reduces over NCCL;\n"
@@ -157,6 +162,8 @@ static int parse_args(int argc, char **argv, struct worker_opts *o, int rank)
 			o->max_seqs = atoi(v);
 		} else if (!strcmp(a, "--ctx")) {
 			o->ctx = atoi(v);
+		} else if (!strcmp(a, "--image")) {
+			o->images = v;
 		} else if (!strcmp(a, "--dump-logits")) {
 			o->dump = v;
 		} else if (!strcmp(a, "--generate")) {
@@ -619,7 +626,9 @@ static int run_engine(const struct gs_comm *w, const struct gs_model *m, struct 
 	if (gs_comm_rank(w) == 0) {
 		struct gs_link_config lc = { .coordinator = o->coordinator, .engine_id = o->engine_id, .tp = gs_comm_size(w),
 					     .cp = 1, .vocab_size = m->n_vocab, .model_id = o->served_name, .tls = tls,
-					     .numerics = rb->cuda ? "cuda" : gs_numerics_name(gs_backend_cpu_numerics(&rb->be)) };
+					     .numerics = rb->cuda ? "cuda" : gs_numerics_name(gs_backend_cpu_numerics(&rb->be)),
+					     .vision = m->cfg.vision.present, .image_size = m->cfg.vision.image_size,
+					     .mm_tokens_per_image = m->cfg.vision.mm_tokens_per_image };
 		if (!lc.model_id || !*lc.model_id) {
 			default_model_id(o, model_id, sizeof(model_id));
 			lc.model_id = model_id;
@@ -651,8 +660,11 @@ int main(int argc, char **argv)
 	struct gs_forward *f = NULL;
 	struct gs_seq *s = NULL;
 	struct dsample ds = { 0 };
-	int32_t *ids = NULL, n = 0;
+	int32_t *ids = NULL, n = 0, n_img = 0;
 	float *logits = NULL, *full = NULL, *pad_s = NULL, *pad_r = NULL;
+	uint8_t *px = NULL;          /* --image: the images, then their projector rows */
+	struct gs_vision *vis = NULL;
+	float *img_rows = NULL;
 	enum gs_status st;
 	int rank, T, rc = 1;
 
@@ -728,12 +740,27 @@ int main(int argc, char **argv)
 	st = GS_OK;
 	if (o.tokens)
 		st = gs_parse_id_list(o.tokens, &ids, &n);
+	if (st == GS_OK && o.images) { /* each <start_of_image> expanded, then one image each */
+		int32_t *x = NULL, nx = 0, markers = 0;
+		st = o.tokens ? gs_cli_expand_images(&m->cfg.vision, ids, n, &x, &nx, &markers)
+			      : gs_errorf(GS_ERR_INVALID_ARG, "--image needs --tokens");
+		if (st == GS_OK) {
+			free(ids);
+			ids = x, n = nx;
+			st = gs_cli_load_images(o.images, m->cfg.vision.image_size, &px, &n_img);
+		}
+		if (st == GS_OK && n_img != markers)
+			st = gs_errorf(GS_ERR_INVALID_ARG, "--tokens has %d <start_of_image> (%d) markers but --image gives %d "
+				       "images", markers, m->cfg.vision.boi_id, n_img);
+	}
 	if (st == GS_OK && o.tokens && (int64_t)n + o.generate > m->cfg.max_position)
 		st = gs_errorf(GS_ERR_RANGE, "%d prompt + %d generated tokens exceed max_position_embeddings (%d)", n,
 			       o.generate, m->cfg.max_position);
 	if (st == GS_OK) {
 		int32_t ctx = o.bench ? o.prompt_tokens + o.decode_steps + 1 : n + o.generate + 1;
 		int32_t chunk = o.bench ? (o.prompt_tokens < 512 ? o.prompt_tokens : 512) : (n < 256 ? n : 256);
+		if (n_img && chunk < m->cfg.vision.mm_tokens_per_image)
+			chunk = m->cfg.vision.mm_tokens_per_image; /* an image is fed in one piece */
 		if (ctx > m->cfg.max_position)
 			ctx = m->cfg.max_position;
 		st = gs_forward_create(m, rb.be, chunk, &f);
@@ -767,6 +794,18 @@ int main(int argc, char **argv)
 		goto out_free;
 	if (T > 1)
 		gs_forward_set_comm(f, rb.have_nccl ? &rb.nccl : &world);
+	if (n_img) { /* every rank encodes every image (collective over the forward's group) */
+		size_t rows = (size_t)n_img * (size_t)m->cfg.vision.mm_tokens_per_image;
+		st = gs_vision_create(m, rb.be, f->comm, &vis);
+		if (st == GS_OK && !(img_rows = rb.be.iface->alloc(rb.be.ctx, rows * (size_t)m->cfg.hidden * sizeof(float))))
+			st = gs_errorf(GS_ERR_NOMEM, "cannot allocate the projector rows of %d images", n_img);
+		if (st == GS_OK)
+			st = gs_vision_encode(vis, px, n_img, img_rows);
+		if (st == GS_OK)
+			gs_seq_set_images(s, img_rows, (int32_t)rows);
+		if (!all_ok(&world, st, "encoding the images"))
+			goto out_free;
+	}
 
 	if (o.bench) {
 		rc = run_bench(&world, f, s, m, &o, logits);
@@ -776,8 +815,8 @@ int main(int argc, char **argv)
 	/* Prompt: the whole thing at once, or in --chunk pieces through the KV cache. */
 	{
 		int32_t chunk = o.chunk > 0 ? o.chunk : n;
-		for (int32_t done = 0; done < n; done += chunk) {
-			int32_t c = n - done < chunk ? n - done : chunk;
+		for (int32_t done = 0, c; done < n; done += c) {
+			c = gs_seq_next_chunk(m, ids, n, done, chunk); /* never inside an image */
 			float *out = o.dump ? logits + (size_t)done * m->shard.n_vocab : logits;
 			st = gs_forward_run(f, s, ids + done, c, out, o.dump != NULL);
 			if (st != GS_OK)
@@ -786,6 +825,7 @@ int main(int argc, char **argv)
 	}
 	if (!all_ok(&world, st, "prefill"))
 		goto out_free;
+	gs_seq_set_images(s, NULL, 0); /* generated tokens are never image rows */
 	if (o.dump) {
 		st = gather_logits(&world, m, logits, n, full, pad_s, pad_r);
 		if (st == GS_OK && rank == 0) {
@@ -826,9 +866,13 @@ int main(int argc, char **argv)
 out_free:
 	free(ds.ids), free(ds.lg), free(ds.all_ids), free(ds.all_lg);
 	gs_sampler_free(ds.smp);
-	free(logits), free(full), free(pad_s), free(pad_r), free(ids);
+	free(logits), free(full), free(pad_s), free(pad_r), free(ids), free(px);
 	gs_seq_free(s);
 	gs_forward_free(f);
+	if (img_rows && rb.be.iface->release)
+		rb.be.iface->release(rb.be.ctx, img_rows);
+	if (vis)
+		gs_vision_free(vis);
 	gs_model_free(m);
 	rank_backend_close(&rb);
 	gs_cluster_tls_free(tls);

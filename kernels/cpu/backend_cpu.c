@@ -24,6 +24,8 @@ struct cpu_ctx {
 	enum gs_numerics numerics; /* FP32 (0, the default) or BF16 (gs_backend_cpu_set_numerics) */
 	float *xr;         /* bf16 mode, f16/f32 weights: x rounded to bf16, widened; grown on demand */
 	size_t xr_cap;
+	float *vis;        /* attention_full's packed heads and scores, grown on demand (per image) */
+	size_t vis_cap;
 };
 
 #define GS_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -253,7 +255,15 @@ static void attn_task(void *p, int tid, int nth)
 		const struct gs_attn_seq *sq = &a->seqs[a->tok_seq[row]];
 		int32_t pos = sq->pos0 + (row - sq->tok0);
 		int32_t first = (a->window != INT32_MAX && pos - a->window + 1 > 0) ? pos - a->window + 1 : 0;
-		int n = pos - first + 1;
+		int32_t last = pos;
+		if (a->span && a->span[2 * row] < a->span[2 * row + 1]) { /* its image, both ways */
+			if (a->span[2 * row] < first)
+				first = a->span[2 * row];
+			if (a->span[2 * row + 1] - 1 > last)
+				last = a->span[2 * row + 1] - 1;
+			GS_ASSERT(a->span[2 * row] <= pos && last < sq->pos0 + sq->n_tokens);
+		}
+		int n = last - first + 1;
 		const float *q = a->q + (size_t)row * q_stride + (size_t)h * D;
 		float *out = a->out + (size_t)row * q_stride + (size_t)h * D;
 		size_t kvh = (size_t)(h / rep) * D;
@@ -378,6 +388,56 @@ static void cpu_geglu(void *vctx, float *out, const float *gate, const float *up
 		gs_threadpool_run(ctx->tp, geglu_task, &j);
 }
 
+static void gelu_task(void *p, int tid, int nth)
+{
+	struct ew_job *j = p;
+	size_t lo, hi;
+
+	thread_range(j->n, tid, nth, &lo, &hi);
+	for (size_t i = lo; i < hi; i++)
+		j->y[i] = gelu_tanh_flat(j->a[i]);
+}
+
+static void cpu_gelu(void *vctx, float *y, const float *x, size_t n)
+{
+	struct cpu_ctx *ctx = vctx;
+	struct ew_job j = { y, x, NULL, n, 0 };
+
+	if (n < 8192)
+		gelu_task(&j, 0, 1);
+	else
+		gs_threadpool_run(ctx->tp, gelu_task, &j);
+}
+
+/* The rest of the vision tower's ops: kernels/cpu/vision_ops.c. */
+static void cpu_layernorm(void *vctx, float *y, const float *x, const float *w, const float *b, int rows, int dim,
+			  float eps)
+{
+	gs_cpu_layernorm(((struct cpu_ctx *)vctx)->tp, y, x, w, b, rows, dim, eps);
+}
+
+static void cpu_add_rows(void *vctx, float *y, const float *x, const float *b, int rows, int cols)
+{
+	gs_cpu_add_rows(((struct cpu_ctx *)vctx)->tp, y, x, b, rows, cols);
+}
+
+static void cpu_attention_full(void *vctx, float *out, const float *q, const float *k, const float *v, int n,
+			       int n_heads, int head_dim, float scale)
+{
+	struct cpu_ctx *ctx = vctx;
+	gs_cpu_attention_full(ctx->tp, &ctx->vis, &ctx->vis_cap, out, q, k, v, n, n_heads, head_dim, scale);
+}
+
+static void cpu_avgpool(void *vctx, float *y, const float *x, int side, int k, int dim)
+{
+	gs_cpu_avgpool(y, x, side, k, dim);
+}
+
+static void cpu_patches(void *vctx, float *y, const uint8_t *px, int image_size, int patch)
+{
+	gs_cpu_patches(y, px, image_size, patch);
+}
+
 static void cpu_embed(void *vctx, float *out, const struct gs_tensor *emb, const int32_t *ids, int n, float scale,
 		      int64_t row0)
 {
@@ -487,7 +547,13 @@ static void cpu_gather_rows(void *vctx, float *dst, const float *src, const int3
 	.fill_synth_bf16 = cpu_fill_synth_bf16,      \
 	.candidates = cpu_candidates,                \
 	.cand_max_k = 0,                             \
-	.kv_dtype = cpu_kv_dtype
+	.kv_dtype = cpu_kv_dtype,                    \
+	.layernorm = cpu_layernorm,                  \
+	.add_rows = cpu_add_rows,                    \
+	.gelu = cpu_gelu,                            \
+	.attention_full = cpu_attention_full,        \
+	.avgpool = cpu_avgpool,                      \
+	.patches = cpu_patches
 
 struct fill_job {
 	uint16_t *dst;
@@ -591,6 +657,7 @@ void gs_backend_cpu_free(struct gs_backend *be)
 		free(ctx->scores[i]);
 	free(ctx->pick);
 	free(ctx->xr);
+	free(ctx->vis);
 	gs_threadpool_free(ctx->tp);
 	free(ctx);
 	be->ctx = NULL;

@@ -90,6 +90,18 @@ struct gs_cand_args;
  * floats) is grown with realloc as needed and owned by the caller. */
 void gs_cpu_candidates(float **scratch, size_t *scratch_cap, const struct gs_cand_args *a);
 
+/* ---- the vision tower's ops (vision_ops.c): the backend ops of the same names in gs_kernels.h ---- */
+
+void gs_cpu_layernorm(struct gs_threadpool *tp, float *y, const float *x, const float *w, const float *b, int rows,
+		      int dim, float eps);
+void gs_cpu_add_rows(struct gs_threadpool *tp, float *y, const float *x, const float *b, int rows, int cols);
+void gs_cpu_avgpool(float *y, const float *x, int side, int k, int dim);
+void gs_cpu_patches(float *y, const uint8_t *px, int image_size, int patch);
+/* Per head: Q·Kᵀ and P·V through gs_cpu_matmul_f32 over blocks of queries, the head's q, k and
+ * vᵀ packed first; *scratch (floats) is grown with realloc as needed and owned by the caller. */
+void gs_cpu_attention_full(struct gs_threadpool *tp, float **scratch, size_t *scratch_cap, float *out, const float *q,
+			   const float *k, const float *v, int n, int n_heads, int head_dim, float scale);
+
 /* ---- system measurements (benchmarks, start-up diagnostics; they allocate) -------------- */
 
 /* STREAM-like read (sum) of a `bytes` buffer split over all pool threads; the buffer should be

@@ -1,6 +1,8 @@
 /* attention over a ragged batch and the paged KV cache (struct gs_attn_args, gs_kernels.h),
  * the CPU backend's semantics: query row t of sequence s at position p = pos0 + (t - tok0)
- * sees key positions j in [max(0, p - window + 1), p]; keys j >= pos0 are this step's fresh
+ * sees key positions j in [max(0, p - window + 1), p], and with a.span also those of its image
+ * span [lo, hi) (bidirectional image attention: the union is one interval, as p lies in the
+ * span, and the keys past p are fresh rows of this step); keys j >= pos0 are this step's fresh
  * rows (k_new / v_new row tok0 + j - pos0), older ones come from the layer's slab at row
  * table[b] · block + j % block, b = j / block (mod ring when ring > 0). Query head h reads KV
  * head h / (n_heads / n_kv_heads).
@@ -104,7 +106,11 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_kernel(const gs_attn_a
 	if (sq.n_tokens >= skip_from)
 		return; /* whole warp: one row */
 	const int32_t pos = sq.pos0 + (row - sq.tok0);
-	const int32_t first = (a.window != INT32_MAX && pos - a.window + 1 > 0) ? pos - a.window + 1 : 0;
+	int32_t first = (a.window != INT32_MAX && pos - a.window + 1 > 0) ? pos - a.window + 1 : 0, last = pos;
+	if (a.span && a.span[2 * row] < a.span[2 * row + 1]) { /* its image, both ways */
+		first = min(first, a.span[2 * row]);
+		last = max(last, a.span[2 * row + 1] - 1);
+	}
 	const float *q = a.q + (size_t)row * q_stride + (size_t)h * D;
 	float *out = a.out + (size_t)row * q_stride + (size_t)h * D;
 	const size_t kvh = (size_t)(h / rep) * D;
@@ -118,13 +124,13 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_kernel(const gs_attn_a
 		acc[e] = 0.0f;
 	}
 
-	for (int32_t j0 = first; j0 <= pos; j0 += ATTN_KEYS) {
+	for (int32_t j0 = first; j0 <= last; j0 += ATTN_KEYS) {
 		float s[ATTN_KEYS];
 
 #pragma unroll
-		for (int u = 0; u < ATTN_KEYS; u++) { /* j0 + u <= pos is the same on every lane */
+		for (int u = 0; u < ATTN_KEYS; u++) { /* j0 + u <= last is the same on every lane */
 			float part = 0.0f;
-			if (j0 + u <= pos) {
+			if (j0 + u <= last) {
 				const kv_ptr kr = kv_row<T>(a, sq, a.k_new, a.k_cache, j0 + u, kv_stride, kvh);
 #pragma unroll
 				for (int e = 0; e < EPL; e++) {
@@ -142,7 +148,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_kernel(const gs_attn_a
 		float mc = -INFINITY;
 #pragma unroll
 		for (int u = 0; u < ATTN_KEYS; u++) {
-			if (j0 + u <= pos) {
+			if (j0 + u <= last) {
 				float v = s[u] * a.scale;
 				if (a.softcap > 0)
 					v = a.softcap * tanhf(v / a.softcap);
@@ -158,7 +164,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_kernel(const gs_attn_a
 			acc[e] *= corr;
 #pragma unroll
 		for (int u = 0; u < ATTN_KEYS; u++) {
-			if (j0 + u <= pos) {
+			if (j0 + u <= last) {
 				const float p = expf(s[u] - m_new);
 				const kv_ptr vr = kv_row<T>(a, sq, a.v_new, a.v_cache, j0 + u, kv_stride, kvh);
 				l += p;
@@ -260,7 +266,7 @@ __global__ void __launch_bounds__(FA_THREADS) flash_kernel(const gs_attn_args a)
 	extern __shared__ __align__(128) float fa_smem[];
 	float *Qs = fa_smem, *Os = Qs + BQ * DP, *KVs = Os + BQ * DP, *Ss = KVs + BK * DP, *Ms = Ss + BQ * SP,
 	      *Ls = Ms + BQ;
-	__shared__ int s_seq, s_t0, s_nq;
+	__shared__ int s_seq, s_t0, s_nq, s_jlo, s_jhi;
 	const int tid = threadIdx.x, warp = tid >> 5, h = blockIdx.y;
 
 	/* this block's tile: the blockIdx.x-th tile of BQ rows over the long sequences in order */
@@ -280,6 +286,22 @@ __global__ void __launch_bounds__(FA_THREADS) flash_kernel(const gs_attn_args a)
 			}
 		}
 		s_seq = found, s_t0 = t0, s_nq = nq;
+		/* the keys the tile's rows see: window of its first row to its last row, widened by
+		 * the image spans of its rows */
+		if (found >= 0) {
+			const gs_attn_seq &q = a.seqs[found];
+			const int32_t pf = q.pos0 + (t0 - q.tok0);
+			int32_t jlo = (a.window != INT32_MAX && pf - a.window + 1 > 0) ? pf - a.window + 1 : 0;
+			int32_t jhi = pf + nq - 1;
+			for (int r = 0; a.span && r < nq; r++) {
+				const int32_t lo = a.span[2 * (t0 + r)], hi = a.span[2 * (t0 + r) + 1];
+				if (lo < hi) {
+					jlo = min(jlo, lo);
+					jhi = max(jhi, hi - 1);
+				}
+			}
+			s_jlo = jlo, s_jhi = jhi;
+		}
 	}
 	__syncthreads();
 	if (s_seq < 0)
@@ -288,8 +310,8 @@ __global__ void __launch_bounds__(FA_THREADS) flash_kernel(const gs_attn_args a)
 	const int t0 = s_t0, nq = s_nq, D = a.head_dim, rep = a.n_heads / a.n_kv_heads;
 	const size_t kv_stride = (size_t)a.n_kv_heads * D, q_stride = (size_t)a.n_heads * D;
 	const size_t kvh = (size_t)(h / rep) * D;
-	const int32_t pos_first = sq.pos0 + (t0 - sq.tok0), pos_last = pos_first + nq - 1;
-	const int32_t jlo = (a.window != INT32_MAX && pos_first - a.window + 1 > 0) ? pos_first - a.window + 1 : 0;
+	const int32_t pos_first = sq.pos0 + (t0 - sq.tok0);
+	const int32_t jlo = s_jlo, jhi = s_jhi;
 
 	for (int i = tid; i < BQ * DT; i += FA_THREADS) {
 		const int r = i / DT, d = i % DT;
@@ -304,10 +326,12 @@ __global__ void __launch_bounds__(FA_THREADS) flash_kernel(const gs_attn_args a)
 	const int sr = tid / TPR, sc = tid % TPR;
 	const int32_t pos_r = pos_first + sr;
 	const bool row_live = sr < nq;
+	const int32_t span_lo = row_live && a.span ? a.span[2 * (t0 + sr)] : 0;
+	const int32_t span_hi = row_live && a.span ? a.span[2 * (t0 + sr) + 1] : 0;
 
-	for (int32_t j0 = jlo; j0 <= pos_last; j0 += BK) {
+	for (int32_t j0 = jlo; j0 <= jhi; j0 += BK) {
 		__syncthreads(); /* the previous tile's P·V is done with KVs and Ss */
-		fa_load_kv<DT, BK, DP, T>(KVs, a, sq, a.k_new, a.k_cache, j0, pos_last, kv_stride, kvh, D);
+		fa_load_kv<DT, BK, DP, T>(KVs, a, sq, a.k_new, a.k_cache, j0, jhi, kv_stride, kvh, D);
 		__syncthreads();
 
 		/* S = Q·Kᵀ: B = Kᵀ is K [key][d] read column-major */
@@ -336,7 +360,8 @@ __global__ void __launch_bounds__(FA_THREADS) flash_kernel(const gs_attn_args a)
 				float x = Ss[sr * SP + sc * CPT + c] * a.scale;
 				if (a.softcap > 0)
 					x = a.softcap * tanhf(x / a.softcap);
-				v[c] = row_live && j <= pos_r && pos_r - j < a.window ? x : -INFINITY;
+				const bool seen = (j <= pos_r && pos_r - j < a.window) || (j >= span_lo && j < span_hi);
+				v[c] = row_live && seen ? x : -INFINITY;
 				mx = fmaxf(mx, v[c]);
 			}
 #pragma unroll
@@ -372,7 +397,7 @@ __global__ void __launch_bounds__(FA_THREADS) flash_kernel(const gs_attn_args a)
 			}
 		}
 		/* V over K: every warp finished S = Q·Kᵀ before the barrier above */
-		fa_load_kv<DT, BK, DP, T>(KVs, a, sq, a.v_new, a.v_cache, j0, pos_last, kv_stride, kvh, D);
+		fa_load_kv<DT, BK, DP, T>(KVs, a, sq, a.v_new, a.v_cache, j0, jhi, kv_stride, kvh, D);
 		__syncthreads();
 
 		/* O += P·V: B = V [key][d] row-major */

@@ -140,6 +140,51 @@ static void cuda_candidates(void *ctx, const struct gs_cand_args *a)
 		gs_cu_candidates(ctx, a);
 }
 
+/* ---- the vision tower's ops (vision.cu) ---- */
+
+static void cuda_layernorm(void *ctx, float *y, const float *x, const float *w, const float *b, int rows, int dim,
+			   float eps)
+{
+	GS_ASSERT(rows >= 0 && dim >= 0);
+	if (rows && dim)
+		gs_cu_layernorm(ctx, y, x, w, b, rows, dim, eps);
+}
+
+static void cuda_add_rows(void *ctx, float *y, const float *x, const float *b, int rows, int cols)
+{
+	GS_ASSERT(rows >= 0 && cols >= 0);
+	if (rows && cols && (x || b))
+		gs_cu_add_rows(ctx, y, x, b, rows, cols);
+}
+
+static void cuda_gelu(void *ctx, float *y, const float *x, size_t n)
+{
+	if (n)
+		gs_cu_gelu(ctx, y, x, n);
+}
+
+static void cuda_attention_full(void *ctx, float *out, const float *q, const float *k, const float *v, int n,
+				int n_heads, int head_dim, float scale)
+{
+	GS_ASSERT(n >= 0 && n_heads > 0 && head_dim > 0);
+	if (n)
+		gs_cu_attention_full(ctx, out, q, k, v, n, n_heads, head_dim, scale);
+}
+
+static void cuda_avgpool(void *ctx, float *y, const float *x, int side, int k, int dim)
+{
+	GS_ASSERT(k > 0 && side % k == 0 && dim >= 0);
+	if (side && dim)
+		gs_cu_avgpool(ctx, y, x, side, k, dim);
+}
+
+static void cuda_patches(void *ctx, float *y, const uint8_t *px, int image_size, int patch)
+{
+	GS_ASSERT(patch > 0 && image_size % patch == 0);
+	if (image_size)
+		gs_cu_patches(ctx, y, px, image_size, patch);
+}
+
 static const struct gs_backend_i gs_backend_cuda_i = {
 	.name = "cuda",
 	.matmul = cuda_matmul,
@@ -162,6 +207,12 @@ static const struct gs_backend_i gs_backend_cuda_i = {
 	.candidates = cuda_candidates,
 	.cand_max_k = GS_CUDA_TOPK_MAX,
 	.kv_dtype = cuda_kv_dtype,
+	.layernorm = cuda_layernorm,
+	.add_rows = cuda_add_rows,
+	.gelu = cuda_gelu,
+	.attention_full = cuda_attention_full,
+	.avgpool = cuda_avgpool,
+	.patches = cuda_patches,
 };
 
 static struct gs_cuda_ctx *ctx_of(const struct gs_backend *be)

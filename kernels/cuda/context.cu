@@ -170,6 +170,7 @@ void gs_cu_ctx_free(struct gs_cuda_ctx *c)
 	cudaFree(c->act_bf16);
 	cudaFree(c->pick);
 	cudaFree(c->cand);
+	cudaFree(c->vis_scores);
 	if (c->stream)
 		cudaStreamDestroy(c->stream);
 	(void)cudaGetLastError();

@@ -37,6 +37,8 @@ struct gs_cuda_ctx {
 	size_t         pick_bytes;
 	void          *cand;            /* candidates op: processed rows, top-k, log-sum-exp */
 	size_t         cand_bytes;
+	void          *vis_scores;      /* attention_full: heads × query block × n scores */
+	size_t         vis_scores_bytes;
 	int            sync_each_op;    /* env GS_CUDA_SYNC=1 */
 	int            attn_simple;     /* env GS_CUDA_ATTN=simple: the warp kernel for every row */
 	int            kv_bf16;         /* env GS_CUDA_KV=bf16: KV cache in bf16 (DESIGN.md §5), else fp32 */

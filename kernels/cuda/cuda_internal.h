@@ -54,6 +54,16 @@ void gs_cu_candidates(struct gs_cuda_ctx *c, const struct gs_cand_args *a);
 enum gs_status gs_cu_topk_rows(struct gs_cuda_ctx *c, const float *logits, int rows, int cols, int k,
 			       int32_t *ids, float *vals);
 
+/* the vision tower's ops (vision.cu; gelu in elementwise.cu) */
+void gs_cu_layernorm(struct gs_cuda_ctx *c, float *y, const float *x, const float *w, const float *b, int rows, int dim,
+		     float eps);
+void gs_cu_add_rows(struct gs_cuda_ctx *c, float *y, const float *x, const float *b, int rows, int cols);
+void gs_cu_gelu(struct gs_cuda_ctx *c, float *y, const float *x, size_t n);
+void gs_cu_attention_full(struct gs_cuda_ctx *c, float *out, const float *q, const float *k, const float *v, int n,
+			  int n_heads, int head_dim, float scale);
+void gs_cu_avgpool(struct gs_cuda_ctx *c, float *y, const float *x, int side, int k, int dim);
+void gs_cu_patches(struct gs_cuda_ctx *c, float *y, const uint8_t *px, int image_size, int patch);
+
 /* Largest head_dim the attention kernel takes (lanes hold head_dim / 32 values each). */
 #define GS_CU_ATTN_MAX_HEAD_DIM 512
 

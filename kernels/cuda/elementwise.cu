@@ -28,6 +28,19 @@ __global__ void softcap_kernel(float *x, size_t n, float cap)
 		x[i] = __fmul_rn(cap, tanhf(__fdiv_rn(x[i], cap)));
 }
 
+__global__ void gelu_kernel(float *y, const float *x, size_t n)
+{
+	for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+		y[i] = gelu_tanh(x[i]);
+}
+
+/* The vision tower's MLP activation (no gate). */
+void gs_cu_gelu(struct gs_cuda_ctx *c, float *y, const float *x, size_t n)
+{
+	gelu_kernel<<<gs_cu_grid(c, n, EW_THREADS), EW_THREADS, 0, c->stream>>>(y, x, n);
+	GS_CU_LAUNCHED(c, "gelu");
+}
+
 void gs_cu_geglu(struct gs_cuda_ctx *c, float *out, const float *gate, const float *up, size_t n)
 {
 	geglu_kernel<<<gs_cu_grid(c, n, EW_THREADS), EW_THREADS, 0, c->stream>>>(out, gate, up, n);

@@ -29,6 +29,10 @@ engine under a relaunch loop, as systemd's Restart=on-failure would: a job that 
 is started again after relaunch_pause s (each start logs "launcher: starting the engine" in
 the engine's log).
 
+models=[(DIR, NAME), ...] serves several models (--model DIR --served-name NAME each; NAME None:
+the folder's name) instead of model_dir; engine_models=[k, ...] gives engine i model k (default 0):
+its --model and --served-name; start_engine(i, model=k) overrides it.
+
 tls={"cert": F, "key": F, "ca": F} serves gRPC and HTTPS with that certificate ("ca": the CA that
 issued it, for the cluster's own probes); add "client_ca" for mutual TLS, with "client_cert" and
 "client_key" for the probes.
@@ -70,9 +74,12 @@ def write_key_file(path, lines):
 class Cluster:
     def __init__(self, build_dir, model_dir, engines=1, tp=2, coord_args=(), engine_args=(),
                  api_key=None, mpirun="mpirun", logdir=None, health_timeout=180, tls=None, api_keys=None,
-                 cluster_certs=None, engine_host="127.0.0.1", mpi_if=None, relaunch=False, relaunch_pause=0.5):
+                 cluster_certs=None, engine_host="127.0.0.1", mpi_if=None, relaunch=False, relaunch_pause=0.5,
+                 models=None, engine_models=None):
         self.build_dir = build_dir
         self.model_dir = model_dir
+        self.models = list(models) if models else None
+        self.engine_models = list(engine_models) if engine_models else [0] * engines
         self.n_engines = engines
         self.tp = tp
         self.coord_args = list(coord_args)
@@ -102,7 +109,10 @@ class Cluster:
 
     # ---- processes ---------------------------------------------------------------------
     def start_coordinator(self):
-        cmd = [self.coordinator_bin, "--model", self.model_dir,
+        served = []
+        for d, name in self.models or [(self.model_dir, None)]:
+            served += ["--model", d] + (["--served-name", name] if name else [])
+        cmd = [self.coordinator_bin, *served,
                "--grpc", f"127.0.0.1:{self.grpc_port}", "--http", f"127.0.0.1:{self.http_port}",
                "--engine-listen", f"{self.engine_host}:{self.engine_port}", *self.coord_args]
         if self.api_key or self.api_keys:
@@ -127,14 +137,16 @@ class Cluster:
         self.coord = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         log.close()
 
-    def start_engine(self, i, extra=(), certs=None):
+    def start_engine(self, i, extra=(), certs=None, model=None):
+        k = self.engine_models[i] if model is None else model
+        model_dir, name = self.models[k] if self.models else (self.model_dir, None)
         if certs is None and self.cluster_certs:
             d = self.cluster_certs
             certs = (f"{d}/ca.crt", f"{d}/engine.crt", f"{d}/engine.key")
         tls = ["--cluster-ca", certs[0], "--cluster-cert", certs[1], "--cluster-key", certs[2]] if certs else []
         cmd = [self.mpirun, "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
-               "-np", str(self.tp), self.worker_bin, "--model", self.model_dir,
-               "--coordinator", f"{self.engine_host}:{self.engine_port}", "--engine-id", f"engine-{i}",
+               "-np", str(self.tp), self.worker_bin, "--model", model_dir,
+               *(["--served-name", name] if name else []), "--coordinator", f"{self.engine_host}:{self.engine_port}", "--engine-id", f"engine-{i}",
                *tls, *self.engine_args, *extra]
         if self.relaunch:
             cmd = ["sh", "-c", 'while :; do echo "launcher: starting the engine" >&2; "$@"; rc=$?; '

@@ -167,7 +167,8 @@ def main():
 
         # ---- health, metrics, models ------------------------------------------------------
         st, body = h.call("GET", "/health", key=None)
-        check(st == 200 and json.loads(body) == {"status": "ok", "engines": 1, "engine_link": "plaintext"},
+        check(st == 200 and json.loads(body) == {"status": "ok", "models": {MODEL: 1}, "engines": 1,
+                                                  "engine_link": "plaintext"},
               f"/health without key: {st} {body}")
         st, body = h.call("GET", "/metrics", key=None)
         check(st == 200 and "gemmashard_requests_in_flight" in body, f"/metrics without key: {st}")
@@ -409,8 +410,10 @@ def main():
         expect("messages as a string", 400, "messages must be an array", body={"messages": "hi"}, param="messages")
         expect("message content a number", 400, "messages[0].content must be a string",
                body={"messages": [{"role": "user", "content": 5}]})
-        expect("image content part", 400, "not supported",
+        expect("image_url that is not a data URL", 400, "image_url.url must be a data URL",
                body={"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]})
+        expect("content part of an unknown type", 400, "content parts of type \"input_audio\" are not supported",
+               body={"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]})
         expect("unknown model", 404, "gpt-5", body={"model": "gpt-5", "messages": msgs}, param="model")
         expect("top_p 1.5", 400, "top_p must be in (0, 1], got 1.5", body={"messages": msgs, "top_p": 1.5},
                param="top_p")

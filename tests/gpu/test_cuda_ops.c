@@ -357,6 +357,7 @@ struct attn_case {
 	float scale, softcap;
 	int n_seqs;
 	struct seq_spec s[4];
+	int img[4][2];  /* per sequence: rows [lo, hi) of it are one image (bidirectional span); {0, 0}: none */
 };
 
 /* bf16: the cache slabs are bf16 on the GPU and the fresh rows fp32 (the kernel rounds them as it
@@ -366,7 +367,8 @@ static void test_attention_case(const struct attn_case *ac, int bf16)
 	struct gs_attn_seq hs[4], ds[4];
 	int32_t *tables[4] = { 0 }, *dtables[4] = { 0 };
 	int T = 0, slab_blocks = 0, used = 0;
-	int32_t *perm, *tok_seq;
+	int32_t *perm, *tok_seq, *span = NULL;
+	void *dspan = NULL;
 	size_t qs, kvs;
 	float *q, *kn, *vn, *kc, *vc, *ref, *got;
 	void *dq, *dkn, *dvn, *dkc, *dvc, *dout, *dseqs, *dtok;
@@ -403,6 +405,16 @@ static void test_attention_case(const struct attn_case *ac, int bf16)
 			tok_seq[T + t] = i;
 		T += s->n_tokens;
 	}
+	for (int i = 0, t0 = 0; i < ac->n_seqs; t0 += ac->s[i].n_tokens, i++) { /* image spans, in positions */
+		if (ac->img[i][0] == ac->img[i][1])
+			continue;
+		if (!span)
+			span = calloc((size_t)T * 2, sizeof(int32_t));
+		for (int t = ac->img[i][0]; t < ac->img[i][1]; t++) {
+			span[2 * (t0 + t)] = ac->s[i].pos0 + ac->img[i][0];
+			span[2 * (t0 + t) + 1] = ac->s[i].pos0 + ac->img[i][1];
+		}
+	}
 	qs = (size_t)ac->n_heads * ac->hd;
 	kvs = (size_t)ac->n_kv * ac->hd;
 	q = frand_array(T * qs, 3.0f);
@@ -430,7 +442,7 @@ static void test_attention_case(const struct attn_case *ac, int bf16)
 		.out = ref, .q = q, .k_new = rkn, .v_new = rvn, .k_cache = rkc, .v_cache = rvc, .block = ac->block,
 		.seqs = hs, .n_seqs = ac->n_seqs, .tok_seq = tok_seq, .n_tokens = T, .n_heads = ac->n_heads,
 		.n_kv_heads = ac->n_kv, .head_dim = ac->hd, .window = ac->window, .scale = ac->scale,
-		.softcap = ac->softcap,
+		.softcap = ac->softcap, .span = span,
 	};
 	cpu.iface->attention(cpu.ctx, &a);
 
@@ -452,6 +464,8 @@ static void test_attention_case(const struct attn_case *ac, int bf16)
 	a.kv_dtype = bf16 ? GS_DTYPE_BF16 : GS_DTYPE_F32;
 	a.seqs = dseqs;
 	a.tok_seq = dtok;
+	if (span)
+		a.span = dspan = dup_to_dev(span, (size_t)T * 2 * sizeof(int32_t));
 	gpu.iface->attention(gpu.ctx, &a);
 	down(got, dout, T * qs * sizeof(float));
 	snprintf(what, sizeof(what), "attention %s (%d rows, %s cache)", ac->name, T, bf16 ? "bf16" : "fp32");
@@ -469,6 +483,9 @@ static void test_attention_case(const struct attn_case *ac, int bf16)
 	dfree(dseqs);
 	dfree(dtok);
 	dfree(dout);
+	if (dspan)
+		dfree(dspan);
+	free(span);
 	free(perm);
 	free(tok_seq);
 	free(q);
@@ -506,6 +523,16 @@ static void test_attention(void)
 		{ "tiled only: GQA 2:1 D=96, 33 rows after 18 cached", 4, 2, 96, 4096, 16, 0.102f, 0, 1, { { 33, 18, 0 } } },
 		{ "tiled: MQA D=64 window 1024, 129 rows + 2 decodes", 4, 1, 64, 1024, 16, 0.125f, 0, 3,
 		  { { 129, 2000, 0 }, { 1, 10, 0 }, { 1, 3000, 0 } } },
+		/* bidirectional image spans (a row also sees its image's later keys; on a sliding layer
+		 * its image's keys beyond the window too) */
+		{ "image spans, warp kernel: causal, two chunks with an image + a decode", 4, 2, 64, INT32_MAX, 16, 0.125f,
+		  0, 3, { { 10, 0, 0 }, { 1, 40, 0 }, { 12, 37, 0 } }, { { 3, 7 }, { 0, 0 }, { 0, 12 } } },
+		{ "image spans, warp kernel: window 4 < 9-row image (ring 2), softcap", 2, 1, 40, 4, 8, 0.158f, 50.0f, 2,
+		  { { 15, 30, 2 }, { 6, 0, 0 } }, { { 5, 14 }, { 1, 5 } } },
+		{ "image spans, tiled: 256-token image in a 300-row chunk, window 64 (ring 5)", 8, 2, 128, 64, 16,
+		  0.0883883f, 0, 2, { { 300, 40, 5 }, { 1, 90, 5 } }, { { 20, 276 }, { 0, 0 } } },
+		{ "image spans, tiled: image in the last rows of a tile, causal, + image of 16 rows", 4, 1, 256, INT32_MAX,
+		  16, 0.0625f, 0, 2, { { 70, 18, 0 }, { 20, 0, 0 } }, { { 60, 70 }, { 2, 18 } } },
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
@@ -594,6 +621,101 @@ static void test_elementwise(size_t n)
 	free(u);
 	free(ref);
 	free(got);
+}
+
+/* ---- the vision tower's ops --------------------------------------------------------- */
+
+/* layernorm (same double mean/variance, the same fp32 roundings: TOL_NORM), add_rows and
+ * avgpool (the same fp32 additions in the same order: bit-exact), gelu (TOL_TANH), patches
+ * (one exact conversion and three roundings: bit-exact), attention_full (cuBLAS fp32 GEMMs
+ * against the CPU's fp32 matmuls, sums in another order: TOL_ATTN). */
+static void test_vision_ops(int rows, int dim, int side, int k, int n, int heads, int hd, int S, int P)
+{
+	size_t nx = (size_t)rows * dim;
+	float *x = frand_array(nx, 3.0f), *w = frand_array((size_t)dim, 1.0f), *b = frand_array((size_t)dim, 1.0f);
+	float *ref = xmalloc(nx * sizeof(float)), *got = xmalloc(nx * sizeof(float));
+	float *dx = dup_to_dev(x, nx * sizeof(float)), *dw = dup_to_dev(w, (size_t)dim * sizeof(float));
+	float *db = dup_to_dev(b, (size_t)dim * sizeof(float)), *dy = dalloc(nx * sizeof(float));
+	char what[128];
+
+	for (size_t i = 0; i < nx; i++) /* an offset row mean, as LayerNorm inputs have */
+		x[i] += 5.0f;
+	up(dx, x, nx * sizeof(float));
+	cpu.iface->layernorm(cpu.ctx, ref, x, w, b, rows, dim, 1e-6f);
+	poison(dy, nx * sizeof(float));
+	gpu.iface->layernorm(gpu.ctx, dy, dx, dw, db, rows, dim, 1e-6f);
+	down(got, dy, nx * sizeof(float));
+	snprintf(what, sizeof(what), "layernorm %dx%d", rows, dim);
+	compare(what, got, ref, nx, TOL_NORM_L2, TOL_NORM_MAX);
+
+	memcpy(ref, x, nx * sizeof(float));
+	cpu.iface->add_rows(cpu.ctx, ref, x, b, rows, dim); /* y = x; y += x + b */
+	up(dy, x, nx * sizeof(float));
+	gpu.iface->add_rows(gpu.ctx, dy, dx, db, rows, dim);
+	down(got, dy, nx * sizeof(float));
+	snprintf(what, sizeof(what), "add_rows %dx%d x+b", rows, dim);
+	compare(what, got, ref, nx, 0, 0);
+	cpu.iface->add_rows(cpu.ctx, ref, NULL, b, rows, dim);
+	gpu.iface->add_rows(gpu.ctx, dy, NULL, db, rows, dim);
+	down(got, dy, nx * sizeof(float));
+	snprintf(what, sizeof(what), "add_rows %dx%d b only", rows, dim);
+	compare(what, got, ref, nx, 0, 0);
+
+	cpu.iface->gelu(cpu.ctx, ref, x, nx);
+	poison(dy, nx * sizeof(float));
+	gpu.iface->gelu(gpu.ctx, dy, dx, nx);
+	down(got, dy, nx * sizeof(float));
+	snprintf(what, sizeof(what), "gelu n=%zu", nx);
+	compare(what, got, ref, nx, TOL_TANH_L2, TOL_TANH_MAX);
+
+	/* avgpool of a side x side grid of dim-wide rows */
+	{
+		size_t ng = (size_t)side * side * dim, no = (size_t)(side / k) * (side / k) * dim;
+		float *gx = frand_array(ng, 2.0f), *gr = xmalloc(no * sizeof(float)), *gg = xmalloc(no * sizeof(float));
+		float *dgx = dup_to_dev(gx, ng * sizeof(float)), *dgo = dalloc(no * sizeof(float));
+		cpu.iface->avgpool(cpu.ctx, gr, gx, side, k, dim);
+		poison(dgo, no * sizeof(float));
+		gpu.iface->avgpool(gpu.ctx, dgo, dgx, side, k, dim);
+		down(gg, dgo, no * sizeof(float));
+		snprintf(what, sizeof(what), "avgpool side %d k %d dim %d", side, k, dim);
+		compare(what, gg, gr, no, 0, 0);
+		dfree(dgx), dfree(dgo), free(gx), free(gr), free(gg);
+	}
+	/* patches of an S x S RGB8 image */
+	{
+		size_t np = (size_t)(S / P) * (S / P) * 3 * P * P, nb = (size_t)S * S * 3;
+		uint8_t *px = xmalloc(nb);
+		for (size_t i = 0; i < nb; i++)
+			px[i] = (uint8_t)(rng_next() >> 56);
+		float *pr = xmalloc(np * sizeof(float)), *pg = xmalloc(np * sizeof(float)), *dpo = dalloc(np * sizeof(float));
+		uint8_t *dpx = dup_to_dev(px, nb);
+		cpu.iface->patches(cpu.ctx, pr, px, S, P);
+		poison(dpo, np * sizeof(float));
+		gpu.iface->patches(gpu.ctx, dpo, dpx, S, P);
+		down(pg, dpo, np * sizeof(float));
+		snprintf(what, sizeof(what), "patches S %d P %d", S, P);
+		compare(what, pg, pr, np, 0, 0);
+		dfree(dpx), dfree(dpo), free(px), free(pr), free(pg);
+	}
+	/* bidirectional attention over n rows */
+	{
+		size_t na = (size_t)n * heads * hd;
+		float *q = frand_array(na, 2.0f), *kk = frand_array(na, 2.0f), *v = frand_array(na, 1.0f);
+		float *ar = xmalloc(na * sizeof(float)), *ag = xmalloc(na * sizeof(float));
+		float *dq = dup_to_dev(q, na * sizeof(float)), *dk = dup_to_dev(kk, na * sizeof(float));
+		float *dv = dup_to_dev(v, na * sizeof(float)), *dao = dalloc(na * sizeof(float));
+		float scale = 1.0f / sqrtf((float)hd);
+		cpu.iface->attention_full(cpu.ctx, ar, q, kk, v, n, heads, hd, scale);
+		poison(dao, na * sizeof(float));
+		gpu.iface->attention_full(gpu.ctx, dao, dq, dk, dv, n, heads, hd, scale);
+		down(ag, dao, na * sizeof(float));
+		snprintf(what, sizeof(what), "attention_full n %d heads %d head_dim %d", n, heads, hd);
+		compare(what, ag, ar, na, TOL_ATTN_L2, TOL_ATTN_MAX);
+		dfree(dq), dfree(dk), dfree(dv), dfree(dao);
+		free(q), free(kk), free(v), free(ar), free(ag);
+	}
+	dfree(dx), dfree(dw), dfree(db), dfree(dy);
+	free(x), free(w), free(b), free(ref), free(got);
 }
 
 static void test_embed_case(enum gs_dtype dt, int rows, int cols)
@@ -868,6 +990,9 @@ int main(void)
 	test_embed_case(GS_DTYPE_F32, 50, 17);
 	test_pick();
 	test_candidates();
+	test_vision_ops(7, 33, 4, 2, 16, 4, 8, 56, 14);
+	test_vision_ops(64, 1152, 64, 4, 4096, 16, 72, 896, 14); /* the 4B tower's shapes */
+	test_vision_ops(3, 5, 6, 3, 37, 3, 12, 30, 5);
 	CHECK(gs_cuda_synchronize(&gpu) == GS_OK);
 
 	gs_backend_cuda_free(&gpu);

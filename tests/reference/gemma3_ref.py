@@ -1,16 +1,22 @@
 #!/usr/bin/python3
-"""Independent float64 reference of the Gemma 3 text decoder.
+"""Independent float64 reference of the Gemma 3 text decoder, with image tokens.
 
-Written from /work/shared/reference/gemma3.md sections 1-3 and 7 (not from the C engine).
+Written from /work/shared/reference/gemma3.md sections 1-3, 4.4, 4.5 and 7 (not from the C engine).
 
 CLI:
-    gemma3_ref.py --model DIR --tokens 2,105,2364 --out FILE
+    gemma3_ref.py --model DIR --tokens 2,105,2364 --out FILE [--image-rgb A.rgb,B.rgb]
 writes the logits of every position as raw little-endian float64, row-major
-[n_tokens x vocab], no header (vocab = rows of the embedding tensor).
+[n_tokens x vocab], no header (vocab = rows of the embedding tensor). With --image-rgb the
+tokens are used as given (they must already hold each image's soft tokens, 262144 by default),
+the images (preprocessed S x S x 3 RGB) go through siglip_ref.py's float64 tower.
 
 Module use:
     m = gemma3_ref.load_model(DIR)          # Model(cfg, weights)
     logits = gemma3_ref.forward(m, ids)     # np.ndarray float64 [T, V]
+    logits = gemma3_ref.forward(m, ids, image_rows=R, image_token_id=262144)
+        R: [number of image tokens in ids, H] projector outputs, in order (spec 4.4): they
+        replace those embeddings unscaled, and each run of image tokens attends to itself in
+        both directions in every layer (spec 4.5).
 
 Numerics: every activation is float64; weights are the checkpoint values (bf16/f16/f32)
 converted exactly to float64. The embedding scale is bf16(sqrt(hidden_size)) (spec 2.1 / 7.2),
@@ -347,7 +353,14 @@ def _softcap(x, cap):
     return np.tanh(x / cap) * cap
 
 
-def forward(model, ids, perturb=None):
+def image_groups(ids, image_token_id):
+    """Spec 4.5: group id of each position (-1: not an image token); a run of image tokens is one image."""
+    tt = np.asarray(ids) == image_token_id
+    start = tt & ~np.concatenate([[False], tt[:-1]])
+    return np.where(tt, np.cumsum(start) - 1, -1)
+
+
+def forward(model, ids, perturb=None, image_rows=None, image_token_id=None):
     """ids: sequence of token ids (positions 0..T-1). Returns float64 logits [T, V].
 
     perturb (negative controls only): None or one of
@@ -360,13 +373,22 @@ def forward(model, ids, perturb=None):
       'no_rope_scaling' ignore linear rope scaling
       'rope_base_swap'  sliding layers use rope_theta and full layers rope_local_base_freq
       'gqa_modulo'      q head h uses kv head h % Nkv instead of h // (Nq/Nkv)
+      'image_causal'    image tokens causal like text (no bidirectional block)
+      'image_scaled'    image rows multiplied by the embedding scale like token embeddings
+      'image_window'    the bidirectional block limited by the sliding window on sliding layers
     """
     cfg, w = model.cfg, model.w
     ids = np.asarray(ids, dtype=np.int64)
     T = ids.shape[0]
     if T == 0:
         return np.zeros((0, model.vocab))
-    if ids.min() < 0 or ids.max() >= model.vocab:
+    is_img = np.zeros(T, dtype=bool)
+    if image_rows is not None:
+        is_img = ids == image_token_id
+        if int(is_img.sum()) != image_rows.shape[0]:
+            raise ValueError("%d image tokens but %d projector rows" % (int(is_img.sum()), image_rows.shape[0]))
+    looked_up = np.where(is_img, 0, ids)  # HF replaces image ids by 0 for the lookup when >= vocab
+    if looked_up.min() < 0 or looked_up.max() >= model.vocab:
         raise ValueError("token id out of range [0, %d)" % model.vocab)
     H = cfg["hidden_size"]
     D, Nq, Nkv = cfg["head_dim"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
@@ -382,7 +404,9 @@ def forward(model, ids, perturb=None):
 
     pos = np.arange(T)
     E = w["embed_tokens.weight"]
-    x = E[ids].astype(np.float64) * es  # [T, H]
+    x = E[looked_up].astype(np.float64) * es  # [T, H]
+    if image_rows is not None:  # spec 4.4: masked_scatter of the projector outputs, not scaled
+        x[is_img] = np.asarray(image_rows, dtype=np.float64) * (es if perturb == "image_scaled" else 1.0)
 
     i_idx = pos[:, None]
     j_idx = pos[None, :]
@@ -394,6 +418,15 @@ def forward(model, ids, perturb=None):
         sliding_mask = causal & (i_idx - j_idx <= Wn)
     else:
         sliding_mask = causal & (i_idx - j_idx < Wn)
+    if image_rows is not None and perturb != "image_causal":
+        # spec 4.5: OR-ed into both masks: same image, both directions
+        g = image_groups(ids, image_token_id)
+        same = (g[:, None] >= 0) & (g[:, None] == g[None, :])
+        causal = causal | same
+        if perturb == "image_window" and Wn is not None:
+            sliding_mask = sliding_mask | (same & (np.abs(i_idx - j_idx) < Wn))
+        else:
+            sliding_mask = sliding_mask | same
 
     def f64(name):
         return w[name].astype(np.float64)
@@ -454,6 +487,23 @@ def forward(model, ids, perturb=None):
     return logits
 
 
+def image_rows_of(model_dir, files):
+    """Projector outputs of preprocessed RGB files through siglip_ref.py's tower, and the image token id."""
+    import siglip_ref
+    v = siglip_ref.load_vision(model_dir)
+    S = v["cfg"]["S"]
+    rows = []
+    for fn in files:
+        raw = np.fromfile(fn, dtype=np.uint8)
+        if raw.size != S * S * 3:
+            raise ValueError("%s: %d bytes, want %d x %d x 3" % (fn, raw.size, S, S))
+        rows.append(siglip_ref.encode(v, raw.reshape(S, S, 3)))
+    with open(os.path.join(model_dir, "config.json")) as f:
+        raw_cfg = json.load(f)
+    tok = int(raw_cfg.get("image_token_index", raw_cfg.get("image_token_id", 262144)))
+    return np.concatenate(rows), tok
+
+
 def parse_tokens(s):
     return [int(t) for t in s.replace(" ", "").split(",") if t != ""]
 
@@ -463,9 +513,15 @@ def main(argv=None):
     ap.add_argument("--model", required=True)
     ap.add_argument("--tokens", required=True, help="comma-separated token ids")
     ap.add_argument("--out", required=True, help="raw float64 LE [n_tokens x vocab]")
+    ap.add_argument("--image-rgb", help="comma-separated preprocessed RGB files, one per image in the tokens")
     a = ap.parse_args(argv)
     m = load_model(a.model)
-    lg = forward(m, parse_tokens(a.tokens))
+    ids = parse_tokens(a.tokens)
+    if a.image_rgb:
+        rows, tok = image_rows_of(a.model, a.image_rgb.split(","))
+        lg = forward(m, ids, image_rows=rows, image_token_id=tok)
+    else:
+        lg = forward(m, ids)
     lg.astype("<f8").tofile(a.out)
     print("wrote %s: %d x %d float64" % (a.out, lg.shape[0], lg.shape[1]))
     return 0

@@ -216,12 +216,39 @@ static void test_parse_bad(void)
 	expect_error("{\"id\": \"a\", \"prompt\": \"x\", \"logprobs\": \"yes\"}", "logprobs must be true or false, got string", "a");
 	expect_error("{\"id\": \"a\", \"prompt\": \"x\", \"logprobs\": true, \"top_logprobs\": 21}", "top_logprobs must be an integer in [0, 20], got 21", "a");
 	expect_error("{\"id\": \"a\", \"prompt\": \"x\", \"top_logprobs\": 3}", "top_logprobs needs \"logprobs\": true", "a");
-	expect_error("{\"id\": \"a\", \"messages\": {}}", "messages must be an array, got object", "a");
+	expect_error("{\"id\": \"a\", \"messages\": {}}", "messages must be an array of {\"role\", \"content\"} objects, got object", "a");
 	expect_error("{\"id\": \"a\", \"messages\": []}", "messages must not be empty", "a");
 	expect_error("{\"id\": \"a\", \"messages\": [\"hi\"]}", "messages[0] must be an object, got string", "a");
 	expect_error("{\"id\": \"a\", \"messages\": [{\"content\":\"x\"}]}", "messages[0].role must be a string, got nothing", "a");
 	expect_error("{\"id\": \"a\", \"messages\": [{\"role\":\"user\",\"content\":[{\"type\":\"text\"}]}]}",
-		     "messages[0].content must be a string, got array (content parts are not supported", "a");
+		     "messages[0].content[0].text must be a string, got nothing", "a");
+	/* image_url parts (issue 15): data URLs only, base64, known types; the line fails with why */
+	expect_error("{\"id\": \"a\", \"messages\": [{\"role\":\"user\",\"content\":[{\"type\":\"image_url\","
+		     "\"image_url\":{\"url\":\"https://x.org/a.png\"}}]}]}", "the server fetches nothing", "a");
+	expect_error("{\"id\": \"a\", \"messages\": [{\"role\":\"user\",\"content\":[{\"type\":\"image_url\","
+		     "\"image_url\":{\"url\":\"data:image/png;base64,iVB*\"}}]}]}",
+		     "messages[0].content[0].image_url.url: invalid base64: character 0x2a at offset 3", "a");
+	expect_error("{\"id\": \"a\", \"messages\": [{\"role\":\"user\",\"content\":[{\"type\":\"image_url\","
+		     "\"image_url\":{\"url\":\"data:text/plain;base64,aGk=\"}}]}]}",
+		     "data URLs of type \"text/plain\" are not supported", "a");
+	expect_error("{\"id\": \"a\", \"messages\": [{\"role\":\"user\",\"content\":[{\"type\":\"image_url\","
+		     "\"image_url\":{\"url\":\"data:image/png;base64,aGk=\",\"detail\":\"high\"}}]}]}",
+		     "detail: only \"auto\"", "a");
+	expect_error("{\"id\": \"a\", \"messages\": [{\"role\":\"user\",\"content\":[{\"type\":\"input_audio\"}]}]}",
+		     "content parts of type \"input_audio\" are not supported", "a");
+	{
+		struct gs_batch_req r = parse("{\"id\": \"i\", \"messages\": [{\"role\":\"user\",\"content\":["
+					      "{\"type\":\"text\",\"text\":\" Look \"},{\"type\":\"image_url\",\"image_url\":"
+					      "{\"url\":\"data:application/dicom;base64,aGk=\",\"detail\":\"auto\","
+					      "\"window\":{\"center\":40,\"width\":400}}}]}]}");
+		CHECK_MSG(r.error == NULL, "%s", r.error ? r.error : "");
+		CHECK_STREQ(r.text ? r.text : "", "<bos><start_of_turn>user\nLook<start_of_image><end_of_turn>\n"
+						  "<start_of_turn>model\n");
+		CHECK(r.n_images == 1 && r.images && r.images[0].n == 2 && memcmp(r.images[0].data, "hi", 2) == 0);
+		CHECK(r.n_images == 1 && strcmp(r.images[0].mime, "application/dicom") == 0 && r.images[0].has_window &&
+		      r.images[0].window_center == 40 && r.images[0].window_width == 400);
+		gs_batch_req_clear(&r);
+	}
 	expect_error("{\"id\": \"a\", \"messages\": [{\"role\":\"user\",\"content\":\"1\"},{\"role\":\"user\",\"content\":\"2\"}]}",
 		     "roles must alternate user/assistant", "a");
 	expect_error("{\"id\": \"a\", \"messages\": [{\"role\":\"assistant\",\"content\":\"1\"}]}",

@@ -101,5 +101,36 @@ int main(int argc, char **argv)
 		expect_error(m, 1, "content");
 	}
 	expect_error(NULL, 0, "no messages");
+	{ /* content parts: texts trimmed, images as <start_of_image>, nothing in between (5.1) */
+		struct gs_chat_part sys[] = { { GS_CHAT_PART_TEXT, " S " } };
+		struct gs_chat_part u[] = { { GS_CHAT_PART_TEXT, " look\n" }, { GS_CHAT_PART_IMAGE, NULL },
+					    { GS_CHAT_PART_IMAGE, NULL }, { GS_CHAT_PART_TEXT, "\tok? " } };
+		struct gs_chat_msg m[] = { { "system", NULL, sys, 1 }, { "user", NULL, u, 4 } };
+		expect_render(m, 2, true,
+			      "<bos><start_of_turn>user\n S \n\nlook<start_of_image><start_of_image>ok?<end_of_turn>\n"
+			      "<start_of_turn>model\n");
+	}
+	{ /* a system list other than one text part would be dropped by the template: refused */
+		struct gs_chat_part sys[] = { { GS_CHAT_PART_TEXT, "a" }, { GS_CHAT_PART_TEXT, "b" } };
+		struct gs_chat_part img[] = { { GS_CHAT_PART_IMAGE, NULL } };
+		struct gs_chat_msg m[] = { { "system", NULL, sys, 2 }, { "user", "q" } };
+		struct gs_chat_msg m2[] = { { "system", NULL, img, 1 }, { "user", "q" } };
+		expect_error(m, 2, "one text part");
+		expect_error(m2, 2, "the first an image");
+	}
+	{ /* the processor step (4.4): each marker becomes the whole sequence, in the text */
+		char *x = NULL;
+		int32_t k = -1;
+		CHECK(gs_chat_expand_images("user\n<start_of_image>a<start_of_image>", 2, &x, &k) == GS_OK);
+		CHECK(k == 2);
+		CHECK_STREQ(x, "user\n\n\n<start_of_image><image_soft_token><image_soft_token><end_of_image>\n\na"
+			       "\n\n<start_of_image><image_soft_token><image_soft_token><end_of_image>\n\n");
+		free(x);
+		CHECK(gs_chat_expand_images("no images", 256, &x, &k) == GS_OK && k == 0);
+		CHECK_STREQ(x, "no images");
+		free(x);
+		CHECK(gs_chat_expand_images("x", 0, &x, &k) == GS_ERR_INVALID_ARG);
+		gs_clear_error();
+	}
 	TEST_DONE();
 }

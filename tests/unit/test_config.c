@@ -55,7 +55,9 @@ static void test_conditional_defaults(void)
 	const char *j = "{\"architectures\":[\"Gemma3ForConditionalGeneration\"],\"model_type\":\"gemma3\","
 			"\"eos_token_id\":[1,106],\"text_config\":{\"hidden_size\":2560,\"intermediate_size\":10240,"
 			"\"model_type\":\"gemma3_text\",\"num_hidden_layers\":34,\"rope_scaling\":{\"factor\":8.0,"
-			"\"rope_type\":\"linear\"},\"sliding_window\":1024},\"vision_config\":{\"hidden_size\":1152}}";
+			"\"rope_type\":\"linear\"},\"sliding_window\":1024},\"vision_config\":{\"hidden_size\":1152,"
+			"\"image_size\":896,\"intermediate_size\":4304,\"model_type\":\"siglip_vision_model\","
+			"\"num_attention_heads\":16,\"num_hidden_layers\":27,\"patch_size\":14,\"vision_use_head\":false}}";
 	CHECK(parse(j, &c) == GS_OK);
 	CHECK(c.conditional);
 	CHECK(c.n_heads == 8 && c.n_kv_heads == 4 && c.head_dim == 256);
@@ -63,7 +65,78 @@ static void test_conditional_defaults(void)
 	CHECK(c.vocab_size == 262208 && c.max_position == 131072);
 	CHECK(gs_config_n_global(&c) == 5);
 	CHECK(c.n_eos == 2);
+	/* MedGemma 4B's vision_config: the SigLIP defaults fill layer_norm_eps, Gemma3Config the ids */
+	CHECK(c.vision.present);
+	CHECK(c.vision.hidden == 1152 && c.vision.intermediate == 4304 && c.vision.n_layers == 27);
+	CHECK(c.vision.n_heads == 16 && c.vision.image_size == 896 && c.vision.patch_size == 14);
+	CHECK_NEAR(c.vision.ln_eps, 1e-6, 0);
+	CHECK(c.vision.mm_tokens_per_image == 256 && c.vision.boi_id == 255999 && c.vision.eoi_id == 256000);
+	CHECK(c.vision.image_token_id == 262144);
 	gs_config_free(&c);
+}
+
+#define VIS_HEAD "{\"architectures\":[\"Gemma3ForConditionalGeneration\"],\"text_config\":{\"hidden_size\":64," \
+		 "\"intermediate_size\":128,\"num_hidden_layers\":2,\"num_attention_heads\":2,\"num_key_value_heads\":1," \
+		 "\"head_dim\":16}"
+
+static void test_vision(void)
+{
+	struct gs_config c;
+
+	/* a tiny tower, explicit ids (image_token_id spelling of newer exports) */
+	CHECK(parse(VIS_HEAD ",\"vision_config\":{\"hidden_size\":32,\"intermediate_size\":48,\"num_hidden_layers\":2,"
+		    "\"num_attention_heads\":4,\"image_size\":56,\"patch_size\":14,\"layer_norm_eps\":1e-5},"
+		    "\"mm_tokens_per_image\":4,\"boi_token_index\":7,\"eoi_token_index\":8,\"image_token_id\":9}", &c) == GS_OK);
+	CHECK(c.vision.present && c.vision.hidden == 32 && c.vision.intermediate == 48 && c.vision.n_layers == 2);
+	CHECK(c.vision.n_heads == 4 && c.vision.image_size == 56 && c.vision.patch_size == 14);
+	CHECK_NEAR(c.vision.ln_eps, 1e-5, 0);
+	CHECK(c.vision.mm_tokens_per_image == 4 && c.vision.boi_id == 7 && c.vision.eoi_id == 8);
+	CHECK(c.vision.image_token_id == 9);
+	gs_config_free(&c);
+	/* image_token_index wins when both are given */
+	CHECK(parse(VIS_HEAD ",\"vision_config\":{\"hidden_size\":32,\"num_attention_heads\":4,\"image_size\":56,"
+		    "\"patch_size\":14},\"mm_tokens_per_image\":16,\"image_token_index\":11,\"image_token_id\":12}", &c) == GS_OK);
+	CHECK(c.vision.image_token_id == 11 && c.vision.mm_tokens_per_image == 16);
+	gs_config_free(&c);
+	/* text-only: no vision_config at all, or a causal model */
+	CHECK(parse(VIS_HEAD "}", &c) == GS_OK);
+	CHECK(c.conditional && !c.vision.present);
+	gs_config_free(&c);
+	CHECK(parse("{\"architectures\":[\"Gemma3ForCausalLM\"],\"hidden_size\":64,\"intermediate_size\":128,"
+		    "\"num_hidden_layers\":2}", &c) == GS_OK);
+	CHECK(!c.vision.present);
+	gs_config_free(&c);
+
+	/* refusals */
+	expect_error(VIS_HEAD ",\"vision_config\":{\"hidden_size\":30,\"num_attention_heads\":4,\"image_size\":56,"
+		     "\"patch_size\":14},\"mm_tokens_per_image\":4}", GS_ERR_FORMAT, "not divisible by num_attention_heads");
+	expect_error(VIS_HEAD ",\"vision_config\":{\"hidden_size\":32,\"num_attention_heads\":4,\"image_size\":50,"
+		     "\"patch_size\":14},\"mm_tokens_per_image\":4}", GS_ERR_FORMAT, "image_size 50 is not divisible");
+	expect_error(VIS_HEAD ",\"vision_config\":{\"hidden_size\":32,\"num_attention_heads\":4,\"image_size\":56,"
+		     "\"patch_size\":14},\"mm_tokens_per_image\":9}", GS_ERR_FORMAT, "does not divide the 4 x 4 patch grid");
+	expect_error(VIS_HEAD ",\"vision_config\":{\"hidden_size\":32,\"num_attention_heads\":4,\"image_size\":56,"
+		     "\"patch_size\":14},\"mm_tokens_per_image\":5}", GS_ERR_FORMAT, "not a square");
+	expect_error(VIS_HEAD ",\"vision_config\":{\"hidden_size\":32,\"num_attention_heads\":4,\"image_size\":56,"
+		     "\"patch_size\":14,\"vision_use_head\":true},\"mm_tokens_per_image\":4}", GS_ERR_UNSUPPORTED,
+		     "vision_use_head");
+	expect_error(VIS_HEAD ",\"vision_config\":{\"hidden_size\":0,\"num_attention_heads\":4}}", GS_ERR_FORMAT,
+		     "vision_config: field \"hidden_size\"");
+	expect_error(VIS_HEAD ",\"vision_config\":{\"hidden_size\":32,\"num_attention_heads\":4,\"image_size\":56,"
+		     "\"patch_size\":-14}}", GS_ERR_FORMAT, "patch_size");
+	expect_error(VIS_HEAD ",\"vision_config\":{\"hidden_size\":32,\"num_attention_heads\":4,\"image_size\":56,"
+		     "\"patch_size\":14},\"mm_tokens_per_image\":0}", GS_ERR_FORMAT, "mm_tokens_per_image");
+	expect_error(VIS_HEAD ",\"vision_config\":{\"hidden_size\":32,\"num_attention_heads\":4,\"image_size\":56,"
+		     "\"patch_size\":14,\"num_channels\":1},\"mm_tokens_per_image\":4}", GS_ERR_UNSUPPORTED, "num_channels");
+	expect_error(VIS_HEAD ",\"vision_config\":{\"hidden_size\":32,\"num_attention_heads\":4,\"image_size\":56,"
+		     "\"patch_size\":14,\"hidden_act\":\"relu\"},\"mm_tokens_per_image\":4}", GS_ERR_UNSUPPORTED, "hidden_act");
+	expect_error(VIS_HEAD ",\"vision_config\":[1]}", GS_ERR_FORMAT, "vision_config must be an object");
+	/* the real ids need a vocabulary that holds them (text_config vocab_size 1000 here) */
+	expect_error("{\"architectures\":[\"Gemma3ForConditionalGeneration\"],\"text_config\":{\"hidden_size\":64,"
+		     "\"intermediate_size\":128,\"num_hidden_layers\":2,\"vocab_size\":1000},\"vision_config\":{"
+		     "\"hidden_size\":32,\"num_attention_heads\":4,\"image_size\":56,\"patch_size\":14},"
+		     "\"mm_tokens_per_image\":4}", GS_ERR_FORMAT, "must be below vocab_size 1000");
+	expect_error(VIS_HEAD ",\"vision_config\":{\"hidden_size\":32,\"num_attention_heads\":4,\"image_size\":56,"
+		     "\"patch_size\":14,\"layer_norm_eps\":0},\"mm_tokens_per_image\":4}", GS_ERR_FORMAT, "layer_norm_eps");
 }
 
 static void test_layer_types_and_rope_parameters(void)
@@ -131,6 +204,7 @@ int main(int argc, char **argv)
 	test_conditional_defaults();
 	test_layer_types_and_rope_parameters();
 	test_rejections();
+	test_vision();
 	/* A file that does not exist names the path. */
 	snprintf(path, sizeof(path), "%s/does-not-exist/config.json", argc > 2 ? argv[2] : "/nonexistent");
 	CHECK(gs_config_load(path, &c) == GS_ERR_IO);

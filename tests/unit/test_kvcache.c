@@ -28,7 +28,7 @@ static void grow(struct gs_kv_pool *p, struct gs_kv_seq *s, const int32_t *hist,
 {
 	CHECK(gs_kv_seq_prepare(p, s, n) == GS_OK);
 	s->n_past += n;
-	gs_kv_seq_commit(p, s, hist);
+	gs_kv_seq_commit(p, s, hist, NULL);
 }
 
 static bool consistent(const struct gs_kv_pool *p, const struct gs_kv_seq *a, const struct gs_kv_seq *b)
@@ -70,7 +70,7 @@ static void prefix_cache_case(const struct gs_config *c0, uint64_t mask)
 	gs_kv_pool_set_prefix_cache(&p, true, 32);
 	p.hash_mask = mask;
 	CHECK(p.cache.ring_blocks == 6);
-	CHECK(gs_kv_prefix_lookup(&p, ta, 200, hit, 16) == 0);
+	CHECK(gs_kv_prefix_lookup(&p, ta, 200, NULL, hit, 16) == 0);
 
 	/* a: 100 positions in chunks of 32 registers blocks 0..5 (block 6 is partial) */
 	CHECK(gs_kv_seq_admit(&p, &a, 120) == GS_OK);
@@ -84,29 +84,29 @@ static void prefix_cache_case(const struct gs_config *c0, uint64_t mask)
 	CHECK(!p.gb[a.gtable[6]].cached);
 
 	/* b shares 100 tokens: 6 cached blocks (96 positions), while a still runs */
-	n = gs_kv_prefix_lookup(&p, tb, 150, hit, 16);
+	n = gs_kv_prefix_lookup(&p, tb, 150, NULL, hit, 16);
 	CHECK_MSG(n == 6, "b hits %d blocks", n);
 	CHECK(tokens_match(&p, hit, n, tb));
 	for (int i = 0; i < n; i++)
 		CHECK(hit[i] == a.gtable[i]);
 	/* at most n - 1 positions: a 96-token prompt can take only 5 blocks */
-	CHECK(gs_kv_prefix_lookup(&p, tb, 96, hit, 16) == 5);
-	CHECK(gs_kv_prefix_lookup(&p, tb, 97, hit, 16) == 6);
+	CHECK(gs_kv_prefix_lookup(&p, tb, 96, NULL, hit, 16) == 5);
+	CHECK(gs_kv_prefix_lookup(&p, tb, 97, NULL, hit, 16) == 6);
 	/* a different first block: no hit even though later blocks' tokens match (the chain) */
 	{
 		int32_t tc[200];
 		memcpy(tc, ta, sizeof(tc));
 		tc[3] = 5;
-		CHECK(gs_kv_prefix_lookup(&p, tc, 200, hit, 16) == 0);
+		CHECK(gs_kv_prefix_lookup(&p, tc, 200, NULL, hit, 16) == 0);
 		/* a divergence in block 2: exactly blocks 0, 1, then the window backs off to the
 		 * longest prefix whose last 39 positions' local blocks are held (all are) */
 		memcpy(tc, ta, sizeof(tc));
 		tc[40] = 5;
-		n = gs_kv_prefix_lookup(&p, tc, 200, hit, 16);
+		n = gs_kv_prefix_lookup(&p, tc, 200, NULL, hit, 16);
 		CHECK_MSG(n == 2, "tc hits %d", n);
 		CHECK(tokens_match(&p, hit, n, tc));
 	}
-	n = gs_kv_prefix_lookup(&p, tb, 150, hit, 16);
+	n = gs_kv_prefix_lookup(&p, tb, 150, NULL, hit, 16);
 	/* a block that is not the chain is refused on admission (what a follower checks) */
 	{
 		int32_t bad[6];
@@ -158,18 +158,18 @@ static void prefix_cache_case(const struct gs_config *c0, uint64_t mask)
 			grow(&p, &x, tx, 32);
 		CHECK_MSG(p.evictions - ev0 >= 5, "%llu evictions", (unsigned long long)(p.evictions - ev0));
 		CHECK(consistent(&p, &x, NULL));
-		n = gs_kv_prefix_lookup(&p, tb, 150, hit, 16);
+		n = gs_kv_prefix_lookup(&p, tb, 150, NULL, hit, 16);
 		CHECK(tokens_match(&p, hit, n, tb));
 		CHECK_MSG(n <= 4, "evicted tail still found: %d", n);
 		gs_kv_seq_release(&p, &x);
 		CHECK(consistent(&p, NULL, NULL));
-		n = gs_kv_prefix_lookup(&p, tx, 256, hit, 16);
+		n = gs_kv_prefix_lookup(&p, tx, 256, NULL, hit, 16);
 		CHECK(n > 0 && tokens_match(&p, hit, n, tx));
 	}
 	/* off: everything cached goes back to the free lists */
 	gs_kv_pool_set_prefix_cache(&p, false, 0);
 	CHECK(p.glru.n == 0 && p.llru.n == 0 && p.n_gfree == 20 && p.n_lfree == 14 && p.cache.ring_blocks == 4);
-	CHECK(gs_kv_prefix_lookup(&p, ta, 200, hit, 16) == 0);
+	CHECK(gs_kv_prefix_lookup(&p, ta, 200, NULL, hit, 16) == 0);
 	CHECK(consistent(&p, NULL, NULL));
 	gs_kv_pool_free(&p);
 }

@@ -1,5 +1,5 @@
-/* StepPlan wire form (protobuf-c): round trip of a 64-sequence plan, and malformed or
- * oversized plans rejected with GS_ERR_FORMAT before anything is written. */
+/* StepPlan wire form (protobuf-c): round trip of a 64-sequence plan (admissions with images
+ * too), and malformed or oversized plans rejected with GS_ERR_FORMAT before anything is written. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,6 +10,7 @@ int main(int argc, char **argv)
 {
 	struct gs_plan a, b, small;
 	static int32_t blocks[200 * 64];
+	static uint8_t pixels[3 * 5000]; /* admissions with images: 3 of 5000 bytes, then 1 */
 	uint8_t *buf = NULL;
 	size_t cap = 0;
 	uint64_t len = 0;
@@ -34,6 +35,12 @@ int main(int argc, char **argv)
 			for (int k = 0; k < 200 * i; k++)
 				blocks[k] = 7 * k + i;
 			CHECK(gs_plan_add_cached(&a, s, blocks, 200 * i) == GS_OK);
+			if (i == 9 || i == 27) {
+				for (size_t k = 0; k < sizeof(pixels); k++)
+					pixels[k] = (uint8_t)(k * 31 + 7);
+				s->images = i == 9 ? pixels : pixels + 5000, s->n_images = i == 9 ? 3 : 1;
+				s->image_bytes = 5000;
+			}
 		}
 	}
 	CHECK(gs_plan_pack(&a, &buf, &cap, &len) == GS_OK);
@@ -52,7 +59,10 @@ int main(int argc, char **argv)
 			      y->params.top_logprobs == 5 && y->params.sp.seed == x->params.sp.seed &&
 			      y->params.sp.top_k == 40 && y->params.sp.temperature == 0.7f &&
 			      y->n_cached == x->n_cached &&
-			      !memcmp(b.cached + y->cached0, a.cached + x->cached0, sizeof(int32_t) * (size_t)x->n_cached));
+			      !memcmp(b.cached + y->cached0, a.cached + x->cached0, sizeof(int32_t) * (size_t)x->n_cached) &&
+			      y->n_images == x->n_images && y->image_bytes == x->image_bytes &&
+			      (!x->n_images || !memcmp(y->images, x->images, (size_t)x->n_images * (size_t)x->image_bytes)));
+		CHECK(!x->admit || x->n_images || !y->images);
 	}
 	/* Too big for a smaller engine: refused, nothing written past its arrays (ASan). */
 	CHECK(gs_plan_unpack(&small, buf, len) == GS_ERR_FORMAT);
