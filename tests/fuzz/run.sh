@@ -22,7 +22,7 @@ else
   mapfile -t targets < <(grep -l '^int LLVMFuzzerTestOneInput' tests/fuzz/fuzz_*.c | xargs -n1 basename | sed 's/\.c$//')
 fi
 
-CC=${GS_FUZZ_CC:-clang} cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGS_FUZZ=ON -DGS_CUDA=OFF >/dev/null
+CC=${GS_FUZZ_CC:-clang} CXX=${GS_FUZZ_CXX:-clang++} cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGS_FUZZ=ON -DGS_CUDA=OFF >/dev/null
 cmake --build "$dir" -j"$(nproc)" --target "${targets[@]}" >/dev/null
 t_built=$(date +%s)
 
