@@ -177,15 +177,15 @@ static enum gs_status load_projection(struct vload *c)
 enum gs_status gs_vision_load(struct gs_model *m, const struct gs_safetensors *st, const char *dir)
 {
 	const struct gs_vision_config *v = &m->cfg.vision;
+
+	if (!v->present)
+		return GS_OK;
 	int64_t Hv = v->hidden, Fv = v->intermediate, P = v->patch_size, Dv = v->hidden / v->n_heads;
 	int64_t g = v->image_size / v->patch_size, Np = g * g, H = m->cfg.hidden;
 	int T = m->shard.size, r = m->shard.rank;
 	struct vload c = { .m = m, .st = st, .dir = dir };
 	enum gs_status s;
 	char n[160];
-
-	if (!v->present)
-		return GS_OK;
 	/* copies: ROW-split out_proj and fc2 at T > 1, and the transposed projection (4 bytes per
 	 * element bounds every dtype) */
 	size_t own = 4 * (size_t)H * (size_t)Hv;
