@@ -69,6 +69,8 @@ const char *gs_cfinish_openai(enum gs_cfinish f); /* "stop", "length", ... */
 /* Limits (command-line flags of gemmashard-coordinator). */
 struct gs_coord_limits {
 	size_t  max_body_bytes;      /* HTTP body / gRPC message (413 / RESOURCE_EXHAUSTED) */
+	size_t  max_body_total;      /* HTTP bodies buffered at once, all connections together
+					(503 above; 0: 256 MiB) */
 	int32_t max_prompt_tokens;   /* 400 / INVALID_ARGUMENT above this */
 	int32_t max_tokens_limit;    /* largest max_tokens accepted (400 / INVALID_ARGUMENT) */
 	int32_t default_max_tokens;  /* used when the request gives none (then capped by context) */

@@ -291,14 +291,21 @@ static enum MHD_Result gs_http_begin(struct gs_http *h, struct MHD_Connection *c
 
 /* A piece of the body: kept while under the limit, else counted and dropped (the 413 goes
  * out once the body is in, since MHD cannot answer in the middle of an upload). */
-static enum MHD_Result gs_http_receive(struct gs_http_req *q, const char *data, size_t n)
+static void gs_http_drop_body(struct gs_http *h, struct gs_http_req *q)
+{
+	q->dropping = true;
+	q->dropped = q->len;
+	free(q->body);
+	atomic_fetch_sub(&h->body_held, q->cap);
+	q->body = NULL;
+	q->len = q->cap = 0;
+}
+
+static enum MHD_Result gs_http_receive(struct gs_http *h, struct gs_http_req *q, const char *data, size_t n)
 {
 	if (!q->dropping && q->len + n > q->limit) {
-		q->too_large = q->dropping = true;
-		q->dropped = q->len;
-		free(q->body);
-		q->body = NULL;
-		q->len = q->cap = 0;
+		q->too_large = true;
+		gs_http_drop_body(h, q);
 	}
 	if (q->dropping) {
 		q->dropped += n;
@@ -312,9 +319,20 @@ static enum MHD_Result gs_http_receive(struct gs_http_req *q, const char *data, 
 			cap *= 2;
 		if (cap > q->limit)
 			cap = q->limit;
+		/* every connection's body counts against one budget: 1024 connections at the
+		 * per-body limit must not pin 1024 x that much memory */
+		if (atomic_fetch_add(&h->body_held, cap - q->cap) + (cap - q->cap) > h->body_budget) {
+			atomic_fetch_sub(&h->body_held, cap - q->cap);
+			q->busy = true;
+			gs_http_drop_body(h, q);
+			q->dropped += n;
+			return MHD_YES;
+		}
 		p = realloc(q->body, cap);
-		if (!p)
+		if (!p) {
+			atomic_fetch_sub(&h->body_held, cap - q->cap);
 			return MHD_NO;
+		}
 		q->body = p;
 		q->cap = cap;
 	}
@@ -350,7 +368,7 @@ static enum MHD_Result gs_http_access(void *cls, struct MHD_Connection *conn, co
 		/* a body trickled in to hold the connection: the idle timeout alone would never fire */
 		if (gs_now_s() - q->t_start > h->idle_timeout_s)
 			return MHD_NO;
-		return gs_http_receive(q, upload_data, n);
+		return gs_http_receive(h, q, upload_data, n);
 	}
 	if (q->early_status)
 		return gs_http_error(conn, q, q->early_status, NULL, q->early_code, "%s", q->early_msg);
@@ -362,6 +380,10 @@ static enum MHD_Result gs_http_access(void *cls, struct MHD_Connection *conn, co
 			return gs_http_error(conn, q, 413, NULL, "request_too_large",
 					     "the request body (%zu bytes) is larger than the limit of %zu bytes",
 					     q->dropped, q->limit);
+		if (q->busy)
+			return gs_http_error(conn, q, 503, NULL, "server_busy",
+					     "the server holds too many request bodies at once (limit %zu bytes in all, "
+					     "--max-body-total); retry later", h->body_budget);
 		return gs_http_generate(h, conn, q);
 	case GS_HTTP_ROUTE_MODELS:
 		return gs_http_models(h, conn, q, NULL);
@@ -403,6 +425,7 @@ static void gs_http_completed(void *cls, struct MHD_Connection *conn, void **con
 			.latency_s = gs_now_s() - q->t_start });
 	}
 	free(q->body);
+	atomic_fetch_sub(&h->body_held, q->cap);
 	free(q);
 	*con_cls = NULL;
 }
@@ -478,6 +501,7 @@ enum gs_status gs_http_start(struct gs_coord *c, const char *host, int port, con
 	h->coord = c;
 	h->max_connections = lim->max_http_connections > 0 ? lim->max_http_connections : GS_HTTP_MAX_CONNECTIONS;
 	h->idle_timeout_s = idle_timeout_s;
+	h->body_budget = lim->max_body_total ? lim->max_body_total : (size_t)256 << 20;
 	h->client_cert_required = tls && tls->client_ca_pem;
 	atomic_store(&h->starting, true);
 	flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG;

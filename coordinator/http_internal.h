@@ -31,6 +31,8 @@ struct gs_http {
 	unsigned           idle_timeout_s;   /* MHD_OPTION_CONNECTION_TIMEOUT; also the longest a request
 						body may take to arrive */
 	atomic_llong       limit_warned_ms;  /* when "connection limit reached" was last logged */
+	size_t             body_budget;      /* limits.max_body_total */
+	atomic_size_t      body_held;        /* bytes of request bodies allocated now, all requests */
 	char               start_log[256];
 };
 
@@ -53,6 +55,7 @@ struct gs_http_req {
 	size_t             limit;     /* limits.max_body_bytes */
 	bool               dropping;  /* the body is read and dropped (too large, or refused) */
 	bool               too_large; /* the body passed limit */
+	bool               busy;      /* its body would have passed the server's body budget (503) */
 	size_t             dropped;   /* bytes dropped so far */
 	int                early_status;    /* refused from its headers (404, 405, 401): the answer */
 	const char        *early_code;      /* goes out once the body is in, so the connection */

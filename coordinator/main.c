@@ -51,6 +51,8 @@ static void usage(FILE *f)
 		"  --tls-key FILE            its PEM private key (mode 600: no access for group or others)\n"
 		"  --tls-client-ca FILE      mutual TLS: clients must present a certificate issued by this CA\n"
 		"  --max-body-bytes N        largest HTTP body / gRPC message (default 33554432: room for images)\n"
+		"  --max-body-total N        HTTP request bodies held at once, all connections together; a body\n"
+		"                            that would pass it gets 503 (default 268435456)\n"
 		"  --max-images-per-request N images in one request (default 4; each travels to the engine as\n"
 		"                            image_size^2 x 3 bytes, so N x that must fit the 16 MiB engine link frame)\n"
 		"  --max-prompt-tokens N     longest prompt accepted (default 131072)\n"
@@ -102,6 +104,7 @@ int main(int argc, char **argv)
 		.api_key = getenv("GEMMASHARD_API_KEY"),
 		.limits = {
 			.max_body_bytes = 32u << 20, /* base64 images: 4 x 6 MiB files fit */
+			.max_body_total = 256u << 20,
 			.max_prompt_tokens = 131072,
 			.max_tokens_limit = 131072,
 			.default_max_tokens = 512,
@@ -199,6 +202,10 @@ int main(int argc, char **argv)
 			if (!num(a, v, 1024, 1 << 30, &d))
 				return 2;
 			cfg.limits.max_body_bytes = (size_t)d;
+		} else if (!strcmp(a, "--max-body-total")) {
+			if (!num(a, v, 1024, (double)((size_t)1 << 40), &d))
+				return 2;
+			cfg.limits.max_body_total = (size_t)d;
 		} else if (!strcmp(a, "--max-prompt-tokens")) {
 			if (!num(a, v, 1, INT_MAX, &d))
 				return 2;

@@ -7,6 +7,8 @@ driven over raw sockets, python3 http.client and grpcio.
   --max-http-connections 8: with 8 stalled connections a 9th is closed at once with no answer;
       once the idle timeout has freed the slots, new connections are served again;
   --max-http-header-bytes 8192: 16 KiB of headers get 431, 3 KiB pass;
+  --max-body-total 131072: with two bodies of 60000 bytes held open, a third gets 503; after
+      they close, bodies are read again;
   --max-body-bytes 65536: a Content-Length over the limit gets 413 before any of the body is
       sent; exactly the limit is read (and parsed); a 20 MiB chunked body gets 413 and is never
       buffered (RSS); a gRPC message over the limit gets RESOURCE_EXHAUSTED;
@@ -43,6 +45,7 @@ KEY = "abuse-test-key-0123456789abcdef"
 IDLE_S = 2
 MAX_CONN = 8
 MAX_BODY = 65536
+MAX_BODY_TOTAL = 2 * MAX_BODY
 MAX_HEADER = 8192
 RSS_BOUND_MIB = 8          # plain build: allocator noise after warm-up is well under 1 MiB
 RSS_BOUND_ASAN_MIB = 48    # ASan keeps freed memory in its quarantine (limited to 16 MiB here)
@@ -228,7 +231,8 @@ def main():
             "temperature": 0}
     with Cluster(build, model, engines=1, tp=1, api_key=KEY,
                  coord_args=["--http-idle-timeout", str(IDLE_S), "--max-http-connections", str(MAX_CONN),
-                             "--max-body-bytes", str(MAX_BODY), "--max-http-header-bytes", str(MAX_HEADER),
+                             "--max-body-bytes", str(MAX_BODY), "--max-body-total", str(MAX_BODY_TOTAL),
+                             "--max-http-header-bytes", str(MAX_HEADER),
                              "--max-grpc-streams", "2", "--heartbeat-timeout", "60"],
                  engine_args=["--ctx", "512", "--max-seqs", "8", "--threads", "1"],
                  logdir=os.path.join(scratch, "logs")) as cl:
@@ -355,6 +359,35 @@ def main():
             text = r.read()
             c.close()
             check(r.status == want, f"a body of {n} bytes (limit {MAX_BODY}) -> {r.status}: {text[:120]!r}")
+        # the budget of all bodies held at once: two connections hold 64 KiB buffers each (60000 of
+        # 65000 bytes sent), so a third body does not fit and gets 503; once they are gone it does
+        held = []
+        for _ in range(2):
+            s = connect(cl.http_port)
+            s.sendall(head("POST", "/v1/completions", clen=65000) + b'{"prompt": 1}' + b" " * (60000 - 13))
+            held.append(s)
+        time.sleep(0.4)
+        s = connect(cl.http_port)
+        small = b'{"prompt": 1}' + b" " * 9987
+        s.sendall(head("POST", "/v1/completions", clen=len(small)) + small)
+        _, got, _ = until_closed(s, timeout=1.5)
+        s.close()
+        check(status_of(got) == 503 and b"server_busy" in got and b"--max-body-total" in got,
+              f"with {2 * 65536} bytes of bodies held (--max-body-total {MAX_BODY_TOTAL}) a third body -> "
+              f"{status_of(got)}: {got[-160:]!r}")
+        for s in held:
+            s.close()
+        time.sleep(0.4)
+        c = http.client.HTTPConnection("127.0.0.1", cl.http_port, timeout=30)
+        c.request("POST", "/v1/completions", body=b'{"prompt": 1}' + b" " * (MAX_BODY - 13),
+                  headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+        r = c.getresponse()
+        r.read()
+        c.close()
+        check(r.status == 400, f"... and once those connections closed, a {MAX_BODY}-byte body is read again "
+              f"(-> {r.status}, the usual refusal of an integer prompt)")
+        good_http("after the body budget")
+
         rss0 = rss_kib(pid)
         s = connect(cl.http_port)
         s.sendall(head("POST", "/v1/chat/completions", chunked=True))
