@@ -839,41 +839,27 @@ enum gs_cerr gs_grpc_parse_generate(struct gs_grpc_gen *g, const uint8_t *data, 
 
 /* ---- methods ----------------------------------------------------------------------------- */
 
-static void do_generate(struct call *c, const uint8_t *data, size_t len)
+/* With c->mu held: admits a parsed request whose images (if any) are decoded. */
+static void generate_submit(struct call *c, struct gs_grpc_gen *g, uint8_t *images, enum gs_cerr e, const char *why_images)
 {
 	struct gs_coord *coord = c->g->coord;
-	struct gs_grpc_gen g;
 	char why[600];
 
-	enum gs_cerr e = gs_grpc_parse_generate(&g, data, len, gs_coord_get_limits(coord), why, sizeof(why));
-	snprintf(c->user, sizeof(c->user), "%s", g.user);
 	if (e != GS_CERR_NONE) {
-		send_error(c, e, why);
-		goto out;
+		send_error(c, e, why_images);
+		return;
 	}
-	c->want_lps = g.spec.logprobs;
-	gpr_timespec dl = c->details.deadline;
-	if (gpr_time_cmp(dl, gpr_inf_future(dl.clock_type)) != 0) {
-		gpr_timespec left = gpr_time_sub(dl, gpr_now(dl.clock_type));
-		g.spec.deadline = gs_now_s() + gpr_timespec_to_micros(left) * 1e-6;
-	}
-
-	uint8_t *images = NULL; /* decoded and resized now: a bad image is refused before admission */
-	e = gs_coord_prepare_images(coord, g.spec.model, g.images_in, g.n_images_in, &images, why, sizeof(why));
-	if (e != GS_CERR_NONE) {
-		send_error(c, e, why);
-		goto out;
-	}
-	g.spec.images = images;
-	g.spec.n_images = g.n_images_in;
+	if (c->status_started) /* the client left while its images were decoded */
+		return;
+	g->spec.images = images;
+	g->spec.n_images = g->n_images_in;
 
 	struct gs_creq *rs[GS_COORD_MAX_N];
-	int n = g.n > 1 ? g.n : 1;
-	e = gs_coord_submit_n(coord, GS_API_GRPC, &g.spec, n, on_output, c, rs, why, sizeof(why));
-	free(images);
+	int n = g->n > 1 ? g->n : 1;
+	e = gs_coord_submit_n(coord, GS_API_GRPC, &g->spec, n, on_output, c, rs, why, sizeof(why));
 	if (e != GS_CERR_NONE) {
 		send_error(c, e, why);
-		goto out;
+		return;
 	}
 	for (int i = 0; i < n; i++)
 		c->creqs[i] = rs[i];
@@ -882,8 +868,95 @@ static void do_generate(struct call *c, const uint8_t *data, size_t len)
 	if (c->cancelled || c->closed)
 		cancel_all(rs, n);
 	pump(c);
+}
+
+/* The completion-queue thread gave this call's OP_RECV completion to an image thread: it
+ * decodes the images without the call's lock (the completion-queue thread keeps serving every
+ * other call meanwhile), admits the request, then completes the batch as cq_main would. */
+struct image_job {
+	struct call        *c;
+	struct gs_grpc_gen *g;
+};
+
+static void recv_batch_done(struct call *c)
+{
+	pthread_mutex_lock(&c->mu);
+	bool done = --c->pending == 0 && c->status_started && !c->send_busy;
+	pthread_mutex_unlock(&c->mu);
+	if (done)
+		call_free(c);
+}
+
+static void *image_job_main(void *p)
+{
+	struct image_job *j = p;
+	struct call *c = j->c;
+	uint8_t *images = NULL;
+	char why[600];
+
+	enum gs_cerr e = gs_coord_prepare_images(c->g->coord, j->g->spec.model, j->g->images_in, j->g->n_images_in,
+						 &images, why, sizeof(why));
+	pthread_mutex_lock(&c->mu);
+	generate_submit(c, j->g, images, e, why);
+	pthread_mutex_unlock(&c->mu);
+	free(images);
+	gs_grpc_gen_free(j->g);
+	free(j->g);
+	free(j);
+	recv_batch_done(c);
+	return NULL;
+}
+
+/* With c->mu held (on_recv). true: the request has images and an image thread took over the
+ * OP_RECV completion (recv_batch_done); false: it was answered or admitted here. */
+static bool do_generate(struct call *c, const uint8_t *data, size_t len)
+{
+	struct gs_coord *coord = c->g->coord;
+	struct gs_grpc_gen *g = calloc(1, sizeof(*g));
+	char why[600];
+
+	if (!g) {
+		send_error(c, GS_CERR_INTERNAL, "coordinator: out of memory for the request");
+		return false;
+	}
+	enum gs_cerr e = gs_grpc_parse_generate(g, data, len, gs_coord_get_limits(coord), why, sizeof(why));
+	snprintf(c->user, sizeof(c->user), "%s", g->user);
+	if (e != GS_CERR_NONE) {
+		send_error(c, e, why);
+		goto out;
+	}
+	c->want_lps = g->spec.logprobs;
+	gpr_timespec dl = c->details.deadline;
+	if (gpr_time_cmp(dl, gpr_inf_future(dl.clock_type)) != 0) {
+		gpr_timespec left = gpr_time_sub(dl, gpr_now(dl.clock_type));
+		g->spec.deadline = gs_now_s() + gpr_timespec_to_micros(left) * 1e-6;
+	}
+	if (g->n_images_in > 0) { /* decoded before admission, so a bad image is refused at once */
+		struct image_job *j = malloc(sizeof(*j));
+		pthread_attr_t at;
+		pthread_t th;
+		bool started = false;
+
+		if (j && pthread_attr_init(&at) == 0) {
+			*j = (struct image_job){ c, g };
+			pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+			started = pthread_create(&th, &at, image_job_main, j) == 0;
+			pthread_attr_destroy(&at);
+		}
+		if (started)
+			return true;
+		free(j);
+		uint8_t *images = NULL; /* no thread: decode here */
+		e = gs_coord_prepare_images(coord, g->spec.model, g->images_in, g->n_images_in, &images, why, sizeof(why));
+		generate_submit(c, g, images, e, why);
+		free(images);
+		goto out;
+	}
+	generate_submit(c, g, NULL, GS_CERR_NONE, NULL);
 out:
-	gs_grpc_gen_free(&g);
+	gs_grpc_gen_free(g);
+	free(g);
+	return false;
 }
 
 static void do_tokenize(struct call *c, const uint8_t *data, size_t len)
@@ -1017,8 +1090,11 @@ static void on_new(struct call *c)
 	explicit_bzero(auth, sizeof(auth));
 }
 
-static void on_recv(struct call *c, bool ok)
+/* true: an image thread completes this OP_RECV batch (do_generate). */
+static bool on_recv(struct call *c, bool ok)
 {
+	bool deferred = false;
+
 	pthread_mutex_lock(&c->mu);
 	if (c->status_started) {
 		/* initial metadata of an early error: nothing to do */
@@ -1035,7 +1111,7 @@ static void on_recv(struct call *c, bool ok)
 			switch (c->method) {
 			case M_GENERATE:
 			case M_STREAM:
-				do_generate(c, p, n);
+				deferred = do_generate(c, p, n);
 				break;
 			case M_TOKENIZE:
 				do_tokenize(c, p, n);
@@ -1054,6 +1130,7 @@ static void on_recv(struct call *c, bool ok)
 		}
 	}
 	pthread_mutex_unlock(&c->mu);
+	return deferred;
 }
 
 static void on_close(struct call *c)
@@ -1162,7 +1239,8 @@ static void *cq_main(void *arg)
 			}
 			on_new(c);
 		} else if (t->op == OP_RECV) {
-			on_recv(c, ok);
+			if (on_recv(c, ok))
+				continue; /* its image thread completes the batch */
 		} else if (t->op == OP_CLOSE) {
 			on_close(c);
 		} else if (t->op == OP_SEND) {

@@ -368,6 +368,36 @@ def main():
                  parts=[("image", (png, "image/png", None))])
         grpc_bad("window on a PNG", "image 0", parts=[("image", (png, "image/png", (40, 400)))])
 
+        # images are decoded on their own threads, not the completion-queue thread: 8 concurrent image
+        # calls, one big image cancelled while it decodes, and a ModelInfo between them all answer
+        def req_of(parts):
+            m = pb.Message(role="user")
+            for kind, v in parts:
+                if kind == "text":
+                    m.parts.add(text=v)
+                else:
+                    im = m.parts.add().image
+                    im.data, im.mime_type = v
+            return pb.GenerateRequest(model="vis", messages=pb.Messages(messages=[m]), max_tokens=8, temperature=0)
+
+        big = png_bytes(1400, 1400, seed=3)
+        doomed = stub.Generate.future(req_of([("image", (big, "image/png")), ("text", "What is shown?")]), timeout=60)
+        futs = [stub.Generate.future(req_of([("image", (png, "image/png")), ("text", "What is shown?")]), timeout=60)
+                for _ in range(8)]
+        doomed.cancel()
+        info = stub.ModelInfo(pb.ModelInfoRequest(model="vis"), timeout=30)
+        texts = []
+        for f in futs:
+            try:
+                texts.append(f.result().text)
+            except grpc.RpcError as ex:
+                texts.append(f"error {ex.code().name}: {ex.details()}")
+        check(all(t == ref["one"]["text"] for t in texts) and len(info.models) == 2,
+              f"8 concurrent gRPC image calls == reference, a ModelInfo answered beside them: {set(texts)}")
+        check(doomed.cancelled() or doomed.done(), "a cancelled image call ends")
+        ex, r = grpc_gen([("image", (png, "image/png", None)), ("text", "What is shown?")])
+        check(ex is None and r.text == ref["one"]["text"], "  then a gRPC image call is served")
+
         # HTTP bad inputs, each followed by a good request
         good = {"model": "vis", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
 
