@@ -230,6 +230,15 @@ struct gs_backend_i {
 	 * channel-major to match a conv weight [out, 3, P, P]: y[r·g + c, ch·P·P + ky·P + kx] =
 	 * norm(px[((r·P + ky)·S + c·P + kx)·3 + ch]), g = S / P. */
 	void (*patches)(void *ctx, float *y, const uint8_t *px, int image_size, int patch);
+
+	/* ---- context parallelism (ARCHITECTURE.md §4): merge of partial attention results ----
+	 * k partial results over disjoint key sets of the same n (row, head) records: parts is
+	 * [k][n][head_dim + 1], each record a normalised output o[head_dim] then its lse (natural
+	 * log of the sum of exp(score) over that part's keys; -inf: the part saw no key, and its o
+	 * is never read). out[n][head_dim] = sum_i w_i o_i / sum_i w_i with w_i = exp(lse_i - max_i
+	 * lse_i), summed in part order; lse_out (NULL: not wanted) = max + log sum_i w_i. A record
+	 * with every part empty gets out 0 and lse -inf (never 0·NaN); a NaN or +inf lse gives NaN. */
+	void (*attn_merge)(void *ctx, float *out, float *lse_out, const float *parts, int k, int n, int head_dim);
 };
 
 struct gs_backend {

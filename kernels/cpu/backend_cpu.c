@@ -433,6 +433,12 @@ static void cpu_avgpool(void *vctx, float *y, const float *x, int side, int k, i
 	gs_cpu_avgpool(y, x, side, k, dim);
 }
 
+static void cpu_attn_merge(void *vctx, float *out, float *lse_out, const float *parts, int k, int n, int head_dim)
+{
+	GS_ASSERT(k >= 1 && n >= 0 && head_dim >= 1);
+	gs_cpu_attn_merge(((struct cpu_ctx *)vctx)->tp, out, lse_out, parts, k, n, head_dim);
+}
+
 static void cpu_patches(void *vctx, float *y, const uint8_t *px, int image_size, int patch)
 {
 	gs_cpu_patches(y, px, image_size, patch);
@@ -553,7 +559,8 @@ static void cpu_gather_rows(void *vctx, float *dst, const float *src, const int3
 	.gelu = cpu_gelu,                            \
 	.attention_full = cpu_attention_full,        \
 	.avgpool = cpu_avgpool,                      \
-	.patches = cpu_patches
+	.patches = cpu_patches,                      \
+	.attn_merge = cpu_attn_merge
 
 struct fill_job {
 	uint16_t *dst;

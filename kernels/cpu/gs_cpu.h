@@ -90,6 +90,12 @@ struct gs_cand_args;
  * floats) is grown with realloc as needed and owned by the caller. */
 void gs_cpu_candidates(float **scratch, size_t *scratch_cap, const struct gs_cand_args *a);
 
+/* ---- the context-parallel merge (attn_merge.c): the attn_merge op of gs_kernels.h ---- */
+void gs_cpu_attn_merge(struct gs_threadpool *tp, float *out, float *lse, const float *parts, int k, int n,
+		       int head_dim);
+/* One record of it: parts of n records each (stride head_dim + 1); exposed for tests. */
+void gs_attn_merge_one(float *out, float *lse, const float *parts, int k, size_t n, int head_dim);
+
 /* ---- the vision tower's ops (vision_ops.c): the backend ops of the same names in gs_kernels.h ---- */
 
 void gs_cpu_layernorm(struct gs_threadpool *tp, float *y, const float *x, const float *w, const float *b, int rows,

@@ -185,6 +185,13 @@ static void cuda_patches(void *ctx, float *y, const uint8_t *px, int image_size,
 		gs_cu_patches(ctx, y, px, image_size, patch);
 }
 
+static void cuda_attn_merge(void *ctx, float *out, float *lse_out, const float *parts, int k, int n, int head_dim)
+{
+	GS_ASSERT(k >= 1 && n >= 0 && head_dim >= 1);
+	if (n)
+		gs_cu_attn_merge(ctx, out, lse_out, parts, k, n, head_dim);
+}
+
 static const struct gs_backend_i gs_backend_cuda_i = {
 	.name = "cuda",
 	.matmul = cuda_matmul,
@@ -213,6 +220,7 @@ static const struct gs_backend_i gs_backend_cuda_i = {
 	.attention_full = cuda_attention_full,
 	.avgpool = cuda_avgpool,
 	.patches = cuda_patches,
+	.attn_merge = cuda_attn_merge,
 };
 
 static struct gs_cuda_ctx *ctx_of(const struct gs_backend *be)

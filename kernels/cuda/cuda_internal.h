@@ -59,6 +59,8 @@ void gs_cu_layernorm(struct gs_cuda_ctx *c, float *y, const float *x, const floa
 		     float eps);
 void gs_cu_add_rows(struct gs_cuda_ctx *c, float *y, const float *x, const float *b, int rows, int cols);
 void gs_cu_gelu(struct gs_cuda_ctx *c, float *y, const float *x, size_t n);
+void gs_cu_attn_merge(struct gs_cuda_ctx *c, float *out, float *lse_out, const float *parts, int k, int n,
+		      int head_dim);
 void gs_cu_attention_full(struct gs_cuda_ctx *c, float *out, const float *q, const float *k, const float *v, int n,
 			  int n_heads, int head_dim, float scale);
 void gs_cu_avgpool(struct gs_cuda_ctx *c, float *y, const float *x, int side, int k, int dim);

@@ -718,6 +718,38 @@ static void test_vision_ops(int rows, int dim, int side, int k, int n, int heads
 	free(x), free(w), free(b), free(ref), free(got);
 }
 
+/* The context-parallel merge: k parts of n records (some parts empty: lse -inf and NaN outputs
+ * that must stay unread, a record with no part at all), CPU op vs CUDA op. */
+static void test_attn_merge_case(int k, int n, int D)
+{
+	size_t np = (size_t)k * n * (D + 1), no = (size_t)n * D;
+	float *parts = frand_array(np, 1.0f), *ro = xmalloc(no * sizeof(float)), *go = xmalloc(no * sizeof(float));
+	float *rl = xmalloc((size_t)n * sizeof(float)), *gl = xmalloc((size_t)n * sizeof(float));
+	char what[128];
+
+	for (int i = 0; i < k; i++)
+		for (int r = 0; r < n; r++) {
+			float *p = parts + ((size_t)i * n + r) * (D + 1);
+			bool empty = r == 0 || (i == 1 && r % 3 == 0);
+			p[D] = empty ? -INFINITY : 20.0f * frand();
+			if (empty)
+				for (int d = 0; d < D; d++)
+					p[d] = NAN;
+		}
+	float *dp = dup_to_dev(parts, np * sizeof(float)), *dgo = dalloc(no * sizeof(float));
+	float *dgl = dalloc((size_t)n * sizeof(float));
+	cpu.iface->attn_merge(cpu.ctx, ro, rl, parts, k, n, D);
+	poison(dgo, no * sizeof(float));
+	gpu.iface->attn_merge(gpu.ctx, dgo, dgl, dp, k, n, D);
+	down(go, dgo, no * sizeof(float));
+	down(gl, dgl, (size_t)n * sizeof(float));
+	snprintf(what, sizeof(what), "attn_merge k %d n %d head_dim %d", k, n, D);
+	compare(what, go, ro, no, 1e-6, 1e-6);
+	CHECK_MSG(gl[0] == -INFINITY && rl[0] == -INFINITY, "%s: a record with no key: lse %g / %g", what, gl[0], rl[0]);
+	compare("attn_merge lse (records 1..n)", gl + 1, rl + 1, (size_t)n - 1, 1e-6, 1e-6);
+	dfree(dp), dfree(dgo), dfree(dgl), free(parts), free(ro), free(go), free(rl), free(gl);
+}
+
 static void test_embed_case(enum gs_dtype dt, int rows, int cols)
 {
 	static const int32_t ids[] = { 100, 5, 149, 150, 1000, 123, 100, -1 };
@@ -984,6 +1016,10 @@ int main(void)
 	test_elementwise(1);
 	test_elementwise(1000);
 	test_elementwise(21504 * 3 + 5);
+	test_attn_merge_case(1, 7, 128);
+	test_attn_merge_case(2, 100, 128);
+	test_attn_merge_case(4, 33, 256);
+	test_attn_merge_case(8, 5, 16);
 	test_embed_case(GS_DTYPE_BF16, 50, 33);
 	test_embed_case(GS_DTYPE_BF16, 50, 5376);
 	test_embed_case(GS_DTYPE_F16, 50, 40);
