@@ -178,7 +178,10 @@ def main():
         kinds = {}
         for v in res.values():
             kinds[v[0]] = kinds.get(v[0], 0) + 1
-        check(set(kinds) <= {"OK", "UNAVAILABLE"} and len(res) == 24 and t_end < 10,
+        # t_end bounds that they did not wait for the stopped engine (its requests would hang to
+        # their deadline): moved ones rerun on engine-1, which takes its own time under a
+        # sanitizer build on a loaded machine, so the bound is the deadline, not a latency
+        check(set(kinds) <= {"OK", "UNAVAILABLE"} and len(res) == 24 and t_end < deadline_s - 5,
               f"SIGSTOP of engine-0: every request ended OK or UNAVAILABLE within {t_end:.1f} s: {kinds}")
         st, h = cl.health()
         check(h and h.get("engines") == 1, f"the stopped engine is marked down after the heartbeat timeout ({h})")
