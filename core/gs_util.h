@@ -12,6 +12,12 @@
 /* Monotonic seconds (CLOCK_MONOTONIC). */
 double gs_now_s(void);
 
+/* Memory for big buffers streamed over and over (weights, images): from 4 MiB on, 2 MiB aligned
+ * and advised for transparent huge pages, so a pass over it does not miss the TLB every 4 KiB
+ * (the bandwidth `gemmashard bench` measures is read from such a buffer). Freed with free();
+ * NULL when out of memory. */
+void *gs_alloc_huge(size_t n);
+
 /* "2,105,2364" (commas and/or spaces) -> malloc'd non-negative ids. GS_ERR_INVALID_ARG with a
  * message quoting the text when it is empty or not a list of ids. */
 enum gs_status gs_parse_id_list(const char *s, int32_t **ids, int32_t *n);

@@ -3,6 +3,7 @@
  * image_dicom.cc (when the build has it: GS_HAVE_DICOM), the resize image_resize.c. */
 #include "gs_image.h"
 #include "image_internal.h"
+#include "gs_util.h"
 
 #ifdef GS_HAVE_DICOM
 #include "gs_dicom.h"
@@ -30,15 +31,7 @@ void gs_image_rgb8_free(struct gs_image_rgb8 *im)
 
 void *gs_image_px_alloc(size_t n)
 {
-	const size_t huge = (size_t)2 << 20;
-	void *p = NULL;
-
-	if (n < 2 * huge)
-		return malloc(n);
-	if (posix_memalign(&p, huge, n) != 0)
-		return NULL;
-	(void)madvise(p, n, MADV_HUGEPAGE); /* advice only: without THP the buffer works the same */
-	return p;
+	return gs_alloc_huge(n);
 }
 
 enum gs_status gs_image_check_dims(const char *fmt, int64_t w, int64_t h, int64_t max_pixels)

@@ -4,9 +4,23 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+void *gs_alloc_huge(size_t n)
+{
+	const size_t huge = (size_t)2 << 20;
+	void *p = NULL;
+
+	if (n < 2 * huge)
+		return malloc(n ? n : 1);
+	if (posix_memalign(&p, huge, n) != 0)
+		return NULL;
+	(void)madvise(p, n, MADV_HUGEPAGE); /* advice only: without THP the buffer works the same */
+	return p;
+}
 
 double gs_now_s(void)
 {

@@ -207,7 +207,7 @@ static enum gs_status load_weights(struct gs_model *m, const char *dir, int rank
 		const struct gs_st_tensor *o = gs_st_find_text(m->st, "layers.0.self_attn.o_proj.weight");
 		size_t es = o ? gs_dtype_size(o->dtype) : 4;
 		own_bytes = (size_t)cfg->n_layers * (size_t)H * ((size_t)sh->n_heads * D + (size_t)sh->n_f) * es;
-		m->slab = malloc(own_bytes ? own_bytes : 1);
+		m->slab = gs_alloc_huge(own_bytes ? own_bytes : 1);
 		if (!m->slab)
 			return gs_errorf(GS_ERR_NOMEM, "%s: cannot allocate %zu bytes for this rank's row-split weights",
 					 dir, own_bytes);
@@ -556,7 +556,7 @@ enum gs_status gs_model_synthetic_on(const char *shape, uint64_t seed, int rank,
 		m->dev_slab = be->iface->alloc(be->ctx, total * sizeof(uint16_t));
 		m->dev = *be;
 	} else {
-		m->slab = malloc(total * sizeof(uint16_t));
+		m->slab = gs_alloc_huge(total * sizeof(uint16_t));
 	}
 	if (!m->slab && !m->dev_slab) {
 		st = gs_errorf(GS_ERR_NOMEM, "synthetic %s: cannot allocate %.2f GB of weights%s", shape,
