@@ -4,7 +4,7 @@
 #
 #   deploy/local-cluster.sh --model DIR [--served-name NAME] [--engines N] [--model DIR ...] [--tp T]
 #       [--http HOST:PORT] [--grpc HOST:PORT] [--engine-listen HOST:PORT] [--api-key-file FILE]
-#       [--build DIR] [--threads N] [--ctx N] [--max-seqs N] [--prefix-cache on|off] [--cluster-certs DIR]
+#       [--build DIR] [--threads N] [--ctx N] [--kv-mem MiB] [--max-seqs N] [--prefix-cache on|off] [--cluster-certs DIR]
 #       [--mpi-if IFACE [--hostfile FILE]]
 #       [--tls-cert FILE --tls-key FILE [--tls-ca FILE]
 #        [--tls-client-ca FILE --tls-client-cert FILE --tls-client-key FILE]] [-- COMMAND ...]
@@ -41,7 +41,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 
 models=() names=() neng=() engines=1 served="" tp=2 http="127.0.0.1:8000" grpc="127.0.0.1:50051" elisten="127.0.0.1:50061"
-api_key_file="" build="$here/build" threads="" ctx="" max_seqs="" prefix_cache="" cmd=()
+api_key_file="" build="$here/build" threads="" ctx="" kv_mem="" max_seqs="" prefix_cache="" cmd=()
 mpi_if=${GS_MPI_IF:-} hostfile=""
 tls_cert="" tls_key="" tls_client_ca="" tls_client_cert="" tls_client_key="" tls_ca=""
 certs="$here/.cache/cluster-certs"
@@ -61,6 +61,7 @@ while [ $# -gt 0 ]; do
     --build) build=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --ctx) ctx=$2; shift 2 ;;
+    --kv-mem) kv_mem=$2; shift 2 ;;
     --max-seqs) max_seqs=$2; shift 2 ;;
     --prefix-cache) prefix_cache=$2; shift 2 ;;
     --cluster-certs) certs=$2; shift 2 ;;
@@ -168,6 +169,7 @@ eng_args=(--coordinator "$elisten"
           --cluster-ca "$certs/ca.crt" --cluster-cert "$certs/engine.crt" --cluster-key "$certs/engine.key")
 [ -n "$threads" ] && eng_args+=(--threads "$threads")
 [ -n "$ctx" ] && eng_args+=(--ctx "$ctx")
+[ -n "$kv_mem" ] && eng_args+=(--kv-mem "$kv_mem")
 [ -n "$max_seqs" ] && eng_args+=(--max-seqs "$max_seqs")
 [ -n "$prefix_cache" ] && eng_args+=(--prefix-cache "$prefix_cache")
 i=0

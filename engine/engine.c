@@ -169,9 +169,14 @@ enum gs_status gs_engine_create(const struct gs_model *m, struct gs_backend be, 
 		cfg.max_batch_tokens = need;
 	}
 	if (cfg.kv_global_blocks <= 0 || cfg.kv_local_blocks <= 0) {
-		int32_t g, l;
-		gs_kv_pool_size_for(&m->cfg, cfg.max_seqs, cfg.max_context, cfg.no_prefix_cache ? 0 : cfg.max_batch_tokens,
-				    &g, &l);
+		int32_t g, l, chunk = cfg.no_prefix_cache ? 0 : cfg.max_batch_tokens;
+		if (cfg.kv_bytes)
+			GS_TRY(gs_kv_pool_size_for_bytes(&m->cfg, m->shard.n_kv_heads, gs_kv_elem_bytes(&be), cfg.kv_bytes,
+							 cfg.max_seqs, chunk, &g, &l));
+		else
+			gs_kv_pool_size_for(&m->cfg, cfg.max_seqs,
+					    cfg.max_context < GS_KV_DEFAULT_CONTEXT ? cfg.max_context : GS_KV_DEFAULT_CONTEXT,
+					    chunk, &g, &l);
 		if (cfg.kv_global_blocks <= 0)
 			cfg.kv_global_blocks = g;
 		if (cfg.kv_local_blocks <= 0)
@@ -202,6 +207,14 @@ enum gs_status gs_engine_create(const struct gs_model *m, struct gs_backend be, 
 		goto out_free_engine;
 	/* a sequence writes at most max_batch_tokens positions a step */
 	gs_kv_pool_set_prefix_cache(&e->pool, !cfg.no_prefix_cache, cfg.max_batch_tokens);
+	/* The longest sequence served: the cap, or what the whole pool holds if that is less. */
+	if (gs_kv_pool_max_positions(&e->pool) < cfg.max_context)
+		e->cfg.max_context = cfg.max_context = gs_kv_pool_max_positions(&e->pool);
+	if (cfg.max_context < 2) {
+		st = gs_errorf(GS_ERR_RANGE, "engine: a KV pool of %d global blocks holds no sequence",
+			       e->pool.cache.n_global_blocks);
+		goto out_free_engine;
+	}
 	e->hit_cap = gs_kv_global_blocks_for(cfg.max_context) + 1;
 	e->hit = malloc(sizeof(int32_t) * (size_t)e->hit_cap);
 	st = e->hit ? gs_plan_init(&e->plan, S, cfg.max_batch_tokens) : gs_errorf(GS_ERR_NOMEM, "out of memory");
@@ -481,7 +494,8 @@ enum gs_status gs_engine_submit_images(struct gs_engine *e, uint64_t id, const i
 	if (need - 1 > e->cfg.max_context || !gs_kv_could_ever_admit(&e->pool, (int32_t)(need - 1)))
 		return gs_errorf(GS_ERR_RANGE,
 				 "can never fit: %d prompt + %d max_tokens tokens exceed the engine's context of %d tokens "
-				 "(or its whole KV pool)", n_prompt, p->max_tokens, e->cfg.max_context);
+				 "(the longest it serves: --ctx, capped by its whole KV pool)", n_prompt, p->max_tokens,
+				 e->cfg.max_context);
 	if (n > e->cfg.max_seqs ||
 	    !gs_kv_could_ever_admit_group(&e->pool, (int32_t)(need - 1), n))
 		return gs_errorf(GS_ERR_RANGE, "can never fit: n = %d choices of %d prompt + %d max_tokens tokens exceed the "

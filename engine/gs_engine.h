@@ -73,8 +73,11 @@ struct gs_token_event {
 struct gs_engine_config {
 	int32_t max_batch_tokens;   /* token budget per step (decodes + prefill chunks) */
 	int32_t max_seqs;           /* sequences running at once */
-	int32_t max_context;        /* prompt + max_tokens of one request */
-	int32_t kv_global_blocks;   /* pool sizes (0: enough for max_seqs × max_context) */
+	int32_t max_context;        /* cap on one sequence's KV positions (prompt + max_tokens - 1);
+				       the engine serves min(this, max_position, what its pool holds) */
+	size_t  kv_bytes;           /* KV memory per rank (--kv-mem); 0: the default below */
+	int32_t kv_global_blocks;   /* pool sizes, overriding kv_bytes (0: from kv_bytes, or by default
+				       enough for max_seqs × min(max_context, GS_KV_DEFAULT_CONTEXT)) */
 	int32_t kv_local_blocks;
 	int32_t candidates;         /* K per rank for distributed sampling (>= top_k for exactness) */
 	/* Backends whose memory is not the host's make each rank's K candidates where the logits
@@ -85,6 +88,10 @@ struct gs_engine_config {
 	bool    no_prefix_cache;
 };
 
+/* Without a KV budget the pool holds max_seqs sequences of up to this many positions: the
+ * memory the engine took by default when --ctx defaulted to 4096 (README, --kv-mem). */
+#define GS_KV_DEFAULT_CONTEXT 4096
+
 struct gs_engine_stats {
 	uint64_t steps, tokens_prefill, tokens_decode, finished;
 	uint64_t tokens_generated;  /* sampled tokens (every request, cancelled ones included) */
@@ -94,7 +101,8 @@ struct gs_engine_stats {
 	uint64_t grammar_masks;          /* masks computed (rows x steps, this rank)           */
 	bool     device_candidates; /* candidates made by the backend (no logits download) */
 	int32_t  running, waiting, max_seqs;
-	int32_t  max_context;       /* as configured, capped at the model's max_position */
+	int32_t  max_context;       /* longest sequence served: the configured cap, limited by the
+				       model's max_position and by what the whole KV pool holds */
 	int32_t  kv_global_used, kv_global_reserved, kv_global_free, kv_global_total;
 	int32_t  kv_local_used, kv_local_total;
 	int32_t  kv_global_cached;  /* unreferenced blocks kept for the prefix cache (count as free) */

@@ -92,6 +92,22 @@ void gs_kv_pool_free(struct gs_kv_pool *p);
 void gs_kv_pool_size_for(const struct gs_config *cfg, int32_t n_seqs, int32_t max_positions, int32_t prefix_chunk,
 			 int32_t *n_global_blocks, int32_t *n_local_blocks);
 
+/* Pool sizes for a KV memory budget of `bytes` on this rank (--kv-mem), for n_kv_heads heads
+ * of elem_bytes values (gs_kv_elem_bytes). The budget is split in two, because the two kinds of
+ * block are held differently: every admitted sequence takes its whole ring of local blocks
+ * (ring_blocks, with the prefix cache's margin of prefix_chunk) however long it is, so the
+ * local pool is exactly n_seqs rings (what n_seqs sequences running at once hold, and no use
+ * beyond); everything left goes to the global pool, whose blocks a sequence takes per 16
+ * positions, so the memory left over decides how long sequences may grow (one sequence up
+ * to the whole global pool). GS_ERR_RANGE, naming the least budget, when `bytes` does not
+ * hold the n_seqs rings plus one global block. */
+enum gs_status gs_kv_pool_size_for_bytes(const struct gs_config *cfg, int32_t n_kv_heads, size_t elem_bytes,
+					 size_t bytes, int32_t n_seqs, int32_t prefix_chunk, int32_t *n_global_blocks,
+					 int32_t *n_local_blocks);
+/* Positions of the longest sequence the pool could ever hold (INT32_MAX: no global layers,
+ * the rings alone bound nothing). */
+int32_t gs_kv_pool_max_positions(const struct gs_kv_pool *p);
+
 /* Could a sequence of max_positions be admitted now / ever (into an empty pool)? */
 bool gs_kv_can_admit(const struct gs_kv_pool *p, int32_t max_positions);
 bool gs_kv_could_ever_admit(const struct gs_kv_pool *p, int32_t max_positions);

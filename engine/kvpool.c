@@ -23,6 +23,38 @@ void gs_kv_pool_size_for(const struct gs_config *cfg, int32_t n_seqs, int32_t ma
 	*n_local_blocks = n_seqs * ring;
 }
 
+enum gs_status gs_kv_pool_size_for_bytes(const struct gs_config *cfg, int32_t n_kv_heads, size_t elem_bytes,
+					 size_t bytes, int32_t n_seqs, int32_t prefix_chunk, int32_t *n_global_blocks,
+					 int32_t *n_local_blocks)
+{
+	const size_t gb = gs_kv_block_bytes(cfg, n_kv_heads, false, elem_bytes);
+	const size_t lb = gs_kv_block_bytes(cfg, n_kv_heads, true, elem_bytes);
+	const size_t rings = lb ? (size_t)n_seqs * (size_t)gs_kv_ring_blocks_cached(cfg->sliding_window, prefix_chunk) : 0;
+	const size_t least = rings * lb + gb;
+	const double mib = 1024.0 * 1024.0;
+	size_t g;
+
+	if (bytes < least || rings > INT32_MAX)
+		return gs_errorf(GS_ERR_RANGE, "--kv-mem %.1f MiB is too small: the sliding-window rings of %d sequences "
+				 "(--max-seqs) and one global block need %.1f MiB per rank", (double)bytes / mib,
+				 n_seqs, (double)least / mib);
+	g = gb ? (bytes - rings * lb) / gb : 0;
+	if (g > (size_t)1 << 30) /* block ids and free lists are int32; 2^30 blocks is 16 Gi positions */
+		g = (size_t)1 << 30;
+	*n_global_blocks = (int32_t)g;
+	*n_local_blocks = (int32_t)rings;
+	return GS_OK;
+}
+
+int32_t gs_kv_pool_max_positions(const struct gs_kv_pool *p)
+{
+	int64_t n = (int64_t)p->cache.n_global_blocks * GS_KV_BLOCK;
+
+	if (!p->cache.n_global_layers)
+		return INT32_MAX;
+	return n > INT32_MAX ? INT32_MAX : (int32_t)n;
+}
+
 /* ---- LRU lists ------------------------------------------------------------------------- */
 
 static bool lru_init(struct gs_kv_lru *l, int32_t n)

@@ -72,6 +72,13 @@ void gs_kv_cache_free(struct gs_kv_cache *c);
  * (4: fp32 on CPU, 2: bf16 on GPU). This is what admission reserves. */
 size_t gs_kv_seq_bytes(const struct gs_config *cfg, int32_t n_kv_heads, int32_t positions, size_t elem_bytes);
 
+/* Bytes of one value in a cache on be: its kv_dtype's (be NULL or without kv_dtype: fp32, 4). */
+size_t gs_kv_elem_bytes(const struct gs_backend *be);
+
+/* Bytes of one block of GS_KV_BLOCK positions on one rank, K and V of every layer of one type
+ * (sliding false: the global layers; true: the sliding layers) for n_kv_heads heads. */
+size_t gs_kv_block_bytes(const struct gs_config *cfg, int32_t n_kv_heads, bool sliding, size_t elem_bytes);
+
 /* Blocks a sequence of max_positions needs in its global table; blocks of a sliding ring. */
 int32_t gs_kv_global_blocks_for(int32_t max_positions);
 int32_t gs_kv_ring_blocks_for(int32_t window);

@@ -28,6 +28,20 @@ size_t gs_kv_seq_bytes(const struct gs_config *cfg, int32_t n_kv_heads, int32_t 
 	       ((size_t)n_global * (size_t)g + (size_t)(cfg->n_layers - n_global) * (size_t)ring);
 }
 
+size_t gs_kv_elem_bytes(const struct gs_backend *be)
+{
+	return be && be->iface && be->iface->kv_dtype ? gs_dtype_size(be->iface->kv_dtype(be->ctx)) : 4;
+}
+
+size_t gs_kv_block_bytes(const struct gs_config *cfg, int32_t n_kv_heads, bool sliding, size_t elem_bytes)
+{
+	size_t layers = 0;
+
+	for (int32_t l = 0; l < cfg->n_layers; l++)
+		layers += cfg->is_sliding[l] == sliding;
+	return 2 * layers * GS_KV_BLOCK * (size_t)n_kv_heads * (size_t)cfg->head_dim * elem_bytes; /* K and V */
+}
+
 static void *kv_alloc(const struct gs_kv_cache *c, size_t bytes)
 {
 	return c->be.iface ? c->be.iface->alloc(c->be.ctx, bytes) : malloc(bytes ? bytes : 1);

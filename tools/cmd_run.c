@@ -16,10 +16,10 @@
 
 /* --batch: the serving engine in this process (T = 1). */
 static int run_batch_local(const char *model_dir, const char *in, const char *out, int threads, int ctx,
-			   enum gs_numerics numerics)
+			   int kv_mem, enum gs_numerics numerics)
 {
-	struct gs_engine_config ec = { .max_batch_tokens = 256, .max_seqs = 64, .max_context = ctx > 0 ? ctx : 4096,
-				       .candidates = 64 };
+	struct gs_engine_config ec = { .max_batch_tokens = 256, .max_seqs = 64, .max_context = ctx,
+				       .kv_bytes = (size_t)kv_mem << 20, .candidates = 64 };
 	struct gs_model *m = NULL;
 	struct gs_tokenizer *tok = NULL;
 	struct gs_backend be = { 0 };
@@ -28,7 +28,9 @@ static int run_batch_local(const char *model_dir, const char *in, const char *ou
 	int rc = 1;
 
 	snprintf(path, sizeof(path), "%s/tokenizer.json", model_dir);
-	if (gs_model_load(model_dir, true, &m) != GS_OK || gs_tokenizer_load(path, &tok) != GS_OK ||
+	if (gs_model_load(model_dir, true, &m) == GS_OK && ec.max_context <= 0)
+		ec.max_context = m->cfg.max_position;
+	if (!m || gs_tokenizer_load(path, &tok) != GS_OK ||
 	    gs_cmd_cpu_backend(threads, numerics, &be) != GS_OK || gs_engine_create(m, be, NULL, &ec, &e) != GS_OK ||
 	    gs_batch_run(e, m, tok, in, out, (struct gs_batch_split){ .k = 0, .n = 1 }) != GS_OK)
 		rc = gs_cmd_fail("run --batch");
@@ -47,7 +49,7 @@ int gs_cmd_run(int argc, char **argv)
 	const char *model_dir = NULL, *prompt = NULL, *chat = NULL, *system = NULL, *batch = NULL, *batch_out = NULL;
 	const char *numerics_s = GS_NUMERICS_DEFAULT;
 	enum gs_numerics numerics;
-	int max_tokens = 128, top_k = 64, threads = 0, ctx = 0, rc = 1;
+	int max_tokens = 128, top_k = 64, threads = 0, ctx = 0, kv_mem = 0, rc = 1;
 	double temperature = 1.0, top_p = 0.95, min_p = 0.0, rep = 1.0;
 	uint64_t seed = 0;
 	bool quiet = false;
@@ -63,7 +65,10 @@ int gs_cmd_run(int argc, char **argv)
 		{ "min-p", GS_ARG_FLOAT, &min_p, "drop tokens below min_p x the top probability (default 0)" },
 		{ "repetition-penalty", GS_ARG_FLOAT, &rep, "HF repetition penalty, 1 = off" },
 		{ "seed", GS_ARG_U64, &seed, "sampling seed (default: from the clock, printed on stderr)" },
-		{ "ctx", GS_ARG_INT, &ctx, "context length to reserve (default: prompt + max-tokens)" },
+		{ "ctx", GS_ARG_INT, &ctx, "context length to reserve (default: prompt + max-tokens; --batch: the "
+					    "longest request, default max_position_embeddings)" },
+		{ "kv-mem", GS_ARG_INT, &kv_mem, "--batch: KV block pool in MiB (default: 64 sequences of "
+						  "min(--ctx, 4096) positions)" },
 		{ "threads", GS_ARG_INT, &threads, "CPU threads (default: all)" },
 		{ "quiet", GS_ARG_FLAG, &quiet, "no statistics on stderr" },
 		{ "batch", GS_ARG_STR, &batch, "JSONL requests to run through the serving engine (with --out)" },
@@ -94,8 +99,12 @@ int gs_cmd_run(int argc, char **argv)
 		return r == 1 ? 0 : 2;
 	if (gs_cmd_numerics("run", numerics_s, &numerics))
 		return 2;
+	if (kv_mem < 0 || (kv_mem > 0 && !batch) || kv_mem > (1 << 30)) {
+		fprintf(stderr, "gemmashard run: --kv-mem wants MiB in 1..2^30 and sizes the engine of --batch\n");
+		return 2;
+	}
 	if (model_dir && batch && batch_out && !prompt && !chat)
-		return run_batch_local(model_dir, batch, batch_out, threads, ctx, numerics);
+		return run_batch_local(model_dir, batch, batch_out, threads, ctx, kv_mem, numerics);
 	if (batch || batch_out) {
 		fprintf(stderr, "gemmashard run: --batch needs --out and excludes --prompt/--chat\n");
 		return 2;

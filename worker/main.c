@@ -41,6 +41,7 @@ struct worker_opts {
 	const char *images;               /* --image FILE,... with --tokens (gs_cli_images.h) */
 	struct gs_cluster_files cluster;  /* --cluster-ca/--cluster-cert/--cluster-key (engine mode) */
 	int generate, chunk, threads, decode_steps, prompt_tokens, max_batch_tokens, max_seqs, ctx;
+	size_t kv_bytes;       /* --kv-mem, per rank (0: the engine's default) */
 	bool bench;
 	bool no_prefix_cache;        /* --prefix-cache off */
 	double collective_timeout;   /* --collective-timeout S (engine mode; 0: no watchdog) */
@@ -86,7 +87,11 @@ static void usage(FILE *f)
 		   "  --served-name NAME   engine mode: model id (default: the model directory's name)\n"
 		   "  --cluster-ca FILE --cluster-cert FILE --cluster-key FILE   engine mode: mutual TLS 1.3 with the\n"
 		   "                       coordinator (cluster CA, this engine's certificate and its key, mode 600)\n"
-		   "  --max-batch-tokens N (256) --max-seqs N (64) --ctx N (4096)   engine limits (--batch, engine mode)\n"
+		   "  --max-batch-tokens N (256) --max-seqs N (64)   engine limits (--batch, engine mode)\n"
+		   "  --ctx N              longest sequence (prompt + max_tokens) one request may have (default: the\n"
+		   "                       model's max_position_embeddings; the KV pool may serve less)\n"
+		   "  --kv-mem MiB         KV block pool per rank (--batch, engine mode); default: what --max-seqs\n"
+		   "                       sequences of min(--ctx, 4096) positions take\n"
 		   "  --prefix-cache on|off  automatic prefix caching: reuse the KV blocks of a shared prompt prefix\n"
 		   "                       (--batch, engine mode; default on)\n"
 		   "  --collective-timeout S   engine mode: a rank that waits this long in a collective (a peer died or\n"
@@ -98,7 +103,7 @@ static void usage(FILE *f)
 static int parse_args(int argc, char **argv, struct worker_opts *o, int rank)
 {
 	*o = (struct worker_opts){ .chunk = 0, .decode_steps = 32, .prompt_tokens = 512, .max_batch_tokens = 256,
-				   .max_seqs = 64, .ctx = 4096, .collective_timeout = GS_WATCHDOG_DEFAULT_S };
+				   .max_seqs = 64, .ctx = 0, .collective_timeout = GS_WATCHDOG_DEFAULT_S };
 	o->sp = (struct gs_sampling_params){ .temperature = 0, .top_k = 0, .top_p = 1, .min_p = 0,
 					     .repetition_penalty = 1, .seed = 0 };
 	o->split = (struct gs_batch_split){ .k = 0, .n = 1 };
@@ -162,6 +167,18 @@ static int parse_args(int argc, char **argv, struct worker_opts *o, int rank)
 			o->max_seqs = atoi(v);
 		} else if (!strcmp(a, "--ctx")) {
 			o->ctx = atoi(v);
+			if (o->ctx < 2) {
+				gs_errorf(GS_ERR_INVALID_ARG, "--ctx wants a length >= 2, got \"%s\"", v);
+				return 2;
+			}
+		} else if (!strcmp(a, "--kv-mem")) {
+			char *end = NULL;
+			long long mib = strtoll(v, &end, 10);
+			if (end == v || *end || mib < 1 || mib > (1LL << 30)) {
+				gs_errorf(GS_ERR_INVALID_ARG, "--kv-mem wants MiB per rank in 1..2^30, got \"%s\"", v);
+				return 2;
+			}
+			o->kv_bytes = (size_t)mib << 20;
 		} else if (!strcmp(a, "--image")) {
 			o->images = v;
 		} else if (!strcmp(a, "--dump-logits")) {
@@ -213,6 +230,11 @@ bad:
 	}
 	if (o->collective_timeout_set && !o->coordinator) {
 		gs_errorf(GS_ERR_INVALID_ARG, "--collective-timeout is for engine mode (--coordinator)");
+		return 2;
+	}
+	if (o->kv_bytes && !o->batch && !o->coordinator) {
+		gs_errorf(GS_ERR_INVALID_ARG, "--kv-mem sizes the serving engine's KV pool: use it with --batch or "
+			  "--coordinator");
 		return 2;
 	}
 	if (o->split.n > 1 && !o->batch) {
@@ -528,7 +550,8 @@ static int run_batch(const struct gs_comm *w, const struct gs_model *m, struct r
 		     const struct worker_opts *o)
 {
 	struct gs_engine_config ec = { .max_batch_tokens = o->max_batch_tokens, .max_seqs = o->max_seqs,
-				       .max_context = o->ctx, .candidates = 64, .no_prefix_cache = o->no_prefix_cache };
+				       .max_context = o->ctx > 0 ? o->ctx : m->cfg.max_position, .kv_bytes = o->kv_bytes,
+				       .candidates = 64, .no_prefix_cache = o->no_prefix_cache };
 	struct gs_engine *e = NULL;
 	struct gs_tokenizer *tok = NULL;
 	char path[1024];
@@ -598,7 +621,8 @@ static int run_engine(const struct gs_comm *w, const struct gs_model *m, struct 
 		      const struct worker_opts *o, struct gs_cluster_tls *tls)
 {
 	struct gs_engine_config ec = { .max_batch_tokens = o->max_batch_tokens, .max_seqs = o->max_seqs,
-				       .max_context = o->ctx, .candidates = 64, .no_prefix_cache = o->no_prefix_cache };
+				       .max_context = o->ctx > 0 ? o->ctx : m->cfg.max_position, .kv_bytes = o->kv_bytes,
+				       .candidates = 64, .no_prefix_cache = o->no_prefix_cache };
 	struct sigaction sa = { .sa_handler = on_stop_signal }; /* no SA_RESTART: waits see EINTR */
 	struct gs_engine *e = NULL;
 	struct gs_tokenizer *tok = NULL;

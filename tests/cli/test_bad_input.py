@@ -164,6 +164,10 @@ def main():
         expect_fail(f"bf16 numerics without AVX512_BF16 ({cmd[0]})", cmd + ["--numerics", "bf16"], "AVX512_BF16")
         del os.environ["GS_CPU_FEATURES_MASK"]
     expect_fail("missing model dir", logits(os.path.join(SCRATCH, "nope")), "nope")
+    # --kv-mem sizes the serving engine's pool: refused where no engine is built, and when too small.
+    expect_fail("--kv-mem without --batch", ["run", "--model", good, "--prompt", "hi", "--kv-mem", "16"],
+                "--kv-mem")
+    expect_fail("--kv-mem negative", ["run", "--model", good, "--prompt", "hi", "--kv-mem", "-3"], "--kv-mem")
 
     # Every command answers --help with exit 0.
     for cmd in ["run", "logits", "tokenize", "inspect", "bench", "make-test-model"]:

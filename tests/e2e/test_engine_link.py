@@ -17,6 +17,7 @@
      refuses it and the engine logs why.
 
 usage: test_engine_link.py GEMMASHARD WORKER MPIRUN TOKENIZER SCRATCH"""
+import json
 import os
 import select
 import shutil
@@ -458,6 +459,23 @@ def run_engine1(pb, srv, eng, reqs, ref, log1):
     link.close()
 
 
+def kv_budget_expect(model, budget, max_seqs, tp, chunk, ctx):
+    """Global blocks and the longest context of an fp32 CPU engine with a KV budget, from
+    config.json: the budget less max_seqs sliding rings (window history + the prefix cache's
+    chunk margin), in global blocks of K + V for this rank's KV heads."""
+    c = json.load(open(os.path.join(model, "config.json")))
+    c = c.get("text_config", c)
+    n = c["num_hidden_layers"]
+    if c.get("layer_types"):
+        n_global = sum(1 for x in c["layer_types"] if x == "full_attention")
+    else:
+        n_global = sum(1 for i in range(n) if (i + 1) % c.get("sliding_window_pattern", 6) == 0)
+    row = max(1, c["num_key_value_heads"] // tp) * c["head_dim"] * 2 * 4
+    ring = -(-(c["sliding_window"] - 1) // 16) + 1 + -(-chunk // 16)
+    blocks = (budget - max_seqs * ring * 16 * row * (n - n_global)) // (16 * row * n_global)
+    return blocks, min(ctx, c["max_position_embeddings"], blocks * 16)
+
+
 def run_engine2(pb, model):
     # Nothing listens yet: the port is bound but not listening (connection refused).
     srv = socket.socket()
@@ -466,7 +484,10 @@ def run_engine2(pb, model):
     port = srv.getsockname()[1]
     log2 = os.path.join(SCRATCH, "engine2.log")
     with open(log2, "wb") as lf:
-        eng = start_engine(model, port, ("--engine-id", "eng-two", "--served-name", "medgemma-test"), log=lf)
+        # --kv-mem 1 with 16 sequences: their sliding rings leave room for few global blocks, so
+        # the pool, not --ctx (the model's 4096), bounds the context the hello reports.
+        eng = start_engine(model, port, ("--engine-id", "eng-two", "--served-name", "medgemma-test",
+                                         "--kv-mem", "1", "--max-seqs", "16", "--ctx", "4096"), log=lf)
     try:
         time.sleep(4.0)
         check(eng.poll() is None, "the engine keeps retrying while the coordinator is away")
@@ -476,6 +497,11 @@ def run_engine2(pb, model):
         check(hello is not None and hello.engine_id == "eng-two" and hello.model_id == "medgemma-test",
               f"connects once the coordinator listens ({time.time() - t0:.1f} s), with --engine-id and "
               f"--served-name ({hello.engine_id if hello else '-'}, {hello.model_id if hello else '-'})")
+        if hello is not None:
+            blocks, servable = kv_budget_expect(model, 1 << 20, 16, 2, 64, 4096)
+            check((hello.kv_blocks_total, hello.max_context) == (blocks, servable),
+                  f"--kv-mem 1: {blocks} global blocks and a context of {servable} (the pool's, under --ctx 4096) "
+                  f"({hello.kv_blocks_total}, {hello.max_context})")
         if link:
             link.close()
         srv.close()

@@ -257,6 +257,128 @@ static void test_admission(const struct gs_model *m, struct gs_backend be)
 	gs_engine_free(e);
 }
 
+/* Submit a request of n_prompt + max_tokens (ignore_eos); returns the status. */
+static enum gs_status submit_len(struct gs_engine *e, uint64_t id, int32_t n_prompt, int32_t max_tokens)
+{
+	int32_t prompt[600];
+	struct gs_req_params p = { .max_tokens = max_tokens, .ignore_eos = true };
+
+	for (int32_t i = 0; i < n_prompt; i++)
+		prompt[i] = 7 + (int32_t)((uint32_t)i * 2654435761u % 50000u) + (int32_t)id * 3;
+	p.sp = gs_sampling_params_default();
+	return gs_engine_submit(e, id, prompt, n_prompt, &p);
+}
+
+/* --kv-mem: the pool is sized from a byte budget (the sliding rings of max_seqs sequences, the
+ * rest global blocks, rounded down), the longest servable sequence is min(--ctx, what the global
+ * pool holds), a request of exactly that many KV positions (prompt + max_tokens - 1) is admitted
+ * and runs to its length, one more is refused at once naming the length; two such requests
+ * each fit the pool but not together, so the second waits. Expected sizes computed by hand. */
+static void test_kv_budget(const struct gs_model *m, struct gs_backend be)
+{
+	const struct gs_config *cfg = &m->cfg;
+	const int32_t S = 3, G = 10, kvh = m->shard.n_kv_heads, D = cfg->head_dim;
+	int32_t n_global = 0, ring, pos;
+	size_t gb, lb, bytes;
+	struct gs_engine_config c = { .max_batch_tokens = 64, .max_seqs = S, .max_context = cfg->max_position,
+				      .candidates = 64, .no_prefix_cache = true };
+	struct gs_engine *e = NULL;
+	struct gs_engine_stats st;
+	static struct req r[2];
+	static struct gs_token_event ev[64];
+	bool saw_waiting = false;
+
+	for (int32_t l = 0; l < cfg->n_layers; l++)
+		n_global += !cfg->is_sliding[l];
+	CHECK(n_global > 0 && n_global < cfg->n_layers);
+	ring = (cfg->sliding_window - 1 + 15) / 16 + 1; /* the window's history can straddle a block */
+	gb = (size_t)n_global * 16 * (size_t)kvh * (size_t)D * 2 * 4;  /* K + V, fp32 on the CPU */
+	lb = (size_t)(cfg->n_layers - n_global) * 16 * (size_t)kvh * (size_t)D * 2 * 4;
+	bytes = (size_t)S * (size_t)ring * lb + (size_t)G * gb + gb - 1; /* one byte short of G + 1 */
+
+	/* Too small: the rings of S sequences alone do not fit; refused naming --kv-mem. */
+	c.kv_bytes = (size_t)S * (size_t)ring * lb;
+	CHECK(gs_engine_create(m, be, NULL, &c, &e) == GS_ERR_RANGE && !e);
+	CHECK(strstr(gs_last_error(), "--kv-mem") != NULL);
+
+	c.kv_bytes = bytes;
+	CHECK(gs_engine_create(m, be, NULL, &c, &e) == GS_OK);
+	if (!e)
+		return;
+	gs_engine_get_stats(e, &st);
+	pos = G * 16;
+	CHECK(st.kv_global_total == G);
+	CHECK(st.kv_local_total == S * ring);
+	CHECK(st.kv_bytes == (size_t)G * gb + (size_t)S * (size_t)ring * lb);
+	CHECK(st.max_context == pos);
+	/* one position over: refused at once, naming the longest context */
+	CHECK(submit_len(e, 1, pos - 20 + 2, 20) == GS_ERR_RANGE);
+	CHECK(strstr(gs_last_error(), "can never fit") != NULL);
+	{
+		char want[32];
+		snprintf(want, sizeof(want), "context of %d tokens", pos);
+		CHECK(strstr(gs_last_error(), want) != NULL);
+	}
+	/* exactly the longest: admitted; a second one waits for the first (fits the pool, not now) */
+	for (int i = 0; i < 2; i++) {
+		memset(&r[i], 0, sizeof(r[i]));
+		r[i].id = (uint64_t)i + 10;
+		CHECK(submit_len(e, r[i].id, pos - 20 + 1, 20) == GS_OK);
+	}
+	while (!gs_engine_idle(e)) {
+		int32_t n_ev;
+		CHECK(gs_engine_step(e, ev, 64, &n_ev) == GS_OK);
+		gs_engine_get_stats(e, &st);
+		saw_waiting |= st.waiting == 1 && st.running == 1;
+		CHECK(st.running <= 1);
+		for (int32_t i = 0; i < n_ev; i++) {
+			struct req *q = &r[ev[i].id - 10];
+			q->n_out += ev[i].token >= 0;
+			if (ev[i].finish)
+				q->finish = ev[i].finish;
+		}
+	}
+	CHECK(saw_waiting);
+	for (int i = 0; i < 2; i++)
+		CHECK(r[i].finish == GS_FINISH_LENGTH && r[i].n_out == 20);
+	CHECK(gs_engine_kv_consistent(e));
+	gs_engine_free(e);
+
+	/* --ctx below the pool: it is the limit, exact length in, one over out. */
+	c.max_context = 100;
+	e = NULL;
+	CHECK(gs_engine_create(m, be, NULL, &c, &e) == GS_OK);
+	if (!e)
+		return;
+	gs_engine_get_stats(e, &st);
+	CHECK(st.max_context == 100 && st.kv_global_total == G);
+	CHECK(submit_len(e, 1, 100 - 8 + 2, 8) == GS_ERR_RANGE);
+	CHECK(strstr(gs_last_error(), "context of 100 tokens") != NULL);
+	CHECK(submit_len(e, 2, 100 - 8 + 1, 8) == GS_OK);
+	CHECK(gs_engine_cancel(e, 2) == GS_OK);
+	while (!gs_engine_idle(e)) {
+		int32_t n_ev;
+		CHECK(gs_engine_step(e, ev, 64, &n_ev) == GS_OK);
+	}
+	gs_engine_free(e);
+
+	/* No budget: the default pool is max_seqs sequences of min(ctx, GS_KV_DEFAULT_CONTEXT). */
+	c.kv_bytes = 0;
+	c.max_context = cfg->max_position;
+	e = NULL;
+	CHECK(gs_engine_create(m, be, NULL, &c, &e) == GS_OK);
+	if (!e)
+		return;
+	gs_engine_get_stats(e, &st);
+	{
+		int32_t dctx = cfg->max_position < GS_KV_DEFAULT_CONTEXT ? cfg->max_position : GS_KV_DEFAULT_CONTEXT;
+		int64_t all = (int64_t)S * ((dctx + 15) / 16) * 16;
+		CHECK(st.kv_global_total == S * ((dctx + 15) / 16));
+		CHECK(st.max_context == (all < cfg->max_position ? all : cfg->max_position));
+	}
+	gs_engine_free(e);
+}
+
 static void test_chunked_prefill(const struct gs_model *m, struct gs_backend be)
 {
 	/* Four decoding requests, then an 8K-token prompt: with a budget of 256 the prompt takes
@@ -670,6 +792,7 @@ int main(int argc, char **argv)
 		test_prefix_cache(m, be);
 	} else if (nm == GS_NUMERICS_FP32) {
 		test_admission(m, be);
+		test_kv_budget(m, be);
 		test_kv_churn(m, be);
 	}
 	if (!prefix) {
