@@ -143,7 +143,7 @@ int gs_cmd_bench(int argc, char **argv)
 {
 	const char *model_dir = NULL, *synthetic = NULL, *tok_path = NULL, *numerics_s = GS_NUMERICS_DEFAULT;
 	enum gs_numerics numerics;
-	int threads = 0, n_decode = 32, n_prompt = 512, bw_mb = 1024, rc = 1, attention = 0, attn_history = 32768;
+	int threads = 0, n_decode = 32, n_prompt = 512, bw_mb = 1024, rc = 1, attention = 0, attn_history = -1;
 	struct gs_arg args[] = {
 		{ "model", GS_ARG_STR, &model_dir, "checkpoint directory" },
 		{ "synthetic", GS_ARG_STR, &synthetic, "random weights of a shape: tiny, 1b, 4b, 27b" },
@@ -171,7 +171,13 @@ int gs_cmd_bench(int argc, char **argv)
 			  sizeof(args) / sizeof(args[0]), argc, argv);
 	if (r)
 		return r == 1 ? 0 : 2;
+	if (!attention && attn_history != -1) {
+		fprintf(stderr, "gemmashard bench: --attn-history needs --attention\n");
+		return 2;
+	}
 	if (attention) {
+		if (attn_history == -1)
+			attn_history = 32768;
 		if (model_dir || synthetic || n_prompt < 1 || attn_history < 0) {
 			fprintf(stderr, "gemmashard bench --attention: no --model/--synthetic; --prompt-tokens >= 1, "
 					"--attn-history >= 0\n");

@@ -1,6 +1,6 @@
 /* CPU backend: fp32 activations, bf16/f16/f32 weights from the mmap, one thread pool.
  * The heavy matmuls live in matmul*.c; this file holds the element-wise ops and
- * attention, parallelised over rows / (token, head) pairs. */
+ * the attention op's hook (the kernel is attention.c), parallelised over rows. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,32 +29,6 @@ struct cpu_ctx {
 };
 
 #define GS_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-
-/* q·k in a fixed order that vectorises: 16 strided partial sums, then a pairwise tree, then the
- * tail. The order depends only on n, so a row's scores do not depend on the batch around it. */
-GS_SIMD_CLONES
-static float dot_f32(const float *a, const float *b, int n)
-{
-	float acc[16] = { 0 };
-	int i = 0;
-
-	for (; i + 16 <= n; i += 16)
-		for (int l = 0; l < 16; l++)
-			acc[l] += a[i + l] * b[i + l];
-	for (int w = 8; w > 0; w /= 2)
-		for (int l = 0; l < w; l++)
-			acc[l] += acc[l + w];
-	for (; i < n; i++)
-		acc[0] += a[i] * b[i];
-	return acc[0];
-}
-
-GS_SIMD_CLONES
-static void axpy_f32(float *y, float a, const float *x, int n)
-{
-	for (int i = 0; i < n; i++)
-		y[i] += a * x[i];
-}
 
 /* Split [0, n) into n_threads contiguous ranges. */
 static void thread_range(size_t n, int tid, int nth, size_t *lo, size_t *hi)
@@ -195,119 +169,12 @@ static void cpu_rope(void *vctx, float *x, int n_tokens, int n_heads, int head_d
 
 /* ---- attention ---------------------------------------------------------------- */
 
-struct attn_job {
-	struct cpu_ctx *ctx;
-	const struct gs_attn_args *a;
-};
-
-/* Slab row of a cached position j < sq->pos0 (its block through the table, a ring's modulo). */
-static inline size_t attn_cache_row(const struct gs_attn_args *a, const struct gs_attn_seq *sq, int32_t j)
-{
-	int32_t b = j / a->block;
-
-	if (sq->ring)
-		b %= sq->ring;
-	return (size_t)sq->table[b] * a->block + (size_t)(j % a->block);
-}
-
-/* Key row of position j for sequence sq: the fresh rows of this step or the paged cache. */
-static inline const float *attn_key(const struct gs_attn_args *a, const struct gs_attn_seq *sq, const float *fresh,
-				    const float *cache, int32_t j, size_t kv_stride)
-{
-	if (j >= sq->pos0)
-		return fresh + (size_t)(sq->tok0 + j - sq->pos0) * kv_stride;
-	return cache + attn_cache_row(a, sq, j) * kv_stride;
-}
-
-/* With a bf16 cache (tests of the device path; GPUs keep bf16 KV): position j's K or V values for
- * kv head offset kvh as fp32 in buf: cache rows converted, fresh rows rounded as they will be
- * stored, like the CUDA kernels. */
-static const float *attn_row_bf16(const struct gs_attn_args *a, const struct gs_attn_seq *sq, const float *fresh,
-				  const void *cache, int32_t j, size_t kv_stride, size_t kvh, float *buf)
-{
-	if (j >= sq->pos0) {
-		const float *f = fresh + (size_t)(sq->tok0 + j - sq->pos0) * kv_stride + kvh;
-		for (int d = 0; d < a->head_dim; d++)
-			buf[d] = gs_round_bf16(f[d]);
-		return buf;
-	}
-	const uint16_t *c = (const uint16_t *)cache + attn_cache_row(a, sq, j) * kv_stride + kvh;
-	for (int d = 0; d < a->head_dim; d++)
-		buf[d] = gs_bf16_to_f32(c[d]);
-	return buf;
-}
-
-#define GS_CPU_ATTN_MAX_HEAD_DIM 512
-
-static void attn_task(void *p, int tid, int nth)
-{
-	struct attn_job *job = p;
-	const struct gs_attn_args *a = job->a;
-	struct cpu_ctx *ctx = job->ctx;
-	int D = a->head_dim, rep = a->n_heads / a->n_kv_heads;
-	size_t kv_stride = (size_t)a->n_kv_heads * D, q_stride = (size_t)a->n_heads * D;
-	int tasks = a->n_tokens * a->n_heads;
-	const bool bf16 = a->kv_dtype == GS_DTYPE_BF16;
-	float kvbuf[GS_CPU_ATTN_MAX_HEAD_DIM];
-
-	for (int task = tid; task < tasks; task += nth) {
-		int row = task / a->n_heads, h = task % a->n_heads;
-		const struct gs_attn_seq *sq = &a->seqs[a->tok_seq[row]];
-		int32_t pos = sq->pos0 + (row - sq->tok0);
-		int32_t first = (a->window != INT32_MAX && pos - a->window + 1 > 0) ? pos - a->window + 1 : 0;
-		int32_t last = pos;
-		if (a->span && a->span[2 * row] < a->span[2 * row + 1]) { /* its image, both ways */
-			if (a->span[2 * row] < first)
-				first = a->span[2 * row];
-			if (a->span[2 * row + 1] - 1 > last)
-				last = a->span[2 * row + 1] - 1;
-			GS_ASSERT(a->span[2 * row] <= pos && last < sq->pos0 + sq->n_tokens);
-		}
-		int n = last - first + 1;
-		const float *q = a->q + (size_t)row * q_stride + (size_t)h * D;
-		float *out = a->out + (size_t)row * q_stride + (size_t)h * D;
-		size_t kvh = (size_t)(h / rep) * D;
-		float *s, mx = -INFINITY, sum = 0.0f;
-
-		if ((size_t)n > ctx->scores_cap[tid]) {
-			size_t cap = (size_t)n * 2;
-			float *ns = realloc(ctx->scores[tid], cap * sizeof(float));
-			GS_ASSERT(ns != NULL);
-			ctx->scores[tid] = ns;
-			ctx->scores_cap[tid] = cap;
-		}
-		s = ctx->scores[tid];
-		for (int i = 0; i < n; i++) {
-			const float *k = bf16 ? attn_row_bf16(a, sq, a->k_new, a->k_cache, first + i, kv_stride, kvh, kvbuf)
-					      : attn_key(a, sq, a->k_new, a->k_cache, first + i, kv_stride) + kvh;
-			float v = dot_f32(q, k, D) * a->scale;
-			if (a->softcap > 0)
-				v = a->softcap * tanhf(v / a->softcap);
-			s[i] = v;
-			if (v > mx)
-				mx = v;
-		}
-		for (int i = 0; i < n; i++) {
-			s[i] = expf(s[i] - mx);
-			sum += s[i];
-		}
-		memset(out, 0, (size_t)D * sizeof(float));
-		float inv = 1.0f / sum;
-		for (int i = 0; i < n; i++) {
-			const float *v = bf16 ? attn_row_bf16(a, sq, a->v_new, a->v_cache, first + i, kv_stride, kvh, kvbuf)
-					      : attn_key(a, sq, a->v_new, a->v_cache, first + i, kv_stride) + kvh;
-			axpy_f32(out, s[i] * inv, v, D);
-		}
-	}
-}
-
+/* attention.c: tiled, online softmax, batch-invariant (gs_cpu.h). */
 static void cpu_attention(void *vctx, const struct gs_attn_args *a)
 {
 	struct cpu_ctx *ctx = vctx;
-	struct attn_job job = { ctx, a };
 
-	GS_ASSERT((a->kv_dtype == GS_DTYPE_F32 || a->kv_dtype == GS_DTYPE_BF16) && a->head_dim <= GS_CPU_ATTN_MAX_HEAD_DIM);
-	gs_threadpool_run(ctx->tp, attn_task, &job);
+	gs_cpu_attention(ctx->tp, ctx->scores, ctx->scores_cap, a, 0, INT32_MAX, NULL);
 }
 
 /* ---- element-wise --------------------------------------------------------------- */

@@ -90,6 +90,22 @@ struct gs_cand_args;
  * floats) is grown with realloc as needed and owned by the caller. */
 void gs_cpu_candidates(float **scratch, size_t *scratch_cap, const struct gs_cand_args *a);
 
+/* ---- attention (attention.c) ------------------------------------------------------------ */
+struct gs_attn_args;
+#define GS_CPU_ATTN_MAX_HEAD_DIM 512
+/* The attention op of gs_kernels.h over the key positions [kv_lo, kv_hi) only (0, INT32_MAX: the
+ * op itself): tiled over absolute 64-position KV tiles with an online softmax, the rep q heads
+ * of a kv head and a block of query rows sharing each K/V tile. Batch-invariant: a row's output
+ * has the same bits whatever the other rows, the split into fresh and cached rows and the thread
+ * count. ml: NULL, or [n_tokens][n_heads][2] receiving each (row, head)'s max score and sum of
+ * exp(score - max) over the keys used, for merging partial ranges (out is normalised by that
+ * sum); a (row, head) with no key in the range gets out 0, max -inf, sum 0. scratch[tid] /
+ * scratch_cap[tid] (floats), one per pool thread, are grown with realloc and owned by the caller.
+ * Asserts an fp32 or bf16 cache, 1 <= head_dim <= GS_CPU_ATTN_MAX_HEAD_DIM, n_heads % n_kv_heads == 0,
+ * 0 <= kv_lo <= kv_hi. */
+void gs_cpu_attention(struct gs_threadpool *tp, float **scratch, size_t *scratch_cap, const struct gs_attn_args *a,
+		      int32_t kv_lo, int32_t kv_hi, float *ml);
+
 /* ---- the context-parallel merge (attn_merge.c): the attn_merge op of gs_kernels.h ---- */
 void gs_cpu_attn_merge(struct gs_threadpool *tp, float *out, float *lse, const float *parts, int k, int n,
 		       int head_dim);
