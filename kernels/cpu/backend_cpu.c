@@ -292,7 +292,28 @@ static void cpu_attention_full(void *vctx, float *out, const float *q, const flo
 			       int n_heads, int head_dim, float scale)
 {
 	struct cpu_ctx *ctx = vctx;
-	gs_cpu_attention_full(ctx->tp, &ctx->vis, &ctx->vis_cap, out, q, k, v, n, n_heads, head_dim, scale);
+
+	if (head_dim > GS_CPU_ATTN_MAX_HEAD_DIM) {
+		gs_cpu_attention_full(ctx->tp, &ctx->vis, &ctx->vis_cap, out, q, k, v, n, n_heads, head_dim, scale);
+		return;
+	}
+	/* one sequence of n fresh rows whose span is all of them: the tiled kernel's bidirectional
+	 * case (about twice the speed of Q·Kᵀ, softmax, P·V through the matmul at SigLIP's shape) */
+	int32_t *idx = malloc(sizeof(int32_t) * 3 * (size_t)(n ? n : 1));
+	GS_ASSERT(idx != NULL && "attention_full: out of memory for its row index");
+	int32_t *tok_seq = idx, *span = idx + n;
+	for (int t = 0; t < n; t++) {
+		tok_seq[t] = 0;
+		span[2 * t] = 0;
+		span[2 * t + 1] = n;
+	}
+	struct gs_attn_seq seq = { .tok0 = 0, .n_tokens = n, .pos0 = 0, .table = NULL, .ring = 0 };
+	struct gs_attn_args a = { .out = out, .q = q, .k_new = k, .v_new = v, .kv_dtype = GS_DTYPE_F32,
+				  .block = 64, .seqs = &seq, .n_seqs = 1, .tok_seq = tok_seq, .n_tokens = n,
+				  .n_heads = n_heads, .n_kv_heads = n_heads, .head_dim = head_dim,
+				  .window = INT32_MAX, .scale = scale, .softcap = 0.0f, .span = span };
+	gs_cpu_attention(ctx->tp, ctx->scores, ctx->scores_cap, &a, 0, INT32_MAX, NULL);
+	free(idx);
 }
 
 static void cpu_avgpool(void *vctx, float *y, const float *x, int side, int k, int dim)
