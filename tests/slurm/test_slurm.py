@@ -12,7 +12,11 @@ in its scratch directory (munged, slurmctld, slurmd; slurm_cluster.py) and stops
      order, equal to a single run (`gemmashard run --batch`);
   d. gemmashard-serve.sbatch: coordinator + 2 engines of T = 2 over the allocation, engine link
      over mutual TLS with certificates the job makes, API key file; a python grpcio client and
-     curl get the answers of the batch reference; `scancel` leaves no process within a bound.
+     curl get the answers of the batch reference; `scancel` leaves no process within a bound;
+  e. the same script serving two models (repeated --model, per-model --tp/--engines/--served-name):
+     1 engine of T = 2 of one and 1 of T = 1 of another; GET /v1/models lists both, each name
+     answers with its own model's reference text, an unknown name gets 404; scancel cleans up; a
+     job with fewer tasks than the models need is refused.
 
 Prints the figures (job run times, resume overhead per requeue, scancel -> no process).
 If Slurm is missing or a daemon cannot start, the test fails and says why.
@@ -387,7 +391,14 @@ def check_d(sc, model, ref2, inp_a):
     check(p.stdout == "401", f"d. curl without the API key -> {p.stdout}")
 
     # scancel: no gemmashard process of this job may be left
-    model_tag = os.path.abspath(model)
+    scancel_and_check(sc, jid, log, ep_file, [model], 5, "d", "the coordinator, 4 ranks, their srun",
+                      f"serve job ready (2 engines x T=2 registered) {ready:.1f} s after sbatch")
+
+
+def scancel_and_check(sc, jid, log, ep_file, models, n_min, case, procs_what, ready_what):
+    """scancel a serve job: no gemmashard process of it (one naming a model of it) left within a
+    bound, its endpoints file and certificates removed."""
+    model_tags = [os.path.abspath(m) for m in models]
 
     def job_procs():
         pids = []
@@ -397,11 +408,11 @@ def check_d(sc, model, ref2, inp_a):
                     cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if "gemmashard" in cmd and model_tag in cmd:
+            if "gemmashard" in cmd and any(t in cmd for t in model_tags):
                 pids.append(pid)
         return pids
     before = job_procs()
-    check(len(before) >= 5, f"d. {len(before)} gemmashard processes running (the coordinator, 4 ranks, their srun)")
+    check(len(before) >= n_min, f"{case}. {len(before)} gemmashard processes running ({procs_what})")
     t1 = time.time()
     sc.cmd(["scancel", jid])
     bound = 30.0
@@ -410,16 +421,100 @@ def check_d(sc, model, ref2, inp_a):
         gone = time.time() - t1
     except TimeoutError:
         gone = None
-    check(gone is not None, f"d. scancel: no gemmashard process left within {bound:.0f} s"
+    check(gone is not None, f"{case}. scancel: no gemmashard process left within {bound:.0f} s"
           + (f" ({gone:.2f} s)" if gone is not None else f" (left: {job_procs()})"))
     j = sc.wait_job(jid, 30)
     wait_for(lambda: "stopped after" in log_of(log), 15, "the serve script's cleanup finished")
-    check(not os.path.exists(ep_file), "d. the endpoints file is removed when the job stops")
-    check(not os.path.exists(os.path.join(SCRATCH, f".gemmashard-{jid}")), "d. the job's certificates are removed")
+    check(not os.path.exists(ep_file), f"{case}. the endpoints file is removed when the job stops")
+    check(not os.path.exists(os.path.join(SCRATCH, f".gemmashard-{jid}")), f"{case}. the job's certificates are removed")
     if gone is not None:
-        figure(f"d. scancel to no gemmashard process: {gone:.2f} s (bound {bound:.0f} s); serve job ready "
-               f"(2 engines x T=2 registered) {ready:.1f} s after sbatch; job state {j.get('JobState')}")
+        figure(f"{case}. scancel to no gemmashard process: {gone:.2f} s (bound {bound:.0f} s); {ready_what}; "
+               f"job state {j.get('JobState')}")
 
+
+def http(method_url, body=None, timeout=60):
+    """curl: (status code, body text)."""
+    cmd = ["curl", "-s", "-w", "\n%{http_code}", "--max-time", str(timeout)]
+    if body is not None:
+        cmd += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
+    p = subprocess.run(cmd + [method_url], capture_output=True, text=True)
+    out, _, code = p.stdout.rpartition("\n")
+    return code, out
+
+
+def check_e(sc, model, ref2, inp_a):
+    """Two models in one serve job: "alpha" (model, 1 engine of T = 2) and "beta" (another seed,
+    1 engine of T = 1). Each name answers with its own model's greedy reference."""
+    model2 = make_model(GS, TOK, os.path.join(SCRATCH, "model2"), "--preset", "tiny", "--seed", "6", "--max-pos", "2048")
+    with open(inp_a) as f:
+        reqs = [json.loads(l) for l in f if l.strip().startswith("{") and l.strip().endswith("}")]
+    r = [q for q in reqs if q.get("temperature") == 0 and "prompt" in q and "stop" not in q
+         and "logprobs" not in q and q.get("id", "").startswith("a")][0]
+    want_a = json.loads(ref2[r["id"]])["text"]
+    # beta's reference: gemmashard run --batch on model2 (outputs are batch- and T-invariant)
+    inp2, out2 = os.path.join(SCRATCH, "e.in.jsonl"), os.path.join(SCRATCH, "e.ref.jsonl")
+    with open(inp2, "w") as f:
+        f.write(json.dumps({"id": r["id"], "prompt": r["prompt"], "max_tokens": r["max_tokens"], "temperature": 0}) + "\n")
+    p = subprocess.run([GS, "run", "--model", model2, "--batch", inp2, "--out", out2, "--threads", "1"],
+                       capture_output=True, text=True, timeout=300)
+    if p.returncode != 0:
+        raise RuntimeError(f"gemmashard run --batch (model2): {p.stderr[-2000:]}")
+    want_b = json.loads(read_records(out2, "e. reference of model2")[r["id"]])["text"]
+    check(want_a != want_b, "e. the two test models answer the prompt differently (so routing is visible)")
+
+    ports = {"http": free_port(), "grpc": free_port(), "engine": free_port()}
+    log = os.path.join(SCRATCH, "e.job.log")
+    common = ["--bin", BUILD, "--bind", "127.0.0.1", "--http-port", str(ports["http"]), "--grpc-port",
+              str(ports["grpc"]), "--engine-port", str(ports["engine"]), "--threads", "1", "--stop-timeout", "10"]
+    models = ["--model", model, "--served-name", "alpha", "--tp", "2", "--engines", "1",
+              "--model", model2, "--tp", "1", "--served-name", "beta"]
+    t0 = time.time()
+    jid = sc.sbatch(cwd=SCRATCH, argv=["-n", "3", "-o", log, SERVE, "--engines", "1", *models, *common,
+                                       "--", "--ctx", "1024", "--max-seqs", "4"])
+    ep_file = os.path.join(SCRATCH, f"gemmashard-{jid}.endpoints")
+    try:
+        wait_for(lambda: os.path.exists(ep_file) or sc.job(jid).get("JobState") not in ("PENDING", "RUNNING"),
+                 150, "the two-model serve job writes its endpoints")
+    except TimeoutError as e:
+        check(False, f"e. {e}:\n{log_of(log)[-3000:]}")
+        return
+    ready = time.time() - t0
+    if not check(os.path.exists(ep_file), f"e. two-model serve job {jid} wrote {os.path.basename(ep_file)}"):
+        print(log_of(log)[-3000:])
+        return
+    with open(ep_file) as f:
+        ep = dict(l.split("=", 1) for l in f.read().splitlines() if "=" in l)
+    check(ep.get("GS_MODEL_NAMES") == "alpha,beta" and ep.get("GS_MODEL_NAME") == "alpha" and ep.get("GS_ENGINES") == "2"
+          and ep.get("GS_MODEL_TPS") == "2,1" and ep.get("GS_MODEL_ENGINES") == "1,1",
+          f"e. endpoints: names {ep.get('GS_MODEL_NAMES')} (first {ep.get('GS_MODEL_NAME')}), {ep.get('GS_ENGINES')} "
+          f"engines, T {ep.get('GS_MODEL_TPS')}, engines {ep.get('GS_MODEL_ENGINES')}")
+    tasks = []
+    for k in range(3):
+        st = sc.cmd(["scontrol", "show", "step", f"{jid}.{k}"], check=False).stdout
+        m = re.search(r"\bTasks=(\d+)", st)
+        tasks.append(int(m.group(1)) if m else None)
+    check(sorted(t or 0 for t in tasks) == [1, 1, 2], f"e. steps: the coordinator 1 task, alpha's engine 2, beta's 1 ({tasks})")
+    code, out = http(ep["GS_HTTP_URL"] + "/models", timeout=20)
+    ids = sorted(m.get("id") for m in json.loads(out).get("data", [])) if code == "200" else None
+    check(ids == ["alpha", "beta"], f"e. GET /v1/models -> {code}, {ids}")
+    for name, want in (("alpha", want_a), ("beta", want_b)):
+        code, out = http(ep["GS_HTTP_URL"] + "/completions",
+                         {"model": name, "prompt": r["prompt"], "max_tokens": r["max_tokens"], "temperature": 0})
+        got = json.loads(out)["choices"][0]["text"] if code == "200" else out[:300]
+        check(code == "200" and got == want, f"e. POST /v1/completions model {name} -> {code}, its own model's reference text"
+              + ("" if got == want else f" (got {got!r}, want {want!r})"))
+    code, out = http(ep["GS_HTTP_URL"] + "/completions", {"model": "gamma", "prompt": "x", "max_tokens": 2}, timeout=20)
+    check(code == "404", f"e. POST /v1/completions model gamma (not served) -> {code}")
+    scancel_and_check(sc, jid, log, ep_file, [model, model2], 4, "e", "the coordinator, 3 ranks, their srun",
+                      f"two-model serve job ready (1 engine x T=2 + 1 x T=1 registered) {ready:.1f} s after sbatch")
+
+    # too few tasks for the models: refused before anything starts (exit status 2)
+    log2 = os.path.join(SCRATCH, "e.job-small.log")
+    jid2 = sc.sbatch(cwd=SCRATCH, argv=["-n", "2", "-o", log2, SERVE, *models, *common])
+    j = sc.wait_job(jid2, 60)
+    text = log_of(log2)
+    check(j.get("JobState") == "FAILED" and j.get("ExitCode", "").startswith("2:") and "need 3 tasks; the job has 2" in text,
+          f"e. 3 tasks asked of a 2-task job: {j.get('JobState')} {j.get('ExitCode')}, {text.strip()[-200:]!r}")
 
 INPUT_ORDER = {}
 
@@ -474,7 +569,8 @@ def main():
         for name, fn in (("a", lambda: check_a(sc, model, inp_a, ref_a2)),
                          ("b", lambda: check_b(sc, model, inp_b, ref_b1, ref_b_secs, n_b)),
                          ("c", lambda: check_c(sc, model, inp_a, ref_a1)),
-                         ("d", lambda: check_d(sc, model, ref_a2, inp_a))):
+                         ("d", lambda: check_d(sc, model, ref_a2, inp_a)),
+                         ("e", lambda: check_e(sc, model, ref_a2, inp_a))):
             try:
                 fn()
             except (SlurmError, TimeoutError, RuntimeError, OSError) as e:
