@@ -79,6 +79,8 @@ static enum gs_status mpi_allgather(void *vctx, const void *send, void *recv, si
 
 	if (bytes > GS_MPI_CHUNK)
 		return gs_errorf(GS_ERR_RANGE, "all-gather of %zu bytes per rank (limit %zu)", bytes, GS_MPI_CHUNK);
+	if (send == (const char *)recv + (size_t)c->rank * bytes) /* in place */
+		send = MPI_IN_PLACE;
 	MPI_COLL(MPI_Allgather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, c->comm), "Allgather");
 	return GS_OK;
 }

@@ -40,7 +40,8 @@ struct gs_comm_i {
 	/* Element-wise max of int64 values in HOST memory on every implementation (agreeing on
 	 * errors, sizes); returns when buf holds the result. */
 	enum gs_status (*allreduce_max_i64)(void *ctx, int64_t *buf, size_t count);
-	/* recv[size × bytes] = concat over ranks of send[bytes], rank order. */
+	/* recv[size × bytes] = concat over ranks of send[bytes], rank order. send may be
+	 * recv + rank × bytes (in place: this rank's part is already there). */
 	enum gs_status (*allgather)(void *ctx, const void *send, void *recv, size_t bytes);
 	/* buf[bytes] of root to every rank. */
 	enum gs_status (*broadcast)(void *ctx, void *buf, size_t bytes, int root);

@@ -72,6 +72,7 @@ struct gs_engine {
 	struct gs_engine_config  cfg;
 	struct gs_forward       *f;
 	struct gs_kv_pool        pool;
+	int32_t                  tp, cp;      /* the grid: T ranks per group, C groups (1: none) */
 	struct eng_seq          *seqs;        /* [max_seqs] slots */
 	bool                     leader;
 	/* leader queues */
@@ -182,6 +183,14 @@ enum gs_status gs_engine_create(const struct gs_model *m, struct gs_backend be, 
 		if (cfg.kv_local_blocks <= 0)
 			cfg.kv_local_blocks = l;
 	}
+	if (cfg.cp_comm && gs_comm_size(cfg.cp_comm) > 1) {
+		if (!cfg.tp_comm || !comm || gs_comm_size(comm) != gs_comm_size(cfg.tp_comm) * gs_comm_size(cfg.cp_comm))
+			return gs_errorf(GS_ERR_INVALID_ARG, "engine: a context-parallel grid needs its TP and world comms");
+		if (gs_comm_size(cfg.cp_comm) > GS_KV_MAX_CP)
+			return gs_errorf(GS_ERR_INVALID_ARG, "engine: %d context-parallel groups (at most %d)",
+					 gs_comm_size(cfg.cp_comm), GS_KV_MAX_CP);
+		cfg.no_prefix_cache = true; /* a cached prefix would have to be one on every group */
+	}
 	e = calloc(1, sizeof(*e));
 	if (!e)
 		return gs_errorf(GS_ERR_NOMEM, "out of memory");
@@ -199,14 +208,25 @@ enum gs_status gs_engine_create(const struct gs_model *m, struct gs_backend be, 
 	st = gs_forward_create(m, be, cfg.max_batch_tokens, &e->f);
 	if (st != GS_OK)
 		goto out_free_engine;
-	if (comm != &e->self && T > 1)
+	e->cp = cfg.cp_comm && gs_comm_size(cfg.cp_comm) > 1 ? gs_comm_size(cfg.cp_comm) : 1;
+	e->tp = e->cp > 1 ? gs_comm_size(cfg.tp_comm) : T;
+	if (e->cp > 1) {
+		if (e->tp > 1)
+			gs_forward_set_comm(e->f, cfg.tp_comm);
+		st = gs_forward_set_cp(e->f, cfg.cp_comm);
+		if (st != GS_OK)
+			goto out_free_engine;
+	} else if (comm != &e->self && T > 1) {
 		gs_forward_set_comm(e->f, comm);
+	}
 	st = gs_kv_pool_init(&e->pool, &m->cfg, m->shard.n_kv_heads, cfg.kv_global_blocks, cfg.kv_local_blocks,
 			     &be);
 	if (st != GS_OK)
 		goto out_free_engine;
 	/* a sequence writes at most max_batch_tokens positions a step */
 	gs_kv_pool_set_prefix_cache(&e->pool, !cfg.no_prefix_cache, cfg.max_batch_tokens);
+	if (e->cp > 1)
+		gs_kv_pool_set_cp(&e->pool, e->cp, gs_comm_rank(cfg.cp_comm));
 	/* The longest sequence served: the cap, or what the whole pool holds if that is less. */
 	if (gs_kv_pool_max_positions(&e->pool) < cfg.max_context)
 		e->cfg.max_context = cfg.max_context = gs_kv_pool_max_positions(&e->pool);
@@ -494,8 +514,8 @@ enum gs_status gs_engine_submit_images(struct gs_engine *e, uint64_t id, const i
 	if (need - 1 > e->cfg.max_context || !gs_kv_could_ever_admit(&e->pool, (int32_t)(need - 1)))
 		return gs_errorf(GS_ERR_RANGE,
 				 "can never fit: %d prompt + %d max_tokens tokens exceed the engine's context of %d tokens "
-				 "(the longest it serves: --ctx, capped by its whole KV pool)", n_prompt, p->max_tokens,
-				 e->cfg.max_context);
+				 "(the longest it serves: --ctx, capped by its whole KV pool%s)", n_prompt, p->max_tokens,
+				 e->cfg.max_context, e->cp > 1 ? " over all its context-parallel groups" : "");
 	if (n > e->cfg.max_seqs ||
 	    !gs_kv_could_ever_admit_group(&e->pool, (int32_t)(need - 1), n))
 		return gs_errorf(GS_ERR_RANGE, "can never fit: n = %d choices of %d prompt + %d max_tokens tokens exceed the "
@@ -733,8 +753,13 @@ static enum gs_status apply_admit(struct gs_engine *e, const struct gs_plan *p, 
 	if (ps->n_cached < 0 || ps->cached0 < 0 || ps->cached0 + ps->n_cached > p->n_cached)
 		return gs_errorf(GS_ERR_FORMAT, "plan admits slot %d with malformed cached blocks", ps->slot);
 	memset(s, 0, sizeof(*s));
-	/* A cached prefix: every rank takes the blocks the leader found (and checks them). */
-	st = gs_kv_seq_admit_cached(&e->pool, &s->kv, ps->max_positions, p->cached + ps->cached0, ps->n_cached);
+	/* A cached prefix: every rank takes the blocks the leader found (and checks them). With
+	 * context parallelism (no prefix cache), this group's share of the leader's placement. */
+	if (e->cp > 1)
+		st = ps->n_cached ? gs_errorf(GS_ERR_FORMAT, "plan gives cached blocks to a context-parallel engine")
+				  : gs_kv_seq_admit_cp(&e->pool, &s->kv, ps->max_positions, ps->cp_k, ps->cp_first);
+	else
+		st = gs_kv_seq_admit_cached(&e->pool, &s->kv, ps->max_positions, p->cached + ps->cached0, ps->n_cached);
 	if (st != GS_OK)
 		return st;
 	s->used = true;
@@ -1053,6 +1078,22 @@ static void plan_add(struct gs_engine *e, int32_t slot, const int32_t *ids, int3
 	p->n_ids += n;
 }
 
+/* Context parallelism, leader: the global blocks each group's admitted sequences hold or have
+ * reserved (their share of blocks_for(max_positions), from admission to release). */
+static void group_used(const struct gs_engine *e, int32_t *used)
+{
+	for (int32_t c = 0; c < e->cp; c++)
+		used[c] = 0;
+	for (int32_t i = 0; i < e->cfg.max_seqs; i++) {
+		const struct eng_seq *s = &e->seqs[i];
+		if (!s->used || !e->pool.cache.n_global_layers)
+			continue;
+		for (int32_t c = 0; c < e->cp; c++)
+			used[c] += gs_kv_cp_blocks(e->cp, s->kv.cp_k, s->kv.cp_first, c,
+						   gs_kv_global_blocks_for(s->max_positions));
+	}
+}
+
 static void build_plan(struct gs_engine *e)
 {
 	struct gs_plan *p = &e->plan;
@@ -1109,10 +1150,20 @@ static void build_plan(struct gs_engine *e)
 		/* The longest cached prefix, taken if the request fits with it. Without the hit
 		 * it could only need more blocks, so a miss here is not worth a second look. */
 		struct gs_kv_images im = { w->n_images, w->img_pos, e->m->cfg.vision.mm_tokens_per_image, w->img_key };
-		n_hit = gs_kv_prefix_lookup(&e->pool, w->prompt, w->n_prompt, w->n_images ? &im : NULL, e->hit, e->hit_cap);
-		if (!gs_kv_can_admit_cached(&e->pool, maxpos, e->hit, n_hit))
-			break;
-		if (w->group_n > 1) { /* choice 0 of n: all n slots and worst cases, or wait */
+		int32_t cp_k = 1, cp_first = 0;
+		if (e->cp > 1) { /* context parallelism: a placement over the groups, or wait */
+			int32_t used[GS_KV_MAX_CP];
+			group_used(e, used);
+			n_hit = 0;
+			if (!gs_kv_cp_place(&e->pool, used, maxpos, w->group_n > 1 ? w->group_n : 1, &cp_k, &cp_first))
+				break;
+		} else {
+			n_hit = gs_kv_prefix_lookup(&e->pool, w->prompt, w->n_prompt, w->n_images ? &im : NULL, e->hit,
+						    e->hit_cap);
+			if (!gs_kv_can_admit_cached(&e->pool, maxpos, e->hit, n_hit))
+				break;
+		}
+		if (w->group_n > 1 && e->cp == 1) { /* choice 0 of n: all n slots and worst cases, or wait */
 			int32_t free_slots = 0;
 			for (int32_t i = 0; i < e->cfg.max_seqs; i++)
 				free_slots += !e->seqs[i].used;
@@ -1129,6 +1180,8 @@ static void build_plan(struct gs_engine *e)
 		ps->admit = true;
 		ps->id = w->id;
 		ps->max_positions = maxpos;
+		ps->cp_k = cp_k;
+		ps->cp_first = cp_first;
 		ps->params = w->p;
 		ps->images = w->pixels;
 		ps->n_images = w->n_images;
@@ -1178,7 +1231,9 @@ static bool is_stop(const struct gs_engine *e, const struct eng_seq *s, int32_t 
 static void sample_rows(struct gs_engine *e, int32_t rows, int32_t K, struct gs_token_event *ev, int32_t cap,
 			int32_t *n_ev)
 {
-	int32_t T = gs_comm_size(e->comm);
+	/* group 0's T ranks (world ranks 0..T-1 come first in the gather); with context
+	 * parallelism the other groups made the same logits */
+	int32_t T = e->tp;
 
 	for (int32_t r = 0; r < rows; r++) {
 		struct eng_seq *s = &e->seqs[e->row_slot[r]];
@@ -1306,6 +1361,19 @@ void gs_engine_get_stats(const struct gs_engine *e, struct gs_engine_stats *s)
 	s->kv_local_total = e->pool.cache.n_local_blocks;
 	s->kv_local_used = e->pool.cache.n_local_blocks - e->pool.n_lfree - e->pool.llru.n;
 	s->kv_bytes = e->pool.cache.bytes;
+	s->tp = e->tp;
+	s->cp = e->cp;
+	s->sharded_running = 0;
+	if (e->cp > 1) {
+		group_used(e, s->kv_group_used);
+		for (int32_t c = 0; c < e->cp; c++)
+			s->kv_group_free[c] = e->pool.cache.n_global_blocks - s->kv_group_used[c];
+		for (int32_t i = 0; i < e->cfg.max_seqs; i++)
+			s->sharded_running += e->seqs[i].used && e->seqs[i].kv.cp_k > 1;
+	} else {
+		s->kv_group_free[0] = s->kv_global_free;
+		s->kv_group_used[0] = s->kv_global_total - s->kv_global_free;
+	}
 }
 
 bool gs_engine_kv_consistent(const struct gs_engine *e)

@@ -22,6 +22,7 @@
 
 #include "gs_comm.h"
 #include "gs_forward.h"
+#include "gs_kvpool.h"
 #include "gs_sampler.h"
 
 struct gs_tokenizer;
@@ -86,6 +87,11 @@ struct gs_engine_config {
 	bool    host_candidates;
 	/* Automatic prefix caching (ARCHITECTURE.md §5) is on unless this is set. */
 	bool    no_prefix_cache;
+	/* Context parallelism (ARCHITECTURE.md §4): the engine's comm is then every rank of the
+	 * T × C grid (plans, candidates), tp_comm this rank's TP group (the forward pass's
+	 * all-reduces), cp_comm the ranks of the same TP rank in every group. NULL: none. The
+	 * prefix cache is then off. */
+	const struct gs_comm *tp_comm, *cp_comm;
 };
 
 /* Without a KV budget the pool holds max_seqs sequences of up to this many positions: the
@@ -107,6 +113,11 @@ struct gs_engine_stats {
 	int32_t  kv_local_used, kv_local_total;
 	int32_t  kv_global_cached;  /* unreferenced blocks kept for the prefix cache (count as free) */
 	size_t   kv_bytes;
+	/* context parallelism: T × C, and per group the global blocks held or reserved / free
+	 * (leader's accounting; [0, cp) valid); sequences running spread over > 1 group */
+	int32_t  tp, cp;
+	int32_t  kv_group_used[GS_KV_MAX_CP], kv_group_free[GS_KV_MAX_CP];
+	int32_t  sharded_running;
 	bool     prefix_cache;
 	uint64_t prefix_hit_tokens;   /* prompt tokens of admitted requests taken from the cache */
 	uint64_t prefix_query_tokens; /* prompt tokens of requests admitted with the cache on */

@@ -105,7 +105,7 @@ enum gs_status gs_kv_pool_size_for_bytes(const struct gs_config *cfg, int32_t n_
 					 size_t bytes, int32_t n_seqs, int32_t prefix_chunk, int32_t *n_global_blocks,
 					 int32_t *n_local_blocks);
 /* Positions of the longest sequence the pool could ever hold (INT32_MAX: no global layers,
- * the rings alone bound nothing). */
+ * the rings alone bound nothing); with context parallelism, spread over all C groups. */
 int32_t gs_kv_pool_max_positions(const struct gs_kv_pool *p);
 
 /* Could a sequence of max_positions be admitted now / ever (into an empty pool)? */
@@ -115,6 +115,24 @@ bool gs_kv_could_ever_admit(const struct gs_kv_pool *p, int32_t max_positions);
 /* Admit: reserve global blocks for max_positions and take this sequence's ring.
  * GS_ERR_RANGE when it does not fit now (the caller queues it). */
 enum gs_status gs_kv_seq_admit(struct gs_kv_pool *p, struct gs_kv_seq *s, int32_t max_positions);
+/* Context parallelism (ARCHITECTURE.md §4): this pool is group c's of C, before any
+ * admission; the prefix cache must be off (a cached prefix would have to be the same on every
+ * group). Global blocks are then taken only for this group's units of each sequence. */
+void gs_kv_pool_set_cp(struct gs_kv_pool *p, int32_t C, int32_t c);
+/* Admit a sequence spread over k groups from first (gs_kv_cp_owner): reserves this group's
+ * share of its global blocks and its whole ring (sliding layers are kept on every group).
+ * Without context parallelism (C = 1): gs_kv_seq_admit. GS_ERR_RANGE when this group cannot
+ * hold it now; GS_ERR_FORMAT for a placement outside the C groups. */
+enum gs_status gs_kv_seq_admit_cp(struct gs_kv_pool *p, struct gs_kv_seq *s, int32_t max_positions, int32_t k,
+				  int32_t first);
+/* Leader of a context-parallel engine: where to place n_seqs sequences of max_positions (the
+ * first one's placement in *k, *first), given the global blocks each group's admitted
+ * sequences hold or have reserved (used[C], all groups' pools being this one's size): on one
+ * group when one can hold it (the one with the most free), else over the fewest groups from
+ * the freest start. False when they do not fit now (rings included). */
+#define GS_KV_MAX_CP 64
+bool gs_kv_cp_place(const struct gs_kv_pool *p, const int32_t *used, int32_t max_positions, int32_t n_seqs,
+		    int32_t *k, int32_t *first);
 /* Make sure blocks exist for positions [n_past, n_past + n): takes global blocks from the
  * reservation. GS_ERR_RANGE if that would pass max_positions. */
 enum gs_status gs_kv_seq_prepare(struct gs_kv_pool *p, struct gs_kv_seq *s, int32_t n);

@@ -16,6 +16,7 @@ struct gs_plan_seq {
 	bool                 admit;          /* first appearance: reserve KV, create the sampler */
 	uint64_t             id;             /* admit only */
 	int32_t              max_positions;  /* admit only */
+	int32_t              cp_k, cp_first; /* admit only: context-parallel placement (gs_kv_cp_owner) */
 	struct gs_req_params params;         /* admit only */
 	int32_t              cached0, n_cached; /* admit only: its prefix-cache blocks in cached */
 	const uint8_t       *images;         /* admit only: n_images images of image_bytes each, one

@@ -49,10 +49,63 @@ enum gs_status gs_kv_pool_size_for_bytes(const struct gs_config *cfg, int32_t n_
 int32_t gs_kv_pool_max_positions(const struct gs_kv_pool *p)
 {
 	int64_t n = (int64_t)p->cache.n_global_blocks * GS_KV_BLOCK;
+	int32_t C = p->cache.cp_size;
 
 	if (!p->cache.n_global_layers)
 		return INT32_MAX;
+	if (C > 1) { /* spread over all C groups: group 0 (the first unit's) holds the most */
+		int64_t lo = 0, hi = (int64_t)C * (p->cache.n_global_blocks + GS_KV_CP_UNIT / GS_KV_BLOCK);
+		if (hi > INT32_MAX / GS_KV_BLOCK)
+			hi = INT32_MAX / GS_KV_BLOCK;
+		while (lo < hi) { /* the most blocks g whose share fits */
+			int64_t mid = (lo + hi + 1) / 2;
+			if (gs_kv_cp_blocks(C, C, 0, 0, (int32_t)mid) <= p->cache.n_global_blocks)
+				lo = mid;
+			else
+				hi = mid - 1;
+		}
+		n = lo * GS_KV_BLOCK;
+	}
 	return n > INT32_MAX ? INT32_MAX : (int32_t)n;
+}
+
+static int32_t ring_for(const struct gs_kv_pool *p, int32_t max_positions);
+
+bool gs_kv_cp_place(const struct gs_kv_pool *p, const int32_t *used, int32_t max_positions, int32_t n_seqs,
+		    int32_t *k_out, int32_t *first_out)
+{
+	enum { MAXC = GS_KV_MAX_CP };
+	int32_t C = p->cache.cp_size, G = p->cache.n_global_blocks, g = gs_kv_global_blocks_for(max_positions);
+	int32_t fr[MAXC];
+
+	GS_ASSERT(C >= 1 && C <= MAXC);
+	if ((int64_t)ring_for(p, max_positions) * n_seqs > gs_kv_local_free(p))
+		return false;
+	for (int32_t c = 0; c < C; c++)
+		fr[c] = G - used[c];
+	if (!p->cache.n_global_layers) {
+		*k_out = 1, *first_out = 0;
+		return true;
+	}
+	for (int32_t i = 0; i < n_seqs; i++) {
+		int32_t bk = 0, bf = -1;
+		/* one group if any holds it (the one with the most free), else the fewest groups */
+		for (int32_t k = 1; k <= C && bf < 0; k++)
+			for (int32_t f = 0; f < C; f++) {
+				bool fits = true;
+				for (int32_t c = 0; c < C && fits; c++)
+					fits = gs_kv_cp_blocks(C, k, f, c, g) <= fr[c];
+				if (fits && (bf < 0 || fr[f] > fr[bf]))
+					bk = k, bf = f;
+			}
+		if (bf < 0)
+			return false;
+		for (int32_t c = 0; c < C; c++)
+			fr[c] -= gs_kv_cp_blocks(C, bk, bf, c, g);
+		if (i == 0)
+			*k_out = bk, *first_out = bf;
+	}
+	return true;
 }
 
 /* ---- LRU lists ------------------------------------------------------------------------- */
@@ -435,6 +488,8 @@ bool gs_kv_could_ever_admit(const struct gs_kv_pool *p, int32_t max_positions)
 {
 	int32_t g = p->cache.n_global_layers ? gs_kv_global_blocks_for(max_positions) : 0;
 	int32_t r = ring_for(p, max_positions);
+	if (p->cache.cp_size > 1)
+		return max_positions > 0 && max_positions <= gs_kv_pool_max_positions(p) && r <= p->cache.n_local_blocks;
 	return max_positions > 0 && g <= p->cache.n_global_blocks && r <= p->cache.n_local_blocks;
 }
 
@@ -453,6 +508,8 @@ bool gs_kv_could_ever_admit_group(const struct gs_kv_pool *p, int32_t max_positi
 {
 	int64_t g = p->cache.n_global_layers ? gs_kv_global_blocks_for(max_positions) : 0;
 	int64_t r = ring_for(p, max_positions);
+	if (p->cache.cp_size > 1) /* each spread over all groups */
+		g = gs_kv_cp_blocks(p->cache.cp_size, p->cache.cp_size, 0, 0, (int32_t)g);
 	return max_positions > 0 && g * n_seqs <= p->cache.n_global_blocks && r * n_seqs <= p->cache.n_local_blocks;
 }
 
@@ -476,17 +533,69 @@ static enum gs_status check_chain(const struct gs_kv_pool *p, int32_t max_positi
 	return GS_OK;
 }
 
+static enum gs_status admit(struct gs_kv_pool *p, struct gs_kv_seq *s, int32_t max_positions, const int32_t *blocks,
+			    int32_t n, int32_t own);
+
+/* Global blocks of a sequence of max_positions spread over k groups from first that this
+ * rank's group holds (all of them without context parallelism). */
+static int32_t own_blocks(const struct gs_kv_pool *p, int32_t max_positions, int32_t k, int32_t first)
+{
+	return gs_kv_cp_blocks(p->cache.cp_size, k, first, p->cache.cp_rank, gs_kv_global_blocks_for(max_positions));
+}
+
+void gs_kv_pool_set_cp(struct gs_kv_pool *p, int32_t C, int32_t c)
+{
+	GS_ASSERT(C >= 1 && c >= 0 && c < C && (C == 1 || !p->prefix_cache));
+	p->cache.cp_size = C;
+	p->cache.cp_rank = c;
+}
+
+enum gs_status gs_kv_seq_admit_cp(struct gs_kv_pool *p, struct gs_kv_seq *s, int32_t max_positions, int32_t k,
+				  int32_t first)
+{
+	int32_t C = p->cache.cp_size;
+	int32_t g = gs_kv_global_blocks_for(max_positions), own, r = ring_for(p, max_positions);
+
+	if (k < 1 || k > C || first < 0 || first >= C)
+		return gs_errorf(GS_ERR_FORMAT, "context-parallel placement over %d groups from %d of %d", k, first, C);
+	if (C == 1)
+		return gs_kv_seq_admit(p, s, max_positions);
+	memset(s, 0, sizeof(*s));
+	own = p->cache.n_global_layers ? own_blocks(p, max_positions, k, first) : 0;
+	if (own > gs_kv_global_free(p) || r > gs_kv_local_free(p))
+		return gs_errorf(GS_ERR_RANGE, "KV cache full: %d positions need %d global + %d local blocks on group %d, "
+				 "%d + %d free", max_positions, own, r, p->cache.cp_rank, gs_kv_global_free(p),
+				 gs_kv_local_free(p));
+	GS_TRY(admit(p, s, max_positions, NULL, 0, own));
+	s->cp_k = k;
+	s->cp_first = first;
+	(void)g;
+	return GS_OK;
+}
+
 enum gs_status gs_kv_seq_admit_cached(struct gs_kv_pool *p, struct gs_kv_seq *s, int32_t max_positions,
 				      const int32_t *blocks, int32_t n)
 {
-	int32_t g = gs_kv_global_blocks_for(max_positions), r = ring_for(p, max_positions), R = p->cache.ring_blocks;
+	int32_t g = gs_kv_global_blocks_for(max_positions), r = ring_for(p, max_positions);
 
 	memset(s, 0, sizeof(*s));
+	if (p->cache.cp_size > 1)
+		return gs_errorf(GS_ERR_INTERNAL, "a context-parallel pool admits through gs_kv_seq_admit_cp");
 	GS_TRY(check_chain(p, max_positions, blocks, n));
 	if (!gs_kv_can_admit_cached(p, max_positions, blocks, n))
 		return gs_errorf(GS_ERR_RANGE, "KV cache full: %d positions need %d global + %d local blocks, %d + %d free",
 				 max_positions, p->cache.n_global_layers ? g - n : 0, r, gs_kv_global_free(p),
 				 gs_kv_local_free(p));
+	return admit(p, s, max_positions, blocks, n, g);
+}
+
+/* Admission once checked: own = global blocks this rank will hold (reserved but for the n
+ * cached ones). */
+static enum gs_status admit(struct gs_kv_pool *p, struct gs_kv_seq *s, int32_t max_positions, const int32_t *blocks,
+			    int32_t n, int32_t own)
+{
+	int32_t g = gs_kv_global_blocks_for(max_positions), r = ring_for(p, max_positions), R = p->cache.ring_blocks;
+
 	s->gtable = malloc(sizeof(int32_t) * (size_t)(g ? g : 1));
 	s->ring = malloc(sizeof(int32_t) * (size_t)(R ? R : 1));
 	if (!s->gtable || !s->ring) {
@@ -510,8 +619,8 @@ enum gs_status gs_kv_seq_admit_cached(struct gs_kv_pool *p, struct gs_kv_seq *s,
 		s->reg_gen = p->gb[blocks[n - 1]].gen;
 	}
 	if (p->cache.n_global_layers) {
-		s->g_reserved = g - n;
-		p->g_reserved += g - n;
+		s->g_reserved = own - n;
+		p->g_reserved += own - n;
 	}
 	/* The ring is taken whole: its size does not depend on how far the sequence gets. The
 	 * slots of a cached prefix's window get its held local blocks; the others fresh ones. A
@@ -575,6 +684,10 @@ enum gs_status gs_kv_seq_prepare(struct gs_kv_pool *p, struct gs_kv_seq *s, int3
 		return GS_OK;
 	need = gs_kv_global_blocks_for(s->n_past + n);
 	while (s->g_used < need) {
+		if (gs_kv_cp_owner(p->cache.cp_size, s->cp_k, s->cp_first, s->g_used) != p->cache.cp_rank) {
+			s->gtable[s->g_used++] = -1; /* another group's */
+			continue;
+		}
 		GS_ASSERT(s->g_reserved > 0 && p->n_gfree + p->glru.n > 0);
 		s->gtable[s->g_used++] = take_global(p);
 		s->g_reserved--;
@@ -643,7 +756,8 @@ void gs_kv_seq_release(struct gs_kv_pool *p, struct gs_kv_seq *s)
 		return;
 	/* Last block first: the LRU then evicts a prefix's tail before its head. */
 	for (int32_t i = s->g_used - 1; i >= 0; i--)
-		put_global(p, s->gtable[i]);
+		if (s->gtable[i] >= 0)
+			put_global(p, s->gtable[i]);
 	p->g_reserved -= s->g_reserved;
 	for (int32_t i = 0; i < s->n_ring; i++)
 		put_local(p, s->ring[i]);
@@ -664,8 +778,13 @@ bool gs_kv_pool_consistent(const struct gs_kv_pool *p, const struct gs_kv_seq *c
 		const struct gs_kv_seq *s = seqs[i];
 		reserved += s->g_reserved;
 		committed += s->n_ring;
-		for (int32_t j = 0; j < s->g_used; j++)
-			gref[s->gtable[j]]++;
+		for (int32_t j = 0; ok && j < s->g_used; j++) {
+			/* each block on its owner group only */
+			bool mine = gs_kv_cp_owner(p->cache.cp_size, s->cp_k, s->cp_first, j) == p->cache.cp_rank;
+			ok = (s->gtable[j] >= 0) == mine && s->gtable[j] < G;
+			if (ok && mine)
+				gref[s->gtable[j]]++;
+		}
 		for (int32_t j = 0; j < s->n_ring; j++)
 			lref[s->ring[j]]++;
 	}

@@ -149,6 +149,8 @@ enum gs_status gs_plan_pack(const struct gs_plan *p, uint8_t **buf, size_t *cap,
 				sp->response_format = (char *)s->params.response_format;
 			m->request_id = s->id;
 			m->max_positions = s->max_positions;
+			m->cp_k = s->cp_k;
+			m->cp_first = s->cp_first;
 			m->params = sp;
 			m->n_cached_blocks = (size_t)s->n_cached;
 			m->cached_blocks = s->n_cached ? p->cached + s->cached0 : NULL;
@@ -230,6 +232,8 @@ static enum gs_status from_msg(struct gs_plan *p, const StepPlan *m)
 			const SamplingParams *sp = s->params;
 			d->id = s->request_id;
 			d->max_positions = s->max_positions;
+			d->cp_k = s->cp_k;
+			d->cp_first = s->cp_first;
 			GS_TRY(gs_params_from_wire(sp, &d->params.sp)); /* counts checked above */
 			d->params.max_tokens = sp->max_tokens;
 			d->params.n_stop_ids = (int32_t)sp->n_stop_ids;

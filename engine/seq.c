@@ -19,9 +19,13 @@ enum gs_status gs_seq_create(const struct gs_forward *f, int32_t max_ctx, struct
 	if (!s)
 		return gs_errorf(GS_ERR_NOMEM, "out of memory");
 	gs_kv_pool_size_for(cfg, 1, max_ctx, 0, &ng, &nl);
+	/* context parallelism: the sequence spread over all C groups, this group's share held */
+	ng = gs_kv_cp_blocks(f->cp_size, f->cp_size, 0, f->cp_rank, ng);
 	st = gs_kv_pool_init(&s->pool, cfg, m->shard.n_kv_heads, ng, nl, &f->be);
 	if (st == GS_OK)
-		st = gs_kv_seq_admit(&s->pool, &s->kv, max_ctx);
+		gs_kv_pool_set_cp(&s->pool, f->cp_size, f->cp_rank);
+	if (st == GS_OK)
+		st = gs_kv_seq_admit_cp(&s->pool, &s->kv, max_ctx, f->cp_size, 0);
 	if (st != GS_OK) {
 		gs_seq_free(s);
 		return st;
@@ -42,8 +46,10 @@ void gs_seq_free(struct gs_seq *s)
 
 void gs_seq_reset(struct gs_seq *s)
 {
+	int32_t C = s->pool.cache.cp_size;
+
 	gs_kv_seq_release(&s->pool, &s->kv);
-	GS_ASSERT(gs_kv_seq_admit(&s->pool, &s->kv, s->max_ctx) == GS_OK);
+	GS_ASSERT(gs_kv_seq_admit_cp(&s->pool, &s->kv, s->max_ctx, C, 0) == GS_OK);
 	gs_seq_set_images(s, NULL, 0);
 }
 

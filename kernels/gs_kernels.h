@@ -33,9 +33,16 @@ struct gs_attn_seq {
 	int32_t        tok0;
 	int32_t        n_tokens;
 	int32_t        pos0;
-	const int32_t *table;     /* block ids */
+	const int32_t *table;     /* block ids; without a ring, an entry < 0 marks a block another
+				   * context-parallel group holds (ARCHITECTURE.md §4): its keys,
+				   * cached or fresh, are skipped here. Such entries come in whole
+				   * GS_KV_CP_UNIT-position units (a multiple of the block) */
 	int32_t        ring;      /* 0: table covers every block */
 };
+
+/* Context parallelism places a sequence's global-layer KV in units of this many positions
+ * (aligned on absolute positions): every block of a unit is held by the same group. */
+#define GS_KV_CP_UNIT 64
 
 /* Attention of a ragged batch over one layer (STYLE.md 3: plain data). Query t sees key
  * positions j with j <= pos(t) and pos(t) - j < window, and, with span, also every j in
@@ -64,6 +71,11 @@ struct gs_attn_args {
 	const int32_t            *span;       /* [n_tokens][2] or NULL (text: the causal rule only);
 					       * lo == hi: none for that row. Keys past pos(t) must
 					       * be this step's fresh rows of the same sequence */
+	float                    *part;       /* NULL, or [n_tokens][n_heads][head_dim + 1]: instead
+					       * of out (unused then), each (row, head)'s output
+					       * normalised over the keys this call saw, then their
+					       * lse (natural log of sum exp(score)); no key: o 0,
+					       * lse -inf. The attn_merge op's record layout */
 };
 
 /* Sampling candidates (ARCHITECTURE.md §1 step 4), reduced where the logits are so that only k
@@ -190,7 +202,9 @@ struct gs_backend_i {
 	void (*download)(void *ctx, void *dst, const void *src, size_t bytes);
 	/* Row copies inside backend memory, rows[] in backend memory:
 	 *   scatter: dst row rows[i] = src row i      (appending K/V to the paged cache; dst of
-	 *            dst_dtype: GS_DTYPE_F32 copies, GS_DTYPE_BF16 rounds to nearest even)
+	 *            dst_dtype: GS_DTYPE_F32 copies, GS_DTYPE_BF16 rounds to nearest even);
+	 *            rows[i] < 0: row i is not stored (a position another context-parallel
+	 *            group holds)
 	 *   gather:  dst row i       = src row rows[i] (the rows that want logits)
 	 * a row is `width` elements. */
 	void (*scatter_rows)(void *ctx, void *dst, enum gs_dtype dst_dtype, const float *src, const int64_t *rows,

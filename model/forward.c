@@ -9,15 +9,41 @@ static void *be_alloc(const struct gs_backend *be, size_t bytes)
 	return be->iface->alloc(be->ctx, bytes);
 }
 
+/* The activation slab for batches of up to `rows` rows, and its carving into f's buffers. */
+static float *slab_alloc(const struct gs_forward *f, size_t rows)
+{
+	const struct gs_model *m = f->m;
+	size_t H = (size_t)m->cfg.hidden, F = (size_t)m->shard.n_f;
+	size_t QD = (size_t)m->shard.n_heads * (size_t)m->cfg.head_dim;
+	size_t KD = (size_t)m->shard.n_kv_heads * (size_t)m->cfg.head_dim;
+
+	return be_alloc(&f->be, sizeof(float) * rows * (3 * H + 2 * QD + 2 * KD + 2 * F));
+}
+
+static void slab_carve(struct gs_forward *f, size_t rows)
+{
+	const struct gs_model *m = f->m;
+	size_t H = (size_t)m->cfg.hidden, F = (size_t)m->shard.n_f;
+	size_t QD = (size_t)m->shard.n_heads * (size_t)m->cfg.head_dim;
+	size_t KD = (size_t)m->shard.n_kv_heads * (size_t)m->cfg.head_dim;
+	float *p = f->slab;
+
+	f->x = p, p += rows * H;
+	f->xn = p, p += rows * H;
+	f->o = p, p += rows * H;
+	f->q = p, p += rows * QD;
+	f->att = p, p += rows * QD;
+	f->k = p, p += rows * KD;
+	f->v = p, p += rows * KD;
+	f->gate = p, p += rows * F;
+	f->up = p;
+}
+
 enum gs_status gs_forward_create(const struct gs_model *m, struct gs_backend be, int32_t max_tokens,
 				 struct gs_forward **out)
 {
-	const struct gs_config *cfg = &m->cfg;
-	size_t C = (size_t)max_tokens, H = (size_t)cfg->hidden, F = (size_t)m->shard.n_f;
-	size_t QD = (size_t)m->shard.n_heads * (size_t)cfg->head_dim;
-	size_t KD = (size_t)m->shard.n_kv_heads * (size_t)cfg->head_dim;
+	size_t C = (size_t)max_tokens;
 	struct gs_forward *f;
-	float *p;
 
 	*out = NULL;
 	if (max_tokens < 1)
@@ -29,7 +55,8 @@ enum gs_status gs_forward_create(const struct gs_model *m, struct gs_backend be,
 		return gs_errorf(GS_ERR_NOMEM, "out of memory");
 	f->m = m;
 	f->be = be;
-	f->slab = be_alloc(&be, sizeof(float) * C * (3 * H + 2 * QD + 2 * KD + 2 * F));
+	f->cp_size = 1;
+	f->slab = slab_alloc(f, C);
 	f->ids = be_alloc(&be, sizeof(int32_t) * C);
 	f->pos = be_alloc(&be, sizeof(int32_t) * C);
 	f->tok_seq = be_alloc(&be, sizeof(int32_t) * C);
@@ -52,18 +79,42 @@ enum gs_status gs_forward_create(const struct gs_model *m, struct gs_backend be,
 		gs_forward_free(f);
 		return gs_errorf(GS_ERR_NOMEM, "cannot allocate activations for %d-token batches", max_tokens);
 	}
-	p = f->slab;
-	f->x = p, p += C * H;
-	f->xn = p, p += C * H;
-	f->o = p, p += C * H;
-	f->q = p, p += C * QD;
-	f->att = p, p += C * QD;
-	f->k = p, p += C * KD;
-	f->v = p, p += C * KD;
-	f->gate = p, p += C * F;
-	f->up = p;
+	slab_carve(f, C);
 	f->max_tokens = max_tokens;
 	*out = f;
+	return GS_OK;
+}
+
+enum gs_status gs_forward_set_cp(struct gs_forward *f, const struct gs_comm *cp)
+{
+	const struct gs_model *m = f->m;
+	int32_t C = cp ? gs_comm_size(cp) : 1;
+	size_t rows = (size_t)f->max_tokens + (size_t)C - 1; /* C slices of ceil(n / C) rows */
+	size_t rec = (size_t)m->shard.n_heads * ((size_t)m->cfg.head_dim + 1);
+	float *slab, *parts;
+
+	if (C <= 1)
+		return GS_OK;
+	if (!f->be.iface->attn_merge)
+		return gs_errorf(GS_ERR_UNSUPPORTED, "backend %s has no attn_merge op for context parallelism",
+				 f->be.iface->name);
+	slab = slab_alloc(f, rows);
+	parts = be_alloc(&f->be, sizeof(float) * (size_t)C * (size_t)f->max_tokens * rec);
+	if (!slab || !parts) {
+		if (slab)
+			f->be.iface->release(f->be.ctx, slab);
+		if (parts)
+			f->be.iface->release(f->be.ctx, parts);
+		return gs_errorf(GS_ERR_NOMEM, "cannot allocate context-parallel activations for %d-token batches",
+				 f->max_tokens);
+	}
+	f->be.iface->release(f->be.ctx, f->slab);
+	f->slab = slab;
+	slab_carve(f, rows);
+	f->parts = parts;
+	f->cp = cp;
+	f->cp_size = C;
+	f->cp_rank = gs_comm_rank(cp);
 	return GS_OK;
 }
 
@@ -72,7 +123,7 @@ void gs_forward_free(struct gs_forward *f)
 	if (!f)
 		return;
 	void *dev[] = { f->slab, f->ids, f->pos, f->tok_seq, f->out_rows, f->kv_rows, f->aseq, f->tables, f->logits,
-			f->span, f->img_dst };
+			f->span, f->img_dst, f->parts };
 	for (size_t i = 0; i < sizeof(dev) / sizeof(dev[0]); i++)
 		if (dev[i])
 			f->be.iface->release(f->be.ctx, dev[i]);
@@ -94,6 +145,15 @@ static enum gs_status reduce(struct gs_forward *f, float *buf, size_t n)
 	if (!f->comm)
 		return GS_OK;
 	return gs_comm_allreduce_f32(f->comm, buf, n);
+}
+
+/* Context parallelism: every group's P rows of buf ([C·P][width], this group's at c·P) to
+ * every group, in place. */
+static enum gs_status cp_gather(struct gs_forward *f, float *buf, int32_t P, size_t width)
+{
+	size_t bytes = sizeof(float) * (size_t)P * width;
+
+	return gs_comm_allgather(f->cp, (char *)buf + (size_t)f->cp_rank * bytes, buf, bytes);
 }
 
 /* Grow a backend buffer (and optionally its host twin) to hold n elements of size es; old
@@ -323,20 +383,36 @@ static enum gs_status forward(struct gs_forward *f, const struct gs_kv_cache *ca
 		k += c;
 	}
 
+	/* Context parallelism: this group's rows [r0, r0 + nr) of every row-wise op (all of them
+	 * without it); P rows per group, the last groups may have fewer or none. */
+	const int32_t P = (n + f->cp_size - 1) / f->cp_size;
+	const int32_t r0 = P * f->cp_rank < n ? P * f->cp_rank : n;
+	const int32_t nr = n - r0 < P ? n - r0 : P;
+	const size_t QD = (size_t)Nq * D;
+
 	for (int l = 0; l < cfg->n_layers; l++) {
 		const struct gs_layer_weights *lw = &m->layers[l];
 		bool sliding = cache->layer_sliding[l];
 		void *kc = gs_kv_k(cache, l), *vc = gs_kv_v(cache, l); /* the backend's kv_dtype */
+		float *xr = f->x + (size_t)r0 * H, *xnr = f->xn + (size_t)r0 * H, *or = f->o + (size_t)r0 * H;
 
 		/* Attention block: pre-norm, projections, per-head QK-norm, RoPE with this layer's base. */
-		be->rmsnorm(bc, f->xn, f->x, lw->attn_norm, n, H, eps);
-		be->matmul(bc, f->q, f->xn, &lw->q, n);
-		be->matmul(bc, f->k, f->xn, &lw->k, n);
-		be->matmul(bc, f->v, f->xn, &lw->v, n);
-		be->rmsnorm(bc, f->q, f->q, lw->q_norm, n * Nq, D, eps);
-		be->rmsnorm(bc, f->k, f->k, lw->k_norm, n * Nkv, D, eps);
-		be->rope(bc, f->q, n, Nq, D, f->pos, cfg->rope_base[l], cfg->rope_scale[l]);
-		be->rope(bc, f->k, n, Nkv, D, f->pos, cfg->rope_base[l], cfg->rope_scale[l]);
+		if (nr) {
+			float *qr = f->q + (size_t)r0 * QD, *kr = f->k + (size_t)r0 * KD, *vr = f->v + (size_t)r0 * KD;
+			be->rmsnorm(bc, xnr, xr, lw->attn_norm, nr, H, eps);
+			be->matmul(bc, qr, xnr, &lw->q, nr);
+			be->matmul(bc, kr, xnr, &lw->k, nr);
+			be->matmul(bc, vr, xnr, &lw->v, nr);
+			be->rmsnorm(bc, qr, qr, lw->q_norm, nr * Nq, D, eps);
+			be->rmsnorm(bc, kr, kr, lw->k_norm, nr * Nkv, D, eps);
+			be->rope(bc, qr, nr, Nq, D, f->pos + r0, cfg->rope_base[l], cfg->rope_scale[l]);
+			be->rope(bc, kr, nr, Nkv, D, f->pos + r0, cfg->rope_base[l], cfg->rope_scale[l]);
+		}
+		if (f->cp) { /* every group's rows of q, k and v */
+			GS_TRY(cp_gather(f, f->q, P, QD));
+			GS_TRY(cp_gather(f, f->k, P, KD));
+			GS_TRY(cp_gather(f, f->v, P, KD));
+		}
 
 		/* History from the paged cache, this step's keys from the activations; sliding layers
 		 * read their ring of blocks. */
@@ -348,33 +424,50 @@ static enum gs_status forward(struct gs_forward *f, const struct gs_kv_cache *ca
 			.window = cfg->window[l], .scale = (float)(1.0 / sqrt(cfg->query_pre_attn_scalar)),
 			.softcap = (float)cfg->attn_softcap, .span = n_img ? f->span : NULL,
 		};
-		be->attention(bc, &a);
+		if (f->cp && !sliding) {
+			/* Global layer, sharded KV: (o, lse) of every row over this group's keys, then
+			 * every group's records, merged in group order (the same bits on each group). */
+			size_t rec = (size_t)n * Nq, bytes = sizeof(float) * rec * (size_t)(D + 1);
+			a.part = f->parts + (size_t)f->cp_rank * rec * (size_t)(D + 1);
+			be->attention(bc, &a);
+			GS_TRY(gs_comm_allgather(f->cp, a.part, f->parts, bytes));
+			be->attn_merge(bc, f->att, NULL, f->parts, f->cp_size, (int)rec, D);
+		} else {
+			be->attention(bc, &a);
+		}
 
-		/* Then append this step's K/V (a sliding ring overwrites what left the window). */
+		/* Then append this step's K/V (a sliding ring overwrites what left the window; a
+		 * global position another group holds has row -1 and is not stored here). */
 		be->scatter_rows(bc, kc, cache->dtype, f->k, f->kv_rows + (sliding ? C : 0), n, KD);
 		be->scatter_rows(bc, vc, cache->dtype, f->v, f->kv_rows + (sliding ? C : 0), n, KD);
+		if (!nr)
+			continue;
 
 		/* o_proj is ROW-split: each rank holds a partial sum over its heads. */
-		be->matmul(bc, f->o, f->att, &lw->o, n);
-		GS_TRY(reduce(f, f->o, (size_t)n * H));
+		be->matmul(bc, or, f->att + (size_t)r0 * QD, &lw->o, nr);
+		GS_TRY(reduce(f, or, (size_t)nr * H));
 
 		/* Sandwich norm: the post-norm applies to the branch before the residual add. */
-		be->rmsnorm_add(bc, f->x, f->o, lw->post_attn_norm, n, H, eps);
+		be->rmsnorm_add(bc, xr, or, lw->post_attn_norm, nr, H, eps);
 
 		/* MLP block: GeGLU with tanh GELU; down_proj is ROW-split like o_proj. */
-		be->rmsnorm(bc, f->xn, f->x, lw->pre_ffn_norm, n, H, eps);
-		be->matmul(bc, f->gate, f->xn, &lw->gate, n);
-		be->matmul(bc, f->up, f->xn, &lw->up, n);
-		be->geglu(bc, f->gate, f->gate, f->up, (size_t)n * F);
-		be->matmul(bc, f->o, f->gate, &lw->down, n);
-		GS_TRY(reduce(f, f->o, (size_t)n * H));
-		be->rmsnorm_add(bc, f->x, f->o, lw->post_ffn_norm, n, H, eps);
+		float *gr = f->gate + (size_t)r0 * F, *ur = f->up + (size_t)r0 * F;
+		be->rmsnorm(bc, xnr, xr, lw->pre_ffn_norm, nr, H, eps);
+		be->matmul(bc, gr, xnr, &lw->gate, nr);
+		be->matmul(bc, ur, xnr, &lw->up, nr);
+		be->geglu(bc, gr, gr, ur, (size_t)nr * F);
+		be->matmul(bc, or, gr, &lw->down, nr);
+		GS_TRY(reduce(f, or, (size_t)nr * H));
+		be->rmsnorm_add(bc, xr, or, lw->post_ffn_norm, nr, H, eps);
 	}
 	for (int32_t i = 0; i < n_seqs; i++)
 		seqs[i].kv->n_past += seqs[i].n_tokens;
 
 	if ((!logits && !dev_logits) || n_out == 0)
 		return GS_OK;
+	/* Context parallelism: every group's final rows, so each group makes the same logits. */
+	if (f->cp)
+		GS_TRY(cp_gather(f, f->x, P, (size_t)H));
 	/* Final norm and the tied LM head over this rank's vocabulary rows, only for the rows
 	 * that want logits; logits stay sharded. */
 	float *lg = be->host_memory && !dev_logits ? logits : f->logits;

@@ -47,6 +47,14 @@ struct gs_forward {
 	float *gate;   /* [C, F] (this rank's columns) */
 	float *up;     /* [C, F] */
 	float *slab;   /* behind all of the above */
+	/* Context parallelism (ARCHITECTURE.md §4): C groups run every step together. Group c
+	 * computes rows [c·P, c·P + P) of an n-row batch (P = ceil(n / C)) through the matmuls;
+	 * q, k and v are all-gathered over cp each layer, sliding-layer attention runs on every
+	 * group, and global-layer attention runs per group over the keys it holds, all-gathered as
+	 * (o, lse) records and merged. Activations then have max_tokens + C - 1 rows. */
+	const struct gs_comm *cp;      /* NULL: none */
+	int32_t cp_size, cp_rank;
+	float  *parts;                 /* [C][max_tokens][Nq][D + 1] partial attention records */
 	/* per step, backend memory */
 	int32_t *ids;       /* [C] */
 	int32_t *pos;       /* [C] position of each row */
@@ -75,6 +83,11 @@ void gs_forward_free(struct gs_forward *f);
 /* Tensor parallel: the group whose ranks hold the other shards of f->m. Every rank must
  * then run the same batches (all-reduces after o_proj, down_proj and the embedding). */
 static inline void gs_forward_set_comm(struct gs_forward *f, const struct gs_comm *comm) { f->comm = comm; }
+
+/* Context parallelism: cp joins this rank to the ranks with the same TP rank in the other
+ * groups (NULL or size 1: none). Before the first batch; the KV pools must then be set up for
+ * this rank's group (gs_kv_pool_set_cp). GS_ERR_UNSUPPORTED for a backend without attn_merge. */
+enum gs_status gs_forward_set_cp(struct gs_forward *f, const struct gs_comm *cp);
 
 /* Is this batch well formed for f: 1..max_tokens rows in all, every id inside the vocabulary
  * (or an image token with its projector row), no sequence past its reservation

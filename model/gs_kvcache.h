@@ -41,6 +41,9 @@ struct gs_kv_cache {
 	void    *gk, *gv, *lk, *lv;     /* in the backend's memory (device memory on a GPU) */
 	struct gs_backend be;          /* whose memory; iface NULL: the heap */
 	size_t   bytes;               /* everything allocated for K and V */
+	/* Context parallelism (ARCHITECTURE.md §4): this rank's group among the engine's C groups
+	 * (1, 0 without it). Global layers hold only the positions of this group's units. */
+	int32_t  cp_size, cp_rank;
 };
 
 /* One sequence's view of the cache. Plain data: the forward pass indexes it; the engine's pool
@@ -51,6 +54,10 @@ struct gs_kv_seq {
 	int32_t  g_reserved;          /* of the pool's reservation, still owed to this sequence */
 	int32_t *ring;                /* [cache->ring_blocks] local block ids (NULL: no sliding layers) */
 	int32_t  n_past;              /* positions already in the cache */
+	/* Context parallelism: the global layers' units of GS_KV_CP_UNIT positions are spread over
+	 * cp_k groups from cp_first (gs_kv_cp_owner); gtable entries of other groups' blocks are
+	 * -1. cp_k 0 or 1: every unit on group cp_first (all of it when C = 1). */
+	int32_t  cp_k, cp_first;
 	int32_t  max_positions;       /* reservation covers positions [0, max_positions) */
 	/* The pool's prefix-cache bookkeeping (engine/gs_kvpool.h); the forward pass ignores it. */
 	int32_t  n_ring;              /* ring slots taken (ring_blocks, or fewer when short) */
@@ -82,6 +89,17 @@ size_t gs_kv_block_bytes(const struct gs_config *cfg, int32_t n_kv_heads, bool s
 /* Blocks a sequence of max_positions needs in its global table; blocks of a sliding ring. */
 int32_t gs_kv_global_blocks_for(int32_t max_positions);
 int32_t gs_kv_ring_blocks_for(int32_t window);
+
+/* Context parallelism: the group holding global block b of a sequence spread over k groups
+ * from first, of C (unit u = b / (GS_KV_CP_UNIT / GS_KV_BLOCK) goes to (first + u % k) % C). */
+static inline int32_t gs_kv_cp_owner(int32_t C, int32_t k, int32_t first, int32_t b)
+{
+	int32_t u = b / (GS_KV_CP_UNIT / GS_KV_BLOCK);
+	return k > 1 ? (first + u % k) % C : first % C;
+}
+
+/* How many of global blocks [0, g) of such a sequence group c holds (closed form). */
+int32_t gs_kv_cp_blocks(int32_t C, int32_t k, int32_t first, int32_t c, int32_t g);
 
 /* Do s's tables hold positions [n_past, n_past + n) in every layer type? */
 static inline bool gs_kv_seq_holds(const struct gs_kv_cache *c, const struct gs_kv_seq *s, int32_t n)

@@ -15,6 +15,24 @@ int32_t gs_kv_ring_blocks_for(int32_t window)
 	return (window - 1 + GS_KV_BLOCK - 1) / GS_KV_BLOCK + 1;
 }
 
+int32_t gs_kv_cp_blocks(int32_t C, int32_t k, int32_t first, int32_t c, int32_t g)
+{
+	const int32_t per = GS_KV_CP_UNIT / GS_KV_BLOCK;
+	int32_t units = g / per, rem = g % per, j, n;
+
+	if (C <= 1)
+		return g;
+	if (k < 1)
+		k = 1;
+	j = ((c - first) % C + C) % C; /* c's place among the k groups from first */
+	if (j >= k)
+		return 0;
+	n = per * (units / k + (j < units % k));
+	if (rem && gs_kv_cp_owner(C, k, first, units * per) == c)
+		n += rem;
+	return n;
+}
+
 size_t gs_kv_seq_bytes(const struct gs_config *cfg, int32_t n_kv_heads, int32_t positions, size_t elem_bytes)
 {
 	size_t per_pos = 2 * (size_t)n_kv_heads * (size_t)cfg->head_dim * elem_bytes; /* K and V */
@@ -64,6 +82,7 @@ enum gs_status gs_kv_cache_init(struct gs_kv_cache *c, const struct gs_config *c
 	if (be)
 		c->be = *be;
 	c->n_layers = cfg->n_layers;
+	c->cp_size = 1;
 	c->layer_slot = calloc((size_t)cfg->n_layers, sizeof(*c->layer_slot));
 	c->layer_sliding = calloc((size_t)cfg->n_layers, sizeof(*c->layer_sliding));
 	if (!c->layer_slot || !c->layer_sliding)

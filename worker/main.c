@@ -41,6 +41,7 @@ struct worker_opts {
 	const char *images;               /* --image FILE,... with --tokens (gs_cli_images.h) */
 	struct gs_cluster_files cluster;  /* --cluster-ca/--cluster-cert/--cluster-key (engine mode) */
 	int generate, chunk, threads, decode_steps, prompt_tokens, max_batch_tokens, max_seqs, ctx;
+	int cp;                /* --cp C: context-parallel groups (1: none) */
 	size_t kv_bytes;       /* --kv-mem, per rank (0: the engine's default) */
 	bool bench;
 	bool no_prefix_cache;        /* --prefix-cache off */
@@ -48,6 +49,13 @@ struct worker_opts {
 	bool collective_timeout_set;
 	struct gs_sampling_params sp;
 	struct gs_batch_split split; /* --batch-split K/N */
+};
+
+/* The T × C grid (--cp): the TP group of this rank and its context-parallel peers (the same
+ * TP rank in every group); without --cp the TP group is the world. */
+struct grid {
+	struct gs_comm tp_own, cp_own;
+	const struct gs_comm *tp, *cp; /* cp NULL: none */
 };
 
 static uint64_t fnv1a(const void *p, size_t n, uint64_t h)
@@ -60,7 +68,7 @@ static uint64_t fnv1a(const void *p, size_t n, uint64_t h)
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: mpirun -np T gemmashard-worker (--model DIR | --synthetic SHAPE)\n"
+	fprintf(f, "usage: mpirun -np T×C gemmashard-worker [--cp C] (--model DIR | --synthetic SHAPE)\n"
 		   "         [--tokens 2,105,...] [--dump-logits FILE] [--generate N] [--bench]\n"
 		   "options:\n"
 		   "  --model DIR          checkpoint directory (every rank reads only its slices)\n"
@@ -72,6 +80,10 @@ static void usage(FILE *f)
 		   "  --chunk N            feed the prompt in chunks of N tokens (1 = decode only; an image in one piece)\n"
 		   "  --image FILE,...     with --tokens: one image per <start_of_image> id, expanded to its tokens as\n"
 		   "                       `gemmashard logits --image` does (every rank encodes them; TP collective)\n"
+		   "  --cp C               context parallelism: the ranks form C groups of T = ranks / C tensor-parallel\n"
+		   "                       ranks (group c: ranks c·T .. c·T + T - 1); every group runs each step on its\n"
+		   "                       share of the rows, and a long sequence's global-layer KV is split over the\n"
+		   "                       groups (ARCHITECTURE.md §4). Default 1; CPU devices; no prefix cache\n"
 		   "  --threads N          CPU threads per rank (default: all cores / ranks on this host)\n"
 		   "  --device cpu|cuda|cpu-staged  where each rank computes (default cpu); cuda: the GPU of the rank's\n"
 		   "                       node-local index, weights moved there, all-reduces over NCCL;\n"
@@ -102,7 +114,7 @@ static void usage(FILE *f)
 /* Returns 0, 1 for --help (rank 0 prints it), 2 on a usage error (reason in gs_last_error). */
 static int parse_args(int argc, char **argv, struct worker_opts *o, int rank)
 {
-	*o = (struct worker_opts){ .chunk = 0, .decode_steps = 32, .prompt_tokens = 512, .max_batch_tokens = 256,
+	*o = (struct worker_opts){ .cp = 1, .chunk = 0, .decode_steps = 32, .prompt_tokens = 512, .max_batch_tokens = 256,
 				   .max_seqs = 64, .ctx = 0, .collective_timeout = GS_WATCHDOG_DEFAULT_S };
 	o->sp = (struct gs_sampling_params){ .temperature = 0, .top_k = 0, .top_p = 1, .min_p = 0,
 					     .repetition_penalty = 1, .seed = 0 };
@@ -163,6 +175,15 @@ static int parse_args(int argc, char **argv, struct worker_opts *o, int rank)
 				return 2;
 			}
 			o->no_prefix_cache = !strcmp(v, "off");
+		} else if (!strcmp(a, "--cp")) {
+			char *end = NULL;
+			long c = strtol(v, &end, 10);
+			if (end == v || *end || c < 1 || c > 1024) {
+				gs_errorf(GS_ERR_INVALID_ARG, "--cp wants a number of context-parallel groups in 1..1024, got "
+					  "\"%s\"", v);
+				return 2;
+			}
+			o->cp = (int)c;
 		} else if (!strcmp(a, "--max-seqs")) {
 			o->max_seqs = atoi(v);
 		} else if (!strcmp(a, "--ctx")) {
@@ -244,6 +265,11 @@ bad:
 	if (o->device && strcmp(o->device, "cpu") != 0 && strcmp(o->device, "cuda") != 0 &&
 	    strcmp(o->device, "cpu-staged") != 0) {
 		gs_errorf(GS_ERR_INVALID_ARG, "--device must be cpu or cuda (or cpu-staged), got \"%s\"", o->device);
+		return 2;
+	}
+	if (o->cp > 1 && o->device && strcmp(o->device, "cpu") != 0) {
+		gs_errorf(GS_ERR_INVALID_ARG, "--cp %d runs on CPU devices only for now (--device %s: its forward pass "
+			  "would need the all-gathers over NCCL)", o->cp, o->device);
 		return 2;
 	}
 	if (o->numerics && o->device && !strcmp(o->device, "cuda")) {
@@ -423,8 +449,8 @@ static int32_t sample_next(const struct gs_comm *w, struct dsample *d, const str
 	return tok;
 }
 
-static int run_bench(const struct gs_comm *w, struct gs_forward *f, struct gs_seq *s, const struct gs_model *m,
-		     const struct worker_opts *o, float *logits)
+static int run_bench(const struct gs_comm *w, const struct gs_comm *tp, struct gs_forward *f, struct gs_seq *s,
+		     const struct gs_model *m, const struct worker_opts *o, float *logits)
 {
 	int np = o->prompt_tokens, rank = gs_comm_rank(w);
 	int32_t *ids = malloc(sizeof(*ids) * (size_t)np);
@@ -460,9 +486,9 @@ static int run_bench(const struct gs_comm *w, struct gs_forward *f, struct gs_se
 	 * head once), decode as weight bytes streamed per second. */
 	double pre_flops = np * gs_model_layer_flops(m) + 2.0 * (double)m->lm_head.rows * (double)m->lm_head.cols;
 	if (rank == 0)
-		printf("bench %s TP=%d threads/rank=%d numerics=%s: prefill %d tokens %.3f s (%.2f tok/s, %.2f TFLOP/s of "
+		printf("bench %s TP=%d CP=%d threads/rank=%d numerics=%s: prefill %d tokens %.3f s (%.2f tok/s, %.2f TFLOP/s of "
 		       "matmuls); decode %.2f ms/token (%.2f tok/s, weights streamed at %.1f GB/s)\n", m->path,
-		       gs_comm_size(w), o->threads,
+		       gs_comm_size(tp), o->cp, o->threads,
 		       o->device && !strcmp(o->device, "cuda") ? "cuda" : o->numerics ? o->numerics : "fp32", np, t_pre, np / t_pre, pre_flops / t_pre / 1e12, t_dec * 1e3, 1.0 / t_dec,
 		       (double)m->weight_bytes / t_dec / 1e9);
 	free(ids);
@@ -536,9 +562,11 @@ static void rank_backend_close(struct rank_backend *rb)
 }
 
 /* The engine of this rank on rb's backend; its forward pass all-reduces over NCCL on a GPU. */
-static enum gs_status rank_engine(const struct gs_comm *w, const struct gs_model *m, struct rank_backend *rb,
-				  const struct gs_engine_config *ec, struct gs_engine **e)
+static enum gs_status rank_engine(const struct gs_comm *w, const struct grid *gr, const struct gs_model *m,
+				  struct rank_backend *rb, struct gs_engine_config *ec, struct gs_engine **e)
 {
+	ec->tp_comm = gr->cp ? gr->tp : NULL;
+	ec->cp_comm = gr->cp;
 	GS_TRY(gs_engine_create(m, rb->be, gs_comm_size(w) > 1 ? w : NULL, ec, e));
 	if (rb->have_nccl)
 		gs_engine_set_device_comm(*e, &rb->nccl);
@@ -546,8 +574,8 @@ static enum gs_status rank_engine(const struct gs_comm *w, const struct gs_model
 }
 
 /* Offline batch: the leader reads, tokenizes and schedules; every rank executes the plans. */
-static int run_batch(const struct gs_comm *w, const struct gs_model *m, struct rank_backend *rb,
-		     const struct worker_opts *o)
+static int run_batch(const struct gs_comm *w, const struct grid *gr, const struct gs_model *m,
+		     struct rank_backend *rb, const struct worker_opts *o)
 {
 	struct gs_engine_config ec = { .max_batch_tokens = o->max_batch_tokens, .max_seqs = o->max_seqs,
 				       .max_context = o->ctx > 0 ? o->ctx : m->cfg.max_position, .kv_bytes = o->kv_bytes,
@@ -558,7 +586,7 @@ static int run_batch(const struct gs_comm *w, const struct gs_model *m, struct r
 	enum gs_status st;
 	int rc = 1;
 
-	st = rank_engine(w, m, rb, &ec, &e);
+	st = rank_engine(w, gr, m, rb, &ec, &e);
 	if (st == GS_OK) { /* every rank: structured output masks with the token bytes */
 		snprintf(path, sizeof(path), "%s/tokenizer.json", o->model);
 		st = gs_tokenizer_load(path, &tok);
@@ -617,8 +645,8 @@ static void default_model_id(const struct worker_opts *o, char *buf, size_t cap)
 /* Engine mode: the leader serves the coordinator (gs_link_serve), the other ranks execute
  * its plans. SIGTERM/SIGINT on any rank: the leader shuts the engine down, everyone exits 0.
  * An engine failure ends the whole job (the launcher restarts it; it registers again). */
-static int run_engine(const struct gs_comm *w, const struct gs_model *m, struct rank_backend *rb,
-		      const struct worker_opts *o, struct gs_cluster_tls *tls)
+static int run_engine(const struct gs_comm *w, const struct grid *gr, const struct gs_model *m,
+		      struct rank_backend *rb, const struct worker_opts *o, struct gs_cluster_tls *tls)
 {
 	struct gs_engine_config ec = { .max_batch_tokens = o->max_batch_tokens, .max_seqs = o->max_seqs,
 				       .max_context = o->ctx > 0 ? o->ctx : m->cfg.max_position, .kv_bytes = o->kv_bytes,
@@ -630,7 +658,7 @@ static int run_engine(const struct gs_comm *w, const struct gs_model *m, struct 
 	enum gs_status st;
 	int rc = 1;
 
-	st = rank_engine(w, m, rb, &ec, &e);
+	st = rank_engine(w, gr, m, rb, &ec, &e);
 	if (st == GS_OK && o->model) { /* every rank: structured output masks with the token bytes */
 		char path[1024];
 		snprintf(path, sizeof(path), "%s/tokenizer.json", o->model);
@@ -648,8 +676,8 @@ static int run_engine(const struct gs_comm *w, const struct gs_model *m, struct 
 	sigaction(SIGINT, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN); /* a dead coordinator is a write error, not a signal */
 	if (gs_comm_rank(w) == 0) {
-		struct gs_link_config lc = { .coordinator = o->coordinator, .engine_id = o->engine_id, .tp = gs_comm_size(w),
-					     .cp = 1, .vocab_size = m->n_vocab, .model_id = o->served_name, .tls = tls,
+		struct gs_link_config lc = { .coordinator = o->coordinator, .engine_id = o->engine_id, .tp = gs_comm_size(gr->tp),
+					     .cp = o->cp, .vocab_size = m->n_vocab, .model_id = o->served_name, .tls = tls,
 					     .numerics = rb->cuda ? "cuda" : gs_numerics_name(gs_backend_cpu_numerics(&rb->be)),
 					     .vision = m->cfg.vision.present, .image_size = m->cfg.vision.image_size,
 					     .mm_tokens_per_image = m->cfg.vision.mm_tokens_per_image };
@@ -677,6 +705,7 @@ out_free:
 int main(int argc, char **argv)
 {
 	struct gs_comm world;
+	struct grid gr = { 0 };
 	struct worker_opts o;
 	struct gs_model *m = NULL;
 	struct gs_cluster_tls *tls = NULL;
@@ -699,6 +728,7 @@ int main(int argc, char **argv)
 	rank = gs_comm_rank(&world);
 	T = gs_comm_size(&world);
 	gs_log_set_rank(rank);
+	gr.tp = &world;
 	/* Ranks may get different arguments (MPMD): agree on the outcome before any collective. */
 	{
 		int64_t mine = parse_args(argc, argv, &o, rank);
@@ -708,11 +738,27 @@ int main(int argc, char **argv)
 			goto out_finalize;
 		}
 	}
+	if (o.cp > 1) { /* T = world / C ranks per group; group c is ranks c·T .. c·T + T - 1 */
+		st = T % o.cp ? gs_errorf(GS_ERR_INVALID_ARG, "--cp %d does not divide the %d ranks into groups of equal size "
+					  "(mpirun -np T×C)", o.cp, T) : GS_OK;
+		if (!all_ok(&world, st, "arguments")) {
+			rc = 2;
+			goto out_finalize;
+		}
+		T /= o.cp;
+		st = gs_comm_split(&world, rank / T, rank % T, &gr.tp_own);
+		if (st == GS_OK)
+			st = gs_comm_split(&world, rank % T, rank / T, &gr.cp_own);
+		if (!all_ok(&world, st, "forming the context-parallel grid"))
+			goto out_finalize;
+		gr.tp = &gr.tp_own;
+		gr.cp = &gr.cp_own;
+	}
 	if (o.threads <= 0) {
 		/* Ranks share the host's cores: oversubscribing spin-waiting pools wrecks latency. */
 		long cores = sysconf(_SC_NPROCESSORS_ONLN);
 		char *local = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-		int per_host = local ? atoi(local) : T;
+		int per_host = local ? atoi(local) : gs_comm_size(&world);
 		o.threads = (int)(cores / (per_host > 0 ? per_host : 1));
 		if (o.threads < 1)
 			o.threads = 1;
@@ -728,8 +774,8 @@ int main(int argc, char **argv)
 		goto out_free;
 	/* Load this rank's shard; agree on success; then into the device's memory (a no-op on the
 	 * CPU) once the ranks agree they hold the same checkpoint. */
-	st = o.model ? gs_model_load_tp(o.model, rank, T, true, &m)
-		     : gs_model_synthetic_on(o.synthetic, 1234, rank, T, &rb.be, &m);
+	st = o.model ? gs_model_load_tp(o.model, gs_comm_rank(gr.tp), T, true, &m)
+		     : gs_model_synthetic_on(o.synthetic, 1234, gs_comm_rank(gr.tp), T, &rb.be, &m);
 	if (!all_ok(&world, st, "loading the model"))
 		goto out_free;
 	if (!same_checkpoint(&world, m, o.model ? o.model : o.synthetic))
@@ -738,26 +784,26 @@ int main(int argc, char **argv)
 		goto out_free;
 	{
 		long kb = rss_kb();
-		int64_t mine = kb, *all = calloc((size_t)T, sizeof(*all));
+		int64_t mine = kb, *all = calloc((size_t)gs_comm_size(&world), sizeof(*all));
 		GS_ASSERT(all != NULL);
 		world.iface->allgather(world.ctx, &mine, all, sizeof(mine));
 		if (rank == 0) {
-			fprintf(stderr, "[gemmashard r0] TP=%d, model %s: %.1f MB of weights per rank "
+			fprintf(stderr, "[gemmashard r0] TP=%d CP=%d, model %s: %.1f MB of weights per rank "
 					"(%d/%d query heads, %d KV heads, %d MLP columns, %d vocab rows)\n",
-				T, m->path, m->weight_bytes / 1e6, m->shard.n_heads, m->cfg.n_heads, m->shard.n_kv_heads,
+				T, o.cp, m->path, m->weight_bytes / 1e6, m->shard.n_heads, m->cfg.n_heads, m->shard.n_kv_heads,
 				m->shard.n_f, m->shard.n_vocab);
-			for (int k = 0; k < T; k++)
+			for (int k = 0; k < gs_comm_size(&world); k++)
 				fprintf(stderr, "[gemmashard r0] rank %d resident memory %.1f MiB\n", k, all[k] / 1024.0);
 		}
 		free(all);
 	}
 
 	if (o.batch) {
-		rc = run_batch(&world, m, &rb, &o);
+		rc = run_batch(&world, &gr, m, &rb, &o);
 		goto out_free;
 	}
 	if (o.coordinator) {
-		rc = run_engine(&world, m, &rb, &o, tls);
+		rc = run_engine(&world, &gr, m, &rb, &o, tls);
 		goto out_free;
 	}
 
@@ -788,6 +834,8 @@ int main(int argc, char **argv)
 		if (ctx > m->cfg.max_position)
 			ctx = m->cfg.max_position;
 		st = gs_forward_create(m, rb.be, chunk, &f);
+		if (st == GS_OK && gr.cp)
+			st = gs_forward_set_cp(f, gr.cp);
 		if (st == GS_OK)
 			st = gs_seq_create(f, ctx, &s);
 	}
@@ -817,7 +865,7 @@ int main(int argc, char **argv)
 	if (!all_ok(&world, st, "setting up"))
 		goto out_free;
 	if (T > 1)
-		gs_forward_set_comm(f, rb.have_nccl ? &rb.nccl : &world);
+		gs_forward_set_comm(f, rb.have_nccl ? &rb.nccl : gr.tp);
 	if (n_img) { /* every rank encodes every image (collective over the forward's group) */
 		size_t rows = (size_t)n_img * (size_t)m->cfg.vision.mm_tokens_per_image;
 		st = gs_vision_create(m, rb.be, f->comm, &vis);
@@ -832,7 +880,7 @@ int main(int argc, char **argv)
 	}
 
 	if (o.bench) {
-		rc = run_bench(&world, f, s, m, &o, logits);
+		rc = run_bench(&world, gr.tp, f, s, m, &o, logits);
 		goto out_free;
 	}
 
@@ -851,7 +899,7 @@ int main(int argc, char **argv)
 		goto out_free;
 	gs_seq_set_images(s, NULL, 0); /* generated tokens are never image rows */
 	if (o.dump) {
-		st = gather_logits(&world, m, logits, n, full, pad_s, pad_r);
+		st = gather_logits(gr.tp, m, logits, n, full, pad_s, pad_r);
 		if (st == GS_OK && rank == 0) {
 			FILE *fo = fopen(o.dump, "wb");
 			if (!fo || fwrite(full, sizeof(float), (size_t)n * m->n_vocab, fo) != (size_t)n * m->n_vocab)
@@ -870,7 +918,7 @@ int main(int argc, char **argv)
 
 	/* Generation: distributed sampling, every rank runs the chosen token. */
 	for (int g = 0; g < o.generate; g++) {
-		int32_t tok = sample_next(&world, &ds, m, logits, ids, (size_t)n + g);
+		int32_t tok = sample_next(gr.tp, &ds, m, logits, ids, (size_t)n + g); /* every group alike */
 		if (tok < 0) {
 			st = gs_errorf(GS_ERR_INTERNAL, "sampling failed: %s", gs_last_error());
 			break;
@@ -901,6 +949,10 @@ out_free:
 	rank_backend_close(&rb);
 	gs_cluster_tls_free(tls);
 out_finalize:
+	if (gr.cp) {
+		gs_comm_free(&gr.tp_own);
+		gs_comm_free(&gr.cp_own);
+	}
 	gs_comm_free(&world);
 	gs_comm_mpi_finalize();
 	return rc;

@@ -494,6 +494,15 @@ static void attn_prefetch_tile(const struct gs_attn_args *a, const struct gs_att
 	}
 }
 
+/* Is the tile at t0 held by another context-parallel group (gs_attn_seq.table; never without a
+ * table, every key then fresh)? Units of GS_KV_CP_UNIT positions are whole tiles, so the tile's
+ * first block decides. */
+_Static_assert(GS_KV_CP_UNIT % GS_ATTN_TILE == 0, "a context-parallel unit is whole attention tiles");
+static inline bool attn_tile_elsewhere(const struct gs_attn_args *a, const struct gs_attn_seq *sq, int32_t t0)
+{
+	return !sq->ring && sq->table && sq->table[t0 / a->block] < 0;
+}
+
 static size_t attn_align16(size_t n)
 {
 	return (n + 15) & ~(size_t)15;
@@ -554,8 +563,10 @@ static void attn_item(const struct attn_job *job, int tid, const struct gs_attn_
 	 * position, and the rows' positions are consecutive), so every row loaded is live data. */
 	for (int32_t t0 = u_lo <= u_hi ? u_lo - u_lo % GS_ATTN_TILE : 0; u_lo <= u_hi && t0 <= u_hi; t0 += GS_ATTN_TILE) {
 		int ja = u_lo > t0 ? u_lo - t0 : 0, jb = u_hi - t0 < GS_ATTN_TILE - 1 ? u_hi - t0 : GS_ATTN_TILE - 1;
+		if (attn_tile_elsewhere(a, sq, t0)) /* another group's keys: as if absent */
+			continue;
 		attn_load_tile(a, sq, g, t0, ja, jb, zero, kb, vb, kp, vp);
-		if (t0 + GS_ATTN_TILE <= u_hi)
+		if (t0 + GS_ATTN_TILE <= u_hi && !attn_tile_elsewhere(a, sq, t0 + GS_ATTN_TILE))
 			attn_prefetch_tile(a, sq, g, t0 + GS_ATTN_TILE, 0,
 					   u_hi - t0 - GS_ATTN_TILE < GS_ATTN_TILE - 1 ? u_hi - t0 - GS_ATTN_TILE
 										     : GS_ATTN_TILE - 1);
@@ -603,10 +614,13 @@ static void attn_item(const struct attn_job *job, int tid, const struct gs_attn_
 	for (int i = 0; i < nr; i++)
 		for (int hh = 0; hh < rep; hh++) {
 			int m = i * rep + hh, h = g * rep + hh, row = r0 + i;
-			float *out = a->out + (size_t)row * q_stride + (size_t)h * D;
+			float *out = a->part ? a->part + ((size_t)row * a->n_heads + h) * (size_t)(D + 1)
+					     : a->out + (size_t)row * q_stride + (size_t)h * D;
 			const float *ac = acc + (size_t)m * D;
 			for (int d = 0; d < D; d++)
 				out[d] = l[m] > 0 ? ac[d] / l[m] : 0.0f;
+			if (a->part) /* the merge record: o, then lse */
+				out[D] = l[m] > 0 ? mx[m] + logf(l[m]) : -INFINITY;
 			if (job->ml) {
 				job->ml[2 * ((size_t)row * a->n_heads + h)] = mx[m];
 				job->ml[2 * ((size_t)row * a->n_heads + h) + 1] = l[m];

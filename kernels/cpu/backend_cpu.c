@@ -406,6 +406,8 @@ static void cpu_scatter_rows(void *vctx, void *dst, enum gs_dtype dst_dtype, con
 	GS_ASSERT((dst_dtype == GS_DTYPE_F32 || dst_dtype == GS_DTYPE_BF16) && "scatter_rows: fp32 or bf16 rows");
 	for (int i = 0; i < n; i++) {
 		const float *s = src + (size_t)i * width;
+		if (rows[i] < 0)
+			continue;
 		if (dst_dtype == GS_DTYPE_F32) {
 			memcpy((float *)dst + (size_t)rows[i] * width, s, width * sizeof(float));
 		} else {
