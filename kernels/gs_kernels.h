@@ -36,7 +36,9 @@ struct gs_attn_seq {
 	const int32_t *table;     /* block ids; without a ring, an entry < 0 marks a block another
 				   * context-parallel group holds (ARCHITECTURE.md §4): its keys,
 				   * cached or fresh, are skipped here. Such entries come in whole
-				   * GS_KV_CP_UNIT-position units (a multiple of the block) */
+				   * GS_KV_CP_UNIT-position units (a multiple of the block); a table
+				   * without a ring then covers the fresh positions too. NULL
+				   * (no ring): every key is fresh and held here */
 	int32_t        ring;      /* 0: table covers every block */
 };
 

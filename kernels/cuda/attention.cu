@@ -27,6 +27,12 @@
  * this step's fresh K/V rows are rounded to bf16 as they are read, so every key has the value it
  * will have once cached and a prompt gives the same results whatever its chunking.
  *
+ * Context parallelism (gs_attn_seq.table, ring 0): a key whose block has a table entry < 0 is
+ * another group's, cached or fresh, and is skipped as if absent (the warp kernel steps over such
+ * blocks, the tiled kernel masks them and skips a tile with no key left). With gs_attn_args.part
+ * the kernels write each (row, head)'s record instead of out: o normalised over the keys seen,
+ * then lse = m + log(l) of the online softmax; a (row, head) that saw no key gets o 0, lse -inf.
+ *
  * Both differ from the CPU's two-pass softmax only in rounding order. Every pointer, seqs[] and
  * the tables included, is device memory: the tiled kernel finds its sequence by scanning
  * seqs[] on the device. Env GS_CUDA_ATTN=simple sends every row to the warp kernel. */
@@ -90,6 +96,21 @@ static __device__ __forceinline__ float kv_get(const kv_ptr &p, int d)
 	return p.fresh ? kv_elem<T>::fresh(p.fresh[d]) : kv_elem<T>::cached(p.cached, d);
 }
 
+/* Is key position j (cached or fresh) held by another context-parallel group? Only without a
+ * ring; a NULL table (no cached block at all) holds nothing elsewhere. */
+static __device__ __forceinline__ bool kv_elsewhere(const gs_attn_args &a, const gs_attn_seq &sq, int32_t j)
+{
+	return !sq.ring && sq.table && sq.table[j / a.block] < 0;
+}
+
+/* Where (row, head)'s result goes: out[row][h], or its merge record when a.part is set. */
+static __device__ __forceinline__ float *attn_dst(const gs_attn_args &a, int row, int h)
+{
+	const int D = a.head_dim;
+	return a.part ? a.part + ((size_t)row * a.n_heads + h) * (size_t)(D + 1)
+		      : a.out + (size_t)row * a.n_heads * D + (size_t)h * D;
+}
+
 /* skip_from: rows of sequences with at least this many rows are the tiled kernel's. */
 template <int EPL, typename T>
 __global__ void __launch_bounds__(ATTN_THREADS) attention_kernel(const gs_attn_args a, int skip_from)
@@ -112,7 +133,8 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_kernel(const gs_attn_a
 		last = max(last, a.span[2 * row + 1] - 1);
 	}
 	const float *q = a.q + (size_t)row * q_stride + (size_t)h * D;
-	float *out = a.out + (size_t)row * q_stride + (size_t)h * D;
+	float *out = attn_dst(a, row, h);
+	const bool cp = !sq.ring && sq.table; /* blocks may be another group's */
 	const size_t kvh = (size_t)(h / rep) * D;
 	float qv[EPL], acc[EPL];
 	float m = -INFINITY, l = 0.0f;
@@ -126,11 +148,25 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_kernel(const gs_attn_a
 
 	for (int32_t j0 = first; j0 <= last; j0 += ATTN_KEYS) {
 		float s[ATTN_KEYS];
+		bool ok[ATTN_KEYS]; /* key j0 + u is this row's: the same on every lane */
 
+		if (cp && kv_elsewhere(a, sq, j0)) {
+			/* step over the whole groups left in j0's block, keeping j0 = first mod
+			 * ATTN_KEYS (the same groups as without skipping); a group that straddles
+			 * the block's end is masked key by key below */
+			const int32_t whole = ((j0 / a.block + 1) * a.block - j0) / ATTN_KEYS;
+			if (whole > 0) {
+				j0 += (whole - 1) * ATTN_KEYS;
+				continue;
+			}
+		}
 #pragma unroll
-		for (int u = 0; u < ATTN_KEYS; u++) { /* j0 + u <= last is the same on every lane */
+		for (int u = 0; u < ATTN_KEYS; u++)
+			ok[u] = j0 + u <= last && !(cp && kv_elsewhere(a, sq, j0 + u));
+#pragma unroll
+		for (int u = 0; u < ATTN_KEYS; u++) {
 			float part = 0.0f;
-			if (j0 + u <= last) {
+			if (ok[u]) {
 				const kv_ptr kr = kv_row<T>(a, sq, a.k_new, a.k_cache, j0 + u, kv_stride, kvh);
 #pragma unroll
 				for (int e = 0; e < EPL; e++) {
@@ -148,7 +184,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_kernel(const gs_attn_a
 		float mc = -INFINITY;
 #pragma unroll
 		for (int u = 0; u < ATTN_KEYS; u++) {
-			if (j0 + u <= last) {
+			if (ok[u]) {
 				float v = s[u] * a.scale;
 				if (a.softcap > 0)
 					v = a.softcap * tanhf(v / a.softcap);
@@ -156,7 +192,9 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_kernel(const gs_attn_a
 				mc = fmaxf(mc, v);
 			}
 		}
-		const float m_new = fmaxf(m, mc);  /* finite: key j0 is always valid */
+		const float m_new = fmaxf(m, mc);
+		if (m_new == -INFINITY)
+			continue; /* no key seen yet (a group of another group's keys) */
 		const float corr = expf(m - m_new); /* 0 on the first step (m = -inf) */
 		l *= corr;
 #pragma unroll
@@ -164,7 +202,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_kernel(const gs_attn_a
 			acc[e] *= corr;
 #pragma unroll
 		for (int u = 0; u < ATTN_KEYS; u++) {
-			if (j0 + u <= last) {
+			if (ok[u]) {
 				const float p = expf(s[u] - m_new);
 				const kv_ptr vr = kv_row<T>(a, sq, a.v_new, a.v_cache, j0 + u, kv_stride, kvh);
 				l += p;
@@ -179,13 +217,16 @@ __global__ void __launch_bounds__(ATTN_THREADS) attention_kernel(const gs_attn_a
 		m = m_new;
 	}
 
-	const float inv = 1.0f / l; /* l >= 1: the max term contributes exp(0) */
+	/* l >= 1 once a key was seen (the max term contributes exp(0)); l = 0: none */
+	const float inv = l > 0.0f ? 1.0f / l : 0.0f;
 #pragma unroll
 	for (int e = 0; e < EPL; e++) {
 		const int d = lane + 32 * e;
 		if (d < D)
 			out[d] = acc[e] * inv;
 	}
+	if (a.part && lane == 0)
+		out[D] = l > 0.0f ? m + logf(l) : -INFINITY;
 }
 
 /* ---- tiled prefill kernel ------------------------------------------------------------------ */
@@ -237,17 +278,26 @@ static __device__ __forceinline__ void mma_3xtf32(fa_frag_c &acc, fa_frag_a &a, 
 	wmma::mma_sync(acc, a, b, acc);
 }
 
-/* Keys (or values) j0 .. j0 + BK - 1 of kv head kvh into dst [BK][DP]; zeros past jhi and past D. */
+/* Keys (or values) j0 .. j0 + BK - 1 of kv head kvh into dst [BK][DP]; zeros past jhi, for keys
+ * of another context-parallel group and past D. The keys pass (set_kept) records in kept[c]
+ * whether key j0 + c is loaded and returns whether this thread loaded any; the values pass
+ * reads kept[]. */
 template <int DT, int BK, int DP, typename T>
-static __device__ __forceinline__ void fa_load_kv(float *dst, const gs_attn_args &a, const gs_attn_seq &sq,
-						  const float *fresh, const void *cache, int32_t j0, int32_t jhi,
-						  size_t kv_stride, size_t kvh, int D)
+static __device__ __forceinline__ bool fa_load_kv(float *dst, unsigned char *kept, bool set_kept,
+						  const gs_attn_args &a, const gs_attn_seq &sq, const float *fresh,
+						  const void *cache, int32_t j0, int32_t jhi, size_t kv_stride, size_t kvh,
+						  int D)
 {
 	const int lane = threadIdx.x & 31;
+	bool any = false;
 
 	for (int c = threadIdx.x >> 5; c < BK; c += FA_WARPS) { /* a warp per key row, lanes along d */
 		const int32_t j = j0 + c;
-		if (j > jhi) {
+		const bool live = set_kept ? j <= jhi && !kv_elsewhere(a, sq, j) : kept[c] != 0;
+		if (set_kept && lane == 0)
+			kept[c] = live;
+		any |= live;
+		if (!live) {
 			for (int d = lane; d < DT; d += 32)
 				dst[c * DP + d] = 0.0f;
 			continue;
@@ -256,6 +306,7 @@ static __device__ __forceinline__ void fa_load_kv(float *dst, const gs_attn_args
 		for (int d = lane; d < DT; d += 32)
 			dst[c * DP + d] = d < D ? kv_get<T>(src, d) : 0.0f;
 	}
+	return any;
 }
 
 template <int DT, int BQ, int BK, typename T>
@@ -267,6 +318,7 @@ __global__ void __launch_bounds__(FA_THREADS) flash_kernel(const gs_attn_args a)
 	float *Qs = fa_smem, *Os = Qs + BQ * DP, *KVs = Os + BQ * DP, *Ss = KVs + BK * DP, *Ms = Ss + BQ * SP,
 	      *Ls = Ms + BQ;
 	__shared__ int s_seq, s_t0, s_nq, s_jlo, s_jhi;
+	__shared__ unsigned char s_kept[BK]; /* key j0 + c of the tile is loaded (fa_load_kv) */
 	const int tid = threadIdx.x, warp = tid >> 5, h = blockIdx.y;
 
 	/* this block's tile: the blockIdx.x-th tile of BQ rows over the long sequences in order */
@@ -330,9 +382,11 @@ __global__ void __launch_bounds__(FA_THREADS) flash_kernel(const gs_attn_args a)
 	const int32_t span_hi = row_live && a.span ? a.span[2 * (t0 + sr) + 1] : 0;
 
 	for (int32_t j0 = jlo; j0 <= jhi; j0 += BK) {
-		__syncthreads(); /* the previous tile's P·V is done with KVs and Ss */
-		fa_load_kv<DT, BK, DP, T>(KVs, a, sq, a.k_new, a.k_cache, j0, jhi, kv_stride, kvh, D);
-		__syncthreads();
+		__syncthreads(); /* the previous tile's P·V is done with KVs, Ss and s_kept */
+		const bool any = fa_load_kv<DT, BK, DP, T>(KVs, s_kept, true, a, sq, a.k_new, a.k_cache, j0, jhi,
+							   kv_stride, kvh, D);
+		if (!__syncthreads_or(any))
+			continue; /* every key of the tile is another group's: nothing to add */
 
 		/* S = Q·Kᵀ: B = Kᵀ is K [key][d] read column-major */
 		for (int t = warp; t < (BQ / 16) * (BK / 16); t += FA_WARPS) {
@@ -360,7 +414,8 @@ __global__ void __launch_bounds__(FA_THREADS) flash_kernel(const gs_attn_args a)
 				float x = Ss[sr * SP + sc * CPT + c] * a.scale;
 				if (a.softcap > 0)
 					x = a.softcap * tanhf(x / a.softcap);
-				const bool seen = (j <= pos_r && pos_r - j < a.window) || (j >= span_lo && j < span_hi);
+				const bool seen = s_kept[sc * CPT + c] &&
+						  ((j <= pos_r && pos_r - j < a.window) || (j >= span_lo && j < span_hi));
 				v[c] = row_live && seen ? x : -INFINITY;
 				mx = fmaxf(mx, v[c]);
 			}
@@ -397,7 +452,7 @@ __global__ void __launch_bounds__(FA_THREADS) flash_kernel(const gs_attn_args a)
 			}
 		}
 		/* V over K: every warp finished S = Q·Kᵀ before the barrier above */
-		fa_load_kv<DT, BK, DP, T>(KVs, a, sq, a.v_new, a.v_cache, j0, jhi, kv_stride, kvh, D);
+		fa_load_kv<DT, BK, DP, T>(KVs, s_kept, false, a, sq, a.v_new, a.v_cache, j0, jhi, kv_stride, kvh, D);
 		__syncthreads();
 
 		/* O += P·V: B = V [key][d] row-major */
@@ -416,11 +471,14 @@ __global__ void __launch_bounds__(FA_THREADS) flash_kernel(const gs_attn_args a)
 		}
 	}
 	__syncthreads();
+	/* l >= 1 for a row that saw a key (exp(0) at the max); l = 0: none (all another group's) */
 	for (int i = tid; i < BQ * DT; i += FA_THREADS) {
 		const int r = i / DT, d = i % DT;
-		if (r < nq && d < D) /* l >= 1 for a live row: its own key gives exp(0) at the max */
-			a.out[(size_t)(t0 + r) * q_stride + (size_t)h * D + d] = Os[r * DP + d] / Ls[r];
+		if (r < nq && d < D)
+			attn_dst(a, t0 + r, h)[d] = Ls[r] > 0.0f ? Os[r * DP + d] / Ls[r] : 0.0f;
 	}
+	for (int r = tid; a.part && r < nq; r += FA_THREADS)
+		attn_dst(a, t0 + r, h)[D] = Ls[r] > 0.0f ? Ms[r] + logf(Ls[r]) : -INFINITY;
 }
 
 template <int DT, int BQ, int BK, typename T>

@@ -1,5 +1,6 @@
-/* Row copies inside device memory: scatter (K/V append into the paged cache) and gather (the
- * rows that want logits). One block per row, threads stride over its floats. */
+/* Row copies inside device memory: scatter (K/V append into the paged cache; a negative row is
+ * skipped) and gather (the rows that want logits). One block per row, threads stride over its
+ * floats. */
 #include "cuda_common.cuh"
 
 #define ROW_THREADS 256
@@ -14,12 +15,16 @@ static __device__ __forceinline__ void store_elem(__nv_bfloat16 *d, float v)
 	*d = __float2bfloat16_rn(v);
 }
 
-/* dst rows of T (float: copy; bf16: round to nearest even, as gs_f32_to_bf16). */
+/* dst rows of T (float: copy; bf16: round to nearest even, as gs_f32_to_bf16). rows[i] < 0: row i
+ * is not stored (a position another context-parallel group holds). */
 template <typename T>
 __global__ void scatter_rows_kernel(T *__restrict__ dst, const float *__restrict__ src,
 				    const int64_t *__restrict__ rows, size_t width)
 {
-	T *d = dst + (size_t)rows[blockIdx.x] * width;
+	const int64_t r = rows[blockIdx.x];
+	if (r < 0)
+		return; /* the whole block: one row */
+	T *d = dst + (size_t)r * width;
 	const float *s = src + (size_t)blockIdx.x * width;
 	for (size_t i = threadIdx.x; i < width; i += blockDim.x)
 		store_elem(d + i, s[i]);

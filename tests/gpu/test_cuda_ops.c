@@ -1,7 +1,9 @@
 /* Every op of the CUDA backend against the CPU backend (STYLE.md 10), on random inputs of
  * several shapes: odd sizes, k not a multiple of 8, a misaligned weight view, m = 1, 3, 15
  * (decode GEMV), 16, 64 (cuBLAS), GQA 8:1 and 2:1, windows shorter than the sequence, ragged
- * sequences over shuffled block tables and rings. Then argmax / top-k against a host sort, and
+ * sequences over shuffled block tables and rings, context-parallel tables (64-position units of
+ * another group's blocks, history and fresh rows) and the attn_merge record output (part), and
+ * scatter_rows with rows not stored. Then argmax / top-k against a host sort, and
  * the candidates op (sampling on the device) against the CPU backend's.
  *
  * Out-of-place outputs are poisoned first (memset 0xFF = NaN) so an element the kernel never
@@ -358,11 +360,54 @@ struct attn_case {
 	int n_seqs;
 	struct seq_spec s[4];
 	int img[4][2];  /* per sequence: rows [lo, hi) of it are one image (bidirectional span); {0, 0}: none */
+	uint32_t away[4]; /* per sequence (no ring): bit u set: the GS_KV_CP_UNIT (64) positions from
+			   * 64u are another context-parallel group's (table entries -1), cached and
+			   * fresh alike */
 };
 
+/* The attn_merge records of the part output, GPU against CPU: the same records empty (lse -inf,
+ * o exactly 0), then o and the finite lse within the attention tolerance. */
+static void compare_parts(const char *what, const float *got, const float *ref, size_t recs, int D)
+{
+	float *go = xmalloc(recs * D * sizeof(float)), *ro = xmalloc(recs * D * sizeof(float));
+	float *gl = xmalloc(recs * sizeof(float)), *rl = xmalloc(recs * sizeof(float));
+	size_t n_lse = 0, empty = 0, bad_empty = 0;
+	char w[256];
+
+	for (size_t i = 0; i < recs; i++) {
+		const float *g = got + i * (D + 1), *r = ref + i * (D + 1);
+		memcpy(go + i * D, g, (size_t)D * sizeof(float));
+		memcpy(ro + i * D, r, (size_t)D * sizeof(float));
+		if (r[D] == -INFINITY || g[D] == -INFINITY) {
+			int zero = 1;
+			for (int d = 0; d < D; d++)
+				zero &= g[d] == 0.0f && r[d] == 0.0f;
+			bad_empty += !(r[D] == -INFINITY && g[D] == -INFINITY && zero);
+			empty++;
+			continue;
+		}
+		gl[n_lse] = g[D];
+		rl[n_lse++] = r[D];
+	}
+	snprintf(w, sizeof(w), "%s: o", what);
+	compare(w, go, ro, recs * D, TOL_ATTN_L2, TOL_ATTN_MAX);
+	snprintf(w, sizeof(w), "%s: lse (%zu of %zu records empty)", what, empty, recs);
+	compare(w, gl, rl, n_lse, TOL_ATTN_L2, TOL_ATTN_MAX);
+	CHECK_MSG(bad_empty == 0, "%s: %zu records empty on one side only or with o != 0", what, bad_empty);
+	free(go), free(ro), free(gl), free(rl);
+}
+
+/* Blocks of a sequence's table: the ring, or every block up to its last fresh position (the
+ * table covers this step's rows too: their blocks may be another group's). */
+static int seq_table_blocks(const struct seq_spec *s, int block)
+{
+	return s->ring ? s->ring : (s->pos0 + s->n_tokens + block - 1) / block;
+}
+
 /* bf16: the cache slabs are bf16 on the GPU and the fresh rows fp32 (the kernel rounds them as it
- * reads), against the CPU on the same values rounded to bf16 everywhere. */
-static void test_attention_case(const struct attn_case *ac, int bf16)
+ * reads), against the CPU on the same values rounded to bf16 everywhere. part: the op writes the
+ * attn_merge records instead of out, compared record by record. */
+static void test_attention_case(const struct attn_case *ac, int bf16, int part)
 {
 	struct gs_attn_seq hs[4], ds[4];
 	int32_t *tables[4] = { 0 }, *dtables[4] = { 0 };
@@ -378,7 +423,7 @@ static void test_attention_case(const struct attn_case *ac, int bf16)
 	for (int i = 0; i < ac->n_seqs; i++) {
 		const struct seq_spec *s = &ac->s[i];
 		T += s->n_tokens;
-		slab_blocks += s->ring ? s->ring : (s->pos0 + ac->block - 1) / ac->block;
+		slab_blocks += seq_table_blocks(s, ac->block);
 	}
 	slab_blocks += 3; /* unused blocks: garbage a wrong table lookup would read */
 	perm = xmalloc(slab_blocks * sizeof(int32_t));
@@ -393,10 +438,14 @@ static void test_attention_case(const struct attn_case *ac, int bf16)
 	T = 0;
 	for (int i = 0; i < ac->n_seqs; i++) {
 		const struct seq_spec *s = &ac->s[i];
-		int nb = s->ring ? s->ring : (s->pos0 + ac->block - 1) / ac->block;
+		int nb = seq_table_blocks(s, ac->block);
+		CHECK(!ac->away[i] || (!s->ring && GS_KV_CP_UNIT % ac->block == 0));
 		tables[i] = xmalloc((nb ? nb : 1) * sizeof(int32_t));
-		for (int b = 0; b < nb; b++)
-			tables[i][b] = perm[used++];
+		for (int b = 0; b < nb; b++) { /* another group's blocks: -1, their slab blocks unused */
+			int unit = b * ac->block / GS_KV_CP_UNIT;
+			tables[i][b] = unit < 32 && (ac->away[i] >> unit & 1u) ? -1 : perm[used];
+			used++;
+		}
 		dtables[i] = nb ? dup_to_dev(tables[i], nb * sizeof(int32_t)) : NULL;
 		hs[i] = (struct gs_attn_seq){ T, s->n_tokens, s->pos0, tables[i], s->ring };
 		ds[i] = hs[i];
@@ -422,8 +471,9 @@ static void test_attention_case(const struct attn_case *ac, int bf16)
 	vn = frand_array(T * kvs, 1.0f);
 	kc = frand_array((size_t)slab_blocks * ac->block * kvs, 1.0f);
 	vc = frand_array((size_t)slab_blocks * ac->block * kvs, 1.0f);
-	ref = xmalloc(T * qs * sizeof(float));
-	got = xmalloc(T * qs * sizeof(float));
+	size_t n_out = part ? (size_t)T * ac->n_heads * (ac->hd + 1) : T * qs;
+	ref = xmalloc(n_out * sizeof(float));
+	got = xmalloc(n_out * sizeof(float));
 	size_t n_cache = (size_t)slab_blocks * ac->block * kvs;
 	float *rkn = xmalloc(T * kvs * sizeof(float)), *rvn = xmalloc(T * kvs * sizeof(float));
 	float *rkc = xmalloc(n_cache * sizeof(float)), *rvc = xmalloc(n_cache * sizeof(float));
@@ -444,6 +494,10 @@ static void test_attention_case(const struct attn_case *ac, int bf16)
 		.n_kv_heads = ac->n_kv, .head_dim = ac->hd, .window = ac->window, .scale = ac->scale,
 		.softcap = ac->softcap, .span = span,
 	};
+	if (part) {
+		a.out = NULL;
+		a.part = ref;
+	}
 	cpu.iface->attention(cpu.ctx, &a);
 
 	dq = dup_to_dev(q, T * qs * sizeof(float));
@@ -453,9 +507,10 @@ static void test_attention_case(const struct attn_case *ac, int bf16)
 	dvc = bf16 ? dup_to_dev(hvc, n_cache * sizeof(uint16_t)) : dup_to_dev(vc, n_cache * sizeof(float));
 	dseqs = dup_to_dev(ds, ac->n_seqs * sizeof(ds[0]));
 	dtok = dup_to_dev(tok_seq, T * sizeof(int32_t));
-	dout = dalloc(T * qs * sizeof(float));
-	poison(dout, T * qs * sizeof(float));
-	a.out = dout;
+	dout = dalloc(n_out * sizeof(float));
+	poison(dout, n_out * sizeof(float));
+	a.out = part ? NULL : dout;
+	a.part = part ? dout : NULL;
 	a.q = dq;
 	a.k_new = dkn;
 	a.v_new = dvn;
@@ -467,9 +522,13 @@ static void test_attention_case(const struct attn_case *ac, int bf16)
 	if (span)
 		a.span = dspan = dup_to_dev(span, (size_t)T * 2 * sizeof(int32_t));
 	gpu.iface->attention(gpu.ctx, &a);
-	down(got, dout, T * qs * sizeof(float));
-	snprintf(what, sizeof(what), "attention %s (%d rows, %s cache)", ac->name, T, bf16 ? "bf16" : "fp32");
-	compare(what, got, ref, T * qs, TOL_ATTN_L2, TOL_ATTN_MAX);
+	down(got, dout, n_out * sizeof(float));
+	snprintf(what, sizeof(what), "attention %s (%d rows, %s cache%s)", ac->name, T, bf16 ? "bf16" : "fp32",
+		 part ? ", part" : "");
+	if (part)
+		compare_parts(what, got, ref, (size_t)T * ac->n_heads, ac->hd);
+	else
+		compare(what, got, ref, T * qs, TOL_ATTN_L2, TOL_ATTN_MAX);
 
 	for (int i = 0; i < ac->n_seqs; i++) {
 		dfree(dtables[i]);
@@ -533,20 +592,38 @@ static void test_attention(void)
 		  0.0883883f, 0, 2, { { 300, 40, 5 }, { 1, 90, 5 } }, { { 20, 276 }, { 0, 0 } } },
 		{ "image spans, tiled: image in the last rows of a tile, causal, + image of 16 rows", 4, 1, 256, INT32_MAX,
 		  16, 0.0625f, 0, 2, { { 70, 18, 0 }, { 20, 0, 0 } }, { { 60, 70 }, { 2, 18 } } },
+		/* context parallelism: 64-position units of another group (away bits), in the
+		 * history and among this step's rows; rows whose every key is away (o 0, lse -inf) */
+		{ "cp, warp kernel: decode over units 1, 3 away + chunks across away units", 8, 2, 128, INT32_MAX, 16,
+		  0.0883883f, 0, 3, { { 1, 300, 0 }, { 10, 120, 0 }, { 9, 60, 0 } }, { { 0, 0 } },
+		  { 0xau, 0x3u, 0x2u } },
+		{ "cp, warp kernel: window 100, softcap, block 8, + a ring sequence", 2, 2, 40, 100, 8, 0.158f, 50.0f, 3,
+		  { { 3, 200, 0 }, { 12, 60, 0 }, { 4, 90, 14 } }, { { 0, 0 } }, { 0x6u, 0x1u, 0 } },
+		{ "cp, tiled: 200 rows after 100 cached + 40 rows all away + decode", 8, 2, 128, INT32_MAX, 16,
+		  0.0883883f, 0, 3, { { 200, 100, 0 }, { 40, 0, 0 }, { 1, 500, 0 } }, { { 0, 0 } },
+		  { 0x5u, 0x1u, 0xaau } },
+		{ "cp, tiled: D=256 window 150, unaligned tiles over an away unit", 4, 1, 256, 150, 16, 0.0625f, 0, 2,
+		  { { 70, 90, 0 }, { 16, 64, 0 } }, { { 0, 0 } }, { 0x2u, 0x1u } },
+		{ "cp, tiled: MHA D=40 block 8 softcap, image span over an away unit", 4, 4, 40, INT32_MAX, 8, 0.158f,
+		  50.0f, 1, { { 100, 30, 0 } }, { { 20, 60 } }, { 0x2u } },
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
 		for (int bf16 = 0; bf16 < 2; bf16++)
-			test_attention_case(&cases[i], bf16);
+			for (int part = 0; part < 2; part++)
+				test_attention_case(&cases[i], bf16, part);
 }
 
 /* scatter_rows into fp32 rows (a copy) and into bf16 rows (gs_f32_to_bf16's rounding, bit for bit),
- * rows in shuffled order; the rows not named keep their poison. */
+ * rows in shuffled order; rows -1 and -2 are not stored (another context-parallel group's). The
+ * rows not named keep their poison, and so do two guard rows just before dst (where a negative
+ * row taken as an index would land). */
 static void test_scatter_rows(void)
 {
-	const int n = 5, slots = 9;
+	enum { GUARD = 2 };
+	const int n = 7, slots = 9 + GUARD;
 	const size_t width = 1000;
-	int64_t rows[5] = { 7, 0, 3, 8, 4 };
+	int64_t rows[7] = { 7, -1, 0, 3, -2, 8, 4 };
 	float *src = frand_array((size_t)n * width, 50.0f);
 	float *got = xmalloc((size_t)slots * width * sizeof(float));
 	uint16_t *got16 = xmalloc((size_t)slots * width * sizeof(uint16_t));
@@ -559,14 +636,14 @@ static void test_scatter_rows(void)
 	up(dsrc, src, (size_t)n * width * sizeof(float));
 	poison(d32, (size_t)slots * width * sizeof(float));
 	poison(d16, (size_t)slots * width * sizeof(uint16_t));
-	gpu.iface->scatter_rows(gpu.ctx, d32, GS_DTYPE_F32, dsrc, drows, n, width);
-	gpu.iface->scatter_rows(gpu.ctx, d16, GS_DTYPE_BF16, dsrc, drows, n, width);
+	gpu.iface->scatter_rows(gpu.ctx, (float *)d32 + GUARD * width, GS_DTYPE_F32, dsrc, drows, n, width);
+	gpu.iface->scatter_rows(gpu.ctx, (uint16_t *)d16 + GUARD * width, GS_DTYPE_BF16, dsrc, drows, n, width);
 	down(got, d32, (size_t)slots * width * sizeof(float));
 	down(got16, d16, (size_t)slots * width * sizeof(uint16_t));
-	for (int s = 0; s < slots; s++) {
+	for (int s = 0; s < slots; s++) { /* slot s: dst row s - GUARD */
 		int i = -1;
 		for (int r = 0; r < n; r++)
-			if (rows[r] == s)
+			if (rows[r] >= 0 && rows[r] + GUARD == s)
 				i = r;
 		for (size_t j = 0; j < width; j++) {
 			uint32_t w32, p32 = 0xffffffffu;
@@ -580,7 +657,7 @@ static void test_scatter_rows(void)
 			       got16[(size_t)s * width + j] != gs_f32_to_bf16(v);
 		}
 	}
-	printf("%-4s scatter_rows fp32 and bf16 rows (%d rows of %zu)\n", bad ? "FAIL" : "ok", n, width);
+	printf("%-4s scatter_rows fp32 and bf16 rows (%d rows of %zu, 2 not stored)\n", bad ? "FAIL" : "ok", n, width);
 	CHECK_MSG(bad == 0, "scatter_rows: %d elements wrong", bad);
 	dfree(dsrc), dfree(drows), dfree(d32), dfree(d16);
 	free(src), free(got), free(got16);

@@ -356,6 +356,126 @@ static void check_invariance(const struct shape *sh, struct seqdata *const *sd, 
 	step_free(&dec);
 }
 
+/* Context parallelism (gs_attn_seq.table < 0, the part output): units of GS_KV_CP_UNIT positions
+ * of each sequence alternate between -1 (another group's blocks) and the real ids, then the
+ * reverse. Each pass's records equal a float64 attention over the kept units only (o within 1e-5
+ * of max|o|, lse within 1e-4; rows with no kept key: o 0, lse -inf), and gs_attn_merge_one of
+ * the two passes equals the float64 attention over every key, also for rows whose keys all lie
+ * in one pass (the other's lse -inf). */
+static void check_cp(struct runner *r)
+{
+	static const struct shape shapes[] = {
+		/* D  kv rep block ring window     scale       softcap qamp bf16 spans */
+		{ 64, 2, 2, 16, 0, INT32_MAX, 0.125f, 0.0f, 2.0f, 0, 0 },
+		{ 128, 1, 4, 32, 0, 100, 0.0883883f, 20.0f, 4.0f, 1, 0 },
+	};
+	for (size_t c = 0; c < sizeof(shapes) / sizeof(shapes[0]); c++) {
+		const struct shape *sh = &shapes[c];
+		struct seqdata s[3];
+		struct seqdata *sd[3] = { &s[0], &s[1], &s[2] };
+		int p0[3] = { 40, 149, 0 }, D = sh->D, n_heads = sh->n_kv * sh->rep, blocks = 0, bad_empty = 0;
+		int one_sided = 0;
+		double worst = 0, worst_lse = 0, worst_m = 0, worst_mlse = 0;
+		struct step st;
+
+		seq_make(sh, &s[0], 300, 0, 0); /* history 0..39, rows 40..299 */
+		seq_make(sh, &s[1], 150, 0, 0); /* a decode row */
+		seq_make(sh, &s[2], 100, 0, 0); /* a prompt from 0 */
+		step_build(sh, sd, p0, 3, &st);
+		for (int i = 0; i < 3; i++)
+			blocks += seq_blocks(sh, sd[i]);
+		size_t recs = (size_t)st.a.n_tokens * n_heads, w = (size_t)D + 1;
+		int32_t *ids = malloc((size_t)blocks * sizeof(int32_t));
+		float *parts = malloc(2 * recs * w * sizeof(float));
+		float *mo = malloc(recs * (size_t)D * sizeof(float)), *ml = malloc(recs * sizeof(float));
+		double *ref = malloc((size_t)D * sizeof(double)), *acc = malloc((size_t)D * sizeof(double));
+		memcpy(ids, st.tables, (size_t)blocks * sizeof(int32_t));
+		st.a.out = NULL; /* part replaces out */
+		for (int pass = 0; pass < 2; pass++) {
+			float *pp = parts + (size_t)pass * recs * w;
+			/* unit u of sequence i is away when u + i + pass is odd */
+			for (int i = 0, tb = 0; i < 3; tb += seq_blocks(sh, sd[i]), i++)
+				for (int b = 0; b < seq_blocks(sh, sd[i]); b++) {
+					int u = b * sh->block / GS_KV_CP_UNIT;
+					st.tables[tb + b] = (u + i + pass) % 2 ? -1 : ids[tb + b];
+				}
+			for (size_t k = 0; k < recs * w; k++)
+				pp[k] = NAN; /* every record must be written */
+			st.a.part = pp;
+			run(r, &st, 0, INT32_MAX, 0);
+			for (int i = 0; i < 3; i++)
+				for (int pos = p0[i]; pos < sd[i]->L; pos++)
+					for (int h = 0; h < n_heads; h++) {
+						const float *rec = pp + ((size_t)(st.row0[i] + pos - p0[i]) * n_heads + h) * w;
+						double m = -INFINITY, l = 0, mr = 0, e = 0;
+						for (int d = 0; d < D; d++)
+							acc[d] = 0;
+						/* float64 over the kept units: each unit's (o, max, sum), combined */
+						for (int u = 0; u * GS_KV_CP_UNIT < sd[i]->L; u++) {
+							double mu, lu;
+							if ((u + i + pass) % 2)
+								continue;
+							ref_attn(sh, sd[i], pos, h, u * GS_KV_CP_UNIT, (u + 1) * GS_KV_CP_UNIT,
+								 ref, &mu, &lu);
+							if (lu == 0)
+								continue;
+							double mn = mu > m ? mu : m, a0 = exp(m - mn), a1 = exp(mu - mn);
+							for (int d = 0; d < D; d++)
+								acc[d] = acc[d] * a0 + ref[d] * lu * a1;
+							l = l * a0 + lu * a1;
+							m = mn;
+						}
+						if (l == 0) {
+							int zero = rec[D] == -INFINITY;
+							for (int d = 0; d < D; d++)
+								zero &= rec[d] == 0.0f;
+							bad_empty += !zero;
+							continue;
+						}
+						for (int d = 0; d < D; d++) {
+							double o = acc[d] / l, ed = fabs((double)rec[d] - o);
+							mr = fabs(o) > mr ? fabs(o) : mr;
+							e = ed > e || isnan(ed) ? (isnan(ed) ? INFINITY : ed) : e;
+						}
+						e = mr > 0 ? e / mr : e;
+						worst = e > worst ? e : worst;
+						double el = fabs((double)rec[D] - (m + log(l)));
+						worst_lse = el > worst_lse || isnan(el) ? (isnan(el) ? INFINITY : el) : worst_lse;
+					}
+		}
+		for (size_t k = 0; k < recs; k++) {
+			gs_attn_merge_one(mo + k * D, ml + k, parts + k * w, 2, recs, D);
+			one_sided += (parts[k * w + D] == -INFINITY) != (parts[(recs + k) * w + D] == -INFINITY);
+		}
+		for (int i = 0; i < 3; i++)
+			for (int pos = p0[i]; pos < sd[i]->L; pos++)
+				for (int h = 0; h < n_heads; h++) {
+					size_t k = (size_t)(st.row0[i] + pos - p0[i]) * n_heads + h;
+					double mx, sum, mr = 0, e = 0;
+					ref_attn(sh, sd[i], pos, h, 0, INT32_MAX, ref, &mx, &sum);
+					for (int d = 0; d < D; d++) {
+						double ed = fabs((double)mo[k * D + d] - ref[d]);
+						mr = fabs(ref[d]) > mr ? fabs(ref[d]) : mr;
+						e = ed > e || isnan(ed) ? (isnan(ed) ? INFINITY : ed) : e;
+					}
+					e = mr > 0 ? e / mr : e;
+					worst_m = e > worst_m ? e : worst_m;
+					double el = fabs((double)ml[k] - (mx + log(sum)));
+					worst_mlse = el > worst_mlse || isnan(el) ? (isnan(el) ? INFINITY : el) : worst_mlse;
+				}
+		CHECK_MSG(worst <= 1e-5 && worst_lse <= 1e-4 && bad_empty == 0,
+			  "cp part, D %d: rel err of o %.3g, lse %.3g, %d empty records not (0, -inf)", D, worst, worst_lse,
+			  bad_empty);
+		CHECK_MSG(worst_m <= 1e-5 && worst_mlse <= 1e-4,
+			  "cp merge of two complementary tables, D %d: rel err %.3g, lse %.3g", D, worst_m, worst_mlse);
+		CHECK_MSG(one_sided > 0, "cp merge, D %d: no record with its keys all in one part", D);
+		free(ids), free(parts), free(mo), free(ml), free(ref), free(acc);
+		step_free(&st);
+		for (int i = 0; i < 3; i++)
+			seq_free(&s[i]);
+	}
+}
+
 int main(void)
 {
 	static const struct shape shapes[] = {
@@ -408,6 +528,7 @@ int main(void)
 		for (int i = 0; i < 4; i++)
 			seq_free(&s[i]);
 	}
+	check_cp(&r[1]);
 	for (int t = 0; t < 3; t++) {
 		for (int i = 0; i < 4; i++)
 			free(r[t].scratch[i]);
