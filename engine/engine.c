@@ -73,6 +73,7 @@ struct gs_engine {
 	struct gs_forward       *f;
 	struct gs_kv_pool        pool;
 	int32_t                  tp, cp;      /* the grid: T ranks per group, C groups (1: none) */
+	bool                     kv_check;    /* env GS_KV_CHECK=1: the pool checked after every step */
 	struct eng_seq          *seqs;        /* [max_seqs] slots */
 	bool                     leader;
 	/* leader queues */
@@ -169,6 +170,14 @@ enum gs_status gs_engine_create(const struct gs_model *m, struct gs_backend be, 
 		       "%d decodes)", cfg.max_batch_tokens, need, m->cfg.vision.mm_tokens_per_image, cfg.max_seqs - 1);
 		cfg.max_batch_tokens = need;
 	}
+	if (cfg.cp_comm && gs_comm_size(cfg.cp_comm) > 1) {
+		if (!cfg.tp_comm || !comm || gs_comm_size(comm) != gs_comm_size(cfg.tp_comm) * gs_comm_size(cfg.cp_comm))
+			return gs_errorf(GS_ERR_INVALID_ARG, "engine: a context-parallel grid needs its TP and world comms");
+		if (gs_comm_size(cfg.cp_comm) > GS_KV_MAX_CP)
+			return gs_errorf(GS_ERR_INVALID_ARG, "engine: %d context-parallel groups (at most %d)",
+					 gs_comm_size(cfg.cp_comm), GS_KV_MAX_CP);
+		cfg.no_prefix_cache = true; /* a cached prefix would have to be one on every group */
+	}
 	if (cfg.kv_global_blocks <= 0 || cfg.kv_local_blocks <= 0) {
 		int32_t g, l, chunk = cfg.no_prefix_cache ? 0 : cfg.max_batch_tokens;
 		if (cfg.kv_bytes)
@@ -183,19 +192,12 @@ enum gs_status gs_engine_create(const struct gs_model *m, struct gs_backend be, 
 		if (cfg.kv_local_blocks <= 0)
 			cfg.kv_local_blocks = l;
 	}
-	if (cfg.cp_comm && gs_comm_size(cfg.cp_comm) > 1) {
-		if (!cfg.tp_comm || !comm || gs_comm_size(comm) != gs_comm_size(cfg.tp_comm) * gs_comm_size(cfg.cp_comm))
-			return gs_errorf(GS_ERR_INVALID_ARG, "engine: a context-parallel grid needs its TP and world comms");
-		if (gs_comm_size(cfg.cp_comm) > GS_KV_MAX_CP)
-			return gs_errorf(GS_ERR_INVALID_ARG, "engine: %d context-parallel groups (at most %d)",
-					 gs_comm_size(cfg.cp_comm), GS_KV_MAX_CP);
-		cfg.no_prefix_cache = true; /* a cached prefix would have to be one on every group */
-	}
 	e = calloc(1, sizeof(*e));
 	if (!e)
 		return gs_errorf(GS_ERR_NOMEM, "out of memory");
 	e->m = m;
 	e->cfg = cfg;
+	e->kv_check = getenv("GS_KV_CHECK") && !strcmp(getenv("GS_KV_CHECK"), "1");
 	if (!comm) {
 		gs_comm_self_create(&e->self);
 		comm = &e->self;
@@ -861,6 +863,26 @@ static enum gs_status device_candidates(struct gs_engine *e, const struct gs_pla
 
 /* Run the plan's batch; then reduce each logits row to candidates and gather them on the
  * leader. Returns the number of logits rows in *n_rows. */
+static void group_used(const struct gs_engine *e, int32_t *used);
+
+/* GS_KV_CHECK: this rank's pool against its sequences' tables; with context parallelism the
+ * leader's accounting of group 0's blocks against its pool, too. */
+static enum gs_status kv_check(const struct gs_engine *e)
+{
+	int32_t used[GS_KV_MAX_CP];
+
+	if (!gs_engine_kv_consistent(e))
+		return gs_errorf(GS_ERR_INTERNAL, "KV check: the pool of rank %d is not consistent after step %llu",
+				 gs_comm_rank(e->comm), (unsigned long long)e->st.steps);
+	if (e->cp > 1 && e->leader) {
+		group_used(e, used);
+		if (e->pool.cache.n_global_layers && used[0] != e->pool.cache.n_global_blocks - gs_kv_global_free(&e->pool))
+			return gs_errorf(GS_ERR_INTERNAL, "KV check: the leader counts %d blocks on group 0, its pool %d",
+					 used[0], e->pool.cache.n_global_blocks - gs_kv_global_free(&e->pool));
+	}
+	return GS_OK;
+}
+
 static enum gs_status exec_plan(struct gs_engine *e, const struct gs_plan *p, int32_t *n_rows, int32_t K)
 {
 	const struct gs_shard *sh = &e->m->shard;
@@ -917,6 +939,9 @@ static enum gs_status exec_plan(struct gs_engine *e, const struct gs_plan *p, in
 			s->img_rows = NULL;
 		}
 	}
+
+	if (e->kv_check) /* tests: every block accounted for on every rank, every step */
+		GS_TRY(kv_check(e));
 
 	/* Distributed sampling, rank side: K candidates + the slice's log-sum-exp per row. */
 	for (int32_t r = 0; r < rows && !e->dev_cands; r++) {
@@ -999,9 +1024,9 @@ enum gs_status gs_engine_follow(struct gs_engine *e)
 	GS_ASSERT(!e->leader);
 	for (;;) {
 		GS_TRY(broadcast_plan(e));
+		GS_TRY(apply_releases(e, &e->plan)); /* a stop plan releases the finished ones too */
 		if (e->plan.stop)
 			return GS_OK;
-		GS_TRY(apply_releases(e, &e->plan));
 		GS_TRY(exec_plan(e, &e->plan, &rows, step_k(e)));
 	}
 }
@@ -1010,6 +1035,11 @@ enum gs_status gs_engine_shutdown(struct gs_engine *e)
 {
 	GS_ASSERT(e->leader);
 	gs_plan_reset(&e->plan);
+	for (int32_t i = 0; i < e->cfg.max_seqs; i++) /* finished ones: their blocks back everywhere */
+		if (e->seqs[i].used && e->seqs[i].finished) {
+			e->plan.release[e->plan.n_release++] = i;
+			seq_release(e, i);
+		}
 	e->plan.stop = true;
 	return broadcast_plan(e);
 }
@@ -1182,6 +1212,9 @@ static void build_plan(struct gs_engine *e)
 		ps->max_positions = maxpos;
 		ps->cp_k = cp_k;
 		ps->cp_first = cp_first;
+		if (cp_k > 1)
+			gs_log(GS_LOG_INFO, "engine: request %llu (%d positions) spread over %d context-parallel groups from "
+			       "group %d", (unsigned long long)w->id, maxpos, cp_k, cp_first);
 		ps->params = w->p;
 		ps->images = w->pixels;
 		ps->n_images = w->n_images;
@@ -1374,6 +1407,14 @@ void gs_engine_get_stats(const struct gs_engine *e, struct gs_engine_stats *s)
 		s->kv_group_free[0] = s->kv_global_free;
 		s->kv_group_used[0] = s->kv_global_total - s->kv_global_free;
 	}
+}
+
+bool gs_engine_kv_whole(const struct gs_engine *e)
+{
+	for (int32_t i = 0; i < e->cfg.max_seqs; i++)
+		if (e->seqs[i].used)
+			return false;
+	return gs_kv_pool_consistent(&e->pool, NULL, 0);
 }
 
 bool gs_engine_kv_consistent(const struct gs_engine *e)

@@ -177,6 +177,9 @@ void gs_engine_get_stats(const struct gs_engine *e, struct gs_engine_stats *s);
 /* Whole-pool sanity: free + used + reserved accounting equals the pool, reference counts equal
  * the running sequences' tables (tests). */
 bool gs_engine_kv_consistent(const struct gs_engine *e);
+/* Nothing held or reserved: every slot free and the pool whole (after gs_engine_shutdown, which
+ * releases the finished sequences on every rank). */
+bool gs_engine_kv_whole(const struct gs_engine *e);
 /* Tests: narrow the prefix cache's hashes to `mask` bits on this rank's pool, forcing collisions. */
 void gs_engine_test_hash_mask(struct gs_engine *e, uint64_t mask);
 

@@ -607,6 +607,12 @@ static int run_batch(const struct gs_comm *w, const struct grid *gr, const struc
 		st = gs_engine_follow(e);
 	}
 	rc = all_ok(w, st, "batch") ? 0 : 1;
+	if (rc == 0 && getenv("GS_KV_CHECK") && !strcmp(getenv("GS_KV_CHECK"), "1")) { /* tests */
+		st = gs_engine_kv_whole(e) ? GS_OK : gs_errorf(GS_ERR_INTERNAL, "KV check: blocks still held at the end");
+		rc = all_ok(w, st, "KV check") ? 0 : 1;
+		if (rc == 0 && gs_comm_rank(w) == 0)
+			fprintf(stderr, "[gemmashard r0] KV check: the pool is whole on all %d ranks\n", gs_comm_size(w));
+	}
 out_free:
 	gs_tokenizer_free(tok);
 	gs_engine_free(e);
