@@ -83,7 +83,7 @@ static void usage(FILE *f)
 		   "  --cp C               context parallelism: the ranks form C groups of T = ranks / C tensor-parallel\n"
 		   "                       ranks (group c: ranks c·T .. c·T + T - 1); every group runs each step on its\n"
 		   "                       share of the rows, and a long sequence's global-layer KV is split over the\n"
-		   "                       groups (ARCHITECTURE.md §4). Default 1; CPU devices; no prefix cache\n"
+		   "                       groups (ARCHITECTURE.md §4). Default 1; the prefix cache is then off\n"
 		   "  --threads N          CPU threads per rank (default: all cores / ranks on this host)\n"
 		   "  --device cpu|cuda|cpu-staged  where each rank computes (default cpu); cuda: the GPU of the rank's\n"
 		   "                       node-local index, weights moved there, all-reduces over NCCL;\n"
@@ -178,9 +178,9 @@ static int parse_args(int argc, char **argv, struct worker_opts *o, int rank)
 		} else if (!strcmp(a, "--cp")) {
 			char *end = NULL;
 			long c = strtol(v, &end, 10);
-			if (end == v || *end || c < 1 || c > 1024) {
-				gs_errorf(GS_ERR_INVALID_ARG, "--cp wants a number of context-parallel groups in 1..1024, got "
-					  "\"%s\"", v);
+			if (end == v || *end || c < 1 || c > GS_KV_MAX_CP) {
+				gs_errorf(GS_ERR_INVALID_ARG, "--cp wants a number of context-parallel groups in 1..%d, got "
+					  "\"%s\"", GS_KV_MAX_CP, v);
 				return 2;
 			}
 			o->cp = (int)c;
@@ -265,11 +265,6 @@ bad:
 	if (o->device && strcmp(o->device, "cpu") != 0 && strcmp(o->device, "cuda") != 0 &&
 	    strcmp(o->device, "cpu-staged") != 0) {
 		gs_errorf(GS_ERR_INVALID_ARG, "--device must be cpu or cuda (or cpu-staged), got \"%s\"", o->device);
-		return 2;
-	}
-	if (o->cp > 1 && o->device && strcmp(o->device, "cpu") != 0) {
-		gs_errorf(GS_ERR_INVALID_ARG, "--cp %d runs on CPU devices only for now (--device %s: its forward pass "
-			  "would need the all-gathers over NCCL)", o->cp, o->device);
 		return 2;
 	}
 	if (o->numerics && o->device && !strcmp(o->device, "cuda")) {
@@ -503,6 +498,10 @@ struct rank_backend {
 	bool              cuda;
 	struct gs_comm    nccl;
 	bool              have_nccl;
+	/* --cp on GPUs: NCCL communicators of the grid (the forward pass's all-reduces over the TP
+	 * group, its all-gathers over the context-parallel peers) */
+	struct gs_comm    nccl_tp, nccl_cp;
+	bool              have_grid;
 };
 
 /* Collective: every rank calls it; all succeed or all fail with one message. Before the model is
@@ -547,12 +546,25 @@ static bool rank_backend_open(const struct gs_comm *w, const struct worker_opts 
 		if (!all_ok(w, st, "creating the NCCL communicator"))
 			return false;
 	}
+	if (o->cp > 1) { /* T = world / C ranks per group, as the MPI grid (main) */
+		int r = gs_comm_rank(w), T = gs_comm_size(w) / o->cp;
+		st = gs_comm_split(&rb->nccl, r / T, r % T, &rb->nccl_tp);
+		if (st == GS_OK && (st = gs_comm_split(&rb->nccl, r % T, r / T, &rb->nccl_cp)) != GS_OK)
+			gs_comm_free(&rb->nccl_tp);
+		if (!all_ok(w, st, "splitting the NCCL communicator into the context-parallel grid"))
+			return false;
+		rb->have_grid = true;
+	}
 	return true;
 }
 
 /* After the model (whose device weights the backend owns) is freed. */
 static void rank_backend_close(struct rank_backend *rb)
 {
+	if (rb->have_grid) {
+		gs_comm_free(&rb->nccl_tp);
+		gs_comm_free(&rb->nccl_cp);
+	}
 	if (rb->have_nccl)
 		gs_comm_free(&rb->nccl);
 	if (rb->be.ctx && rb->cuda)
@@ -566,9 +578,11 @@ static enum gs_status rank_engine(const struct gs_comm *w, const struct grid *gr
 				  struct rank_backend *rb, struct gs_engine_config *ec, struct gs_engine **e)
 {
 	ec->tp_comm = gr->cp ? gr->tp : NULL;
-	ec->cp_comm = gr->cp;
+	ec->cp_comm = rb->have_grid ? &rb->nccl_cp : gr->cp; /* the forward pass's all-gathers */
 	GS_TRY(gs_engine_create(m, rb->be, gs_comm_size(w) > 1 ? w : NULL, ec, e));
-	if (rb->have_nccl)
+	if (rb->have_grid && gs_comm_size(gr->tp) > 1)
+		gs_engine_set_device_comm(*e, &rb->nccl_tp);
+	else if (rb->have_nccl && !rb->have_grid)
 		gs_engine_set_device_comm(*e, &rb->nccl);
 	return GS_OK;
 }
@@ -841,7 +855,7 @@ int main(int argc, char **argv)
 			ctx = m->cfg.max_position;
 		st = gs_forward_create(m, rb.be, chunk, &f);
 		if (st == GS_OK && gr.cp)
-			st = gs_forward_set_cp(f, gr.cp);
+			st = gs_forward_set_cp(f, rb.have_grid ? &rb.nccl_cp : gr.cp);
 		if (st == GS_OK)
 			st = gs_seq_create(f, ctx, &s);
 	}
@@ -871,7 +885,7 @@ int main(int argc, char **argv)
 	if (!all_ok(&world, st, "setting up"))
 		goto out_free;
 	if (T > 1)
-		gs_forward_set_comm(f, rb.have_nccl ? &rb.nccl : gr.tp);
+		gs_forward_set_comm(f, rb.have_grid ? &rb.nccl_tp : rb.have_nccl ? &rb.nccl : gr.tp);
 	if (n_img) { /* every rank encodes every image (collective over the forward's group) */
 		size_t rows = (size_t)n_img * (size_t)m->cfg.vision.mm_tokens_per_image;
 		st = gs_vision_create(m, rb.be, f->comm, &vis);

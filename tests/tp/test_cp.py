@@ -15,6 +15,7 @@ long request on one group:
   - every rank's pool is checked after every step and found whole at the end (GS_KV_CHECK=1);
   - capacity: with the same --kv-mem, C = 1 refuses the long request at once (context_length_
     exceeded) and still serves the others; C = 2 serves it;
+  - the device code path (--device cpu-staged) at T = 2, C = 2 answers as the CPU path does;
   - bad input: --cp 0 and --cp 3 with 4 ranks are refused with their reason; with C = 2, a request
     of exactly the longest servable length is accepted and one token more is refused.
 
@@ -128,6 +129,13 @@ def engine():
         rc, se2, alone, _ = run_batch(d, [req], f"alone-{req['id']}", 2, 2, pool)
         check(rc == 0 and answer(alone.get(req["id"])) == answer(together.get(req["id"])),
               f"{req['id']}: the same answer alone as beside the others at C=2")
+    # the device code path without a GPU (--device cpu-staged: device-side candidates, uploads) at
+    # T = 2, C = 2 gives the CPU path's answers at the same grid
+    rc, se5, cpu22, _ = run_batch(d, [long_req] + shorts, "cpu22", 4, 2, pool)
+    rc2, se6, st22, _ = run_batch(d, [long_req] + shorts, "staged22", 4, 2, pool + ["--device", "cpu-staged"])
+    check(rc == 0 and rc2 == 0 and len(cpu22) == 6 and
+          all(answer(st22.get(k)) == answer(cpu22.get(k)) for k in cpu22) and "spread over 2" in se6,
+          "T=2, C=2: --device cpu-staged answers equal the CPU path's (the long one spread)")
     # C = 1 with the same pool: the long one refused at once, the others served
     rc, se1, one, _ = run_batch(d, [long_req] + shorts, "c1", 1, 1, pool)
     r = one.get("long") or {}
