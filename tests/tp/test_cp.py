@@ -131,8 +131,10 @@ def engine():
               f"{req['id']}: the same answer alone as beside the others at C=2")
     # the device code path without a GPU (--device cpu-staged: device-side candidates, uploads) at
     # T = 2, C = 2 gives the CPU path's answers at the same grid
-    rc, se5, cpu22, _ = run_batch(d, [long_req] + shorts, "cpu22", 4, 2, pool)
-    rc2, se6, st22, _ = run_batch(d, [long_req] + shorts, "staged22", 4, 2, pool + ["--device", "cpu-staged"])
+    # (T = 2 halves the KV per rank, so a longer request is the one that needs both groups)
+    longer = dict(long_req, id="longer", prompt="Discharge summary. " + " ".join(f"w{i % 89}" for i in range(2500)))
+    rc, se5, cpu22, _ = run_batch(d, [longer] + shorts, "cpu22", 4, 2, pool)
+    rc2, se6, st22, _ = run_batch(d, [longer] + shorts, "staged22", 4, 2, pool + ["--device", "cpu-staged"])
     check(rc == 0 and rc2 == 0 and len(cpu22) == 6 and
           all(answer(st22.get(k)) == answer(cpu22.get(k)) for k in cpu22) and "spread over 2" in se6,
           "T=2, C=2: --device cpu-staged answers equal the CPU path's (the long one spread)")
