@@ -29,6 +29,7 @@
 #include "gs_tokenizer.h"
 
 #define GS_KV_BLOCK_TOKENS 16
+#define GS_COORD_MAX_CP    64 /* context-parallel groups of one engine (the engine's GS_KV_MAX_CP) */
 #define GS_LINK_MAX_FRAME  (16u << 20) /* largest engine-link frame (worker/gs_link.h says the same):
 					  a Submit's images must fit, GS_LINK_IMAGE_ROOM of it */
 #define GS_LINK_IMAGE_ROOM (GS_LINK_MAX_FRAME - (1u << 20)) /* the rest: prompt ids and params */
@@ -108,12 +109,15 @@ struct engine {
 	const struct gs_coord_model *model; /* the model it serves (from its hello); NULL before */
 	bool             up;           /* registered and healthy */
 	bool             gone;         /* reader finished; entry awaits reaping */
-	int32_t          tp, max_context, kv_blocks_total, max_seqs, vocab;
+	int32_t          tp, cp;       /* its grid: C groups of T ranks (from its hello) */
+	int32_t          max_context, kv_blocks_total, max_seqs, vocab; /* blocks: over all C groups */
 	char             numerics[8];  /* matmul numerics from its hello: "fp32", "bf16", "cuda" */
 	bool             vision;       /* from its hello: a vision tower is loaded */
 	/* last heartbeat */
 	double           last_hb;
-	int32_t          hb_running, hb_waiting, hb_kv_free;
+	int32_t          hb_running, hb_waiting, hb_kv_free; /* free blocks: over all C groups */
+	int32_t          hb_group_free[GS_COORD_MAX_CP], hb_group_used[GS_COORD_MAX_CP]; /* [cp] per group */
+	int32_t          hb_sharded;   /* sequences running spread over more than one group */
 	uint64_t         hb_steps, hb_tokens;
 	double           hb_step_s;
 	bool             prefix_cache;       /* from its hello */

@@ -270,6 +270,8 @@ static bool hello_ok(struct gs_coord *c, struct engine *e, const Gemmashard__Eng
 	if (h->tp < 1 || h->max_context < 2 || h->kv_blocks_total < 1 || h->max_seqs < 1)
 		return hello_refuse(e, "invalid hello (tp %d, context %d, blocks %d, seqs %d)", h->tp, h->max_context,
 				    h->kv_blocks_total, h->max_seqs);
+	if (h->cp < 0 || h->cp > GS_COORD_MAX_CP)
+		return hello_refuse(e, "invalid hello: %d context-parallel groups (1..%d)", h->cp, GS_COORD_MAX_CP);
 	if (h->kv_block_tokens != GS_KV_BLOCK_TOKENS)
 		return hello_refuse(e, "the engine uses %d-token KV blocks, the coordinator %d", h->kv_block_tokens,
 				    GS_KV_BLOCK_TOKENS);
@@ -295,11 +297,17 @@ static bool hello_ok(struct gs_coord *c, struct engine *e, const Gemmashard__Eng
 	e->vision = h->vision;
 	snprintf(e->numerics, sizeof(e->numerics), "%s", nm);
 	e->tp = h->tp;
+	e->cp = h->cp > 0 ? h->cp : 1; /* an engine built before the field existed has none */
 	e->max_context = h->max_context;
 	e->kv_blocks_total = h->kv_blocks_total;
 	e->max_seqs = h->max_seqs;
 	e->vocab = h->vocab_size;
 	e->hb_kv_free = h->kv_blocks_total;
+	for (int32_t g = 0; g < e->cp; g++) { /* idle until the first heartbeat: all free */
+		e->hb_group_free[g] = h->kv_blocks_total / e->cp;
+		e->hb_group_used[g] = 0;
+	}
+	e->hb_sharded = 0;
 	e->prefix_cache = h->prefix_cache;
 	return true;
 }
@@ -454,9 +462,9 @@ static void *engine_reader(void *arg)
 	e->up = true;
 	e->last_hb = gs_now_s();
 	pthread_mutex_unlock(&c->mu);
-	gs_log(GS_LOG_INFO, "coordinator: engine %s (%s) up over %s for model \"%s\": T=%d, context %d, %d KV blocks, "
-	       "%d seqs, %s%s", e->id, e->peer, gs_stream_describe(e->s), e->model->name, e->tp, e->max_context,
-	       e->kv_blocks_total, e->max_seqs, e->numerics, e->vision ? ", vision" : "");
+	gs_log(GS_LOG_INFO, "coordinator: engine %s (%s) up over %s for model \"%s\": T=%d, C=%d, context %d, %d KV "
+	       "blocks, %d seqs, %s%s", e->id, e->peer, gs_stream_describe(e->s), e->model->name, e->tp, e->cp,
+	       e->max_context, e->kv_blocks_total, e->max_seqs, e->numerics, e->vision ? ", vision" : "");
 
 	while (!atomic_load(&c->stopping)) {
 		int pr = gs_stream_wait(e->s, 200);
@@ -488,6 +496,16 @@ static void *engine_reader(void *arg)
 			e->hb_running = h->running;
 			e->hb_waiting = h->waiting;
 			e->hb_kv_free = h->kv_blocks_free;
+			/* per group: only a heartbeat with one figure per group of the hello's grid */
+			if (h->n_kv_group_blocks_free == (size_t)e->cp && h->n_kv_group_blocks_used == (size_t)e->cp) {
+				memcpy(e->hb_group_free, h->kv_group_blocks_free, sizeof(int32_t) * (size_t)e->cp);
+				memcpy(e->hb_group_used, h->kv_group_blocks_used, sizeof(int32_t) * (size_t)e->cp);
+			} else if (e->cp == 1 && h->kv_blocks_free >= 0 && h->kv_blocks_free <= e->kv_blocks_total) {
+				/* an engine built before the fields existed */
+				e->hb_group_free[0] = h->kv_blocks_free;
+				e->hb_group_used[0] = e->kv_blocks_total - h->kv_blocks_free;
+			}
+			e->hb_sharded = h->sharded_running;
 			e->hb_steps = h->steps;
 			e->hb_step_s = h->step_seconds_total;
 			e->hb_tokens = h->tokens_generated;

@@ -137,9 +137,9 @@ char *gs_coord_metrics(struct gs_coord *c)
 		{ "gemmashard_requests_running", "gauge", "Requests running in the engines." },
 		{ "gemmashard_engines_healthy", "gauge", "Engines registered and healthy." },
 		{ "gemmashard_model_kv_blocks_used", "gauge", "KV blocks (global layers, per rank) in use, summed over the "
-		  "model's engines." },
+		  "model's engines and their context-parallel groups." },
 		{ "gemmashard_model_kv_blocks_free", "gauge", "KV blocks (global layers, per rank) free, summed over the "
-		  "model's engines." },
+		  "model's engines and their context-parallel groups." },
 		{ "gemmashard_model_requests_total", "counter",
 		  "Client requests accepted for the model (n choices count n)." },
 		{ "gemmashard_model_generated_tokens_total", "counter", "Tokens generated for the model's clients." },
@@ -203,8 +203,10 @@ char *gs_coord_metrics(struct gs_coord *c)
 	static const struct {
 		const char *name, *type, *help;
 	} per_engine[] = {
-		{ "gemmashard_kv_blocks_used", "gauge", "KV blocks (global layers, per rank) in use." },
-		{ "gemmashard_kv_blocks_free", "gauge", "KV blocks (global layers, per rank) free." },
+		{ "gemmashard_kv_blocks_used", "gauge", "KV blocks (global layers, per rank) in use, summed over the "
+		  "engine's context-parallel groups." },
+		{ "gemmashard_kv_blocks_free", "gauge", "KV blocks (global layers, per rank) free, summed over the "
+		  "engine's context-parallel groups." },
 		{ "gemmashard_engine_steps_total", "counter", "Engine steps." },
 		{ "gemmashard_engine_step_seconds_total", "counter", "Engine time spent in steps." },
 		{ "gemmashard_engine_tokens_total", "counter", "Tokens the engine sampled." },
@@ -218,7 +220,17 @@ char *gs_coord_metrics(struct gs_coord *c)
 		{ "gemmashard_prefix_cache_evictions_total", "counter",
 		  "Cached KV blocks (global layers, per rank) evicted for new use." },
 		{ "gemmashard_prefix_cache_enabled", "gauge", "1 when the engine runs with automatic prefix caching." },
+		{ "gemmashard_engine_tp", "gauge", "Tensor-parallel degree T of the engine (ranks per context-parallel "
+		  "group)." },
+		{ "gemmashard_engine_cp", "gauge", "Context-parallel degree C of the engine (groups of T ranks; 1: none)." },
+		{ "gemmashard_engine_kv_group_blocks_free", "gauge", "KV blocks (global layers, per rank) free in each "
+		  "context-parallel group of the engine." },
+		{ "gemmashard_engine_kv_group_blocks_used", "gauge", "KV blocks (global layers, per rank) held or reserved "
+		  "in each context-parallel group of the engine." },
+		{ "gemmashard_engine_sharded_sequences_running", "gauge", "Sequences running with their KV spread over "
+		  "more than one context-parallel group." },
 	};
+	_Static_assert(sizeof(per_engine) / sizeof(per_engine[0]) == 16, "the switch below numbers the series");
 	for (size_t k = 0; k < sizeof(per_engine) / sizeof(per_engine[0]); k++) {
 		gs_sbuf_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", per_engine[k].name, per_engine[k].help, per_engine[k].name,
 			  per_engine[k].type);
@@ -236,6 +248,12 @@ char *gs_coord_metrics(struct gs_coord *c)
 					       e->numerics, e->tp, e->vision ? "true" : "false");
 				continue;
 			}
+			if (k == 13 || k == 14) { /* one series per context-parallel group */
+				for (int32_t g = 0; g < e->cp; g++)
+					gs_sbuf_printf(&b, "%s{engine=\"%s\",group=\"%d\"} %d\n", per_engine[k].name, e->id, g,
+						       k == 13 ? e->hb_group_free[g] : e->hb_group_used[g]);
+				continue;
+			}
 			gs_sbuf_printf(&b, "%s{engine=\"%s\"} ", per_engine[k].name, e->id);
 			switch (k) {
 			case 0: gs_sbuf_printf(&b, "%d\n", e->kv_blocks_total - e->hb_kv_free); break;
@@ -246,7 +264,10 @@ char *gs_coord_metrics(struct gs_coord *c)
 			case 7: gs_sbuf_printf(&b, "%" PRIu64 "\n", e->hb_prefix_hit); break;
 			case 8: gs_sbuf_printf(&b, "%" PRIu64 "\n", e->hb_prefix_query); break;
 			case 9: gs_sbuf_printf(&b, "%" PRIu64 "\n", e->hb_prefix_evictions); break;
-			default: gs_sbuf_printf(&b, "%d\n", e->prefix_cache ? 1 : 0); break;
+			case 10: gs_sbuf_printf(&b, "%d\n", e->prefix_cache ? 1 : 0); break;
+			case 11: gs_sbuf_printf(&b, "%d\n", e->tp); break;
+			case 12: gs_sbuf_printf(&b, "%d\n", e->cp); break;
+			default: gs_sbuf_printf(&b, "%d\n", e->hb_sharded); break;
 			}
 		}
 	}

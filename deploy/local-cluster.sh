@@ -2,7 +2,7 @@
 # A gemmashard cluster on this machine: one coordinator plus N engines of T ranks each
 # (every engine is its own `mpirun -np T gemmashard-worker --coordinator ...` job).
 #
-#   deploy/local-cluster.sh --model DIR [--served-name NAME] [--engines N] [--model DIR ...] [--tp T]
+#   deploy/local-cluster.sh --model DIR [--served-name NAME] [--engines N] [--model DIR ...] [--tp T] [--cp C]
 #       [--http HOST:PORT] [--grpc HOST:PORT] [--engine-listen HOST:PORT] [--api-key-file FILE]
 #       [--build DIR] [--threads N] [--ctx N] [--kv-mem MiB] [--max-seqs N] [--prefix-cache on|off] [--cluster-certs DIR]
 #       [--mpi-if IFACE [--hostfile FILE]]
@@ -26,6 +26,11 @@
 # keepalive (5 s idle, 3 probes 2 s apart) ends a job whose daemon is unreachable, and each
 # rank's watchdog (gemmashard-worker --collective-timeout, 10 s) ends a rank stuck on a peer.
 #
+# Context parallelism: --cp C (default 1) makes every engine C groups of T ranks, one
+# `mpirun -np T*C gemmashard-worker --cp C ...` job; a long sequence's global-layer KV is spread
+# over the groups, so the engine serves up to C times the context one group's KV pool holds
+# (gemmashard-worker --help; CPU devices, no prefix cache).
+#
 # Several models behind the one coordinator: repeat --model DIR. --served-name NAME and
 # --engines N after a --model apply to that model; given before any --model they are the
 # default of every model. E.g. a text model on two engines and an image model on one:
@@ -40,7 +45,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 
-models=() names=() neng=() engines=1 served="" tp=2 http="127.0.0.1:8000" grpc="127.0.0.1:50051" elisten="127.0.0.1:50061"
+models=() names=() neng=() engines=1 served="" tp=2 cp=1 http="127.0.0.1:8000" grpc="127.0.0.1:50051" elisten="127.0.0.1:50061"
 api_key_file="" build="$here/build" threads="" ctx="" kv_mem="" max_seqs="" prefix_cache="" cmd=()
 mpi_if=${GS_MPI_IF:-} hostfile=""
 tls_cert="" tls_key="" tls_client_ca="" tls_client_cert="" tls_client_key="" tls_ca=""
@@ -50,6 +55,7 @@ while [ $# -gt 0 ]; do
     --model) models+=("$2"); names+=(""); neng+=(""); shift 2 ;;
     --engines) if [ ${#models[@]} -eq 0 ]; then engines=$2; else neng[${#models[@]}-1]=$2; fi; shift 2 ;;
     --tp) tp=$2; shift 2 ;;
+    --cp) cp=$2; shift 2 ;;
     --http) http=$2; shift 2 ;;
     --grpc) grpc=$2; shift 2 ;;
     --engine-listen) elisten=$2; shift 2 ;;
@@ -84,8 +90,9 @@ for k in "${!models[@]}"; do
   [ -f "${models[$k]}/config.json" ] || { echo "local-cluster: ${models[$k]}/config.json not found" >&2; exit 2; }
   [ -n "${names[$k]}" ] || names[$k]=${served:-$(basename "$(cd "${models[$k]}" && pwd)")}
   [ -n "${neng[$k]}" ] || neng[$k]=$engines
-  case "${neng[$k]}$tp" in *[!0-9]*) echo "local-cluster: --engines and --tp must be integers" >&2; exit 2 ;; esac
-  [ "${neng[$k]}" -ge 1 ] && [ "$tp" -ge 1 ] || { echo "local-cluster: --engines and --tp must be >= 1" >&2; exit 2; }
+  case "${neng[$k]}$tp$cp" in *[!0-9]*|"") echo "local-cluster: --engines, --tp and --cp must be integers" >&2; exit 2 ;; esac
+  [ "${neng[$k]}" -ge 1 ] && [ "$tp" -ge 1 ] && [ "$cp" -ge 1 ] ||
+    { echo "local-cluster: --engines, --tp and --cp must be >= 1" >&2; exit 2; }
   total=$((total + neng[k]))
 done
 if [ -n "$tls_cert$tls_key" ] && { [ -z "$tls_cert" ] || [ -z "$tls_key" ]; }; then
@@ -172,10 +179,11 @@ eng_args=(--coordinator "$elisten"
 [ -n "$kv_mem" ] && eng_args+=(--kv-mem "$kv_mem")
 [ -n "$max_seqs" ] && eng_args+=(--max-seqs "$max_seqs")
 [ -n "$prefix_cache" ] && eng_args+=(--prefix-cache "$prefix_cache")
+[ "$cp" -gt 1 ] && eng_args+=(--cp "$cp")
 i=0
 for k in "${!models[@]}"; do
   for _ in $(seq 1 "${neng[$k]}"); do
-    setsid mpirun --oversubscribe --bind-to none ${hostfile:+--hostfile "$hostfile"} -np "$tp" "$build/worker/gemmashard-worker" \
+    setsid mpirun --oversubscribe --bind-to none ${hostfile:+--hostfile "$hostfile"} -np "$((tp * cp))" "$build/worker/gemmashard-worker" \
       --model "${models[$k]}" --served-name "${names[$k]}" "${eng_args[@]}" --engine-id "engine-$i" \
       >"$logs/engine-$i.log" 2>&1 &
     pids+=($!)
@@ -206,8 +214,10 @@ if [ $healthy != 1 ]; then
   exit 1
 fi
 
+grid="$tp rank(s)"
+[ "$cp" -gt 1 ] && grid="$cp context-parallel groups x $tp rank(s)"
 for k in "${!models[@]}"; do
-  echo "local-cluster: model \"${names[$k]}\", ${neng[$k]} engine(s) x $tp rank(s) healthy" >&2
+  echo "local-cluster: model \"${names[$k]}\", ${neng[$k]} engine(s) x $grid healthy" >&2
 done
 cat >&2 <<EOF
   HTTP (OpenAI API)  $scheme://$http/v1   (GET /health, GET /metrics)

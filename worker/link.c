@@ -357,6 +357,20 @@ static bool connect_loop(struct link *l)
 
 /* ---- messages out -------------------------------------------------------------------- */
 
+/* Context parallelism: how many groups' figures the stats hold (1 without). */
+static int32_t stats_groups(const struct gs_engine_stats *s)
+{
+	return s->cp > 1 ? (s->cp < GS_KV_MAX_CP ? s->cp : GS_KV_MAX_CP) : 1;
+}
+
+/* Global-layer blocks per rank over every group: what a sequence spread over them may take
+ * (every group's pool is the leader's size). */
+static int32_t kv_blocks_all_groups(const struct gs_engine_stats *s)
+{
+	int64_t n = (int64_t)s->kv_global_total * stats_groups(s);
+	return n > INT32_MAX ? INT32_MAX : (int32_t)n;
+}
+
 static enum gs_status send_hello(struct link *l)
 {
 	Gemmashard__Engine__EngineMessage m = GEMMASHARD__ENGINE__ENGINE_MESSAGE__INIT;
@@ -369,7 +383,7 @@ static enum gs_status send_hello(struct link *l)
 	h.tp = l->cfg->tp;
 	h.cp = l->cfg->cp;
 	h.kv_block_tokens = GS_KV_BLOCK;
-	h.kv_blocks_total = s.kv_global_total;
+	h.kv_blocks_total = kv_blocks_all_groups(&s);
 	h.max_context = s.max_context;
 	h.vocab_size = l->cfg->vocab_size;
 	h.max_seqs = s.max_seqs;
@@ -388,12 +402,19 @@ static enum gs_status send_heartbeat(struct link *l)
 	Gemmashard__Engine__EngineMessage m = GEMMASHARD__ENGINE__ENGINE_MESSAGE__INIT;
 	Gemmashard__Engine__Heartbeat h = GEMMASHARD__ENGINE__HEARTBEAT__INIT;
 	struct gs_engine_stats s;
+	int64_t free_all = 0;
 
 	gs_engine_get_stats(l->e, &s);
 	h.running = s.running;
 	h.waiting = s.waiting;
-	h.kv_blocks_free = s.kv_global_free;
-	h.kv_blocks_total = s.kv_global_total;
+	h.n_kv_group_blocks_free = h.n_kv_group_blocks_used = (size_t)stats_groups(&s);
+	h.kv_group_blocks_free = s.kv_group_free;
+	h.kv_group_blocks_used = s.kv_group_used;
+	for (int32_t c = 0; c < stats_groups(&s); c++)
+		free_all += s.kv_group_free[c];
+	h.kv_blocks_free = s.cp > 1 ? (free_all > INT32_MAX ? INT32_MAX : (int32_t)free_all) : s.kv_global_free;
+	h.kv_blocks_total = kv_blocks_all_groups(&s);
+	h.sharded_running = s.sharded_running;
 	h.steps = s.steps;
 	h.last_step_ms = (float)(s.last_step_s * 1e3);
 	h.step_seconds_total = s.step_s_total;

@@ -31,7 +31,8 @@ the engine's log).
 
 models=[(DIR, NAME), ...] serves several models (--model DIR --served-name NAME each; NAME None:
 the folder's name) instead of model_dir; engine_models=[k, ...] gives engine i model k (default 0):
-its --model and --served-name; start_engine(i, model=k) overrides it.
+its --model and --served-name; start_engine(i, model=k) overrides it. start_engine(i, np=N) runs that
+engine on N ranks instead of tp (with extra=["--cp", C]: C groups of N / C).
 
 tls={"cert": F, "key": F, "ca": F} serves gRPC and HTTPS with that certificate ("ca": the CA that
 issued it, for the cluster's own probes); add "client_ca" for mutual TLS, with "client_cert" and
@@ -137,7 +138,7 @@ class Cluster:
         self.coord = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         log.close()
 
-    def start_engine(self, i, extra=(), certs=None, model=None):
+    def start_engine(self, i, extra=(), certs=None, model=None, np=None):
         k = self.engine_models[i] if model is None else model
         model_dir, name = self.models[k] if self.models else (self.model_dir, None)
         if certs is None and self.cluster_certs:
@@ -145,7 +146,7 @@ class Cluster:
             certs = (f"{d}/ca.crt", f"{d}/engine.crt", f"{d}/engine.key")
         tls = ["--cluster-ca", certs[0], "--cluster-cert", certs[1], "--cluster-key", certs[2]] if certs else []
         cmd = [self.mpirun, "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
-               "-np", str(self.tp), self.worker_bin, "--model", model_dir,
+               "-np", str(np or self.tp), self.worker_bin, "--model", model_dir,
                *(["--served-name", name] if name else []), "--coordinator", f"{self.engine_host}:{self.engine_port}", "--engine-id", f"engine-{i}",
                *tls, *self.engine_args, *extra]
         if self.relaunch:

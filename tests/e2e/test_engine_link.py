@@ -325,6 +325,10 @@ def run_engine1(pb, srv, eng, reqs, ref, log1):
     check(hb is not None and (hb.kv_blocks_free, hb.kv_blocks_total, hb.running, hb.waiting) == (total, total, 0, 0),
           f"idle heartbeat: all {total} blocks free, nothing running "
           f"({hb.kv_blocks_free if hb else '-'}/{hb.kv_blocks_total if hb else '-'})")
+    check(hb is not None and hello.cp == 1 and list(hb.kv_group_blocks_free) == [total] and
+          list(hb.kv_group_blocks_used) == [0] and hb.sharded_running == 0,
+          f"idle heartbeat without context parallelism: one group, all free "
+          f"({list(hb.kv_group_blocks_free) if hb else '-'} free, {list(hb.kv_group_blocks_used) if hb else '-'} used)")
     busy = {p: cpu1[p] - cpu0[p] for p in rank_pids}
     check(len(busy) == 2 and all(v < 0.5 for v in busy.values()),
           f"idle ranks use < 25% of a core each ({', '.join(f'{v / 2 * 100:.0f}%' for v in busy.values())})")
@@ -383,6 +387,9 @@ def run_engine1(pb, srv, eng, reqs, ref, log1):
     m = link.wait_for(lambda m: m.WhichOneof("body") == "heartbeat", 2)
     check(m is not None and m.heartbeat.running == 1 and m.heartbeat.kv_blocks_free < total,
           f"a running request holds KV ({m.heartbeat.kv_blocks_free if m else '-'}/{total} free)")
+    check(m is not None and list(m.heartbeat.kv_group_blocks_free) == [m.heartbeat.kv_blocks_free] and
+          list(m.heartbeat.kv_group_blocks_used) == [total - m.heartbeat.kv_blocks_free],
+          "its one group's figures are the heartbeat's free and used blocks")
     cancel(pb, link, 500)
     t_cancel = time.time()
     link.wait_for(has(500, lambda e: e.finish == pb.FINISH_CANCELLED), 30)
