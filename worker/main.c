@@ -42,6 +42,7 @@ struct worker_opts {
 	struct gs_cluster_files cluster;  /* --cluster-ca/--cluster-cert/--cluster-key (engine mode) */
 	int generate, chunk, threads, decode_steps, prompt_tokens, max_batch_tokens, max_seqs, ctx;
 	int cp;                /* --cp C: context-parallel groups (1: none) */
+	int reps;              /* --bench: timed repetitions, the best reported */
 	size_t kv_bytes;       /* --kv-mem, per rank (0: the engine's default) */
 	bool bench;
 	bool no_prefix_cache;        /* --prefix-cache off */
@@ -90,7 +91,8 @@ static void usage(FILE *f)
 		   "                       cpu-staged: the CPU kernels on the device path (tests without a GPU)\n"
 		   "  --numerics fp32|bf16 CPU matmul numerics (default fp32); bf16: x rounded to bf16, vdpbf16ps\n"
 		   "                       (needs AVX512_BF16; refused otherwise). Not with --device cuda\n"
-		   "  --bench              time prefill (--prompt-tokens, 512) and decode (--decode-steps, 32)\n"
+		   "  --bench              time prefill (--prompt-tokens, 512) and decode (--decode-steps, 32), the best\n"
+		   "                       of --reps runs (2)\n"
 		   "  --batch IN.jsonl --out OUT.jsonl   offline batch through the serving engine (resumable)\n"
 		   "  --batch-split K/N    --batch: run only the lines L with (L-1) %% N == K (job arrays; ids as in\n"
 		   "                       the whole file; join the parts with `gemmashard batch-merge`)\n"
@@ -114,7 +116,7 @@ static void usage(FILE *f)
 /* Returns 0, 1 for --help (rank 0 prints it), 2 on a usage error (reason in gs_last_error). */
 static int parse_args(int argc, char **argv, struct worker_opts *o, int rank)
 {
-	*o = (struct worker_opts){ .cp = 1, .chunk = 0, .decode_steps = 32, .prompt_tokens = 512, .max_batch_tokens = 256,
+	*o = (struct worker_opts){ .cp = 1, .reps = 2, .chunk = 0, .decode_steps = 32, .prompt_tokens = 512, .max_batch_tokens = 256,
 				   .max_seqs = 64, .ctx = 0, .collective_timeout = GS_WATCHDOG_DEFAULT_S };
 	o->sp = (struct gs_sampling_params){ .temperature = 0, .top_k = 0, .top_p = 1, .min_p = 0,
 					     .repetition_penalty = 1, .seed = 0 };
@@ -220,6 +222,12 @@ static int parse_args(int argc, char **argv, struct worker_opts *o, int rank)
 			}
 		} else if (!strcmp(a, "--threads")) {
 			o->threads = atoi(v);
+		} else if (!strcmp(a, "--reps")) {
+			o->reps = atoi(v);
+			if (o->reps < 1 || o->reps > 100) {
+				gs_errorf(GS_ERR_INVALID_ARG, "--reps wants 1..100 timed repetitions, got \"%s\"", v);
+				return 2;
+			}
 		} else if (!strcmp(a, "--decode-steps")) {
 			o->decode_steps = atoi(v);
 		} else if (!strcmp(a, "--prompt-tokens")) {
@@ -454,7 +462,7 @@ static int run_bench(const struct gs_comm *w, const struct gs_comm *tp, struct g
 	GS_ASSERT(ids != NULL);
 	for (int i = 0; i < np; i++)
 		ids[i] = 2 + (int32_t)((i * 2654435761u) % (uint32_t)(m->n_vocab - 2));
-	for (int rep = 0; rep < 2; rep++) {
+	for (int rep = 0; rep < o->reps; rep++) {
 		gs_seq_reset(s);
 		w->iface->barrier(w->ctx);
 		t0 = gs_now_s();
@@ -464,7 +472,7 @@ static int run_bench(const struct gs_comm *w, const struct gs_comm *tp, struct g
 		if (gs_now_s() - t0 < t_pre)
 			t_pre = gs_now_s() - t0;
 	}
-	for (int rep = 0; rep < 2; rep++) {
+	for (int rep = 0; rep < o->reps; rep++) {
 		gs_seq_reset(s);
 		if (gs_forward_run(f, s, ids, 16, logits, false) != GS_OK)
 			return 1;
