@@ -329,16 +329,46 @@ void gs_cpu_round_bf16(struct gs_threadpool *tp, uint16_t *dst, const float *src
 		gs_threadpool_run(tp, gs_round_task_run, &t);
 }
 
+/* Threads take column ranges from a shared counter rather than a fixed half each, so a thread
+ * slowed by another process on its core (this machine is shared) leaves more of the work to
+ * the others; outputs do not depend on who computes them. Ranges shrink as the work runs out
+ * (a quarter of the rest per thread, in multiples of GS_MM_BF_GRAB columns, at most 8 of them),
+ * and each thread takes its next range before computing the current one, so the kernel can
+ * prefetch the next range's weights while the current one ends. */
+#define GS_MM_BF_GRAB (3 * GS_MM_COL_ALIGN) /* 96: also a whole number of 6-row GEMM tiles */
+
+struct gs_mm_bf_task {
+	struct gs_mm_args args;
+	atomic_int next; /* first column not yet taken */
+};
+
+/* The first column of a newly taken range (its end in *j1), or -1 when all are taken. */
+static int gs_mm_bf_take(struct gs_mm_bf_task *t, int n_threads, int *j1)
+{
+	const int n = t->args.n;
+	int j0 = atomic_load_explicit(&t->next, memory_order_relaxed), g;
+	do {
+		if (j0 >= n)
+			return -1;
+		g = (n - j0) / (4 * n_threads) / GS_MM_BF_GRAB * GS_MM_BF_GRAB;
+		g = g < GS_MM_BF_GRAB ? GS_MM_BF_GRAB : g > 8 * GS_MM_BF_GRAB ? 8 * GS_MM_BF_GRAB : g;
+		g = g < n - j0 ? g : n - j0;
+	} while (!atomic_compare_exchange_weak_explicit(&t->next, &j0, j0 + g, memory_order_relaxed,
+							memory_order_relaxed));
+	*j1 = j0 + g;
+	return j0;
+}
+
 static void gs_mm_bf_task_run(void *ctx, int tid, int n_threads)
 {
-	const struct gs_mm_args *a = ctx;
-	int units = (a->n + GS_MM_COL_ALIGN - 1) / GS_MM_COL_ALIGN;
-	int u0 = (int)((long long)units * tid / n_threads);
-	int u1 = (int)((long long)units * (tid + 1) / n_threads);
-	int j0 = u0 * GS_MM_COL_ALIGN;
-	int j1 = u1 * GS_MM_COL_ALIGN < a->n ? u1 * GS_MM_COL_ALIGN : a->n;
-	if (j0 < j1)
-		gs_mm_bf_range_avx512bf16(a, j0, j1);
+	struct gs_mm_bf_task *t = ctx;
+	int j1 = 0, jn1 = 0, j0 = gs_mm_bf_take(t, n_threads, &j1);
+	(void)tid;
+	while (j0 >= 0) {
+		int jn = gs_mm_bf_take(t, n_threads, &jn1);
+		gs_mm_bf_range_avx512bf16(&t->args, j0, j1, jn);
+		j0 = jn, j1 = jn1;
+	}
 }
 
 void gs_cpu_matmul_bf16dp(struct gs_threadpool *tp, float *y, const float *x, const uint16_t *w,
@@ -350,15 +380,21 @@ void gs_cpu_matmul_bf16dp(struct gs_threadpool *tp, float *y, const float *x, co
 		return;
 	size_t nx = (size_t)m * (size_t)k;
 	if (nx > gs_xb_cap) {
-		uint16_t *p = realloc(gs_xb, nx * sizeof(*p));
+		/* 64-byte aligned: a 64-byte vector load then never straddles two cache lines */
+		size_t bytes = (nx * sizeof(uint16_t) + 63) / 64 * 64;
+		uint16_t *p = aligned_alloc(64, bytes);
 		GS_ASSERT(p != NULL); /* activations of one step; the arena holding x was larger */
+		free(gs_xb);
 		gs_xb = p;
-		gs_xb_cap = nx;
+		gs_xb_cap = bytes / sizeof(uint16_t);
 	}
 	gs_cpu_round_bf16(tp, gs_xb, x, nx);
-	struct gs_mm_args a = { .y = y, .x = x, .xb = gs_xb, .w = w, .m = m, .n = n, .k = k, .wt = GS_MM_W_BF16 };
+	struct gs_mm_bf_task t = {
+		.args = { .y = y, .x = x, .xb = gs_xb, .w = w, .m = m, .n = n, .k = k, .wt = GS_MM_W_BF16 },
+	};
+	atomic_init(&t.next, 0);
 	if ((long long)m * n * k < GS_MM_MIN_PARALLEL_MACS || n <= GS_MM_COL_ALIGN)
-		gs_mm_bf_task_run(&a, 0, 1);
+		gs_mm_bf_task_run(&t, 0, 1);
 	else
-		gs_threadpool_run(tp, gs_mm_bf_task_run, &a);
+		gs_threadpool_run(tp, gs_mm_bf_task_run, &t);
 }

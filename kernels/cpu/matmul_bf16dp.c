@@ -2,12 +2,15 @@
  * (AVX512_BF16): 32 multiply-adds per instruction, twice the fp32 FMA's 16, and no conversion of
  * W at all. Compiled with -mavx512bf16 and only called after the run-time probe (matmul.c).
  * Every path sums in the bf16 canonical order of matmul_impl.h, so an output has the same bits
- * whatever m, its row's place, the thread count or the path (decode, streamed, GEMM). */
+ * whatever m, its row's place, the thread count or the path (decode for m <= 4, GEMM above).
+ * The speed comes from clean register tiles (4 x rows × 6 W rows of zmm accumulators, nothing
+ * spilled), 64-byte aligned bf16 x (matmul.c), W prefetched evenly a few panels ahead, and
+ * threads taking column ranges from a shared counter (matmul.c). */
 #include "matmul_impl.h"
 
 #if !defined(__x86_64__)
 /* Other architectures: never selected (gs_cpu_bf16_missing() names the feature there). */
-void gs_mm_bf_range_avx512bf16(const struct gs_mm_args *a, int j0, int j1) { (void)a, (void)j0, (void)j1; }
+void gs_mm_bf_range_avx512bf16(const struct gs_mm_args *a, int j0, int j1, int jn) { (void)a, (void)j0, (void)j1, (void)jn; }
 void gs_round_bf16_avx512(uint16_t *dst, const float *src, size_t n) { (void)dst, (void)src, (void)n; }
 float gs_dpbf16_loop_avx512bf16(long iters, double *flops) { (void)iters; *flops = 0; return 0.0f; }
 #else
@@ -60,53 +63,80 @@ GS_INLINE __m512 gs_tree16x16(const __m512 a[16])
 			     _mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-/* Tree sums of xr[0..MR) · wr[0..NR) over kc bf16 elements: lane 4ii + jj is output [ii][jj].
- * pf (if not NULL): NR rows prefetched into L2 at the same offsets (one 64-byte line a step).
- * Accumulator [ii][jj] is its own chain, so MR, NR and the other rows never change its bits. */
-GS_INLINE __m512 gs_bf_tile(const uint16_t *const *xr, const uint16_t *const *wr, const uint16_t *const *pf,
-			    int kc, const int MR, const int NR)
+/* Tree sums of x rows x0..x3 · W rows w0..w5 over kc bf16 elements (one block): lane 4ii + jj of
+ * *s4 is output [ii][jj] (jj < 4), lane 4ii + jj of *s2 output [ii][4 + jj] (jj < 2, NR = 6 only).
+ * Only the first MR x rows and NR W rows are computed (the other outputs are 0). Accumulator
+ * [ii][jj] is its own chain, so MR, NR and the other rows never change its bits. Plain pointers
+ * and one index, nothing else live in the loop: gcc keeps it all in registers (24 accumulators,
+ * 4 x vectors, 1 W vector). */
+GS_INLINE void gs_bf_tile(const uint16_t *x0, const uint16_t *x1, const uint16_t *x2, const uint16_t *x3,
+			  const uint16_t *w0, const uint16_t *w1, const uint16_t *w2, const uint16_t *w3,
+			  const uint16_t *w4, const uint16_t *w5, int kc, const int MR, const int NR, __m512 *s4,
+			  __m512 *s2)
 {
-	__m512 acc[4][4];
-	_Pragma("GCC unroll 4") for (int ii = 0; ii < 4; ii++)
-		_Pragma("GCC unroll 4") for (int jj = 0; jj < 4; jj++)
-			acc[ii][jj] = _mm512_setzero_ps();
+	const __m512 z = _mm512_setzero_ps();
+	__m512 c0[6] = { z, z, z, z, z, z }, c1[6] = { z, z, z, z, z, z }, c2[6] = { z, z, z, z, z, z },
+	       c3[6] = { z, z, z, z, z, z };
+	const uint16_t *wr[6] = { w0, w1, w2, w3, w4, w5 };
+#define GS_BF_STEP(LD)                                                                                   \
+	do {                                                                                             \
+		__m512bh a0 = (__m512bh)LD(x0), a1 = a0, a2 = a0, a3 = a0;                              \
+		if (MR > 1)                                                                              \
+			a1 = (__m512bh)LD(x1);                                                           \
+		if (MR > 2)                                                                              \
+			a2 = (__m512bh)LD(x2);                                                           \
+		if (MR > 3)                                                                              \
+			a3 = (__m512bh)LD(x3);                                                           \
+		_Pragma("GCC unroll 6") for (int jj = 0; jj < NR; jj++) {                                \
+			__m512bh b = (__m512bh)LD(wr[jj]);                                               \
+			c0[jj] = _mm512_dpbf16_ps(c0[jj], a0, b);                                        \
+			if (MR > 1)                                                                      \
+				c1[jj] = _mm512_dpbf16_ps(c1[jj], a1, b);                                \
+			if (MR > 2)                                                                      \
+				c2[jj] = _mm512_dpbf16_ps(c2[jj], a2, b);                                \
+			if (MR > 3)                                                                      \
+				c3[jj] = _mm512_dpbf16_ps(c3[jj], a3, b);                                \
+		}                                                                                        \
+	} while (0)
 	int t = 0;
-	for (; t + 32 <= kc; t += 32) {
-		if (pf)
-			_Pragma("GCC unroll 4") for (int jj = 0; jj < NR; jj++)
-				_mm_prefetch((const char *)(pf[jj] + t), _MM_HINT_T1);
-		__m512i xv[4];
-		_Pragma("GCC unroll 4") for (int ii = 0; ii < MR; ii++)
-			xv[ii] = _mm512_loadu_si512(xr[ii] + t);
-		_Pragma("GCC unroll 4") for (int jj = 0; jj < NR; jj++) {
-			__m512bh wv = (__m512bh)_mm512_loadu_si512(wr[jj] + t);
-			_Pragma("GCC unroll 4") for (int ii = 0; ii < MR; ii++)
-				acc[ii][jj] = _mm512_dpbf16_ps(acc[ii][jj], (__m512bh)xv[ii], wv);
-		}
-	}
+#define GS_BF_LD(p) _mm512_loadu_si512((p) + t)
+	for (; t + 32 <= kc; t += 32)
+		GS_BF_STEP(GS_BF_LD);
+#undef GS_BF_LD
 	if (t < kc) { /* masked: x = w = +0.0 past the block */
 		__mmask32 mk = (__mmask32)((1ull << (kc - t)) - 1);
-		__m512i xv[4];
-		_Pragma("GCC unroll 4") for (int ii = 0; ii < MR; ii++)
-			xv[ii] = _mm512_maskz_loadu_epi16(mk, xr[ii] + t);
-		_Pragma("GCC unroll 4") for (int jj = 0; jj < NR; jj++) {
-			__m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(mk, wr[jj] + t);
-			_Pragma("GCC unroll 4") for (int ii = 0; ii < MR; ii++)
-				acc[ii][jj] = _mm512_dpbf16_ps(acc[ii][jj], (__m512bh)xv[ii], wv);
-		}
+#define GS_BF_LD(p) _mm512_maskz_loadu_epi16(mk, (p) + t)
+		GS_BF_STEP(GS_BF_LD);
+#undef GS_BF_LD
 	}
-	__m512 a[16];
-	_Pragma("GCC unroll 4") for (int ii = 0; ii < 4; ii++)
-		_Pragma("GCC unroll 4") for (int jj = 0; jj < 4; jj++)
-			a[ii + 4 * jj] = acc[ii][jj];
-	return gs_tree16x16(a);
+#undef GS_BF_STEP
+	__m512 a[16] = { c0[0], c1[0], c2[0], c3[0], c0[1], c1[1], c2[1], c3[1],
+			 c0[2], c1[2], c2[2], c3[2], c0[3], c1[3], c2[3], c3[3] };
+	*s4 = gs_tree16x16(a);
+	if (NR > 4) {
+		/* columns 4, 5 twice: the second half of the tree repeats the first (gcc merges it) */
+		__m512 e[16] = { c0[4], c1[4], c2[4], c3[4], c0[5], c1[5], c2[5], c3[5],
+				 c0[4], c1[4], c2[4], c3[4], c0[5], c1[5], c2[5], c3[5] };
+		*s2 = gs_tree16x16(e);
+	}
 }
 
-/* y[ii][0..nr) (+)= lanes 4ii .. 4ii+nr of s, for ii < mr; y rows n apart */
+/* y[ii][0..nr) (+)= lanes 4ii .. 4ii+nr of s, for ii < mr; y rows n apart. Whole rows of 4
+ * (the common case) without masks. */
 GS_INLINE void gs_tile_store(float *y, size_t n, __m512 s, int mr, int nr, int accumulate)
 {
 	_Alignas(64) float tmp[16];
 	_mm512_store_ps(tmp, s);
+	if (nr == 4) {
+		for (int ii = 0; ii < mr; ii++) {
+			__m128 v = _mm_load_ps(tmp + 4 * ii);
+			float *yp = y + (size_t)ii * n;
+			if (accumulate)
+				v = _mm_add_ps(_mm_loadu_ps(yp), v);
+			_mm_storeu_ps(yp, v);
+		}
+		return;
+	}
 	__mmask8 mk = (__mmask8)((1u << nr) - 1);
 	for (int ii = 0; ii < mr; ii++) {
 		__m128 v = _mm_load_ps(tmp + 4 * ii);
@@ -117,40 +147,52 @@ GS_INLINE void gs_tile_store(float *y, size_t n, __m512 s, int mr, int nr, int a
 	}
 }
 
+/* Into L2: elements [0, len) of npf rows p, p + stride, ... (one prefetch per cache line).
+ * Callers issue the weights they need next in small portions, one before each tile, so they
+ * stream in evenly while the tiles compute. */
+GS_INLINE void gs_bf_prefetch(const uint16_t *p, int npf, size_t stride, int len)
+{
+	for (int q = 0; q < npf; q++, p += stride)
+		for (int t = 0; t < len; t += 32)
+			_mm_prefetch((const char *)(p + t), _MM_HINT_T1);
+}
+
 /* ---- decode and small batches: each weight row streamed from memory once ------------------- */
 
 #define GS_BF_R 4 /* weight rows per tile */
 #define GS_BF_D 4 /* prefetch distance, in tiles (into L2) */
 
-/* Weight rows j0..j1, GS_BF_R at a time, streamed once (prefetched GS_BF_D tiles ahead) and
- * dotted with every group of MT x rows while in L1; rows past a group's last repeat it
- * (computed, not stored). */
-GS_INLINE void gs_bf_rows_range(const struct gs_mm_args *a, int j0, int j1, const int MT)
+/* Weight rows j0..j1, GS_BF_R at a time, streamed once and dotted with every group of MT x rows
+ * while in L1; rows past a group's last repeat it (computed, not stored). The rows GS_BF_D
+ * tiles ahead (past j1: as far into the next range, from jn) are prefetched during the groups'
+ * tiles, split over the groups (group g of G takes rows g, g + G, ... of the four). */
+GS_INLINE void gs_bf_rows_range(const struct gs_mm_args *a, int j0, int j1, int jn, const int MT)
 {
-	const int m = a->m, n = a->n, k = a->k;
+	const int m = a->m, n = a->n, k = a->k, G = (m + MT - 1) / MT;
 	const uint16_t *w = a->w;
 	for (int j = j0; j < j1; j += GS_BF_R) {
 		int nr = j1 - j < GS_BF_R ? j1 - j : GS_BF_R;
-		const uint16_t *wr0[GS_BF_R], *pf0[GS_BF_R];
-		for (int r = 0; r < GS_BF_R; r++) {
-			int jr = j + (r < nr ? r : nr - 1);
-			int jp = j + GS_BF_D * GS_BF_R + r;
-			wr0[r] = w + (size_t)jr * k;
-			pf0[r] = w + (size_t)(jp < n ? jp : n - 1) * k;
-		}
-		for (int i = 0; i < m; i += MT) {
+		const uint16_t *wr[GS_BF_R];
+		for (int r = 0; r < GS_BF_R; r++)
+			wr[r] = w + (size_t)(j + (r < nr ? r : nr - 1)) * k;
+		int jp = j + GS_BF_D * GS_BF_R, lim = 0; /* rows [jp, jp + lim) to prefetch */
+		if (jp < j1)
+			lim = j1 - jp < GS_BF_R ? j1 - jp : GS_BF_R;
+		else if (jn >= 0 && (jp = jn + (jp - j1)) < n)
+			lim = n - jp < GS_BF_R ? n - jp : GS_BF_R;
+		for (int i = 0, g = 0; i < m; i += MT, g++) {
 			int mr = m - i < MT ? m - i : MT;
+			int npf = g < lim ? (lim - 1 - g) / G + 1 : 0;
+			const uint16_t *x0 = a->xb + (size_t)i * k;
+			const uint16_t *x1 = x0 + (mr > 1 ? (size_t)k : 0), *x2 = x0 + (size_t)(mr > 2 ? 2 : mr - 1) * k;
+			const uint16_t *x3 = x0 + (size_t)(mr > 3 ? 3 : mr - 1) * k;
 			__m512 s = _mm512_setzero_ps();
 			for (int k0 = 0; k0 < k; k0 += GS_MM_BF_KB) {
 				int kc = k - k0 < GS_MM_BF_KB ? k - k0 : GS_MM_BF_KB;
-				const uint16_t *xr[4], *wr[GS_BF_R], *pf[GS_BF_R];
-				for (int ii = 0; ii < 4; ii++)
-					xr[ii] = a->xb + (size_t)(i + (ii < mr ? ii : mr - 1)) * k + k0;
-				for (int r = 0; r < GS_BF_R; r++) {
-					wr[r] = wr0[r] + k0;
-					pf[r] = pf0[r] + k0;
-				}
-				__m512 t = gs_bf_tile(xr, wr, i == 0 ? pf : NULL, kc, MT, GS_BF_R);
+				gs_bf_prefetch(w + (size_t)(npf ? jp + g : 0) * k + k0, npf, (size_t)G * k, kc);
+				__m512 t, unused;
+				gs_bf_tile(x0 + k0, x1 + k0, x2 + k0, x3 + k0, wr[0] + k0, wr[1] + k0, wr[2] + k0,
+					   wr[3] + k0, NULL, NULL, kc, MT, 4, &t, &unused);
 				s = k0 == 0 ? t : _mm512_add_ps(s, t);
 			}
 			gs_tile_store(a->y + (size_t)i * n + j, (size_t)n, s, mr, nr, 0);
@@ -158,19 +200,49 @@ GS_INLINE void gs_bf_rows_range(const struct gs_mm_args *a, int j0, int j1, cons
 	}
 }
 
-#define GS_BF_STREAM_MAX_M 32
-#define GS_BF_STREAM_MAX_X (256 << 10) /* bytes of bf16 x swept per weight rows: in L2 */
-
-/* ---- prefill GEMM: 4×4 tiles straight from the bf16 weights -------------------------------
+/* ---- batches and prefill: 4×6 tiles straight from the bf16 weights ------------------------
  * No packing: W is already in the format vdpbf16ps takes. Chunks of GS_BF_NC weight rows; in
- * each, k blocks in order (as the canonical order adds them); in each block, panels of GS_BF_NP
- * rows (64 KiB of bf16 at the full block: L2) swept by every group of 4 x rows, the first sweep
- * prefetching the next panel. */
-#define GS_BF_NP 16
-#define GS_BF_NC 256
+ * each, blocks of GS_BF_MB x rows; in each, k blocks in order (as the canonical order adds
+ * them); in each, panels of GS_BF_NP weight rows (24 KiB of bf16 at a full block: L1) swept by
+ * every group of 4 x rows (4 tiles of 6 W rows each). Each panel's tiles prefetch the panel
+ * GS_BF_PD ahead in this sweep order, one row per tile (rows spread over the first 24 tiles, or
+ * several a tile when there are fewer), so the weights stream in evenly while the tiles compute. */
+#define GS_BF_NR 6
+#define GS_BF_NP (4 * GS_BF_NR)
+#define GS_BF_NC (8 * GS_BF_NR)
 #define GS_BF_MB 128 /* x rows per sweep: x block and y chunk stay in L2 (m = 512 thrashed it) */
+#define GS_BF_PD 2   /* prefetch distance, in panels */
 
-GS_INLINE void gs_bf_gemm_range(const struct gs_mm_args *a, int j0, int j1)
+/* The panel d steps after (jp, k0) of chunk [jc, jc1) in this thread's sweep order: the chunk's
+ * panels, k block by k block; after its last, the chunk again when more x blocks follow
+ * (again), else the next chunk of the range [.., j1), else the first chunk of the next range
+ * (from jn, when jn >= 0). 0 when there is none; else *pe is the end of the chunk holding it. */
+GS_INLINE int gs_bf_panel_next(int d, int again, int jc, int jc1, int j1, int jn, int n, int k, int *jp, int *k0,
+			       int *pe)
+{
+	for (; d > 0; d--) {
+		*jp += GS_BF_NP;
+		if (*jp < jc1)
+			continue;
+		*jp = jc, *k0 += GS_MM_BF_KB;
+		if (*k0 < k)
+			continue;
+		*k0 = 0;
+		if (again)
+			continue;
+		if (jc1 < j1)
+			jc = jc1, jc1 = j1 - jc1 < GS_BF_NC ? j1 : jc1 + GS_BF_NC;
+		else if (jn >= 0)
+			jc = jn, jc1 = n - jn < GS_BF_NC ? n : jn + GS_BF_NC, j1 = jc1, jn = -1;
+		else
+			return 0;
+		*jp = jc;
+	}
+	*pe = jc1;
+	return 1;
+}
+
+GS_INLINE void gs_bf_gemm_range(const struct gs_mm_args *a, int j0, int j1, int jn)
 {
 	const int m = a->m, n = a->n, k = a->k;
 	const uint16_t *w = a->w;
@@ -178,37 +250,36 @@ GS_INLINE void gs_bf_gemm_range(const struct gs_mm_args *a, int j0, int j1)
 		int jc1 = j1 - jc < GS_BF_NC ? j1 : jc + GS_BF_NC;
 		for (int i0 = 0; i0 < m; i0 += GS_BF_MB) {
 		int i1 = m - i0 < GS_BF_MB ? m : i0 + GS_BF_MB;
+		int U = (i1 - i0 + 3) / 4 * (GS_BF_NP / GS_BF_NR); /* tiles per full panel */
 		for (int k0 = 0; k0 < k; k0 += GS_MM_BF_KB) {
 			int kc = k - k0 < GS_MM_BF_KB ? k - k0 : GS_MM_BF_KB;
 			for (int jp = jc; jp < jc1; jp += GS_BF_NP) {
 				int np = jc1 - jp < GS_BF_NP ? jc1 - jp : GS_BF_NP;
-				/* the next panel: next in this block, else the chunk's first in the next
-				 * block, else the next chunk's first (clamped to the last row) */
-				int pj = jp + GS_BF_NP, pk0 = k0;
-				if (pj >= jc1) {
-					pj = jc, pk0 = k0 + GS_MM_BF_KB;
-					if (pk0 >= k)
-						pj = jc1, pk0 = 0;
-				}
-				for (int i = i0; i < i1; i += 4) {
+				int pj = jp, pk0 = k0, pe = 0, pnp = 0; /* the panel to prefetch: rows [pj, pj + pnp) */
+				if (gs_bf_panel_next(GS_BF_PD, i1 < m, jc, jc1, j1, jn, n, k, &pj, &pk0, &pe))
+					pnp = pe - pj < GS_BF_NP ? pe - pj : GS_BF_NP;
+				int pkc = k - pk0 < kc ? k - pk0 : kc;
+				for (int i = i0, u = 0; i < i1; i += 4) {
 					int mr = i1 - i < 4 ? i1 - i : 4;
-					const uint16_t *xr[4];
-					for (int ii = 0; ii < 4; ii++)
-						xr[ii] = a->xb + (size_t)(i + (ii < mr ? ii : mr - 1)) * k + k0;
-					for (int r = 0; r < np; r += 4) {
-						int nr = np - r < 4 ? np - r : 4;
-						const uint16_t *wr[4], *pf[4];
-						for (int jj = 0; jj < 4; jj++) {
-							int row = jp + r + (jj < nr ? jj : nr - 1);
-							int prow = pj + r + jj < n ? pj + r + jj : n - 1;
-							wr[jj] = w + (size_t)row * k + k0;
-							pf[jj] = w + (size_t)prow * k + pk0;
-						}
-						/* the prefetch reads up to kc elements of the next block's rows:
-						 * in bounds, as W has k columns and pk0 + kc <= k or pk0 = 0 */
-						int pkc = k - pk0 < kc ? k - pk0 : kc;
-						__m512 s = gs_bf_tile(xr, wr, i == i0 && pkc == kc ? pf : NULL, kc, 4, 4);
-						gs_tile_store(a->y + (size_t)i * n + jp + r, (size_t)n, s, mr, nr, k0 != 0);
+					const uint16_t *x0 = a->xb + (size_t)i * k + k0;
+					const uint16_t *x1 = x0 + (mr > 1 ? (size_t)k : 0);
+					const uint16_t *x2 = x0 + (size_t)(mr > 2 ? 2 : mr - 1) * k;
+					const uint16_t *x3 = x0 + (size_t)(mr > 3 ? 3 : mr - 1) * k;
+					for (int r = 0; r < np; r += GS_BF_NR, u++) {
+						int nr = np - r < GS_BF_NR ? np - r : GS_BF_NR;
+						const uint16_t *wr[GS_BF_NR];
+						for (int jj = 0; jj < GS_BF_NR; jj++)
+							wr[jj] = w + (size_t)(jp + r + (jj < nr ? jj : nr - 1)) * k + k0;
+						/* this tile prefetches next-panel rows u, u + U, ... */
+						int npf = u < pnp ? (pnp - 1 - u) / U + 1 : 0;
+						gs_bf_prefetch(w + (size_t)(npf ? pj + u : 0) * k + pk0, npf, (size_t)U * k, pkc);
+						__m512 s4, s2;
+						gs_bf_tile(x0, x1, x2, x3, wr[0], wr[1], wr[2], wr[3], wr[4], wr[5], kc, 4,
+							   GS_BF_NR, &s4, &s2);
+						float *yp = a->y + (size_t)i * n + jp + r;
+						gs_tile_store(yp, (size_t)n, s4, mr, nr < 4 ? nr : 4, k0 != 0);
+						if (nr > 4)
+							gs_tile_store(yp + 4, (size_t)n, s2, mr, nr - 4, k0 != 0);
 					}
 				}
 			}
@@ -217,7 +288,7 @@ GS_INLINE void gs_bf_gemm_range(const struct gs_mm_args *a, int j0, int j1)
 	}
 }
 
-void gs_mm_bf_range_avx512bf16(const struct gs_mm_args *a, int j0, int j1)
+void gs_mm_bf_range_avx512bf16(const struct gs_mm_args *a, int j0, int j1, int jn)
 {
 	if (a->k == 0) { /* empty sums: +0.0 */
 		for (int i = 0; i < a->m; i++)
@@ -226,16 +297,13 @@ void gs_mm_bf_range_avx512bf16(const struct gs_mm_args *a, int j0, int j1)
 		return;
 	}
 	switch (a->m) {
-	case 1: gs_bf_rows_range(a, j0, j1, 1); return;
-	case 2: gs_bf_rows_range(a, j0, j1, 2); return;
-	case 3: gs_bf_rows_range(a, j0, j1, 3); return;
-	case 4: gs_bf_rows_range(a, j0, j1, 4); return;
+	case 1: gs_bf_rows_range(a, j0, j1, jn, 1); return;
+	case 2: gs_bf_rows_range(a, j0, j1, jn, 2); return;
+	case 3: gs_bf_rows_range(a, j0, j1, jn, 3); return;
+	case 4: gs_bf_rows_range(a, j0, j1, jn, 4); return;
 	default: break;
 	}
-	if (a->m <= GS_BF_STREAM_MAX_M && (size_t)a->m * a->k * 2 <= GS_BF_STREAM_MAX_X)
-		gs_bf_rows_range(a, j0, j1, 4);
-	else
-		gs_bf_gemm_range(a, j0, j1);
+	gs_bf_gemm_range(a, j0, j1, jn);
 }
 
 /* ---- sysbench: the dot-product peak -------------------------------------------------------- */

@@ -58,8 +58,10 @@ void gs_mm_range_avx512(const struct gs_mm_args *a, int j0, int j1);
  * Longer blocks than the fp32 mode's: the lane tree costs as much as 45 dot steps. */
 #define GS_MM_BF_KB 512
 
-/* y[:, j0:j1] = xb · W[j0:j1, :]ᵀ for bf16 W (a->wt == GS_MM_W_BF16), in the order above. */
-void gs_mm_bf_range_avx512bf16(const struct gs_mm_args *a, int j0, int j1);
+/* y[:, j0:j1] = xb · W[j0:j1, :]ᵀ for bf16 W (a->wt == GS_MM_W_BF16), in the order above.
+ * jn: the first column of the range this thread computes next (its weights are prefetched
+ * while this range ends), or -1 when none. */
+void gs_mm_bf_range_avx512bf16(const struct gs_mm_args *a, int j0, int j1, int jn);
 /* dst[i] = bf16(src[i]), round to nearest even (gs_f32_to_bf16), n any. */
 void gs_round_bf16_avx512(uint16_t *dst, const float *src, size_t n);
 

@@ -2,8 +2,9 @@
  * written here from the order matmul_impl.h states: x rounded to bf16 (round to nearest even),
  * pairs odd-element-first into 16 lanes with one rounding per product-add, subnormal inputs
  * read as zero and subnormal results flushed, blocks of 512, the fixed lane tree. Awkward
- * shapes, every path (decode, streamed, GEMM), 1-3 threads, NaN-poisoned outputs, special
- * values; then the backend's numerics switch and its refusal.
+ * shapes, every path (decode for m <= 4, GEMM above), 1-3 threads, NaN-poisoned outputs,
+ * special values; every row of an m-row call against the same row alone (m = 1); then the
+ * backend's numerics switch and its refusal.
  *
  * `test_matmul_bf16 refusal` (run with GS_CPU_FEATURES_MASK=avx512_bf16) checks that the
  * mode is refused with a message naming AVX512_BF16. Without AVX512_BF16 the kernel checks
@@ -141,6 +142,52 @@ static void test_kernel(void)
 	free(x), free(xb), free(w), free(y), free(yref);
 }
 
+/* Batch invariance across paths: every row of an m-row call (the GEMM from m = 5 on, with its k
+ * blocks, panels, prefetches and m tails) has the bits of the same row computed alone (m = 1,
+ * the decode path), for 1 and 2 threads; and the decode path matches the C loop. k spans
+ * several blocks with a short last one (as the 1B model's 1152), n several panels and chunks. */
+static void test_paths(void)
+{
+	static const int ms[] = { 1, 2, 3, 15, 16, 17, 64, 129 };
+	enum { MAXM = 129, N = 300, K = 1152 + 40 };
+	float *x = malloc(sizeof(float) * MAXM * K), *y = malloc(sizeof(float) * MAXM * N);
+	float *y1 = malloc(sizeof(float) * N);
+	uint16_t *xb = malloc(sizeof(uint16_t) * MAXM * K), *w = malloc(sizeof(uint16_t) * N * K);
+	GS_ASSERT(x && y && y1 && xb && w);
+	for (int i = 0; i < MAXM * K; i++) {
+		x[i] = rnd() * (i % 7 == 0 ? 100.0f : 1.0f);
+		xb[i] = gs_f32_to_bf16(x[i]);
+	}
+	for (int i = 0; i < N * K; i++)
+		w[i] = gs_f32_to_bf16(rnd());
+	int checked = 0;
+	for (int t = 1; t <= 2; t++) {
+		struct gs_threadpool *tp = gs_threadpool_create(t);
+		GS_ASSERT(tp);
+		for (size_t mi = 0; mi < sizeof(ms) / sizeof(ms[0]); mi++) {
+			int m = ms[mi], bad = 0;
+			for (int i = 0; i < m * N; i++)
+				y[i] = NAN;
+			gs_cpu_matmul_bf16dp(tp, y, x, w, m, N, K);
+			for (int i = 0; i < m; i++) {
+				for (int j = 0; j < N; j++)
+					y1[j] = NAN;
+				gs_cpu_matmul_bf16dp(tp, y1, x + (size_t)i * K, w, 1, N, K);
+				for (int j = 0; j < N; j++)
+					bad += !same_bits(y[(size_t)i * N + j], y1[j]);
+				/* the decode path itself against the C loop, on a few columns */
+				for (int j = 0; j < N; j += 37)
+					bad += !same_bits(y1[j], ref_dot(xb + (size_t)i * K, w + (size_t)j * K, K));
+			}
+			CHECK_MSG(bad == 0, "m=%d threads=%d: %d outputs differ from the row computed alone", m, t, bad);
+			checked++;
+		}
+		gs_threadpool_free(tp);
+	}
+	fprintf(stderr, "bf16 paths: %d (m, threads) cases bit-identical to m = 1\n", checked);
+	free(x), free(y), free(y1), free(xb), free(w);
+}
+
 /* The backend's switch: bf16 weights take the kernel above; f32 weights get x rounded the same
  * way and an exact fp32 product (checked against float64 of the rounded x). */
 static void test_backend(void)
@@ -225,6 +272,7 @@ int main(int argc, char **argv)
 		return 77;
 	}
 	test_kernel();
+	test_paths();
 	test_backend();
 	TEST_DONE();
 }
