@@ -554,7 +554,7 @@ enum gs_status gs_kv_seq_admit_cp(struct gs_kv_pool *p, struct gs_kv_seq *s, int
 				  int32_t first)
 {
 	int32_t C = p->cache.cp_size;
-	int32_t g = gs_kv_global_blocks_for(max_positions), own, r = ring_for(p, max_positions);
+	int32_t own, r = ring_for(p, max_positions);
 
 	if (k < 1 || k > C || first < 0 || first >= C)
 		return gs_errorf(GS_ERR_FORMAT, "context-parallel placement over %d groups from %d of %d", k, first, C);
@@ -569,7 +569,6 @@ enum gs_status gs_kv_seq_admit_cp(struct gs_kv_pool *p, struct gs_kv_seq *s, int
 	GS_TRY(admit(p, s, max_positions, NULL, 0, own));
 	s->cp_k = k;
 	s->cp_first = first;
-	(void)g;
 	return GS_OK;
 }
 
