@@ -1193,12 +1193,12 @@ static void build_plan(struct gs_engine *e)
 			if (!gs_kv_can_admit_cached(&e->pool, maxpos, e->hit, n_hit))
 				break;
 		}
-		if (w->group_n > 1 && e->cp == 1) { /* choice 0 of n: all n slots and worst cases, or wait */
+		if (w->group_n > 1) { /* choice 0 of n: all n slots and worst cases (CP: placed above), or wait */
 			int32_t free_slots = 0;
 			for (int32_t i = 0; i < e->cfg.max_seqs; i++)
 				free_slots += !e->seqs[i].used;
 			if (free_slots < w->group_n ||
-			    !gs_kv_can_admit_group(&e->pool, maxpos, e->hit, n_hit, w->group_n))
+			    (e->cp == 1 && !gs_kv_can_admit_group(&e->pool, maxpos, e->hit, n_hit, w->group_n)))
 				break;
 		}
 		pre = n_hit * GS_KV_BLOCK;

@@ -138,6 +138,16 @@ def engine():
     check(rc == 0 and rc2 == 0 and len(cpu22) == 6 and
           all(answer(st22.get(k)) == answer(cpu22.get(k)) for k in cpu22) and "spread over 2" in se6,
           "T=2, C=2: --device cpu-staged answers equal the CPU path's (the long one spread)")
+    # OpenAI's n at C = 2 (the slots of all n reserved at once): each choice equals the single
+    # request with seed + i
+    nreq = {"prompt": "Clinical note: sepsis bundle started. Assessment:", "max_tokens": 6, "temperature": 0.9,
+            "top_k": 40}
+    rc, _, nrec, _ = run_batch(d, [{"id": "n3", "n": 3, "seed": 4000, **nreq}] +
+                               [{"id": f"n3-s{i}", "seed": 4000 + i, **nreq} for i in range(3)], "n3", 2, 2,
+                               pool[:2] + ["--max-seqs", "3"])
+    got = [c.get("text") for c in (nrec.get("n3") or {}).get("choices", [])]
+    check(rc == 0 and len(got) == 3 and got == [(nrec.get(f"n3-s{i}") or {}).get("text") for i in range(3)],
+          f"n = 3 at C = 2: each choice equals the single request with its seed ({got})")
     # C = 1 with the same pool: the long one refused at once, the others served
     rc, se1, one, _ = run_batch(d, [long_req] + shorts, "c1", 1, 1, pool)
     r = one.get("long") or {}
