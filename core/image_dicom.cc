@@ -21,6 +21,8 @@ extern "C" {
 #include <dcmtk/dcmdata/dcistrmb.h>
 #include <dcmtk/dcmdata/dcmetinf.h>
 #include <dcmtk/dcmdata/dcpixel.h>
+#include <dcmtk/dcmdata/dcpixseq.h>
+#include <dcmtk/dcmdata/dcpxitem.h>
 #include <dcmtk/dcmdata/dcrledrg.h>
 #include <dcmtk/dcmdata/dcxfer.h>
 #include <dcmtk/dcmdata/dccodec.h>
@@ -363,6 +365,68 @@ enum gs_status decode_colour(const pixel_layout &L, const OFString &cm, const ui
 	return GS_OK;
 }
 
+// The JPEG / JPEG-LS frame header (SOFn) of the frame's bitstream must describe the image the
+// DICOM attributes describe. DCMTK hands the stream to IJG libjpeg before comparing sizes, and
+// libjpeg allocates from the frame header: a progressive JPEG claiming 60000 x 60000 pixels
+// in a few hundred bytes would take gigabytes of coefficient buffers.
+enum gs_status check_jpeg_frame(DcmElement *pix, E_TransferSyntax xfer, const pixel_layout &L)
+{
+	const char *ts = DcmXfer(xfer).getXferName();
+	DcmPixelSequence *seq = NULL;
+	if (static_cast<DcmPixelData *>(pix)->getEncapsulatedRepresentation(xfer, NULL, seq).bad() ||
+	    !seq || seq->card() < 2)
+		return bad("DICOM pixel data could not be decoded (%s: PixelData (7FE0,0010) has no "
+			   "fragment after its offset table)", ts);
+	std::vector<uint8_t> s; // the frame's fragments (item 0 is the offset table)
+	for (unsigned long i = 1; i < seq->card(); i++) {
+		DcmPixelItem *item = NULL;
+		Uint8 *b = NULL;
+		if (seq->getItem(item, i).bad() || !item)
+			return bad("DICOM pixel data could not be decoded (%s: fragment %lu is unreadable)",
+				   ts, i);
+		if (item->getLength() == 0)
+			continue;
+		if (item->getUint8Array(b).bad() || !b)
+			return bad("DICOM pixel data could not be decoded (%s: fragment %lu is unreadable)",
+				   ts, i);
+		s.insert(s.end(), b, b + item->getLength());
+	}
+	if (s.size() < 2 || s[0] != 0xFF || s[1] != 0xD8)
+		return bad("DICOM pixel data could not be decoded (%s: the bitstream does not start "
+			   "with a JPEG SOI marker)", ts);
+	size_t p = 2;
+	while (p < s.size() && s[p] == 0xFF) { // a marker: 0xFF, fill bytes 0xFF, its code
+		while (p < s.size() && s[p] == 0xFF)
+			p++;
+		if (p >= s.size())
+			break;
+		const unsigned m = s[p++];
+		if (m == 0x01 || (m >= 0xD0 && m <= 0xD7)) // no length
+			continue;
+		if (m == 0xD9 || m == 0xDA || p + 2 > s.size())
+			break; // EOI or SOS before a frame header
+		const size_t len = (size_t)s[p] << 8 | s[p + 1];
+		const bool sof = (m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC) ||
+				 m == 0xF7; // SOF0..15 (not DHT, JPG, DAC), SOF55 (JPEG-LS)
+		if (sof) {
+			if (len < 8 || p + 8 > s.size())
+				break;
+			const unsigned y = (unsigned)s[p + 3] << 8 | s[p + 4];
+			const unsigned x = (unsigned)s[p + 5] << 8 | s[p + 6], nf = s[p + 7];
+			if (y != L.rows || x != L.cols || nf != L.spp)
+				return bad("DICOM pixel data could not be decoded (%s: the JPEG frame "
+					   "header is %u x %u with %u components; Columns x Rows are %u x %u, "
+					   "SamplesPerPixel %u)", ts, x, y, nf, L.cols, L.rows, L.spp);
+			return GS_OK;
+		}
+		if (len < 2)
+			break;
+		p += len;
+	}
+	return bad("DICOM pixel data could not be decoded (%s: no JPEG frame header before the "
+		  "scan data)", ts);
+}
+
 enum gs_status decode(const void *data, size_t n, const struct gs_image_opts *o,
 		      struct gs_image_rgb8 *out)
 {
@@ -387,8 +451,18 @@ enum gs_status decode(const void *data, size_t n, const struct gs_image_opts *o,
 
 	// The transfer syntax first: a file we cannot decode is refused by name even when its
 	// compressed data set does not parse.
+	// Its value is read only when its length can be a UID's: a truncated meta header can leave
+	// the element with a declared length of gigabytes, which DCMTK would allocate before
+	// finding that the bytes are not there.
 	OFString ts_uid;
-	ff.getMetaInfo()->findAndGetOFStringArray(DCM_TransferSyntaxUID, ts_uid);
+	DcmElement *ts_el = NULL;
+	if (ff.getMetaInfo()->findAndGetElement(DCM_TransferSyntaxUID, ts_el).good() && ts_el) {
+		if (ts_el->getLength() > 64)
+			return rc.bad() ? bad("DICOM data is truncated or malformed (%s)", rc.text())
+					: bad("DICOM attribute TransferSyntaxUID (0002,0010) is %lu bytes "
+					      "long; a UID has at most 64", (unsigned long)ts_el->getLength());
+		ts_el->getOFStringArray(ts_uid);
+	}
 	DcmDataset *ds = ff.getDataset();
 	E_TransferSyntax xfer = ts_uid.empty() ? ds->getOriginalXfer() : DcmXfer(ts_uid.c_str()).getXfer();
 	if (!ts_uid.empty() && xfer == EXS_Unknown)
@@ -473,6 +547,8 @@ enum gs_status decode(const void *data, size_t n, const struct gs_image_opts *o,
 		if (L.bits_alloc == 8 ? pix->getUint8Array(b).good() : pix->getUint16Array(w).good())
 			frame = L.bits_alloc == 8 ? b : (const uint8_t *)w;
 	}
+	if (!frame && xfer != EXS_RLELossless && (st = check_jpeg_frame(pix, xfer, L)) != GS_OK)
+		return st;
 	if (!frame) {
 		decoded.reset(new uint8_t[(size_t)frame_size + 1]); // + pad byte to even length
 		Uint32 start_fragment = 0;

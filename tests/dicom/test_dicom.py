@@ -245,6 +245,40 @@ def fake_encapsulated(name, ts):
     return path(name)
 
 
+def big_ts(name, src):
+    """src with its meta header cut inside TransferSyntaxUID, re-typed to the unknown VR "UO"
+    (a 4-byte length field) that claims 0xFFFFFF00 bytes."""
+    b = bytearray(open(src, "rb").read())
+    at = b.index(b"\x02\x00\x10\x00UI")
+    b[at + 4:at + 12] = b"UO\0\0" + (0xFFFFFF00).to_bytes(4, "little")
+    open(path(name), "wb").write(bytes(b[:at + 40]))
+    return path(name)
+
+
+def jpeg_bomb(name, ts):
+    """An 8 x 8 DICOM image whose progressive JPEG (PIL) frame header says 60000 x 60000."""
+    import io
+    from PIL import Image
+    jb = io.BytesIO()
+    Image.fromarray((np.arange(64, dtype=np.uint8) * 3).reshape(8, 8)).save(
+        jb, "JPEG", progressive=True, quality=90)
+    jb = bytearray(jb.getvalue())
+    sof = jb.index(b"\xff\xc2")
+    jb[sof + 5:sof + 9] = (60000).to_bytes(2, "big") * 2
+    ds = base_dataset(ts)
+    ds.Rows = ds.Columns = 8
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = encapsulate([bytes(jb)])
+    ds["PixelData"].is_undefined_length = True
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path(name), write_like_original=False)
+    return path(name)
+
+
 # ---- the tests --------------------------------------------------------------------------------
 
 def main():
@@ -422,6 +456,26 @@ def main():
           and "memory" not in p.stderr.lower(),
           "element length 0xFFFFFFF0 in a 10 KB file under a 1 GB address space: exit %d, %r"
           % (p.returncode, p.stderr.strip()))
+
+    # A meta header cut inside TransferSyntaxUID, whose length field claims 0xFFFFFF00 bytes:
+    # refused as truncated. (DCMTK would allocate the claimed length to read the UID; the seed
+    # of the same name in tests/fuzz/corpus/fuzz_dicom catches that under libFuzzer's malloc
+    # limit, which an address-space limit here cannot tell from a refusal.)
+    _, p = decode(big_ts("bigts.dcm", f_8), extra=["--max-as-mb", "1024"])
+    check(p.returncode == 2 and "truncated or malformed" in p.stderr,
+          "TransferSyntaxUID length 0xFFFFFF00 in a cut meta header: exit %d, %r"
+          % (p.returncode, p.stderr.strip()))
+    # A JPEG bomb: an 8 x 8 progressive JPEG whose frame header is patched to 60000 x 60000,
+    # wrapped as an 8 x 8 DICOM image. libjpeg would allocate ~7 GB of coefficient buffers from
+    # the frame header before DCMTK compares sizes; it is refused before decoding.
+    for ts, name in [("1.2.840.10008.1.2.4.51", "JPEG Extended"),
+                     ("1.2.840.10008.1.2.4.50", "JPEG Baseline")]:
+        _, p = decode(jpeg_bomb("jpegbomb.dcm", ts), extra=["--max-as-mb", "1024"])
+        check(p.returncode == 2 and name in p.stderr
+              and "JPEG frame header is 60000 x 60000 with 1 components; Columns x Rows are "
+                  "8 x 8" in p.stderr,
+              "progressive JPEG frame header 60000 x 60000 in an 8 x 8 DICOM (%s) under a "
+              "1 GB address space: exit %d, %r" % (ts, p.returncode, p.stderr.strip()))
 
     # Compressed transfer syntaxes DCMTK cannot decode: refused by name.
     # (DCMTK's names: "JPEG 2000 (Lossless only)" for the standard's "JPEG 2000 Image
@@ -608,6 +662,8 @@ def write_seeds():
                              ("dataset.dcm", "dcmconv", ["-F", "+ti"])]:
         dcmtk(tool, *opts, src, path(name))
     fake_encapsulated("j2k_fake.dcm", "1.2.840.10008.1.2.4.90")
+    big_ts("bigts.dcm", path("mono8.dcm"))
+    jpeg_bomb("jpegbomb.dcm", "1.2.840.10008.1.2.4.50")
 
 
 if __name__ == "__main__":
