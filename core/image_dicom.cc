@@ -365,6 +365,52 @@ enum gs_status decode_colour(const pixel_layout &L, const OFString &cm, const ui
 	return GS_OK;
 }
 
+// The encapsulated PixelData's fragments (item 0, the Basic Offset Table, and at least one
+// more), or NULL.
+DcmPixelSequence *pixel_sequence(DcmElement *pix, E_TransferSyntax xfer)
+{
+	DcmPixelData *pd = dynamic_cast<DcmPixelData *>(pix); // a PixelData with VR OD is not one
+	DcmPixelSequence *seq = NULL;
+	if (!pd || pd->getEncapsulatedRepresentation(xfer, NULL, seq).bad() || !seq ||
+	    seq->card() < 2)
+		return NULL;
+	return seq;
+}
+
+// An RLE frame (PS3.5 Annex G) whose header DCMTK can trust: DCMTK 3.6.7's decoder reads the
+// 64-byte header and the segments at the offsets it gives without comparing them with the
+// fragment's length. One frame is one fragment (PS3.5 A.4.2); its header holds the number of
+// segments (one per byte of each sample) and their offsets, the first 64, the others
+// increasing, none past the fragment.
+enum gs_status check_rle_frame(DcmElement *pix, E_TransferSyntax xfer, const pixel_layout &L)
+{
+	DcmPixelSequence *seq = pixel_sequence(pix, xfer);
+	DcmPixelItem *item = NULL;
+	Uint8 *b = NULL;
+	if (!seq || seq->card() != 2 || seq->getItem(item, 1).bad() || !item)
+		return bad("DICOM pixel data could not be decoded (RLE Lossless: one frame must be one "
+			   "fragment after the offset table)");
+	const Uint32 len = item->getLength();
+	if (len < 64 || item->getUint8Array(b).bad() || !b)
+		return bad("DICOM pixel data could not be decoded (RLE Lossless: the fragment is %lu "
+			   "bytes, shorter than the 64-byte RLE header)", (unsigned long)len);
+	uint32_t h[16];
+	for (int i = 0; i < 16; i++)
+		h[i] = (uint32_t)b[4 * i] | (uint32_t)b[4 * i + 1] << 8 | (uint32_t)b[4 * i + 2] << 16 |
+		       (uint32_t)b[4 * i + 3] << 24;
+	const uint32_t segs = (uint32_t)L.spp * (L.bits_alloc / 8);
+	if (h[0] != segs)
+		return bad("DICOM pixel data could not be decoded (RLE Lossless: the header has %lu "
+			   "segments; SamplesPerPixel %u and BitsAllocated %u need %lu)",
+			   (unsigned long)h[0], L.spp, L.bits_alloc, (unsigned long)segs);
+	for (uint32_t i = 1; i <= segs; i++)
+		if (h[i] > len || (i == 1 ? h[i] != 64 : h[i] < h[i - 1]))
+			return bad("DICOM pixel data could not be decoded (RLE Lossless: segment %lu's "
+				   "offset %lu is not within the %lu-byte fragment after the previous one)",
+				   (unsigned long)i, (unsigned long)h[i], (unsigned long)len);
+	return GS_OK;
+}
+
 // The JPEG / JPEG-LS frame header (SOFn) of the frame's bitstream must describe the image the
 // DICOM attributes describe. DCMTK hands the stream to IJG libjpeg before comparing sizes, and
 // libjpeg allocates from the frame header: a progressive JPEG claiming 60000 x 60000 pixels
@@ -372,9 +418,8 @@ enum gs_status decode_colour(const pixel_layout &L, const OFString &cm, const ui
 enum gs_status check_jpeg_frame(DcmElement *pix, E_TransferSyntax xfer, const pixel_layout &L)
 {
 	const char *ts = DcmXfer(xfer).getXferName();
-	DcmPixelSequence *seq = NULL;
-	if (static_cast<DcmPixelData *>(pix)->getEncapsulatedRepresentation(xfer, NULL, seq).bad() ||
-	    !seq || seq->card() < 2)
+	DcmPixelSequence *seq = pixel_sequence(pix, xfer);
+	if (!seq)
 		return bad("DICOM pixel data could not be decoded (%s: PixelData (7FE0,0010) has no "
 			   "fragment after its offset table)", ts);
 	std::vector<uint8_t> s; // the frame's fragments (item 0 is the offset table)
@@ -547,7 +592,8 @@ enum gs_status decode(const void *data, size_t n, const struct gs_image_opts *o,
 		if (L.bits_alloc == 8 ? pix->getUint8Array(b).good() : pix->getUint16Array(w).good())
 			frame = L.bits_alloc == 8 ? b : (const uint8_t *)w;
 	}
-	if (!frame && xfer != EXS_RLELossless && (st = check_jpeg_frame(pix, xfer, L)) != GS_OK)
+	if (!frame && (st = xfer == EXS_RLELossless ? check_rle_frame(pix, xfer, L)
+						      : check_jpeg_frame(pix, xfer, L)) != GS_OK)
 		return st;
 	if (!frame) {
 		decoded.reset(new uint8_t[(size_t)frame_size + 1]); // + pad byte to even length

@@ -477,6 +477,20 @@ def main():
               "progressive JPEG frame header 60000 x 60000 in an 8 x 8 DICOM (%s) under a "
               "1 GB address space: exit %d, %r" % (ts, p.returncode, p.stderr.strip()))
 
+    # An RLE header whose segment offset points past its fragment: DCMTK 3.6.7's RLE decoder
+    # would read there (a crash under ASan); refused from our own check of the header.
+    dcmtk("dcmcrle", f_8, path("rle8.dcm"))
+    b = bytearray(open(path("rle8.dcm"), "rb").read())
+    at = b.index(b"\x01\x00\x00\x00\x40\x00\x00\x00")  # 1 segment, at offset 64
+    open(path("rle_bad.dcm"), "wb").write(bytes(b[:at + 4] + (0x7FFFFFF0).to_bytes(4, "little")
+                                              + b[at + 8:]))
+    refused("RLE segment offset past the fragment", path("rle_bad.dcm"),
+            ["RLE Lossless: segment 1's offset 2147483632 is not within the"])
+    open(path("rle_bad.dcm"), "wb").write(bytes(b[:at] + (2).to_bytes(4, "little") + b[at + 4:]))
+    refused("RLE header with 2 segments for 1 x 8 bits", path("rle_bad.dcm"),
+            ["RLE Lossless: the header has 2 segments; SamplesPerPixel 1 and BitsAllocated 8 "
+             "need 1"])
+
     # Compressed transfer syntaxes DCMTK cannot decode: refused by name.
     # (DCMTK's names: "JPEG 2000 (Lossless only)" for the standard's "JPEG 2000 Image
     # Compression (Lossless Only)".)
