@@ -496,16 +496,16 @@ enum gs_status decode(const void *data, size_t n, const struct gs_image_opts *o,
 
 	// The transfer syntax first: a file we cannot decode is refused by name even when its
 	// compressed data set does not parse.
-	// Its value is read only when its length can be a UID's: a truncated meta header can leave
-	// the element with a declared length of gigabytes, which DCMTK would allocate before
-	// finding that the bytes are not there.
+	// Its value is read only when its length field can be a UID's: a truncated meta header can
+	// leave the element with a declared length of gigabytes, which DCMTK would allocate before
+	// finding that the bytes are not there (its getLength() of a string loads the value too).
 	OFString ts_uid;
 	DcmElement *ts_el = NULL;
 	if (ff.getMetaInfo()->findAndGetElement(DCM_TransferSyntaxUID, ts_el).good() && ts_el) {
-		if (ts_el->getLength() > 64)
+		if (ts_el->getLengthField() > 64)
 			return rc.bad() ? bad("DICOM data is truncated or malformed (%s)", rc.text())
 					: bad("DICOM attribute TransferSyntaxUID (0002,0010) is %lu bytes "
-					      "long; a UID has at most 64", (unsigned long)ts_el->getLength());
+					      "long; a UID has at most 64", (unsigned long)ts_el->getLengthField());
 		ts_el->getOFStringArray(ts_uid);
 	}
 	DcmDataset *ds = ff.getDataset();
