@@ -71,9 +71,10 @@ GS_INLINE __m512 gs_tree16x16(const __m512 a[16])
 
 /* Tree sums of x rows xr[0..MR) · W rows wr[0..NR) over kc elements (one block): lane 4ii + jj
  * of the result is output [ii][jj] (other lanes 0). wr rows have element type wt (GS_MM_W_F32 for
- * a packed panel). pf (if not NULL): NR rows to prefetch into L2 at the same offsets. */
+ * a packed panel). pf (if not NULL): NR rows to prefetch into L2 at the same offsets. NR = 1:
+ * raw[ii] gets x row ii's accumulator itself (no tree; the result is 0). */
 GS_INLINE __m512 gs_tile(const float *const *xr, const void *const *wr, const void *const *pf,
-			 int kc, const int MR, const int NR, enum gs_mm_wtype wt)
+			 int kc, const int MR, const int NR, enum gs_mm_wtype wt, __m512 *raw)
 {
 	const size_t es = gs_wsize(wt);
 	__m512 acc[4][4]; /* [ii][jj]; fixed size: MR, NR as bounds would make a VLA */
@@ -106,11 +107,27 @@ GS_INLINE __m512 gs_tile(const float *const *xr, const void *const *wr, const vo
 				acc[ii][jj] = _mm512_fmadd_ps(xv[ii], wv, acc[ii][jj]);
 		}
 	}
+	if (NR == 1) { /* one W row: the accumulators themselves, for gs_tree1 */
+		_Pragma("GCC unroll 4") for (int ii = 0; ii < 4; ii++)
+			raw[ii] = acc[ii][0];
+		return _mm512_setzero_ps();
+	}
 	__m512 a[16];
 	_Pragma("GCC unroll 4") for (int ii = 0; ii < 4; ii++)
 		_Pragma("GCC unroll 4") for (int jj = 0; jj < 4; jj++)
 			a[ii + 4 * jj] = acc[ii][jj];
 	return gs_tree16x16(a);
+}
+
+/* The fixed tree of matmul_impl.h on one vector (same operand order): lane 0 of
+ * v = a + a[8..], v + v[4..], v + v[2..], v + v[1..]. */
+GS_INLINE float gs_tree1(__m512 a)
+{
+	__m512 v = _mm512_add_ps(a, _mm512_shuffle_f32x4(a, a, 0x4E));
+	v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));
+	v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));
+	v = _mm512_add_ps(v, _mm512_permute_ps(v, 0xB1));
+	return _mm512_cvtss_f32(v);
 }
 
 /* y[ii][0..nr) (+)= lanes 4ii .. 4ii+nr of s, for ii < mr; y rows n apart */
@@ -128,53 +145,74 @@ GS_INLINE void gs_tile_store(float *y, size_t n, __m512 s, int mr, int nr, int a
 	}
 }
 
-/* ---- decode: M ≤ 4 rows of x, 4 weight rows at a time, each weight row streamed once -------- */
+/* ---- decode: M ≤ 4 rows of x, R weight rows at a time, each weight row streamed once -------- */
 
-#define GS_DEC_R 4 /* weight rows per tile */
 /* Prefetch distance in tiles, into L2 only: T0 or NTA pull the stream through L1 and evict the
  * slice of x. Measured single-thread on Zen 4 (1B shapes, m = 1): ~65-72% of read bandwidth
  * with this (distance 1 to 8 tiles makes no difference), ~35-55% with the hardware prefetcher
  * alone, ~40-55% with T0 or NTA. */
 #define GS_DEC_D 2
 
-/* Weight rows j0..j1, GS_DEC_R at a time, each streamed from memory once (prefetched GS_DEC_D
- * tiles ahead) and dotted with every group of MT x rows while it is still in L1: MT = m for
- * decode (m ≤ 4, one group), MT = 4 for small serving batches (4 < m ≤ GS_STREAM_MAX_M), where
- * converting the rows once per group costs less than packing a panel whose strided rows stall
- * the loads (m = 8 ran at ~30% of the FMA peak packed). Rows past the last of a group repeat
- * it (computed, not stored), so one kernel serves every shape. */
-GS_INLINE void gs_rows_range(const struct gs_mm_args *a, int j0, int j1, const int MT, enum gs_mm_wtype wt)
+/* Weight rows j0..j1, R at a time, each streamed from memory once (prefetched GS_DEC_D tiles
+ * ahead) and dotted with every group of MT x rows while it is still in L1.
+ *   - Decode of one row (m = 1): R = 1. One W row at a time makes each thread's weights one
+ *     sequential stream, which the memory system serves faster than 4 interleaved rows
+ *     (1.16-1.36x on 1152-wide rows, 0.9-1.07x on 6912-wide ones, alternated matrix by matrix
+ *     in one process); a row's block chains are independent, so the core overlaps them, and
+ *     its lane tree is gs_tree1.
+ *   - Decode of 2 to 4 rows: MT = m, R = 4. With R = 1 the per-output lane trees (8 ops per
+ *     16 FMAs of a block) and the x loads made it compute-bound (0.76-0.9x).
+ *   - Small serving batches (4 < m ≤ GS_STREAM_MAX_M): MT = 4, R = 4, where converting the rows
+ *     once per group costs less than packing a panel whose strided rows stall the loads (m = 8
+ *     ran at ~30% of the FMA peak packed), and each x load serves 4 W rows.
+ * Rows past the last of a group repeat it (computed, not stored), so one kernel serves every
+ * shape. */
+GS_INLINE void gs_rows_range(const struct gs_mm_args *a, int j0, int j1, const int MT, const int R,
+			     enum gs_mm_wtype wt)
 {
 	const int m = a->m, n = a->n, k = a->k;
 	const size_t es = gs_wsize(wt);
 	const char *w = a->w;
-	for (int j = j0; j < j1; j += GS_DEC_R) {
-		int nr = j1 - j < GS_DEC_R ? j1 - j : GS_DEC_R;
-		const char *wr0[GS_DEC_R], *pf0[GS_DEC_R];
-		for (int r = 0; r < GS_DEC_R; r++) {
+	for (int j = j0; j < j1; j += R) {
+		int nr = j1 - j < R ? j1 - j : R;
+		const char *wr0[4], *pf0[4];
+		for (int r = 0; r < R; r++) {
 			int jr = j + (r < nr ? r : nr - 1);
-			int jp = j + GS_DEC_D * GS_DEC_R + r;
+			int jp = j + GS_DEC_D * (R == 1 ? 4 : R) + r;
 			wr0[r] = w + (size_t)jr * k * es;
 			pf0[r] = w + (size_t)(jp < n ? jp : n - 1) * k * es;
 		}
 		for (int i = 0; i < m; i += MT) {
 			int mr = m - i < MT ? m - i : MT;
 			__m512 s = _mm512_setzero_ps();
+			float yv[4] = { 0 };
 			for (int k0 = 0; k0 < k; k0 += GS_MM_KB) {
 				int kc = k - k0 < GS_MM_KB ? k - k0 : GS_MM_KB;
 				const float *xr[4];
-				const void *wr[GS_DEC_R], *pf[GS_DEC_R];
+				const void *wr[4], *pf[4];
 				for (int ii = 0; ii < 4; ii++)
 					xr[ii] = a->x + (size_t)(i + (ii < mr ? ii : mr - 1)) * k + k0;
-				for (int r = 0; r < GS_DEC_R; r++) {
+				for (int r = 0; r < R; r++) {
 					wr[r] = wr0[r] + (size_t)k0 * es;
 					pf[r] = pf0[r] + (size_t)k0 * es;
 				}
 				/* the first group brings the rows in and prefetches the next ones */
-				__m512 t = gs_tile(xr, wr, i == 0 ? pf : NULL, kc, MT, GS_DEC_R, wt);
-				s = k0 == 0 ? t : _mm512_add_ps(s, t);
+				__m512 raw[4];
+				__m512 t = gs_tile(xr, wr, i == 0 ? pf : NULL, kc, MT, R, wt, raw);
+				if (R == 1) {
+					for (int ii = 0; ii < MT; ii++) {
+						float sb = gs_tree1(raw[ii]);
+						yv[ii] = k0 == 0 ? sb : yv[ii] + sb;
+					}
+				} else {
+					s = k0 == 0 ? t : _mm512_add_ps(s, t);
+				}
 			}
-			gs_tile_store(a->y + (size_t)i * n + j, (size_t)n, s, mr, nr, 0);
+			if (R == 1)
+				for (int ii = 0; ii < mr; ii++)
+					a->y[(size_t)(i + ii) * n + j] = yv[ii];
+			else
+				gs_tile_store(a->y + (size_t)i * n + j, (size_t)n, s, mr, nr, 0);
 		}
 	}
 }
@@ -186,10 +224,10 @@ static void gs_dec_dispatch(const struct gs_mm_args *a, int j0, int j1, enum gs_
 {
 	_Static_assert(GS_MM_DECODE_MAX_M == 4, "instantiate gs_rows_range for every M");
 	switch (a->m) {
-	case 1: gs_rows_range(a, j0, j1, 1, wt); break;
-	case 2: gs_rows_range(a, j0, j1, 2, wt); break;
-	case 3: gs_rows_range(a, j0, j1, 3, wt); break;
-	case 4: gs_rows_range(a, j0, j1, 4, wt); break;
+	case 1: gs_rows_range(a, j0, j1, 1, 1, wt); break;
+	case 2: gs_rows_range(a, j0, j1, 2, 4, wt); break;
+	case 3: gs_rows_range(a, j0, j1, 3, 4, wt); break;
+	case 4: gs_rows_range(a, j0, j1, 4, 4, wt); break;
 	}
 }
 
@@ -268,7 +306,7 @@ GS_INLINE void gs_gemm_range(const struct gs_mm_args *a, int j0, int j1, enum gs
 						const void *wr[4];
 						for (int jj = 0; jj < 4; jj++)
 							wr[jj] = gs_panel + (size_t)(r + (jj < nr ? jj : nr - 1)) * GS_MM_KB;
-						__m512 s = gs_tile(xr, wr, NULL, kc, 4, 4, GS_MM_W_F32);
+						__m512 s = gs_tile(xr, wr, NULL, kc, 4, 4, GS_MM_W_F32, NULL);
 						gs_tile_store(a->y + (size_t)i * n + jp + r, (size_t)n, s, mr, nr,
 							      k0 != 0);
 					}
@@ -289,7 +327,7 @@ static void gs_range(const struct gs_mm_args *a, int j0, int j1, enum gs_mm_wtyp
 	if (a->m <= GS_MM_DECODE_MAX_M)
 		gs_dec_dispatch(a, j0, j1, wt);
 	else if (a->m <= GS_STREAM_MAX_M && (size_t)a->m * a->k * sizeof(float) <= GS_STREAM_MAX_X)
-		gs_rows_range(a, j0, j1, 4, wt);
+		gs_rows_range(a, j0, j1, 4, 4, wt);
 	else
 		gs_gemm_range(a, j0, j1, wt);
 }
