@@ -38,7 +38,7 @@ for v in A B; do
   rev=$ra
   [ "$v" = B ] && rev=$rb
   if [ "$rev" = WORK ]; then cp "$src" "$tmp/k$v.c"; else git show "$rev:$src" > "$tmp/k$v.c"; fi
-  ren=(-D"${syms[0]}"=range_$v -D"${syms[1]}"=${syms[1]}_$v -D"${syms[2]}"=${syms[2]}_$v)
+  ren=("-D${syms[0]}=range_$v" "-D${syms[1]}=${syms[1]}_$v" "-D${syms[2]}=${syms[2]}_$v")
   # both revisions compile against the working tree's headers (matmul_impl.h)
   gcc "${flags[@]}" "${inc[@]}" "${ren[@]}" -c "$tmp/k$v.c" -o "$tmp/k$v.o"
 done
