@@ -41,7 +41,6 @@ issued it, for the cluster's own probes); add "client_ca" for mutual TLS, with "
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -51,15 +50,7 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tp"))
-from tp_common import kill_session, mpi_env, signal_session  # noqa: E402,F401
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from tp_common import free_port, kill_session, mpi_env, signal_session  # noqa: E402,F401
 
 
 def write_key_file(path, lines):
@@ -246,15 +237,26 @@ class Cluster:
 
     # ---- context -------------------------------------------------------------------------
     def __enter__(self):
-        try:
-            self.start_coordinator()
-            for i in range(self.n_engines):
-                self.start_engine(i)
-            self.wait_healthy(self.n_engines)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
+        for attempt in range(4):
+            try:
+                self.start_coordinator()
+                for i in range(self.n_engines):
+                    self.start_engine(i)
+                self.wait_healthy(self.n_engines)
+                return self
+            except BaseException:
+                lost_port = (self.coord is not None and self.coord.poll() is not None
+                             and "Address already in use" in self.log("coordinator"))
+                self.__exit__(None, None, None)
+                if not lost_port or attempt == 3:
+                    raise
+            # Another process bound one of our ports between free_port() and the coordinator's
+            # bind: new ports, the old log kept aside, and again.
+            log = os.path.join(self.logdir, "coordinator.log")
+            os.replace(log, f"{log}.port-in-use-{attempt}")
+            print("     (a port was taken before the coordinator bound it; retrying with new ports)",
+                  flush=True)
+            self.http_port, self.grpc_port, self.engine_port = free_port(), free_port(), free_port()
 
     def __exit__(self, *exc):
         for i in range(len(self.engines)):

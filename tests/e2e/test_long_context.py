@@ -14,7 +14,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,12 +23,8 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 MAX_TOKENS = 8
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+sys.path.insert(0, os.path.join(REPO, "tests", "tp"))
+from tp_common import free_port  # noqa: E402
 
 
 def clinical_text(n_sentences, seed=3):

@@ -21,7 +21,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tp"))
+from tp_common import free_port  # noqa: E402,F401  (test_slurm imports it from here)
 
 SLURM_BINARIES = ["munged", "mungekey", "munge", "unmunge", "slurmctld", "slurmd", "sbatch", "srun", "scontrol",
                   "squeue", "scancel", "sinfo"]
@@ -31,12 +35,6 @@ PMIX_PLUGIN_DIRS = ["/usr/lib/x86_64-linux-gnu/slurm-wlm", "/usr/lib/aarch64-lin
 
 class SlurmError(RuntimeError):
     pass
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pdeathsig():

@@ -32,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 UNITS = os.path.join(REPO, "deploy", "systemd")
 sys.path.insert(0, os.path.join(REPO, "tests", "tp"))
-from tp_common import make_model, mpi_env  # noqa: E402
+from tp_common import free_port, make_model, mpi_env  # noqa: E402
 
 BUILD, TOK, MPIRUN, SCRATCH = sys.argv[1:5]
 BUILD, SCRATCH = os.path.abspath(BUILD), os.path.abspath(SCRATCH)
@@ -133,12 +133,6 @@ def help_text(prog):
     p = subprocess.run([prog, "--help", "all"] if prog == MPIRUN else [prog, "--help"], capture_output=True,
                        text=True, env=env, timeout=60)
     return p.stdout + p.stderr
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http(url, key=None, body=None, timeout=30):

@@ -1,7 +1,9 @@
 """Shared helpers for the tensor-parallel tests: real mpirun ranks as root, oversubscribed."""
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import time
 
@@ -103,3 +105,27 @@ def make_model(gs, tok, out, *flags):
 
 def rel_l2_rows(a, b):
     return np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-30)
+
+
+def free_port():
+    """A loopback port that binds now, chosen below the kernel's ephemeral range: a port the
+    kernel handed out (bind to 0) can be taken again by any process's outgoing connection
+    before our server binds it, which failed e2e_tls in CI ("Address already in use")."""
+    lo = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    rng = random.SystemRandom()
+    for _ in range(200):
+        p = rng.randrange(10000, lo) if lo > 11000 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
