@@ -592,6 +592,9 @@ enum gs_status decode(const void *data, size_t n, const struct gs_image_opts *o,
 		if (L.bits_alloc == 8 ? pix->getUint8Array(b).good() : pix->getUint16Array(w).good())
 			frame = L.bits_alloc == 8 ? b : (const uint8_t *)w;
 	}
+	if (!frame && !xf.isEncapsulated())
+		return bad("DICOM PixelData (7FE0,0010) has VR %s; uncompressed pixel data must be OB or OW",
+			   DcmVR(pix->getVR()).getVRName());
 	if (!frame && (st = xfer == EXS_RLELossless ? check_rle_frame(pix, xfer, L)
 						      : check_jpeg_frame(pix, xfer, L)) != GS_OK)
 		return st;

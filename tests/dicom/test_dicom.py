@@ -491,6 +491,14 @@ def main():
             ["RLE Lossless: the header has 2 segments; SamplesPerPixel 1 and BitsAllocated 8 "
              "need 1"])
 
+    # Uncompressed PixelData typed OD (not OB / OW): refused by its VR, not read as doubles.
+    b = bytearray(open(f_ct, "rb").read())
+    at = b.index(b"\xe0\x7f\x10\x00OW")
+    b[at + 4:at + 6] = b"OD"
+    open(path("pix_od.dcm"), "wb").write(bytes(b))
+    refused("uncompressed PixelData with VR OD", path("pix_od.dcm"),
+            ["PixelData (7FE0,0010) has VR OD; uncompressed pixel data must be OB or OW"])
+
     # Compressed transfer syntaxes DCMTK cannot decode: refused by name.
     # (DCMTK's names: "JPEG 2000 (Lossless only)" for the standard's "JPEG 2000 Image
     # Compression (Lossless Only)".)
