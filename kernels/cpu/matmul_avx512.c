@@ -15,6 +15,7 @@ float gs_fma_loop_avx512(long iters, double *flops) { (void)iters; *flops = 0; r
 #include <stdint.h>
 
 #define GS_INLINE static inline __attribute__((always_inline))
+#include "matmul_tree_avx512.h"
 /* loops over R, M, MR have constant trip counts after inlining; they must be fully unrolled so
  * the accumulator arrays live in registers (gcc -O3 otherwise keeps some in memory) */
 
@@ -50,24 +51,6 @@ GS_INLINE size_t gs_wsize(enum gs_mm_wtype wt)
  * past kc, then the fixed lane tree. Accumulator [ii][jj] is an independent chain, so the bits of
  * an output do not depend on MR, NR, or on what the other accumulators hold. */
 
-/* The fixed tree of matmul_impl.h applied to 16 vectors at once: returns, in lane 4q + r, the
- * tree sum of a[q + 4r]. Each output's lanes are only ever added to lanes of the same vector,
- * in the order v[l] + v[l+8], v[l] + v[l+4], v[l] + v[l+2], v[0] + v[1]. */
-GS_INLINE __m512 gs_tree16x16(const __m512 a[16])
-{
-	__m512 b[8], c[4], d[2];
-	for (int p = 0; p < 8; p++) /* b[p]: lanes 0-7 fold8(a[2p]), lanes 8-15 fold8(a[2p+1]) */
-		b[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], 0x44),
-				     _mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], 0xee));
-	for (int p = 0; p < 4; p++) /* c[p], 128-bit lane r: fold4(a[4p + r]) */
-		c[p] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], 0x88),
-				     _mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], 0xdd));
-	for (int p = 0; p < 2; p++) /* d[p], lane q: fold2(a[8p + q]) x2, fold2(a[8p + 4 + q]) x2 */
-		d[p] = _mm512_add_ps(_mm512_shuffle_ps(c[2 * p], c[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-				     _mm512_shuffle_ps(c[2 * p], c[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-	return _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(2, 0, 2, 0)),
-			     _mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(3, 1, 3, 1)));
-}
 
 /* Tree sums of x rows xr[0..MR) · W rows wr[0..NR) over kc elements (one block): lane 4ii + jj
  * of the result is output [ii][jj] (other lanes 0). wr rows have element type wt (GS_MM_W_F32 for
@@ -117,17 +100,6 @@ GS_INLINE __m512 gs_tile(const float *const *xr, const void *const *wr, const vo
 		_Pragma("GCC unroll 4") for (int jj = 0; jj < 4; jj++)
 			a[ii + 4 * jj] = acc[ii][jj];
 	return gs_tree16x16(a);
-}
-
-/* The fixed tree of matmul_impl.h on one vector (same operand order): lane 0 of
- * v = a + a[8..], v + v[4..], v + v[2..], v + v[1..]. */
-GS_INLINE float gs_tree1(__m512 a)
-{
-	__m512 v = _mm512_add_ps(a, _mm512_shuffle_f32x4(a, a, 0x4E));
-	v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));
-	v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));
-	v = _mm512_add_ps(v, _mm512_permute_ps(v, 0xB1));
-	return _mm512_cvtss_f32(v);
 }
 
 /* y[ii][0..nr) (+)= lanes 4ii .. 4ii+nr of s, for ii < mr; y rows n apart */

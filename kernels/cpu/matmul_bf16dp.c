@@ -18,6 +18,7 @@ float gs_dpbf16_loop_avx512bf16(long iters, double *flops) { (void)iters; *flops
 #include <stdint.h>
 
 #define GS_INLINE static inline __attribute__((always_inline))
+#include "matmul_tree_avx512.h"
 
 /* ---- x to bf16 ----------------------------------------------------------------------------
  * Integer round to nearest even, as gs_f32_to_bf16 (torch): vcvtneps2bf16 would flush fp32
@@ -45,23 +46,6 @@ void gs_round_bf16_avx512(uint16_t *dst, const float *src, size_t n)
 }
 
 /* ---- one tile: MR x rows × NR W rows over one block -------------------------------------- */
-
-/* Same fixed tree as matmul_avx512.c's gs_tree16x16: lane 4q + r holds the tree sum of a[q + 4r]. */
-GS_INLINE __m512 gs_tree16x16(const __m512 a[16])
-{
-	__m512 b[8], c[4], d[2];
-	for (int p = 0; p < 8; p++)
-		b[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], 0x44),
-				     _mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], 0xee));
-	for (int p = 0; p < 4; p++)
-		c[p] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], 0x88),
-				     _mm512_shuffle_f32x4(b[2 * p], b[2 * p + 1], 0xdd));
-	for (int p = 0; p < 2; p++)
-		d[p] = _mm512_add_ps(_mm512_shuffle_ps(c[2 * p], c[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-				     _mm512_shuffle_ps(c[2 * p], c[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-	return _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(2, 0, 2, 0)),
-			     _mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(3, 1, 3, 1)));
-}
 
 /* Tree sums of x rows x0..x3 · W rows w0..w5 over kc bf16 elements (one block): lane 4ii + jj of
  * *s4 is output [ii][jj] (jj < 4), lane 4ii + jj of *s2 output [ii][4 + jj] (jj < 2, NR = 6 only);
@@ -111,7 +95,7 @@ GS_INLINE void gs_bf_tile(const uint16_t *x0, const uint16_t *x1, const uint16_t
 #undef GS_BF_LD
 	}
 #undef GS_BF_STEP
-	if (NR == 1) { /* one W row: the MR accumulators themselves, for gs_bf_tree1 */
+	if (NR == 1) { /* one W row: the MR accumulators themselves, for gs_tree1 */
 		raw[0] = c0[0], raw[1] = c1[0], raw[2] = c2[0], raw[3] = c3[0];
 		return;
 	}
@@ -171,17 +155,6 @@ GS_INLINE void gs_bf_prefetch(const uint16_t *p, int npf, size_t stride, int len
 
 #define GS_BF_D 4 /* prefetch distance, in weight rows (into L2; 2 to 16 measured the same) */
 
-/* The canonical lane tree of one accumulator (matmul_impl.h, same operand order): lane 0 of
- * v = a + a[8..], v + v[4..], v + v[2..], v + v[1..]. */
-GS_INLINE float gs_bf_tree1(__m512 a)
-{
-	__m512 v = _mm512_add_ps(a, _mm512_shuffle_f32x4(a, a, 0x4E));
-	v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));
-	v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));
-	v = _mm512_add_ps(v, _mm512_permute_ps(v, 0xB1));
-	return _mm512_cvtss_f32(v);
-}
-
 /* Weight rows j0..j1, one at a time. The row GS_BF_D ahead (past j1: as far into the next
  * range, from jn) is prefetched during the first group's blocks. */
 GS_INLINE void gs_bf_rows_range(const struct gs_mm_args *a, int j0, int j1, int jn, const int MT)
@@ -206,7 +179,7 @@ GS_INLINE void gs_bf_rows_range(const struct gs_mm_args *a, int j0, int j1, int 
 				gs_bf_tile(x0 + k0, x1 + k0, x2 + k0, x3 + k0, wr + k0, NULL, NULL, NULL, NULL, NULL,
 					   kc, MT, 1, NULL, NULL, raw);
 				for (int ii = 0; ii < MT; ii++) {
-					float sb = gs_bf_tree1(raw[ii]);
+					float sb = gs_tree1(raw[ii]);
 					yv[ii] = k0 == 0 ? sb : yv[ii] + sb;
 				}
 			}
