@@ -229,16 +229,17 @@ def dcmtk(tool, *args):
         raise RuntimeError("%s failed: %s" % (tool, p.stderr))
 
 
-def fake_encapsulated(name, ts):
-    """A 16 x 16 image under compressed transfer syntax ts, with a made-up bitstream."""
+def fake_encapsulated(name, ts, fragment=b"\xff\x4f\xff\x51" + bytes(range(60)), size=16, bits=16):
+    """A size x size grey image of `bits` bits under compressed transfer syntax ts, whose one
+    fragment is `fragment` (by default a made-up bitstream)."""
     ds = base_dataset(ts)
-    ds.Rows = ds.Columns = 16
+    ds.Rows = ds.Columns = size
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
+    ds.BitsAllocated = ds.BitsStored = bits
+    ds.HighBit = bits - 1
     ds.PixelRepresentation = 0
-    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(range(60))])
+    ds.PixelData = encapsulate([fragment])
     ds["PixelData"].is_undefined_length = True
     ds["PixelData"].VR = "OB"
     ds.save_as(path(name), write_like_original=False)
@@ -265,18 +266,7 @@ def jpeg_bomb(name, ts):
     jb = bytearray(jb.getvalue())
     sof = jb.index(b"\xff\xc2")
     jb[sof + 5:sof + 9] = (60000).to_bytes(2, "big") * 2
-    ds = base_dataset(ts)
-    ds.Rows = ds.Columns = 8
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    ds.PixelData = encapsulate([bytes(jb)])
-    ds["PixelData"].is_undefined_length = True
-    ds["PixelData"].VR = "OB"
-    ds.save_as(path(name), write_like_original=False)
-    return path(name)
+    return fake_encapsulated(name, ts, bytes(jb), size=8, bits=8)
 
 
 # ---- the tests --------------------------------------------------------------------------------
