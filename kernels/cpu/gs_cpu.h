@@ -80,8 +80,6 @@ const char *gs_cpu_bf16_missing(void);
  * buffer for bf16(x) on demand (amortised). */
 void gs_cpu_matmul_bf16dp(struct gs_threadpool *tp, float *y, const float *x, const uint16_t *w,
 			  int m, int n, int k);
-/* dst[i] = bf16(src[i]) (round to nearest even), split over tp when large. Same condition. */
-void gs_cpu_round_bf16(struct gs_threadpool *tp, uint16_t *dst, const float *src, size_t n);
 
 /* ---- sampling (pick.c) ------------------------------------------------------------------ */
 

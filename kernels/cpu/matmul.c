@@ -304,29 +304,23 @@ void gs_cpu_matmul_f32(struct gs_threadpool *tp, float *y, const float *x, const
 static _Thread_local uint16_t *gs_xb;
 static _Thread_local size_t gs_xb_cap;
 
+/* x rounded into gs_xb_at's layout (matmul_impl.h), rows split over the threads. */
 struct gs_round_task {
 	uint16_t *dst;
 	const float *src;
-	size_t n;
+	int m, k;
 };
 
 static void gs_round_task_run(void *ctx, int tid, int n_threads)
 {
 	const struct gs_round_task *t = ctx;
-	size_t per = (t->n / (size_t)n_threads + 15) / 16 * 16;
-	size_t lo = per * (size_t)tid, hi = lo + per < t->n ? lo + per : t->n;
-	if (lo < hi)
-		gs_round_bf16_avx512(t->dst + lo, t->src + lo, hi - lo);
-}
-
-void gs_cpu_round_bf16(struct gs_threadpool *tp, uint16_t *dst, const float *src, size_t n)
-{
-	GS_ASSERT(gs_cpu_bf16_missing() == NULL);
-	struct gs_round_task t = { dst, src, n };
-	if (n < ((size_t)1 << 16))
-		gs_round_task_run(&t, 0, 1);
-	else
-		gs_threadpool_run(tp, gs_round_task_run, &t);
+	int lo = (int)((long long)t->m * tid / n_threads), hi = (int)((long long)t->m * (tid + 1) / n_threads);
+	for (int k0 = 0; k0 < t->k; k0 += GS_MM_BF_KB) {
+		int kc = t->k - k0 < GS_MM_BF_KB ? t->k - k0 : GS_MM_BF_KB;
+		for (int i = lo; i < hi; i++)
+			gs_round_bf16_avx512((uint16_t *)gs_xb_at(t->dst, t->m, k0, kc, i), t->src + (size_t)i * t->k + k0,
+					     (size_t)kc);
+	}
 }
 
 /* Threads take column ranges from a shared counter rather than a fixed half each, so a thread
@@ -388,7 +382,11 @@ void gs_cpu_matmul_bf16dp(struct gs_threadpool *tp, float *y, const float *x, co
 		gs_xb = p;
 		gs_xb_cap = bytes / sizeof(uint16_t);
 	}
-	gs_cpu_round_bf16(tp, gs_xb, x, nx);
+	struct gs_round_task rt = { gs_xb, x, m, k };
+	if (nx < ((size_t)1 << 16) || m == 1)
+		gs_round_task_run(&rt, 0, 1);
+	else
+		gs_threadpool_run(tp, gs_round_task_run, &rt);
 	struct gs_mm_bf_task t = {
 		.args = { .y = y, .x = x, .xb = gs_xb, .w = w, .m = m, .n = n, .k = k, .wt = GS_MM_W_BF16 },
 	};

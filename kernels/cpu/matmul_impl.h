@@ -33,7 +33,8 @@ enum gs_mm_wtype { GS_MM_W_F32, GS_MM_W_BF16, GS_MM_W_F16, GS_MM_W_COUNT };
 struct gs_mm_args {
 	float       *y;  /* [m × n] */
 	const float *x;  /* [m × k] */
-	const uint16_t *xb; /* bf16 mode: [m × k] x rounded to bf16 (round to nearest even) */
+	const uint16_t *xb; /* bf16 mode: x rounded to bf16 (round to nearest even), k-block major:
+			     * see gs_xb_at */
 	const void  *w;  /* [n × k], element type wt */
 	int          m, n, k;
 	enum gs_mm_wtype wt;
@@ -57,6 +58,16 @@ void gs_mm_range_avx512(const struct gs_mm_args *a, int j0, int j1);
  *   - the 16 lanes are reduced by the same tree as above, and y = s_0 + s_1 + ... in order.
  * Longer blocks than the fp32 mode's: the lane tree costs as much as 45 dot steps. */
 #define GS_MM_BF_KB 512
+
+/* The bf16 x is laid out block by block of k: the GS_MM_BF_KB-long block at k0 (kc elements,
+ * the last one shorter) holds the m rows' pieces one after another, from xb + m·k0. A GEMM's
+ * sweep over the rows of one block then reads one contiguous stretch, which the hardware
+ * prefetchers stream (rows k apart did not: at k = 6912 every 1 KiB piece began with a miss).
+ * For m = 1 this is the plain row. Where row i's piece of block k0 starts: */
+static inline const uint16_t *gs_xb_at(const uint16_t *xb, int m, int k0, int kc, int i)
+{
+	return xb + (size_t)m * (size_t)k0 + (size_t)i * (size_t)kc;
+}
 
 /* y[:, j0:j1] = xb · W[j0:j1, :]ᵀ for bf16 W (a->wt == GS_MM_W_BF16), in the order above.
  * jn: the first column of the range this thread computes next (its weights are prefetched
