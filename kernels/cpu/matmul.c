@@ -315,8 +315,9 @@ static void gs_round_task_run(void *ctx, int tid, int n_threads)
 {
 	const struct gs_round_task *t = ctx;
 	int lo = (int)((long long)t->m * tid / n_threads), hi = (int)((long long)t->m * (tid + 1) / n_threads);
-	for (int k0 = 0; k0 < t->k; k0 += GS_MM_BF_KB) {
-		int kc = t->k - k0 < GS_MM_BF_KB ? t->k - k0 : GS_MM_BF_KB;
+	const int kb = gs_mm_bf_kb(t->k);
+	for (int k0 = 0; k0 < t->k; k0 += kb) {
+		int kc = t->k - k0 < kb ? t->k - k0 : kb;
 		for (int i = lo; i < hi; i++)
 			gs_round_bf16_avx512((uint16_t *)gs_xb_at(t->dst, t->m, k0, kc, i), t->src + (size_t)i * t->k + k0,
 					     (size_t)kc);

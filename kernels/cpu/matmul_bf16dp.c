@@ -165,7 +165,7 @@ GS_INLINE void gs_bf_prefetch(const uint16_t *p, int npf, size_t stride, int len
  * and 4, the 1B shape's matrices and LM head). */
 GS_INLINE void gs_bf_rows_range(const struct gs_mm_args *a, int j0, int j1, int jn, const int MT)
 {
-	const int m = a->m, n = a->n, k = a->k;
+	const int m = a->m, n = a->n, k = a->k, kb = gs_mm_bf_kb(k);
 	const uint16_t *w = a->w;
 	for (int j = j0; j < j1; j++) {
 		const uint16_t *wr = w + (size_t)j * k;
@@ -175,8 +175,8 @@ GS_INLINE void gs_bf_rows_range(const struct gs_mm_args *a, int j0, int j1, int 
 		for (int i = 0; i < m; i += MT) {
 			int mr = m - i < MT ? m - i : MT;
 			float yv[4] = { 0 };
-			for (int k0 = 0; k0 < k; k0 += GS_MM_BF_KB) {
-				int kc = k - k0 < GS_MM_BF_KB ? k - k0 : GS_MM_BF_KB;
+			for (int k0 = 0; k0 < k; k0 += kb) {
+				int kc = k - k0 < kb ? k - k0 : kb;
 				const uint16_t *x0 = gs_xb_at(a->xb, m, k0, kc, i);
 				const uint16_t *x1 = x0 + (mr > 1 ? (size_t)kc : 0);
 				const uint16_t *x2 = x0 + (size_t)(mr > 2 ? 2 : mr - 1) * kc;
@@ -198,12 +198,13 @@ GS_INLINE void gs_bf_rows_range(const struct gs_mm_args *a, int j0, int j1, int 
 /* ---- batches and prefill: 4×6 tiles straight from the bf16 weights ------------------------
  * No packing: W is already in the format vdpbf16ps takes. Chunks of GS_BF_NC weight rows; in
  * each, blocks of GS_BF_MB x rows; in each, k blocks in order (as the canonical order adds
- * them); in each, panels of GS_BF_NP weight rows (24 KiB of bf16 at a full block: L1) swept by
- * every group of 4 x rows (4 tiles of 6 W rows each). Each panel's tiles prefetch the panel
- * GS_BF_PD ahead in this sweep order, one row per tile (rows spread over the first 24 tiles, or
- * several a tile when there are fewer), so the weights stream in evenly while the tiles compute. */
+ * them); in each, panels of GS_BF_NP weight rows (30 KiB of bf16 at a 1280 block, with the 4 x
+ * rows' 10 KiB: L1) swept by every group of 4 x rows (2 tiles of 6 W rows each; panels of 24
+ * rows ran 0.87-0.93x as fast). Each panel's tiles prefetch the panel GS_BF_PD ahead in this
+ * sweep order, one row per tile (rows spread over the first 12 tiles, or several a tile when
+ * there are fewer), so the weights stream in evenly while the tiles compute. */
 #define GS_BF_NR 6
-#define GS_BF_NP (4 * GS_BF_NR)
+#define GS_BF_NP (2 * GS_BF_NR)
 #define GS_BF_NC (8 * GS_BF_NR)
 #define GS_BF_MB 128 /* x rows per sweep: x block and y chunk stay in L2 (m = 512 thrashed it) */
 #define GS_BF_PD 2   /* prefetch distance, in panels */
@@ -212,14 +213,14 @@ GS_INLINE void gs_bf_rows_range(const struct gs_mm_args *a, int j0, int j1, int 
  * panels, k block by k block; after its last, the chunk again when more x blocks follow
  * (again), else the next chunk of the range [.., j1), else the first chunk of the next range
  * (from jn, when jn >= 0). 0 when there is none; else *pe is the end of the chunk holding it. */
-GS_INLINE int gs_bf_panel_next(int d, int again, int jc, int jc1, int j1, int jn, int n, int k, int *jp, int *k0,
-			       int *pe)
+GS_INLINE int gs_bf_panel_next(int d, int again, int jc, int jc1, int j1, int jn, int n, int k, int kb, int *jp,
+			       int *k0, int *pe)
 {
 	for (; d > 0; d--) {
 		*jp += GS_BF_NP;
 		if (*jp < jc1)
 			continue;
-		*jp = jc, *k0 += GS_MM_BF_KB;
+		*jp = jc, *k0 += kb;
 		if (*k0 < k)
 			continue;
 		*k0 = 0;
@@ -239,19 +240,19 @@ GS_INLINE int gs_bf_panel_next(int d, int again, int jc, int jc1, int j1, int jn
 
 GS_INLINE void gs_bf_gemm_range(const struct gs_mm_args *a, int j0, int j1, int jn)
 {
-	const int m = a->m, n = a->n, k = a->k;
+	const int m = a->m, n = a->n, k = a->k, kb = gs_mm_bf_kb(k);
 	const uint16_t *w = a->w;
 	for (int jc = j0; jc < j1; jc += GS_BF_NC) {
 		int jc1 = j1 - jc < GS_BF_NC ? j1 : jc + GS_BF_NC;
 		for (int i0 = 0; i0 < m; i0 += GS_BF_MB) {
 		int i1 = m - i0 < GS_BF_MB ? m : i0 + GS_BF_MB;
 		int U = (i1 - i0 + 3) / 4 * (GS_BF_NP / GS_BF_NR); /* tiles per full panel */
-		for (int k0 = 0; k0 < k; k0 += GS_MM_BF_KB) {
-			int kc = k - k0 < GS_MM_BF_KB ? k - k0 : GS_MM_BF_KB;
+		for (int k0 = 0; k0 < k; k0 += kb) {
+			int kc = k - k0 < kb ? k - k0 : kb;
 			for (int jp = jc; jp < jc1; jp += GS_BF_NP) {
 				int np = jc1 - jp < GS_BF_NP ? jc1 - jp : GS_BF_NP;
 				int pj = jp, pk0 = k0, pe = 0, pnp = 0; /* the panel to prefetch: rows [pj, pj + pnp) */
-				if (gs_bf_panel_next(GS_BF_PD, i1 < m, jc, jc1, j1, jn, n, k, &pj, &pk0, &pe))
+				if (gs_bf_panel_next(GS_BF_PD, i1 < m, jc, jc1, j1, jn, n, k, kb, &pj, &pk0, &pe))
 					pnp = pe - pj < GS_BF_NP ? pe - pj : GS_BF_NP;
 				int pkc = k - pk0 < kc ? k - pk0 : kc;
 				for (int i = i0, u = 0; i < i1; i += 4) {

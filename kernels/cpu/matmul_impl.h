@@ -48,7 +48,8 @@ void gs_mm_range_avx512(const struct gs_mm_args *a, int j0, int j1);
 /* ---- the bf16 mode's canonical order (gs_cpu_matmul_bf16dp, AVX512_BF16) -------------------
  * x is first rounded to bf16 (round to nearest even, NaN kept, as torch does); W is bf16 as
  * stored. Each output is then summed in one order fixed by k alone, the one vdpbf16ps gives:
- *   - k is cut into blocks of GS_MM_BF_KB (the last one shorter);
+ *   - k is cut into nb = ceil(k / GS_MM_BF_KMAX) blocks of kb = 32 · ceil(k / (32 · nb))
+ *     elements (the last one shorter): gs_mm_bf_kb(k);
  *   - within a block starting at k0, 16 fp32 lanes start at +0.0 and the element pair p
  *     (elements k0 + 2p, k0 + 2p + 1) goes to lane p % 16, in increasing p, odd element first:
  *       lane = ftz(fma(x[2p+1], w[2p+1], lane)); lane = ftz(fma(x[2p], w[2p], lane))
@@ -56,14 +57,22 @@ void gs_mm_range_avx512(const struct gs_mm_args *a, int j0, int j1);
  *     sign (each product is exact; checked bit for bit against vdpbf16ps in test_matmul_bf16);
  *     elements past the block's end are x = w = +0.0;
  *   - the 16 lanes are reduced by the same tree as above, and y = s_0 + s_1 + ... in order.
- * Longer blocks than the fp32 mode's: the lane tree costs as much as 45 dot steps. */
-#define GS_MM_BF_KB 512
+ * Long, even blocks: a lane tree costs about as much as a block's 16 first dot steps, so at
+ * 512-element blocks the trees of the 1B shape's k = 1152 (512 + 512 + 128) took ~1/5 of the
+ * GEMM. With these blocks (and 12-row panels) the prefill GEMMs of the 1B shape ran 1.09-1.24x
+ * faster (tests/bench/ab_kernel.sh). A GEMM tile's 4 x rows and its L1 panel of W rows still
+ * fit L1 at 1280. */
+#define GS_MM_BF_KMAX 1280
+static inline int gs_mm_bf_kb(int k)
+{
+	int nb = k > 0 ? (k + GS_MM_BF_KMAX - 1) / GS_MM_BF_KMAX : 1;
+	return (k + 32 * nb - 1) / (32 * nb) * 32;
+}
 
-/* The bf16 x is laid out block by block of k: the GS_MM_BF_KB-long block at k0 (kc elements,
- * the last one shorter) holds the m rows' pieces one after another, from xb + m·k0. A GEMM's
- * sweep over the rows of one block then reads one contiguous stretch, which the hardware
- * prefetchers stream (rows k apart did not: at k = 6912 every 1 KiB piece began with a miss).
- * For m = 1 this is the plain row. Where row i's piece of block k0 starts: */
+/* The bf16 x is laid out block by block of k: the block at k0 (kc elements, the last one
+ * shorter) holds the m rows' pieces one after another, from xb + m·k0, so a GEMM's sweep over
+ * the rows of one block reads one contiguous stretch. For m = 1 this is the plain row. Where
+ * row i's piece of block k0 starts: */
 static inline const uint16_t *gs_xb_at(const uint16_t *xb, int m, int k0, int kc, int i)
 {
 	return xb + (size_t)m * (size_t)k0 + (size_t)i * (size_t)kc;

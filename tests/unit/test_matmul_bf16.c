@@ -38,7 +38,8 @@ static float bf_daz(uint16_t h)
 /* One output in the stated order, from x and w as bf16. */
 static float ref_dot(const uint16_t *x, const uint16_t *w, int k)
 {
-	enum { KB = 512 };
+	/* blocks: nb = ceil(k / 1280), each 32 · ceil(k / (32 · nb)) long, the last shorter */
+	int nb = (k + 1279) / 1280, KB = 32 * ((k + 32 * nb - 1) / (32 * nb));
 	float y = 0.0f;
 	for (int k0 = 0; k0 < k; k0 += KB) {
 		int kc = k - k0 < KB ? k - k0 : KB;
@@ -74,8 +75,8 @@ static void test_kernel(void)
 {
 	static const int ms[] = { 1, 2, 3, 4, 5, 7, 13, 32, 33, 64, 129 };
 	static const int ns[] = { 1, 17, 64, 300 };
-	static const int ks[] = { 1, 2, 31, 32, 33, 511, 512, 513, 1000, 2100 };
-	const int max_m = 129, max_n = 300, max_k = 2100;
+	static const int ks[] = { 1, 2, 31, 32, 33, 511, 512, 513, 1000, 1280, 1281, 2100, 3900 };
+	const int max_m = 129, max_n = 300, max_k = 3900;
 	float *x = malloc(sizeof(float) * max_m * max_k);
 	uint16_t *xb = malloc(sizeof(uint16_t) * max_m * max_k);
 	uint16_t *w = malloc(sizeof(uint16_t) * max_n * max_k);
@@ -145,11 +146,11 @@ static void test_kernel(void)
 /* Batch invariance across paths: every row of an m-row call (the GEMM from m = 5 on, with its k
  * blocks, panels, prefetches and m tails) has the bits of the same row computed alone (m = 1,
  * the decode path), for 1 and 2 threads; and the decode path matches the C loop. k spans
- * several blocks with a short last one (as the 1B model's 1152), n several panels and chunks. */
+ * several blocks with a short last one (2600: 896 + 896 + 808), n several panels and chunks. */
 static void test_paths(void)
 {
 	static const int ms[] = { 1, 2, 3, 15, 16, 17, 64, 129 };
-	enum { MAXM = 129, N = 300, K = 1152 + 40 };
+	enum { MAXM = 129, N = 300, K = 2600 };
 	float *x = malloc(sizeof(float) * MAXM * K), *y = malloc(sizeof(float) * MAXM * N);
 	float *y1 = malloc(sizeof(float) * N);
 	uint16_t *xb = malloc(sizeof(uint16_t) * MAXM * K), *w = malloc(sizeof(uint16_t) * N * K);
