@@ -51,14 +51,15 @@ void gs_round_bf16_avx512(uint16_t *dst, const float *src, size_t n)
  * *s4 is output [ii][jj] (jj < 4), lane 4ii + jj of *s2 output [ii][4 + jj] (jj < 2, NR = 6 only);
  * for NR = 1, raw[ii] is x row ii's accumulator itself (no tree).
  * Only the first MR x rows and NR W rows are computed (the other outputs are 0). Accumulator
- * [ii][jj] is its own chain, so MR, NR and the other rows never change its bits. NR = 1 with
- * pf: one prefetch into L2 of pf at each step's offset (the row streamed next). Plain pointers
+ * [ii][jj] is its own chain, so MR, NR and the other rows never change its bits. Each step
+ * also prefetches into L2 the line at its offset of npf rows pf, pf + pstride, ... (weights
+ * streamed next), so they come in evenly while the tile computes. Plain pointers
  * and one index, nothing else live in the loop: gcc keeps it all in registers (24 accumulators,
  * 4 x vectors, 1 W vector). */
 GS_INLINE void gs_bf_tile(const uint16_t *x0, const uint16_t *x1, const uint16_t *x2, const uint16_t *x3,
 			  const uint16_t *w0, const uint16_t *w1, const uint16_t *w2, const uint16_t *w3,
 			  const uint16_t *w4, const uint16_t *w5, int kc, const int MR, const int NR, __m512 *s4,
-			  __m512 *s2, __m512 *raw, const uint16_t *pf)
+			  __m512 *s2, __m512 *raw, const uint16_t *pf, int npf, size_t pstride)
 {
 	const __m512 z = _mm512_setzero_ps();
 	__m512 c0[6] = { z, z, z, z, z, z }, c1[6] = { z, z, z, z, z, z }, c2[6] = { z, z, z, z, z, z },
@@ -73,8 +74,8 @@ GS_INLINE void gs_bf_tile(const uint16_t *x0, const uint16_t *x1, const uint16_t
 			a2 = (__m512bh)LD(x2);                                                           \
 		if (MR > 3)                                                                              \
 			a3 = (__m512bh)LD(x3);                                                           \
-		if (NR == 1 && pf)                                                                       \
-			_mm_prefetch((const char *)(pf + t), _MM_HINT_T1);                               \
+		for (int q = 0; q < npf; q++)                                                            \
+			_mm_prefetch((const char *)(pf + (size_t)q * pstride + t), _MM_HINT_T1);         \
 		_Pragma("GCC unroll 6") for (int jj = 0; jj < NR; jj++) {                                \
 			__m512bh b = (__m512bh)LD(wr[jj]);                                               \
 			c0[jj] = _mm512_dpbf16_ps(c0[jj], a0, b);                                        \
@@ -139,16 +140,6 @@ GS_INLINE void gs_tile_store(float *y, size_t n, __m512 s, int mr, int nr, int a
 	}
 }
 
-/* Into L2: elements [0, len) of npf rows p, p + stride, ... (one prefetch per cache line).
- * Callers issue the weights they need next in small portions, one before each tile, so they
- * stream in evenly while the tiles compute. */
-GS_INLINE void gs_bf_prefetch(const uint16_t *p, int npf, size_t stride, int len)
-{
-	for (int q = 0; q < npf; q++, p += stride)
-		for (int t = 0; t < len; t += 32)
-			_mm_prefetch((const char *)(p + t), _MM_HINT_T1);
-}
-
 /* ---- decode and small batches: each weight row streamed from memory once -------------------
  * One weight row at a time, dotted with every group of MT x rows while in L1: each thread then
  * reads its weights as one sequential stream, which this memory system serves at 1.15-1.2x the
@@ -183,7 +174,7 @@ GS_INLINE void gs_bf_rows_range(const struct gs_mm_args *a, int j0, int j1, int 
 				const uint16_t *x3 = x0 + (size_t)(mr > 3 ? 3 : mr - 1) * kc;
 				__m512 raw[4];
 				gs_bf_tile(x0, x1, x2, x3, wr + k0, NULL, NULL, NULL, NULL, NULL,
-					   kc, MT, 1, NULL, NULL, raw, npf && i == 0 ? w + (size_t)jp * k + k0 : NULL);
+					   kc, MT, 1, NULL, NULL, raw, w + (size_t)(npf ? jp : 0) * k + k0, npf && i == 0, 0);
 				for (int ii = 0; ii < MT; ii++) {
 					float sb = gs_tree1(raw[ii]);
 					yv[ii] = k0 == 0 ? sb : yv[ii] + sb;
@@ -202,7 +193,8 @@ GS_INLINE void gs_bf_rows_range(const struct gs_mm_args *a, int j0, int j1, int 
  * rows' 10 KiB: L1) swept by every group of 4 x rows (2 tiles of 6 W rows each; panels of 24
  * rows ran 0.87-0.93x as fast). Each panel's tiles prefetch the panel GS_BF_PD ahead in this
  * sweep order, one row per tile (rows spread over the first 12 tiles, or several a tile when
- * there are fewer), so the weights stream in evenly while the tiles compute. */
+ * there are fewer), a line per dot step, so the weights stream in evenly while the tiles
+ * compute (a row's lines all issued before its tile's steps ran m = 16 at 0.73-0.79x). */
 #define GS_BF_NR 6
 #define GS_BF_NP (2 * GS_BF_NR)
 #define GS_BF_NC (8 * GS_BF_NR)
@@ -254,7 +246,6 @@ GS_INLINE void gs_bf_gemm_range(const struct gs_mm_args *a, int j0, int j1, int 
 				int pj = jp, pk0 = k0, pe = 0, pnp = 0; /* the panel to prefetch: rows [pj, pj + pnp) */
 				if (gs_bf_panel_next(GS_BF_PD, i1 < m, jc, jc1, j1, jn, n, k, kb, &pj, &pk0, &pe))
 					pnp = pe - pj < GS_BF_NP ? pe - pj : GS_BF_NP;
-				int pkc = k - pk0 < kc ? k - pk0 : kc;
 				for (int i = i0, u = 0; i < i1; i += 4) {
 					int mr = i1 - i < 4 ? i1 - i : 4;
 					const uint16_t *x0 = gs_xb_at(a->xb, m, k0, kc, i);
@@ -268,10 +259,10 @@ GS_INLINE void gs_bf_gemm_range(const struct gs_mm_args *a, int j0, int j1, int 
 							wr[jj] = w + (size_t)(jp + r + (jj < nr ? jj : nr - 1)) * k + k0;
 						/* this tile prefetches next-panel rows u, u + U, ... */
 						int npf = u < pnp ? (pnp - 1 - u) / U + 1 : 0;
-						gs_bf_prefetch(w + (size_t)(npf ? pj + u : 0) * k + pk0, npf, (size_t)U * k, pkc);
 						__m512 s4, s2;
 						gs_bf_tile(x0, x1, x2, x3, wr[0], wr[1], wr[2], wr[3], wr[4], wr[5], kc, 4,
-							   GS_BF_NR, &s4, &s2, NULL, NULL);
+							   GS_BF_NR, &s4, &s2, NULL, w + (size_t)(npf ? pj + u : 0) * k + pk0, npf,
+							   (size_t)U * k);
 						float *yp = a->y + (size_t)i * n + jp + r;
 						gs_tile_store(yp, (size_t)n, s4, mr, nr < 4 ? nr : 4, k0 != 0);
 						if (nr > 4)
