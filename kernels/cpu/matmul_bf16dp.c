@@ -199,7 +199,7 @@ GS_INLINE void gs_bf_rows_range(const struct gs_mm_args *a, int j0, int j1, int 
 #define GS_BF_NP (2 * GS_BF_NR)
 #define GS_BF_NC (8 * GS_BF_NR)
 #define GS_BF_MB 128 /* x rows per sweep: x block and y chunk stay in L2 (m = 512 thrashed it) */
-#define GS_BF_PD 2   /* prefetch distance, in panels */
+#define GS_BF_PD 1   /* prefetch distance, in panels (2 and 4: 0.9-0.97x at m = 16) */
 
 /* The panel d steps after (jp, k0) of chunk [jc, jc1) in this thread's sweep order: the chunk's
  * panels, k block by k block; after its last, the chunk again when more x blocks follow
