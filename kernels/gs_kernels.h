@@ -171,6 +171,11 @@ struct gs_backend_i {
 	const char *name;
 	/* y[m, w->rows] = x[m, w->cols] · wᵀ, fp32 accumulation. */
 	void (*matmul)(void *ctx, float *y, const float *x, const struct gs_tensor *w, int m);
+	/* Optional (NULL: one matmul per weight; gs_matmul_n): ys[i] = x · ws[i]ᵀ for i < count
+	 * (at most 4), weights of equal cols sharing x (q/k/v, gate/up), in one dispatch; each
+	 * output the same as matmul gives it. */
+	void (*matmul_n)(void *ctx, int count, float *const *ys, const float *x, const struct gs_tensor *const *ws,
+			 int m);
 	/* y[r] = x[r] * rsqrt(mean(x[r]²) + eps) * gain, gain = 1 + w already in fp32. y may be x. */
 	void (*rmsnorm)(void *ctx, float *y, const float *x, const float *gain, int rows, int dim, float eps);
 	/* y[r] += x[r] * rsqrt(mean(x[r]²) + eps) * gain: a branch's post-norm and the residual add
@@ -261,6 +266,19 @@ struct gs_backend {
 	const struct gs_backend_i *iface;
 	void *ctx;
 };
+
+/* ys[i] = x · ws[i]ᵀ for i < count (<= 4, equal cols): the backend's matmul_n, else its matmul
+ * once per weight. */
+static inline void gs_matmul_n(const struct gs_backend_i *be, void *ctx, int count, float *const *ys, const float *x,
+			       const struct gs_tensor *const *ws, int m)
+{
+	if (be->matmul_n) {
+		be->matmul_n(ctx, count, ys, x, ws, m);
+		return;
+	}
+	for (int i = 0; i < count; i++)
+		be->matmul(ctx, ys[i], x, ws[i], m);
+}
 
 /* CPU backend with n_threads workers (<= 0: all online CPUs, or env GS_THREADS). */
 enum gs_status gs_backend_cpu_create(int n_threads, struct gs_backend *out);

@@ -400,9 +400,9 @@ static enum gs_status forward(struct gs_forward *f, const struct gs_kv_cache *ca
 		if (nr) {
 			float *qr = f->q + (size_t)r0 * QD, *kr = f->k + (size_t)r0 * KD, *vr = f->v + (size_t)r0 * KD;
 			be->rmsnorm(bc, xnr, xr, lw->attn_norm, nr, H, eps);
-			be->matmul(bc, qr, xnr, &lw->q, nr);
-			be->matmul(bc, kr, xnr, &lw->k, nr);
-			be->matmul(bc, vr, xnr, &lw->v, nr);
+			float *const qkv[] = { qr, kr, vr };
+			const struct gs_tensor *const wqkv[] = { &lw->q, &lw->k, &lw->v };
+			gs_matmul_n(be, bc, 3, qkv, xnr, wqkv, nr);
 			be->rmsnorm(bc, qr, qr, lw->q_norm, nr * Nq, D, eps);
 			be->rmsnorm(bc, kr, kr, lw->k_norm, nr * Nkv, D, eps);
 			be->rope(bc, qr, nr, Nq, D, f->pos + r0, cfg->rope_base[l], cfg->rope_scale[l]);
@@ -453,8 +453,9 @@ static enum gs_status forward(struct gs_forward *f, const struct gs_kv_cache *ca
 		/* MLP block: GeGLU with tanh GELU; down_proj is ROW-split like o_proj. */
 		float *gr = f->gate + (size_t)r0 * F, *ur = f->up + (size_t)r0 * F;
 		be->rmsnorm(bc, xnr, xr, lw->pre_ffn_norm, nr, H, eps);
-		be->matmul(bc, gr, xnr, &lw->gate, nr);
-		be->matmul(bc, ur, xnr, &lw->up, nr);
+		float *const gu[] = { gr, ur };
+		const struct gs_tensor *const wgu[] = { &lw->gate, &lw->up };
+		gs_matmul_n(be, bc, 2, gu, xnr, wgu, nr);
 		be->geglu(bc, gr, gr, ur, (size_t)nr * F);
 		be->matmul(bc, or, gr, &lw->down, nr);
 		GS_TRY(reduce(f, or, (size_t)nr * H));

@@ -52,10 +52,15 @@ static double decode_step_matmuls(const struct gs_model *m, struct gs_backend be
 	for (int rep = 0; rep < 3; rep++) {
 		double t0 = gs_now_s();
 		for (int l = 0; l < m->cfg.n_layers; l++) {
+			/* grouped as the forward pass calls them: q/k/v and gate/up share their input */
 			const struct gs_layer_weights *w = &m->layers[l];
-			const struct gs_tensor *t[] = { &w->q, &w->k, &w->v, &w->o, &w->gate, &w->up, &w->down };
-			for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
-				be.iface->matmul(be.ctx, y, x, t[i], batch);
+			size_t qn = (size_t)batch * w->q.rows, kn = (size_t)batch * w->k.rows;
+			float *const qkv[] = { y, y + qn, y + qn + kn }, *const gu[] = { y, y + (size_t)batch * w->gate.rows };
+			const struct gs_tensor *const wqkv[] = { &w->q, &w->k, &w->v }, *const wgu[] = { &w->gate, &w->up };
+			gs_matmul_n(be.iface, be.ctx, 3, qkv, x, wqkv, batch);
+			be.iface->matmul(be.ctx, y, x, &w->o, batch);
+			gs_matmul_n(be.iface, be.ctx, 2, gu, x, wgu, batch);
+			be.iface->matmul(be.ctx, y, x, &w->down, batch);
 		}
 		be.iface->matmul(be.ctx, y, x, &m->lm_head, batch);
 		if (gs_now_s() - t0 < best)
@@ -324,6 +329,10 @@ int gs_cmd_bench(int argc, char **argv)
 				max_cols = t[i]->cols > max_cols ? t[i]->cols : max_cols;
 				max_rows = t[i]->rows > max_rows ? t[i]->rows : max_rows;
 			}
+			/* q/k/v and gate/up write their outputs one after another */
+			int64_t qkv = w->q.rows + w->k.rows + w->v.rows, gu = w->gate.rows + w->up.rows;
+			max_rows = qkv > max_rows ? qkv : max_rows;
+			max_rows = gu > max_rows ? gu : max_rows;
 		}
 		bx = malloc(sizeof(float) * 64 * (size_t)max_cols);
 		by = malloc(sizeof(float) * 64 * (size_t)max_rows);

@@ -92,6 +92,27 @@ static void cpu_matmul(void *vctx, float *y, const float *x, const struct gs_ten
 	}
 }
 
+/* bf16 weights in the bf16 mode: one dispatch for all (x rounded once); otherwise one matmul
+ * each. The same outputs either way. */
+static void cpu_matmul_n(void *vctx, int count, float *const *ys, const float *x, const struct gs_tensor *const *ws,
+			 int m)
+{
+	struct cpu_ctx *ctx = vctx;
+	bool fused = ctx->numerics == GS_NUMERICS_BF16 && count <= GS_MM_BF_MAXW;
+	for (int i = 0; i < count && fused; i++)
+		fused = ws[i]->dtype == GS_DTYPE_BF16 && ws[i]->cols == ws[0]->cols;
+	if (!fused) {
+		for (int i = 0; i < count; i++)
+			cpu_matmul(vctx, ys[i], x, ws[i], m);
+		return;
+	}
+	const uint16_t *w[GS_MM_BF_MAXW];
+	int n[GS_MM_BF_MAXW];
+	for (int i = 0; i < count; i++)
+		w[i] = ws[i]->data, n[i] = (int)ws[i]->rows;
+	gs_cpu_matmul_bf16dp_n(ctx->tp, count, ys, x, w, n, m, (int)ws[0]->cols);
+}
+
 /* ---- rmsnorm ------------------------------------------------------------------ */
 
 struct rmsnorm_job {
@@ -481,6 +502,7 @@ static void cpu_gather_rows(void *vctx, float *dst, const float *src, const int3
 
 #define GS_CPU_OPS                                   \
 	.matmul = cpu_matmul,                        \
+	.matmul_n = cpu_matmul_n,                    \
 	.rmsnorm = cpu_rmsnorm,                      \
 	.rmsnorm_add = cpu_rmsnorm_add,              \
 	.rope = cpu_rope,                            \

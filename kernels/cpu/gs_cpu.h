@@ -80,6 +80,12 @@ const char *gs_cpu_bf16_missing(void);
  * buffer for bf16(x) on demand (amortised). */
 void gs_cpu_matmul_bf16dp(struct gs_threadpool *tp, float *y, const float *x, const uint16_t *w,
 			  int m, int n, int k);
+/* The same for count (<= GS_MM_BF_MAXW) weights of equal k that share x (q/k/v, gate/up):
+ * ys[i][m × ns[i]] = x · ws[i]ᵀ, x rounded once and every weight's columns taken from one
+ * counter in one dispatch. Each output has the bits gs_cpu_matmul_bf16dp gives it. */
+#define GS_MM_BF_MAXW 4
+void gs_cpu_matmul_bf16dp_n(struct gs_threadpool *tp, int count, float *const *ys, const float *x,
+			    const uint16_t *const *ws, const int *ns, int m, int k);
 
 /* ---- sampling (pick.c) ------------------------------------------------------------------ */
 

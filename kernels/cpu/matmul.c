@@ -333,14 +333,16 @@ static void gs_round_task_run(void *ctx, int tid, int n_threads)
 #define GS_MM_BF_GRAB (3 * GS_MM_COL_ALIGN) /* 96: also a whole number of 6-row GEMM tiles */
 
 struct gs_mm_bf_task {
-	struct gs_mm_args args;
-	atomic_int next; /* first column not yet taken */
+	struct gs_mm_args args[GS_MM_BF_MAXW]; /* the weights, their columns one after another */
+	int off[GS_MM_BF_MAXW + 1];            /* where each one's columns start; off[count] = total */
+	int count;
+	atomic_int next;                       /* first column (of the total) not yet taken */
 };
 
 /* The first column of a newly taken range (its end in *j1), or -1 when all are taken. */
 static int gs_mm_bf_take(struct gs_mm_bf_task *t, int n_threads, int *j1)
 {
-	const int n = t->args.n;
+	const int n = t->off[t->count];
 	int j0 = atomic_load_explicit(&t->next, memory_order_relaxed), g;
 	do {
 		if (j0 >= n)
@@ -354,6 +356,20 @@ static int gs_mm_bf_take(struct gs_mm_bf_task *t, int n_threads, int *j1)
 	return j0;
 }
 
+/* Columns [j0, j1) of the total, cut at the weights' boundaries; jn (the next range's first
+ * column of the total, or -1) is passed on as the prefetch hint to the piece of the same weight. */
+static void gs_mm_bf_pieces(const struct gs_mm_bf_task *t, int j0, int j1, int jn)
+{
+	for (int i = 0; i < t->count && j0 < j1; i++) {
+		int lo = t->off[i], hi = t->off[i + 1];
+		if (j0 >= hi)
+			continue;
+		int e = j1 < hi ? j1 : hi;
+		gs_mm_bf_range_avx512bf16(&t->args[i], j0 - lo, e - lo, e == j1 && jn >= lo && jn < hi ? jn - lo : -1);
+		j0 = e;
+	}
+}
+
 static void gs_mm_bf_task_run(void *ctx, int tid, int n_threads)
 {
 	struct gs_mm_bf_task *t = ctx;
@@ -361,16 +377,24 @@ static void gs_mm_bf_task_run(void *ctx, int tid, int n_threads)
 	(void)tid;
 	while (j0 >= 0) {
 		int jn = gs_mm_bf_take(t, n_threads, &jn1);
-		gs_mm_bf_range_avx512bf16(&t->args, j0, j1, jn);
+		gs_mm_bf_pieces(t, j0, j1, jn);
 		j0 = jn, j1 = jn1;
 	}
 }
 
-void gs_cpu_matmul_bf16dp(struct gs_threadpool *tp, float *y, const float *x, const uint16_t *w,
-			  int m, int n, int k)
+void gs_cpu_matmul_bf16dp_n(struct gs_threadpool *tp, int count, float *const *ys, const float *x,
+			    const uint16_t *const *ws, const int *ns, int m, int k)
 {
-	GS_ASSERT(m >= 0 && n >= 0 && k >= 0);
+	GS_ASSERT(m >= 0 && k >= 0 && count >= 1 && count <= GS_MM_BF_MAXW);
 	GS_ASSERT(gs_cpu_bf16_missing() == NULL);
+	struct gs_mm_bf_task t = { .count = count };
+	for (int i = 0; i < count; i++) {
+		GS_ASSERT(ns[i] >= 0);
+		t.args[i] = (struct gs_mm_args){ .y = ys[i], .x = x, .w = ws[i], .m = m, .n = ns[i], .k = k,
+						 .wt = GS_MM_W_BF16 };
+		t.off[i + 1] = t.off[i] + ns[i];
+	}
+	const int n = t.off[count];
 	if (m == 0 || n == 0)
 		return;
 	size_t nx = (size_t)m * (size_t)k;
@@ -388,12 +412,18 @@ void gs_cpu_matmul_bf16dp(struct gs_threadpool *tp, float *y, const float *x, co
 		gs_round_task_run(&rt, 0, 1);
 	else
 		gs_threadpool_run(tp, gs_round_task_run, &rt);
-	struct gs_mm_bf_task t = {
-		.args = { .y = y, .x = x, .xb = gs_xb, .w = w, .m = m, .n = n, .k = k, .wt = GS_MM_W_BF16 },
-	};
+	for (int i = 0; i < count; i++)
+		t.args[i].xb = gs_xb;
 	atomic_init(&t.next, 0);
 	if ((long long)m * n * k < GS_MM_MIN_PARALLEL_MACS || n <= GS_MM_COL_ALIGN)
 		gs_mm_bf_task_run(&t, 0, 1);
 	else
 		gs_threadpool_run(tp, gs_mm_bf_task_run, &t);
+}
+
+void gs_cpu_matmul_bf16dp(struct gs_threadpool *tp, float *y, const float *x, const uint16_t *w,
+			  int m, int n, int k)
+{
+	GS_ASSERT(n >= 0);
+	gs_cpu_matmul_bf16dp_n(tp, 1, &y, x, &w, &n, m, k);
 }

@@ -256,6 +256,77 @@ static int test_refusal(void)
 	TEST_DONE();
 }
 
+/* Several weights sharing x in one dispatch (gs_cpu_matmul_bf16dp_n: q/k/v, gate/up): every
+ * output has the bits of the weight's own call, for weights whose boundaries fall inside the
+ * threads' column ranges (n = 300, 64, 17 after each other), decode and GEMM m, 1-3 threads;
+ * and the CPU backend's matmul_n equals its matmul in both modes. */
+static void test_grouped(void)
+{
+	enum { MAXM = 33, K = 1300 };
+	static const int ns[3] = { 300, 64, 17 }, ms[] = { 1, 4, 5, 16, 33 };
+	float *x = malloc(sizeof(float) * MAXM * K), *y1[3], *yn[3];
+	uint16_t *w[3];
+	for (int i = 0; i < MAXM * K; i++)
+		x[i] = rnd();
+	for (int q = 0; q < 3; q++) {
+		w[q] = malloc(sizeof(uint16_t) * ns[q] * K);
+		y1[q] = malloc(sizeof(float) * MAXM * ns[q]);
+		yn[q] = malloc(sizeof(float) * MAXM * ns[q]);
+		GS_ASSERT(w[q] && y1[q] && yn[q]);
+		for (int i = 0; i < ns[q] * K; i++)
+			w[q][i] = gs_f32_to_bf16(rnd());
+	}
+	int cases = 0;
+	for (int t = 1; t <= 3; t++) {
+		struct gs_threadpool *tp = gs_threadpool_create(t);
+		GS_ASSERT(tp);
+		for (size_t mi = 0; mi < sizeof(ms) / sizeof(ms[0]); mi++) {
+			int m = ms[mi], bad = 0;
+			for (int q = 0; q < 3; q++) {
+				gs_cpu_matmul_bf16dp(tp, y1[q], x, w[q], m, ns[q], K);
+				for (int i = 0; i < m * ns[q]; i++)
+					yn[q][i] = NAN;
+			}
+			gs_cpu_matmul_bf16dp_n(tp, 3, yn, x, (const uint16_t *const *)w, ns, m, K);
+			for (int q = 0; q < 3; q++)
+				for (int i = 0; i < m * ns[q]; i++)
+					bad += !same_bits(y1[q][i], yn[q][i]);
+			CHECK_MSG(bad == 0, "grouped m=%d threads=%d: %d outputs differ from the single calls", m, t, bad);
+			cases++;
+		}
+		gs_threadpool_free(tp);
+	}
+	/* the backend op, both modes, weights as tensors */
+	for (int mode = 0; mode < 2; mode++) {
+		struct gs_backend be;
+		GS_ASSERT(gs_backend_cpu_create(2, &be) == GS_OK);
+		GS_ASSERT(gs_backend_cpu_set_numerics(&be, mode ? GS_NUMERICS_BF16 : GS_NUMERICS_FP32) == GS_OK);
+		struct gs_tensor tw[3];
+		const struct gs_tensor *pw[3];
+		for (int q = 0; q < 3; q++) {
+			tw[q] = (struct gs_tensor){ .data = w[q], .dtype = GS_DTYPE_BF16, .rows = ns[q], .cols = K };
+			pw[q] = &tw[q];
+		}
+		int bad = 0;
+		for (int q = 0; q < 3; q++) {
+			be.iface->matmul(be.ctx, y1[q], x, pw[q], 16);
+			for (int i = 0; i < 16 * ns[q]; i++)
+				yn[q][i] = NAN;
+		}
+		gs_matmul_n(be.iface, be.ctx, 3, yn, x, pw, 16);
+		for (int q = 0; q < 3; q++)
+			for (int i = 0; i < 16 * ns[q]; i++)
+				bad += !same_bits(y1[q][i], yn[q][i]);
+		CHECK_MSG(bad == 0, "backend matmul_n (%s): %d outputs differ from matmul", mode ? "bf16" : "fp32", bad);
+		cases++;
+		gs_backend_cpu_free(&be);
+	}
+	printf("bf16 grouped matmuls: %d cases bit-identical to one call per weight\n", cases);
+	for (int q = 0; q < 3; q++)
+		free(w[q]), free(y1[q]), free(yn[q]);
+	free(x);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc > 1 && strcmp(argv[1], "refusal") == 0)
@@ -275,5 +346,6 @@ int main(int argc, char **argv)
 	test_kernel();
 	test_paths();
 	test_backend();
+	test_grouped();
 	TEST_DONE();
 }
