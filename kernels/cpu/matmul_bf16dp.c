@@ -52,8 +52,9 @@ void gs_round_bf16_avx512(uint16_t *dst, const float *src, size_t n)
  * for NR = 1, raw[ii] is x row ii's accumulator itself (no tree).
  * Only the first MR x rows and NR W rows are computed (the other outputs are 0). Accumulator
  * [ii][jj] is its own chain, so MR, NR and the other rows never change its bits. Each step
- * also prefetches into L2 the line at its offset of npf rows pf, pf + pstride, ... (weights
- * streamed next), so they come in evenly while the tile computes. Plain pointers
+ * also prefetches (T0: into L1 and L2; T1, into L2 only, ran m = 16 at 0.83-1.02x) the line
+ * at its offset of npf rows pf, pf + pstride, ... (weights streamed next), so they come in
+ * evenly while the tile computes. Plain pointers
  * and one index, nothing else live in the loop: gcc keeps it all in registers (24 accumulators,
  * 4 x vectors, 1 W vector). */
 GS_INLINE void gs_bf_tile(const uint16_t *x0, const uint16_t *x1, const uint16_t *x2, const uint16_t *x3,
@@ -75,7 +76,7 @@ GS_INLINE void gs_bf_tile(const uint16_t *x0, const uint16_t *x1, const uint16_t
 		if (MR > 3)                                                                              \
 			a3 = (__m512bh)LD(x3);                                                           \
 		for (int q = 0; q < npf; q++)                                                            \
-			_mm_prefetch((const char *)(pf + (size_t)q * pstride + t), _MM_HINT_T1);         \
+			_mm_prefetch((const char *)(pf + (size_t)q * pstride + t), _MM_HINT_T0);         \
 		_Pragma("GCC unroll 6") for (int jj = 0; jj < NR; jj++) {                                \
 			__m512bh b = (__m512bh)LD(wr[jj]);                                               \
 			c0[jj] = _mm512_dpbf16_ps(c0[jj], a0, b);                                        \
@@ -147,7 +148,7 @@ GS_INLINE void gs_tile_store(float *y, size_t n, __m512 s, int mr, int nr, int a
  * process). The dependent vdpbf16ps chain of a row is short against its load (16 steps per
  * 1 KiB block), and consecutive blocks' chains are independent, so the core overlaps them. */
 
-#define GS_BF_D 8 /* prefetch distance, in weight rows (into L2) */
+#define GS_BF_D 8 /* prefetch distance, in weight rows */
 
 /* Weight rows j0..j1, one at a time. The row GS_BF_D ahead (past j1: as far into the next
  * range, from jn) is prefetched during the first group's blocks, one line per dot step at the
