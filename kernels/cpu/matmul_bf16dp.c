@@ -149,6 +149,41 @@ GS_INLINE void gs_tile_store(float *y, size_t n, __m512 s, int mr, int nr, int a
  * 1 KiB block), and consecutive blocks' chains are independent, so the core overlaps them. */
 
 #define GS_BF_D 8 /* prefetch distance, in weight rows */
+#define GS_BF_ROWS8_MAX 8
+
+/* One W row over one block with 8 x rows x0, x0 + xs, ... (rows past mr repeat the last): raw[ii]
+ * is x row ii's accumulator; one prefetch per step of pf (when not NULL) at the step's offset.
+ * Batches of 5-8 rows with k in one block (gate/up, q/k/v, o, the LM head of the 1B shape) stream
+ * each weight row once through it: 1.02-1.33x the GEMM (median ~1.15x, ab_kernel); with k in
+ * several blocks the 8 x rows of every block no longer stay in L1 and the GEMM is 2x faster. */
+GS_INLINE void gs_bf_row8(const uint16_t *x0, size_t xs, int mr, const uint16_t *wr, int kc, __m512 raw[8],
+			  const uint16_t *pf)
+{
+	const uint16_t *xr[8];
+	for (int ii = 0; ii < 8; ii++)
+		xr[ii] = x0 + (size_t)(ii < mr ? ii : mr - 1) * xs;
+	__m512 c[8];
+	for (int ii = 0; ii < 8; ii++)
+		c[ii] = _mm512_setzero_ps();
+	int t = 0;
+	for (; t + 32 <= kc; t += 32) {
+		if (pf)
+			_mm_prefetch((const char *)(pf + t), _MM_HINT_T0);
+		__m512bh b = (__m512bh)_mm512_loadu_si512(wr + t);
+		_Pragma("GCC unroll 8") for (int ii = 0; ii < 8; ii++)
+			c[ii] = _mm512_dpbf16_ps(c[ii], (__m512bh)_mm512_loadu_si512(xr[ii] + t), b);
+	}
+	if (t < kc) { /* masked: x = w = +0.0 past the block */
+		__mmask32 mk = (__mmask32)((1ull << (kc - t)) - 1);
+		if (pf)
+			_mm_prefetch((const char *)(pf + t), _MM_HINT_T0);
+		__m512bh b = (__m512bh)_mm512_maskz_loadu_epi16(mk, wr + t);
+		_Pragma("GCC unroll 8") for (int ii = 0; ii < 8; ii++)
+			c[ii] = _mm512_dpbf16_ps(c[ii], (__m512bh)_mm512_maskz_loadu_epi16(mk, xr[ii] + t), b);
+	}
+	for (int ii = 0; ii < 8; ii++)
+		raw[ii] = c[ii];
+}
 
 /* Weight rows j0..j1, one at a time. The row GS_BF_D ahead (past j1: as far into the next
  * range, from jn) is prefetched during the first group's blocks, one line per dot step at the
@@ -166,16 +201,21 @@ GS_INLINE void gs_bf_rows_range(const struct gs_mm_args *a, int j0, int j1, int 
 			npf = 0;
 		for (int i = 0; i < m; i += MT) {
 			int mr = m - i < MT ? m - i : MT;
-			float yv[4] = { 0 };
+			float yv[8] = { 0 };
 			for (int k0 = 0; k0 < k; k0 += kb) {
 				int kc = k - k0 < kb ? k - k0 : kb;
 				const uint16_t *x0 = gs_xb_at(a->xb, m, k0, kc, i);
-				const uint16_t *x1 = x0 + (mr > 1 ? (size_t)kc : 0);
-				const uint16_t *x2 = x0 + (size_t)(mr > 2 ? 2 : mr - 1) * kc;
-				const uint16_t *x3 = x0 + (size_t)(mr > 3 ? 3 : mr - 1) * kc;
-				__m512 raw[4];
-				gs_bf_tile(x0, x1, x2, x3, wr + k0, NULL, NULL, NULL, NULL, NULL,
-					   kc, MT, 1, NULL, NULL, raw, w + (size_t)(npf ? jp : 0) * k + k0, npf && i == 0, 0);
+				__m512 raw[8];
+				if (MT == 8) {
+					gs_bf_row8(x0, (size_t)kc, mr, wr + k0, kc, raw,
+						   npf && i == 0 ? w + (size_t)jp * k + k0 : NULL);
+				} else {
+					const uint16_t *x1 = x0 + (mr > 1 ? (size_t)kc : 0);
+					const uint16_t *x2 = x0 + (size_t)(mr > 2 ? 2 : mr - 1) * kc;
+					const uint16_t *x3 = x0 + (size_t)(mr > 3 ? 3 : mr - 1) * kc;
+					gs_bf_tile(x0, x1, x2, x3, wr + k0, NULL, NULL, NULL, NULL, NULL, kc, MT, 1, NULL,
+						   NULL, raw, w + (size_t)(npf ? jp : 0) * k + k0, npf && i == 0, 0);
+				}
 				for (int ii = 0; ii < MT; ii++) {
 					float sb = gs_tree1(raw[ii]);
 					yv[ii] = k0 == 0 ? sb : yv[ii] + sb;
@@ -289,7 +329,12 @@ void gs_mm_bf_range_avx512bf16(const struct gs_mm_args *a, int j0, int j1, int j
 	case 2: gs_bf_rows_range(a, j0, j1, jn, 2); return;
 	case 3: gs_bf_rows_range(a, j0, j1, jn, 3); return;
 	case 4: gs_bf_rows_range(a, j0, j1, jn, 4); return;
-	default: break;
+	default:
+		if (a->m <= GS_BF_ROWS8_MAX && a->k <= GS_MM_BF_KMAX) {
+			gs_bf_rows_range(a, j0, j1, jn, 8);
+			return;
+		}
+		break;
 	}
 	gs_bf_gemm_range(a, j0, j1, jn);
 }

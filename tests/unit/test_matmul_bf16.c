@@ -73,7 +73,7 @@ static int same_bits(float a, float b)
 
 static void test_kernel(void)
 {
-	static const int ms[] = { 1, 2, 3, 4, 5, 7, 13, 32, 33, 64, 129 };
+	static const int ms[] = { 1, 2, 3, 4, 5, 7, 8, 13, 32, 33, 64, 129 };
 	static const int ns[] = { 1, 17, 64, 300 };
 	static const int ks[] = { 1, 2, 31, 32, 33, 511, 512, 513, 1000, 1280, 1281, 2100, 3900 };
 	const int max_m = 129, max_n = 300, max_k = 3900;
