@@ -8,10 +8,12 @@
 # of one row over 64 gate-projection-sized matrices of the 1B shape (1 GiB of weights).
 # Example: bash tests/bench/ab_kernel.sh bf16 HEAD~1 WORK 16 6912 1152 64 6
 # A-vs-A control (REV_A = REV_B) on the development VM: B/A 0.97-1.03.
+# Both revisions compile against the working tree's matmul_impl.h: for bf16, revisions from
+# c130d9b on (the block rule gs_mm_bf_kb replaced GS_MM_BF_KB there).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if [ "$#" -ne 3 ] && [ "$#" -ne 8 ]; then
-  sed -n '2,10p' "$0" >&2
+  sed -n '2,12p' "$0" >&2
   exit 2
 fi
 mode=$1 ra=$2 rb=$3
