@@ -2,9 +2,10 @@
  * (AVX512_BF16): 32 multiply-adds per instruction, twice the fp32 FMA's 16, and no conversion of
  * W at all. Compiled with -mavx512bf16 and only called after the run-time probe (matmul.c).
  * Every path sums in the bf16 canonical order of matmul_impl.h, so an output has the same bits
- * whatever m, its row's place, the thread count or the path (decode for m <= 4, GEMM above).
- * The speed comes from clean register tiles (4 x rows × 6 W rows of zmm accumulators, nothing
- * spilled), 64-byte aligned bf16 x (matmul.c), W prefetched evenly a few panels ahead, and
+ * whatever m, its row's place, the thread count or the path (one W row at a time for m <= 4,
+ * and for m <= 8 when k is one block; the GEMM above). The speed comes from clean register
+ * tiles (4 x rows × 6 W rows of zmm accumulators, nothing spilled), 64-byte aligned bf16 x
+ * (matmul.c), W prefetched a line per dot step (a panel or 8 rows ahead), and
  * threads taking column ranges from a shared counter (matmul.c). */
 #include "matmul_impl.h"
 
@@ -145,8 +146,9 @@ GS_INLINE void gs_tile_store(float *y, size_t n, __m512 s, int mr, int nr, int a
  * One weight row at a time, dotted with every group of MT x rows while in L1: each thread then
  * reads its weights as one sequential stream, which this memory system serves at 1.15-1.2x the
  * rate of four interleaved rows (the 4-row tiles this replaced; measured interleaved in one
- * process). The dependent vdpbf16ps chain of a row is short against its load (16 steps per
- * 1 KiB block), and consecutive blocks' chains are independent, so the core overlaps them. */
+ * process). The dependent vdpbf16ps chain of a block is short against its load (up to 40 steps
+ * for 2.5 KiB of W), and the chains of consecutive blocks and rows are independent, so the core
+ * overlaps them. */
 
 #define GS_BF_D 8 /* prefetch distance, in weight rows */
 #define GS_BF_ROWS8_MAX 8
